@@ -1,0 +1,28 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   virtual environment, install, pretrain the quickstart recipe on the embedded data, probe it
+#   make test   virtual environment, install, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= runs/quickstart
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	rm -rf $(RUN)
+	$(VENV)/bin/sslkit pretrain recipes/quickstart.yaml --out $(RUN)
+	$(VENV)/bin/sslkit probe $(RUN)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check sslkit tests eval
+
+clean:
+	rm -rf $(VENV) runs

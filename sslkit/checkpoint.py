@@ -1,0 +1,216 @@
+"""The run directory's durable files: atomic checkpoints, safe loading, and the exported encoder.
+
+A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed over its
+final name, so a file with a final name is always complete. ``last.pt`` is the newest checkpoint; ``step-N.pt``
+keeps the last ``keep`` ones. Loading always uses ``torch.load(weights_only=True)``: a checkpoint carrying
+pickled code is refused instead of run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sslkit.errors import UserError
+
+TMP_PREFIX = ".tmp-"
+_STEP_RE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Calls ``write(tmp_path)`` then fsyncs and renames the temporary file to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def clean_temp_files(folder: Path) -> list[Path]:
+    """Removes temporary files left by a process killed while writing; returns what it removed."""
+    removed = []
+    if Path(folder).is_dir():
+        for p in Path(folder).iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """The ``step-N.pt`` files of a folder, oldest first."""
+    found = []
+    if Path(folder).is_dir():
+        for p in Path(folder).iterdir():
+            m = _STEP_RE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int = 3) -> Path:
+    """Writes ``step-N.pt`` atomically, points ``last.pt`` at it, and prunes to the newest ``keep``."""
+    folder = Path(folder)
+    path = folder / f"step-{step}.pt"
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def link_last(tmp: Path) -> None:
+        try:
+            os.link(path, tmp)  # a hard link: no second copy on disk
+        except OSError:
+            torch.save(state, tmp)
+
+    atomic_write(folder / "last.pt", link_last)
+    for _, old in step_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads one checkpoint safely (tensors and plain containers only).
+
+    Raises:
+        UserError: when the file is missing, truncated, or carries anything but plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} not found — check the run directory")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 — any failure to unpickle means the file cannot be trusted
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"checkpoint {str(path)!r} holds objects other than tensors and plain data; refused "
+                            "to unpickle it (only load checkpoints you trust, re-saved as plain state dicts)") from None
+        raise UserError(f"checkpoint {str(path)!r} is unreadable ({first[:120]}) — it is truncated or corrupt") from None
+
+
+def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint of a run that loads; falls back past corrupt ones with a warning.
+
+    Returns:
+        ``(state, path)``, or None when the folder holds no checkpoint at all.
+
+    Raises:
+        UserError: when there are checkpoints but none of them loads.
+    """
+    folder = Path(folder)
+    clean_temp_files(folder)
+    candidates = [folder / "last.pt"] if (folder / "last.pt").is_file() else []
+    candidates += [p for _, p in reversed(step_checkpoints(folder))]
+    if not candidates:
+        return None
+    for path in candidates:
+        try:
+            return load_checkpoint(path, map_location), path
+        except UserError as e:
+            warnings.warn(f"skipping checkpoint {path}: {e}", stacklevel=2)
+    raise UserError(f"no checkpoint in {str(folder)!r} could be loaded (all {len(candidates)} are corrupt) — "
+                    "start a fresh run without --resume")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def export_encoder(encoder: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+    """Writes ``RUN/encoder.safetensors`` and ``RUN/encoder.json`` (``meta`` plus the weights' sha256)."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(encoder).state_dict().items()}
+    atomic_write(run_dir / "encoder.safetensors", lambda tmp: save_file(state, str(tmp)))
+    info = dict(meta, sha256=sha256_file(run_dir / "encoder.safetensors"))
+    atomic_write(run_dir / "encoder.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+
+
+def read_encoder_meta(run_or_file: str | Path) -> tuple[dict[str, Any], Path]:
+    """Finds ``encoder.json`` and ``encoder.safetensors`` for a run directory or either file."""
+    p = Path(run_or_file)
+    folder = p if p.is_dir() else p.parent
+    weights, meta_path = folder / "encoder.safetensors", folder / "encoder.json"
+    if not weights.is_file() or not meta_path.is_file():
+        if not p.exists():
+            raise UserError(f"{str(p)!r} does not exist — give a run directory made by `sslkit pretrain`")
+        raise UserError(f"{str(folder)!r} has no exported encoder (encoder.safetensors + encoder.json) — "
+                        "finish `sslkit pretrain` for this run, or resume it with --resume")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{meta_path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    return meta, weights
+
+
+def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained encoder of a run, ready for use in other code.
+
+    Args:
+        run_or_file: a run directory, or its ``encoder.safetensors`` / ``encoder.json``.
+        device: where to put the module.
+
+    Returns:
+        An eval-mode timm module mapping a normalised batch to features. ``enc.pretrained_cfg`` gives
+        ``input_size`` (C, H, W), ``mean`` and ``std`` for preprocessing; ``enc.sslkit_meta`` the whole record.
+
+    Shape:
+        (B, C, H, W) -> (B, num_features)
+    """
+    from sslkit.models import build_encoder
+
+    meta, weights = read_encoder_meta(run_or_file)
+    try:
+        encoder = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
+    except KeyError as e:
+        raise UserError(f"encoder.json of {str(run_or_file)!r} lacks the key {e.args[0]!r}") from None
+    state = load_file(str(weights))
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights} does not match a {meta['encoder']} ({meta['stem']} stem): "
+                        f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
+    size = int(meta["image_size"])
+    encoder.pretrained_cfg = dict(encoder.pretrained_cfg, input_size=(int(meta["in_chans"]), size, size),
+                                  mean=tuple(meta["mean"]), std=tuple(meta["std"]), num_classes=0)
+    encoder.sslkit_meta = meta
+    return encoder.to(device).eval()

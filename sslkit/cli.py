@@ -1,0 +1,78 @@
+"""The ``sslkit`` command: each subcommand parses its arguments and calls the library; no logic of its own.
+
+Exit codes: 0 success; 2 a mistake in the input (one line on stderr says what, where and how to fix it);
+3 training stopped on a non-finite loss; 130 stopped by SIGINT/SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sslkit.errors import UserError
+
+EXIT_NONFINITE = 3
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from sslkit.trainer import pretrain_from_file
+
+    pretrain_from_file(args.recipe, out=args.out, overrides=tuple(args.set or ()), resume=args.resume)
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from sslkit.evaluation.probe import run_probe
+
+    run_probe(args.run, split=args.split, compare=tuple(args.compare or ()), json_path=args.json, seed=args.seed,
+              fractions=tuple(args.fractions))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkit", description="Self-supervised pretraining (SimCLR) and "
+                                     "honest evaluation of the encoder.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pretrain an encoder from a recipe", description="Pretrain an encoder "
+                       "with SimCLR. RECIPE is a YAML file (see recipes/), or a run directory with --resume.")
+    p.add_argument("recipe", help="recipe YAML file, or a run directory to resume")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set optim.lr=0.1 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("probe", help="linear probe, k-NN and k-means of a run's encoder against baselines")
+    p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--split", default="test", help="evaluation split (default: test)")
+    p.add_argument("--compare", action="append", metavar="RUN2", help="another run to put in the table")
+    p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
+                   help="labeled fractions for the label-efficiency probe (default: 0.01 0.1 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_probe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sslkit`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from sslkit.trainer import Interrupted, NonFiniteLoss
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"sslkit {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except NonFiniteLoss as e:
+        print(f"sslkit {args.command}: stopped: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except Interrupted as e:
+        print(f"sslkit {args.command}: {e}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""Recipes: one frozen dataclass per section, loaded strictly from YAML.
+
+Every check runs here, before any data is read or any model built: unknown keys (with the closest valid key),
+wrong types, out-of-range values, missing data roots. Each failure is a ``UserError`` whose one-line message
+names the file, the line where known, the dotted key and a fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sslkit.errors import UserError
+
+
+def _f(default: Any, **checks: Any) -> Any:
+    """A dataclass field with range/choice checks in its metadata (gt, ge, le, lt)."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=checks)
+    return field(default=default, metadata=checks)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are held out for monitoring."""
+
+    dataset: str = "fashion-mnist-mini"
+    root: str | None = None  # searched first; required for imagefolder
+    download: bool = False  # let torchvision download when the files are missing
+    image_size: int | None = _f(None, ge=8)  # resize once at load; None keeps the native size
+    channels: int | None = _f(None, ge=1, le=3)  # imagefolder only: 1 or 3
+    mean: tuple[float, ...] | None = None  # None: measured on the pretraining pool
+    std: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SimCLR view generation (Chen et al. 2020, appendix A); every probability explicit."""
+
+    crop_scale: tuple[float, float] = _f((0.08, 1.0), gt=0, le=1)
+    crop_ratio: tuple[float, float] = _f((0.75, 4 / 3), gt=0)
+    flip_p: float = _f(0.5, ge=0, le=1)
+    jitter_p: float = _f(0.8, ge=0, le=1)
+    jitter_strength: float = _f(1.0, ge=0)
+    grayscale_p: float = _f(0.2, ge=0, le=1)
+    blur_p: float = _f(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = _f((0.1, 2.0), gt=0)
+    blur_kernel_frac: float = _f(0.1, gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and projection head."""
+
+    encoder: str = "resnet18"
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+    proj_hidden: int = _f(512, ge=1)
+    proj_out: int = _f(128, ge=1)
+    proj_layers: int = _f(2, ge=1)
+    proj_bn: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """NT-Xent."""
+
+    temperature: float = _f(0.5, gt=0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and schedule; ``lr`` is the base rate at batch 256, scaled by ``lr_scaling``."""
+
+    name: Literal["lars", "sgd", "adamw"] = "lars"
+    lr: float = _f(0.3, gt=0)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(1e-6, ge=0)
+    trust_coeff: float = _f(0.001, gt=0)  # LARS only
+    warmup_epochs: float = _f(1.0, ge=0)
+    min_lr_ratio: float = _f(0.0, ge=0, le=1)  # final lr as a fraction of the peak
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: length, device, precision, logging and checkpoints."""
+
+    epochs: int = _f(1, ge=1)
+    batch_size: int = _f(256, ge=2)  # images per step (2× as many views)
+    max_steps: int | None = _f(None, ge=1)  # stop early (smoke runs); the schedule still spans all epochs
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False
+    threads: int | None = _f(None, ge=1)  # torch intra-op threads; None keeps torch's default
+    log_every: int = _f(10, ge=1)  # steps between metrics.jsonl lines
+    checkpoint_every: int | None = _f(None, ge=1)  # steps; None: at each epoch end only
+    keep_last: int = _f(3, ge=1)
+    nonfinite: Literal["stop", "skip"] = "stop"  # on a NaN/Inf loss: stop, or skip the step
+    max_skips: int = _f(10, ge=0)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The online k-NN monitor: a held-out validation part of train, classified against a labeled bank."""
+
+    every: int = _f(1, ge=0)  # epochs between evaluations; 0 = only at the start and the end
+    val_size: int = _f(1000, ge=1)  # held out of pretraining (stratified)
+    bank_size: int = _f(5000, ge=1)  # labeled pool images used as the k-NN bank
+    k: int = _f(20, ge=1)
+    temperature: float = _f(0.07, gt=0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole pretraining recipe."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), as written to ``RUN/recipe.yaml``."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **overrides: Any) -> Recipe:
+        """A copy with dotted-key overrides applied and checked, e.g. ``replace(**{"train.epochs": 2})``."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value, "override")
+        return recipe_from_dict(raw, "override")
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{where}: cannot set {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return "a list of numbers" if args[-1] is Ellipsis else f"a list of {len(args)} numbers"
+    return {int: "an integer", float: "a finite number", bool: "true/false", str: "a string", type(None): "null"}.get(
+        tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Returns (ok, converted) for a YAML value against a field type; no silent string→number parsing."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, None
+    if origin is Literal:
+        return (value in typing.get_args(tp)), value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            return False, None
+        out = []
+        for v in value:
+            ok, c = _coerce(v, float)
+            if not ok:
+                return False, None
+            out.append(c)
+        return True, tuple(out)
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else None
+    if tp is str:
+        return isinstance(value, str), value
+    return False, None
+
+
+def _check_range(value: Any, checks: dict[str, float]) -> str | None:
+    if value is None or not checks:
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    bounds = {"gt": (">", lambda v, b: v > b), "ge": ("≥", lambda v, b: v >= b),
+              "lt": ("<", lambda v, b: v < b), "le": ("≤", lambda v, b: v <= b)}
+    for name, bound in checks.items():
+        sym, ok = bounds[name]
+        for v in values:
+            if not ok(v, bound):
+                return f"must be {sym} {bound:g}, got {v:g}"
+    return None
+
+
+def _build_section(cls: type, raw: Any, path: str, where: str, lines: dict[str, int]) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"{_loc(where, lines, path)}: section {path!r} must be a mapping of keys to values, "
+                        f"got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            valid = [f"{path}.{k}" if path else k for k in fields]
+            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.6)
+            hint = f" — did you mean {close[0]!r}?" if close else f" — valid keys: {', '.join(valid)}"
+            raise UserError(f"{_loc(where, lines, dotted)}: unknown key {dotted!r}{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build_section(tp, value, dotted, where, lines)
+            continue
+        ok, converted = _coerce(value, tp)
+        if not ok:
+            raise UserError(f"{_loc(where, lines, dotted)}: {dotted} must be {_type_name(tp)}, got {value!r} "
+                            f"({type(value).__name__})")
+        problem = _check_range(converted, dict(fields[key].metadata))
+        if problem:
+            raise UserError(f"{_loc(where, lines, dotted)}: {dotted} {problem}")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _loc(where: str, lines: dict[str, int], dotted: str) -> str:
+    line = lines.get(dotted) or lines.get(dotted.rsplit(".", 1)[0])
+    return f"{where}:{line}" if line else where
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Maps each dotted key of a YAML mapping to its 1-based line, for error messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                dotted = f"{prefix}.{k.value}" if prefix else str(k.value)
+                out[dotted] = k.start_mark.line + 1
+                walk(v, dotted)
+
+    walk(root, "")
+    return out
+
+
+def _check_semantics(r: Recipe, where: str, lines: dict[str, int]) -> None:
+    """Cross-field checks that need no data: names that must exist, paths that must be there."""
+    from sslkit.data import DATASETS  # the registry's names only; nothing is loaded
+
+    d = r.data
+    if d.dataset not in DATASETS:
+        close = difflib.get_close_matches(d.dataset, DATASETS, n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else f" — use one of {', '.join(DATASETS)}"
+        raise UserError(f"{_loc(where, lines, 'data.dataset')}: unknown data set {d.dataset!r} (data.dataset){hint}")
+    if d.dataset == "imagefolder" and not d.root:
+        raise UserError(f"{_loc(where, lines, 'data.dataset')}: data.dataset 'imagefolder' needs data.root, the "
+                        "folder of class subfolders")
+    if d.root and not d.download and not Path(d.root).expanduser().is_dir():
+        raise UserError(f"{_loc(where, lines, 'data.root')}: data.root {d.root!r} is not a folder — fix the path "
+                        "or set data.download: true")
+    if (d.mean is None) != (d.std is None) or (d.mean is not None and len(d.mean) != len(d.std)):
+        raise UserError(f"{_loc(where, lines, 'data.mean')}: data.mean and data.std must both be set, with one "
+                        "value per channel, or both be null")
+    if d.std is not None and min(d.std) <= 0:
+        raise UserError(f"{_loc(where, lines, 'data.std')}: data.std values must be > 0")
+    a = r.augment
+    for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+        lo, hi = getattr(a, key)
+        if lo > hi:
+            raise UserError(f"{_loc(where, lines, f'augment.{key}')}: augment.{key} must be [low, high] with "
+                            f"low ≤ high, got [{lo:g}, {hi:g}]")
+    import timm
+
+    if not timm.is_model(r.model.encoder):
+        close = difflib.get_close_matches(r.model.encoder, timm.list_models(), n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else " — see timm.list_models()"
+        raise UserError(f"{_loc(where, lines, 'model.encoder')}: unknown model {r.model.encoder!r} "
+                        f"(model.encoder){hint}")
+    if r.train.device not in ("auto", "cpu") and not r.train.device.startswith("cuda"):
+        raise UserError(f"{_loc(where, lines, 'train.device')}: train.device must be auto, cpu, cuda or cuda:N, "
+                        f"got {r.train.device!r}")
+
+
+def recipe_from_dict(raw: Any, where: str = "recipe", lines: dict[str, int] | None = None) -> Recipe:
+    """Builds and checks a ``Recipe`` from a nested dict (as parsed from YAML)."""
+    lines = lines or {}
+    if raw is None:
+        raw = {}
+    recipe = _build_section(Recipe, raw, "", where, lines)
+    _check_semantics(recipe, where, lines)
+    return recipe
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parses one ``--set key.path=value`` (the value as YAML: ``0.1``, ``true``, ``[0.2, 1.0]``, ``null``)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({e.__class__.__name__})") from None
+    return key.strip(), parsed
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Reads a recipe file with ``yaml.safe_load``, applies ``--set`` overrides, and checks everything.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key.path=value`` strings, applied in order after the file.
+
+    Raises:
+        UserError: a missing file, YAML that is not plain data, or any bad key or value (one line each).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file {str(path)!r} not found — check the path (recipes live in recipes/)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else "?"
+        tag = (e.problem or "").split("tag")[-1].strip(" '")
+        raise UserError(f"{path}:{line}: YAML tag {tag!r} is not allowed — recipes are plain data (numbers, "
+                        "strings, lists, mappings)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        raise UserError(f"{path}:{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, …), got "
+                        f"{type(raw).__name__}")
+    raw = raw or {}
+    lines = _key_lines(text)
+    for text_override in overrides:
+        key, value = parse_override(text_override)
+        _set_dotted(raw, key, value, f"--set {text_override}")
+        lines.pop(key, None)
+    where = str(path)
+    try:
+        return recipe_from_dict(raw, where, lines)
+    except UserError as e:
+        # An override's own key is named as such, so the user knows the file is not at fault.
+        msg = str(e)
+        for text_override in overrides:
+            key = text_override.split("=", 1)[0].strip()
+            if f"'{key}'" in msg or f" {key} " in msg:
+                msg = msg.replace(where + ":", f"--set {text_override}:", 1).replace(where, f"--set {text_override}",
+                                                                                       1)
+                break
+        raise UserError(msg) from None
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Writes the resolved recipe (every default spelled out) as YAML."""
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")

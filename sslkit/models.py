@@ -1,0 +1,104 @@
+"""Encoder, projection head and the SimCLR model.
+
+The encoder is a timm model built with ``num_classes=0`` so that ``encoder(x)`` returns pooled features
+``h`` of shape (B, num_features) and timm's contract (``forward_features``, ``forward_head(pre_logits=True)``,
+``num_features``, ``pretrained_cfg``) still holds for code that loads it elsewhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+from torch import nn
+
+from sslkit.errors import UserError
+
+STEMS = ("imagenet", "cifar")
+
+
+def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int = 3) -> nn.Module:
+    """Builds a randomly initialised timm encoder that maps images to pooled features.
+
+    Args:
+        name: timm model name (a ResNet for the ``cifar`` stem).
+        stem: ``imagenet`` keeps timm's 7×7 stride-2 conv and max-pool; ``cifar`` replaces them with a 3×3
+            stride-1 conv and no pooling, as SimCLR does for 32×32 images (Chen et al. 2020, appendix B.9).
+        in_chans: image channels (1 for Fashion-MNIST, 3 for RGB).
+
+    Returns:
+        The encoder, with ``num_features`` set and ``pretrained_cfg['input_size']`` naming ``in_chans``.
+
+    Shape:
+        (B, in_chans, H, W) -> (B, num_features)
+    """
+    if stem not in STEMS:
+        raise UserError(f"unknown stem {stem!r} (model.stem) — use one of {', '.join(STEMS)}")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f" — did you mean {close[0]!r}?" if close else " — see timm.list_models()"
+        raise UserError(f"unknown encoder {name!r} (model.encoder){hint}")
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    if stem == "cifar":
+        if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
+            raise UserError(f"model.stem 'cifar' needs a ResNet-style encoder with conv1 and maxpool, not {name!r}")
+        out_chs = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(in_chans, out_chs, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+        # The stem no longer down-samples by 4: keep timm's feature metadata true for features_only users.
+        for info in getattr(model, "feature_info", []):
+            info["reduction"] = max(1, info["reduction"] // 4)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    cfg.update(num_classes=0, input_size=(in_chans, *cfg.get("input_size", (3, 224, 224))[1:]))
+    model.pretrained_cfg = cfg
+    return model
+
+
+class ProjectionHead(nn.Module):
+    """The SimCLR projection MLP g(·): Linear → [BN] → ReLU repeated, then a final Linear.
+
+    Chen et al. 2020 ("A Simple Framework for Contrastive Learning of Visual Representations", §2.1) use one
+    hidden layer; SimCLRv2 (Chen et al. 2020b) uses deeper heads with batch norm. ``layers`` counts Linear layers.
+
+    Shape:
+        (B, in_dim) -> (B, out_dim)
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2,
+                 batch_norm: bool = True) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            blocks.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
+            if batch_norm:
+                blocks.append(nn.BatchNorm1d(hidden_dim))
+            blocks.append(nn.ReLU(inplace=True))
+            dim = hidden_dim
+        blocks.append(nn.Linear(dim, out_dim))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class SimCLR(nn.Module):
+    """Encoder f(·) plus projection head g(·); both views go through one batched forward.
+
+    One forward over the concatenated views keeps batch-norm statistics shared between the views, as in the
+    reference implementation, and is faster than two forwards.
+
+    Shape:
+        v1, v2: (B, C, H, W) -> z1, z2: (B, out_dim)
+    """
+
+    def __init__(self, encoder: nn.Module, head: ProjectionHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.head(self.encoder(torch.cat([v1, v2])))
+        return z[: v1.shape[0]], z[v1.shape[0]:]

@@ -1,0 +1,393 @@
+"""SimCLR pretraining: one explicit loop, read top to bottom.
+
+index batch → two Kornia views on the device → encoder + head in one forward → NT-Xent → backward → step.
+Everything a resume needs (model, optimizer, scaler, RNG state, step) is in the checkpoint; the data order of
+an epoch is a pure function of (seed, epoch), so an interrupted run resumed on the CPU ends bitwise equal to
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sslkit.augment import SimCLRAugment, preprocess
+from sslkit.checkpoint import clean_temp_files, export_encoder, load_latest, save_checkpoint, unwrap
+from sslkit.config import Recipe, load_recipe, save_recipe
+from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.errors import UserError
+from sslkit.losses import nt_xent
+from sslkit.models import ProjectionHead, SimCLR, build_encoder
+from sslkit.optim import build_optimizer, build_scheduler
+
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
+
+
+class Interrupted(Exception):
+    """Raised after a checkpoint was saved in answer to SIGINT/SIGTERM."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved — "
+                         "continue with --resume")
+        self.signum, self.step = signum, step
+
+
+class NonFiniteLoss(Exception):
+    """Raised when the loss is NaN/Inf and the recipe says stop (or the skip cap is reached)."""
+
+
+@dataclass
+class Data:
+    """The pretraining pool and the held-out monitor images, already on the training device."""
+
+    pool: ImageSource
+    monitor_bank: ImageSource | None
+    monitor_val: ImageSource | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but no CUDA device is available — use train.device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in bounded memory."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].to(torch.float64) / 255
+        s += x.sum(dim=(0, 2, 3)).cpu()
+        s2 += x.square().sum(dim=(0, 2, 3)).cpu()
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = s / n
+    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def prepare_data(r: Recipe, device: torch.device) -> Data:
+    """Loads the train split, holds out a stratified validation part, and picks the k-NN bank."""
+    d = r.data
+    source = load_source(d.dataset, "train", root=d.root, download=d.download, image_size=d.image_size,
+                         channels=d.channels)
+    labeled = int((source.labels >= 0).sum())
+    monitor = r.monitor.val_size + min(r.monitor.bank_size, 1) <= labeled
+    if monitor:
+        val_idx, pool_idx = stratified_split(source.labels, r.monitor.val_size, r.seed)
+        pool = source.subset(pool_idx)
+        val = source.subset(val_idx)
+        bank_size = min(r.monitor.bank_size, int((pool.labels >= 0).sum()))
+        bank_idx, _ = stratified_split(pool.labels, bank_size, r.seed + 1)
+        bank = pool.subset(bank_idx)
+    else:
+        pool, val, bank = source, None, None
+    if len(pool) < 2:
+        raise UserError(f"data set {d.dataset!r} leaves {len(pool)} image(s) for pretraining — need at least 2")
+    mean, std = (d.mean, d.std) if d.mean is not None else channel_stats(pool.images)
+    if len(mean) != pool.channels:
+        raise UserError(f"data.mean has {len(mean)} values but the images have {pool.channels} channel(s)")
+
+    def to_dev(s: ImageSource | None) -> ImageSource | None:
+        return None if s is None else ImageSource(s.images.to(device), s.labels.to(device), s.classes, s.name)
+
+    return Data(to_dev(pool), to_dev(bank), to_dev(val), tuple(mean), tuple(std))
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+          batch: int = 512, amp: torch.autocast | None = None) -> torch.Tensor:
+    """Eval-mode features of uint8 images, (N, D) float32, batch by batch.
+
+    Shape:
+        (N, C, H, W) uint8 -> (N, D)
+    """
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, images.shape[0], batch):
+        with amp or contextlib.nullcontext():
+            out.append(encoder(preprocess(images[i:i + batch], mean, std)).float())
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.autocast | None) -> float | None:
+    """Weighted k-NN top-1 of the held-out validation images against the labeled bank."""
+    if data.monitor_bank is None or data.monitor_val is None:
+        return None
+    from sslkit.evaluation.knn import knn_top1
+
+    bank = embed(encoder, data.monitor_bank.images, data.mean, data.std, amp=amp).cpu()
+    val = embed(encoder, data.monitor_val.images, data.mean, data.std, amp=amp).cpu()
+    return knn_top1(bank, data.monitor_bank.labels.cpu(), val, data.monitor_val.labels.cpu(), k=r.monitor.k,
+                    temperature=r.monitor.temperature)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the pool for one epoch: a pure function of (seed, epoch), so resume needs no state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class MetricsLog:
+    """Appends one JSON object per event to ``RUN/metrics.jsonl``; on resume drops events past the checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.is_file():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, **event: Any) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+class _SignalCatcher:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalCatcher:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _check_resume_recipe(saved: dict[str, Any], recipe: Recipe) -> None:
+    now = recipe.to_dict()
+    diffs = [f"{sec}.{k}" for sec, vals in now.items() if isinstance(vals, dict)
+             for k, v in vals.items() if saved.get(sec, {}).get(k) != v and f"{sec}.{k}" != "train.max_steps"]
+    diffs += [k for k, v in now.items() if not isinstance(v, dict) and saved.get(k) != v]
+    if diffs:
+        raise UserError(f"--resume: the recipe differs from the run's in {', '.join(diffs)} — resume with the run's "
+                        "own recipe (sslkit pretrain RUN --resume) or start a new --out")
+
+
+def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Runs SimCLR pretraining and leaves a complete run directory.
+
+    Args:
+        recipe: the checked recipe.
+        out: the run directory (created; must not hold another run unless ``resume``).
+        resume: continue from the newest loadable checkpoint in ``out``.
+        console: where progress goes (a default rich console when None).
+
+    Returns:
+        A summary: steps, seconds, images per second, k-NN before and after.
+
+    Raises:
+        UserError: bad input, found before any training step.
+        Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
+        NonFiniteLoss: when the loss is not finite and ``train.nonfinite`` says stop.
+    """
+    console = console or Console()
+    r = recipe
+    run = Path(out)
+    ckpt_dir = run / "checkpoints"
+    state = None
+    if resume:
+        found = load_latest(ckpt_dir) if ckpt_dir.is_dir() else None
+        if found is None:
+            raise UserError(f"--resume: {str(run)!r} holds no checkpoint — drop --resume to start a new run there")
+        state, ckpt_path = found
+        _check_resume_recipe(state["recipe"], r)
+        console.print(f"resuming from {ckpt_path} (step {state['step']})")
+    elif ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) or (run / "encoder.safetensors").exists():
+        raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it, or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(ckpt_dir)
+
+    # --- set-up: everything that can fail on bad input fails here, before the first step -----------------
+    seed_everything(r.seed)
+    if r.train.threads:
+        torch.set_num_threads(r.train.threads)
+    device = select_device(r.train.device)
+    precision = r.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else None
+    fmt = torch.channels_last if r.train.channels_last else torch.contiguous_format
+
+    data = prepare_data(r, device)
+    batch = min(r.train.batch_size, len(data.pool))
+    steps_per_epoch = len(data.pool) // batch
+    total_steps = steps_per_epoch * r.train.epochs
+    stop_at = min(total_steps, r.train.max_steps or total_steps)
+
+    augment = SimCLRAugment(data.pool.image_size, data.pool.channels, data.mean, data.std,
+                            crop_scale=r.augment.crop_scale, crop_ratio=r.augment.crop_ratio, flip_p=r.augment.flip_p,
+                            jitter_p=r.augment.jitter_p, jitter_strength=r.augment.jitter_strength,
+                            grayscale_p=r.augment.grayscale_p, blur_p=r.augment.blur_p,
+                            blur_sigma=r.augment.blur_sigma, blur_kernel_frac=r.augment.blur_kernel_frac).to(device)
+    encoder = build_encoder(r.model.encoder, r.model.stem, data.pool.channels)
+    head = ProjectionHead(encoder.num_features, r.model.proj_hidden, r.model.proj_out, r.model.proj_layers,
+                          r.model.proj_bn)
+    model = SimCLR(encoder, head).to(device, memory_format=fmt)
+    optimizer = build_optimizer(model, r.optim, batch)
+    scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    forward = torch.compile(model) if r.train.compile else model
+    save_recipe(r, run / "recipe.yaml")
+    log = MetricsLog(run / "metrics.jsonl", step if state is not None else None)
+    encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
+                        num_features=encoder.num_features, image_size=data.pool.image_size, mean=list(data.mean),
+                        std=list(data.std), dataset=r.data.dataset, data_root=r.data.root, recipe=r.name)
+
+    def checkpoint() -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "step": step, "rng": rng, "recipe": r.to_dict(),
+                         "knn_start": knn_start, "encoder_meta": encoder_meta}, ckpt_dir, step, keep=r.train.keep_last)
+
+    console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset} — {len(data.pool):,} images for "
+                  f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}, {precision}, "
+                  f"batch {batch} × 2 views, {total_steps:,} steps")
+    knn_start = state["knn_start"] if state is not None else None
+    if state is None:
+        knn_start = knn_monitor(encoder, data, r, amp)
+        if knn_start is not None:
+            log.write(step=0, epoch=0, **{"knn/top1": knn_start})
+            console.print(f"k-NN top-1 at step 0: {knn_start:.4f}")
+    knn_last = knn_start
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    model.train()
+    skipped = 0
+    t_start = time.perf_counter()
+    window_t, window_imgs, img_per_s = time.perf_counter(), 0, float("nan")
+    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.3g}  {task.fields[ips]:,.0f} img/s"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with _SignalCatcher() as signals, Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1),
+                                 loss=float("nan"), lr=0.0, ips=0.0)
+        order_epoch, order = -1, None
+        while step < stop_at:
+            epoch, i = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(len(data.pool), r.seed, epoch)
+            idx = order[i * batch:(i + 1) * batch].to(device)
+            x = data.pool.images[idx]
+            views = augment(torch.cat([x, x])).contiguous(memory_format=fmt)  # independent params per view
+            scheduler.step_update(step + 1)
+            with amp or contextlib.nullcontext():
+                z1, z2 = forward(views[:batch], views[batch:])
+            loss = nt_xent(z1, z2, r.loss.temperature)
+            if not torch.isfinite(loss):
+                skipped += 1
+                if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
+                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); no update "
+                                        f"was applied and the last checkpoint is intact — lower optim.lr, raise "
+                                        f"loss.temperature, or use train.precision: fp32")
+                console.print(f"[yellow]step {step + 1}: non-finite loss, step skipped ({skipped}/{r.train.max_skips})")
+                step += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            window_imgs += batch
+
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % r.train.log_every == 0 or end_of_epoch or step == stop_at:
+                loss_value = loss.item()
+                now = time.perf_counter()
+                img_per_s = window_imgs / max(now - window_t, 1e-9)
+                window_t, window_imgs = now, 0
+                lr = optimizer.param_groups[0]["lr"]
+                log.write(step=step, epoch=step / steps_per_epoch, loss=loss_value, lr=lr, img_per_s=img_per_s)
+                progress.update(task, completed=step, epoch=epoch + 1, loss=loss_value, lr=lr, ips=img_per_s)
+            else:
+                progress.update(task, completed=step)
+            if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:
+                knn_last = knn_monitor(encoder, data, r, amp)
+                if knn_last is not None:
+                    log.write(step=step, epoch=epoch + 1, **{"knn/top1": knn_last})
+                    progress.console.print(f"epoch {epoch + 1}: k-NN top-1 {knn_last:.4f}")
+                window_t = time.perf_counter()  # evaluation time is not training throughput
+            if (r.train.checkpoint_every and step % r.train.checkpoint_every == 0) or end_of_epoch:
+                checkpoint()
+            if signals.signum is not None:
+                checkpoint()
+                raise Interrupted(signals.signum, step)
+
+    # --- the end: final evaluation, checkpoint, encoder export ---------------------------------------------
+    seconds = time.perf_counter() - t_start
+    knn_end = knn_monitor(encoder, data, r, amp)
+    if knn_end is not None:
+        log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
+        knn_last = knn_end
+    checkpoint()
+    export_encoder(unwrap(model).encoder, run, encoder_meta)
+    summary = dict(steps=step, seconds=seconds, img_per_s=(step * batch) / max(seconds, 1e-9),
+                   knn_start=knn_start, knn_end=knn_last, run=str(run))
+    if knn_start is not None and knn_last is not None:
+        console.print(f"k-NN top-1: {knn_start:.4f} → {knn_last:.4f} ({r.monitor.val_size} held-out images, "
+                      f"k={r.monitor.k})")
+    console.print(f"run saved in {run}/ (encoder.safetensors, encoder.json, checkpoints/, metrics.jsonl)")
+    return summary
+
+
+def pretrain_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),
+                       resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Loads a recipe (or a run directory's own, with ``resume``) and runs :func:`pretrain`."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "recipe.yaml").is_file():
+            raise UserError(f"{str(p)!r} is a folder without recipe.yaml — give a recipe file or a run directory")
+        out = out or p
+        p = p / "recipe.yaml"
+    recipe = load_recipe(p, overrides)
+    if out is None:
+        out = Path("runs") / recipe.name
+    return pretrain(recipe, out, resume=resume, console=console)

@@ -1,0 +1,47 @@
+"""SimCLR views: shapes, per-sample randomness, probabilities honoured, grayscale handled."""
+
+from __future__ import annotations
+
+import torch
+
+from sslkit.augment import SimCLRAugment, preprocess
+
+
+def _images(n: int = 64, c: int = 3, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_views_shape_dtype_and_independence() -> None:
+    aug = SimCLRAugment(24, 3, (0.5,) * 3, (0.25,) * 3)
+    x = _images()
+    v1, v2 = aug(x), aug(x)
+    assert v1.shape == (64, 3, 24, 24) and v1.dtype == torch.float32
+    assert not torch.allclose(v1, v2)  # two calls, two different views
+    batch = aug(x[:1].repeat(8, 1, 1, 1))
+    assert batch.std(dim=0).mean() > 0.01  # copies of one image get different parameters in one batch
+
+
+def test_identity_when_every_probability_is_zero() -> None:
+    mean, std = (0.5,), (0.25,)
+    aug = SimCLRAugment(28, 1, mean, std, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                        grayscale_p=0.0, blur_p=0.0)
+    x = _images(8, 1, 28)
+    torch.testing.assert_close(aug(x), preprocess(x, mean, std), atol=1e-5, rtol=1e-5)
+
+
+def test_flip_probability_one_mirrors() -> None:
+    aug = SimCLRAugment(16, 1, (0.0,), (1.0,), crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=1.0,
+                        jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    x = _images(4, 1, 16)
+    torch.testing.assert_close(aug(x), (x.float() / 255).flip(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_grayscale_probability_one_gives_equal_channels_and_gray_input_skips_colour_ops() -> None:
+    aug = SimCLRAugment(16, 3, (0.0,) * 3, (1.0,) * 3, jitter_p=0.0, grayscale_p=1.0)
+    v = aug(_images(4, 3, 16))
+    torch.testing.assert_close(v[:, 0], v[:, 1])
+    gray = SimCLRAugment(16, 1, (0.0,), (1.0,), jitter_p=1.0, jitter_strength=1.0, grayscale_p=1.0, blur_p=0.5)
+    names = [type(m).__name__ for m in gray.ops]
+    assert "RandomGrayscale" not in names and "RandomGaussianBlur" in names
+    assert gray(_images(4, 1, 16)).shape == (4, 1, 16, 16)

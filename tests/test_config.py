@@ -1,0 +1,96 @@
+"""Strict recipe loading: every bad key or value is one line naming it, before any data is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sslkit.config import Recipe, load_recipe, recipe_from_dict, save_recipe
+from sslkit.errors import UserError
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_round_trip(tmp_path: Path) -> None:
+    r = Recipe()
+    save_recipe(r, tmp_path / "recipe.yaml")
+    assert load_recipe(tmp_path / "recipe.yaml") == r
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_loads(path: Path) -> None:
+    r = load_recipe(path)
+    assert r.train.batch_size >= 2 and r.loss.temperature > 0
+
+
+def test_override_applies_and_types_are_checked(tmp_path: Path) -> None:
+    p = write(tmp_path, "optim:\n  lr: 0.5\n")
+    assert load_recipe(p, ["optim.lr=0.1", "train.epochs=4"]).optim.lr == 0.1
+    assert load_recipe(p, ["augment.crop_scale=[0.3, 0.9]"]).augment.crop_scale == (0.3, 0.9)
+    with pytest.raises(UserError, match=r"--set optim\.lrr=1: unknown key 'optim\.lrr' — did you mean 'optim\.lr'"):
+        load_recipe(p, ["optim.lrr=1"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        load_recipe(p, ["optim.lr"])
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("optim:\n  lrr: 0.1\n", r"r\.yaml:2: unknown key 'optim\.lrr' — did you mean 'optim\.lr'\?"),
+    ("optimm:\n  lr: 0.1\n", r"r\.yaml:1: unknown key 'optimm' — did you mean 'optim'\?"),
+    ("train:\n  epochs: two\n", r"train\.epochs must be an integer, got 'two'"),
+    ("train:\n  batch_size: '256'\n", r"train\.batch_size must be an integer, got '256' \(str\)"),
+    ("train:\n  epochs: -1\n", r"train\.epochs must be ≥ 1, got -1"),
+    ("loss:\n  temperature: 0\n", r"loss\.temperature must be > 0, got 0"),
+    ("loss:\n  temperature: .inf\n", r"loss\.temperature must be a finite number"),
+    ("train:\n  batch_size: 1\n", r"train\.batch_size must be ≥ 2, got 1"),
+    ("augment:\n  flip_p: 1.5\n", r"augment\.flip_p must be ≤ 1, got 1\.5"),
+    ("augment:\n  crop_scale: [0.9, 0.2]\n", r"augment\.crop_scale must be \[low, high\]"),
+    ("augment:\n  crop_scale: 0.5\n", r"augment\.crop_scale must be a list of 2 numbers"),
+    ("optim:\n  name: adam\n", r"optim\.name must be one of 'lars', 'sgd', 'adamw', got 'adam'"),
+    ("data:\n  dataset: fashion-mnst\n", r"unknown data set 'fashion-mnst' \(data\.dataset\) — did you mean 'fashion-mnist'"),
+    ("data:\n  root: /no/such/folder\n", r"data\.root '/no/such/folder' is not a folder"),
+    ("data:\n  dataset: imagefolder\n", r"needs data\.root"),
+    ("model:\n  encoder: resnet19\n", r"unknown model 'resnet19' \(model\.encoder\) — did you mean"),
+    ("model:\n  stem: tiny\n", r"model\.stem must be one of 'imagenet', 'cifar'"),
+    ("train:\n  precision: fp8\n", r"train\.precision must be one of"),
+    ("train: 5\n", r"section 'train' must be a mapping"),
+    ("[1, 2]\n", r"a recipe must be a mapping"),
+    ("train:\n  epochs: 1\n   bad: indentation\n", r"r\.yaml:\d+: not valid YAML"),
+])
+def test_bad_recipes_name_the_key(tmp_path: Path, text: str, pattern: str) -> None:
+    with pytest.raises(UserError, match=pattern) as info:
+        load_recipe(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_python_tags_are_refused_with_file_and_line(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = f"name: x\nseed: !!python/object/apply:os.system ['touch {marker}']\n"
+    with pytest.raises(UserError, match=r"r\.yaml:2: YAML tag .*python/object/apply:os\.system.* is not allowed"):
+        load_recipe(write(tmp_path, text))
+    assert not marker.exists()
+
+
+def test_missing_recipe_file() -> None:
+    with pytest.raises(UserError, match="recipe file 'nope.yaml' not found"):
+        load_recipe("nope.yaml")
+
+
+def test_resolved_recipe_spells_out_every_default(tmp_path: Path) -> None:
+    r = recipe_from_dict({"train": {"epochs": 2}})
+    save_recipe(r, tmp_path / "x.yaml")
+    raw = yaml.safe_load((tmp_path / "x.yaml").read_text())
+    assert raw["train"]["epochs"] == 2 and raw["augment"]["flip_p"] == 0.5 and "temperature" in raw["loss"]
+
+
+def test_replace_checks_too() -> None:
+    assert Recipe().replace(**{"train.epochs": 3}).train.epochs == 3
+    with pytest.raises(UserError, match="train.epochs must be ≥ 1"):
+        Recipe().replace(**{"train.epochs": 0})

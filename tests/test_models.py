@@ -1,0 +1,57 @@
+"""Encoder contract (timm) for both stems, projection head and the SimCLR module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslkit.errors import UserError
+from sslkit.models import ProjectionHead, SimCLR, build_encoder
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_encoder_keeps_the_timm_contract(stem: str, in_chans: int) -> None:
+    enc = build_encoder("resnet18", stem, in_chans).eval()
+    x = torch.randn(2, in_chans, 32, 32)
+    with torch.no_grad():
+        h = enc(x)
+        fmap = enc.forward_features(x)
+        pooled = enc.forward_head(fmap, pre_logits=True)
+    assert h.shape == (2, 512) and enc.num_features == 512
+    torch.testing.assert_close(h, pooled)
+    assert enc.pretrained_cfg["input_size"][0] == in_chans
+    # the cifar stem keeps 32×32 at 4×4 in the last stage (total stride 8); the imagenet stem reaches 1×1
+    assert fmap.shape[-1] == (4 if stem == "cifar" else 1)
+    assert enc.feature_info[-1]["reduction"] == (8 if stem == "cifar" else 32)
+
+
+def test_cifar_stem_is_3x3_stride_1_without_pooling() -> None:
+    enc = build_encoder("resnet18", "cifar", 3)
+    assert enc.conv1.kernel_size == (3, 3) and enc.conv1.stride == (1, 1)
+    assert isinstance(enc.maxpool, torch.nn.Identity)
+
+
+def test_bad_names_are_user_errors() -> None:
+    with pytest.raises(UserError, match="did you mean 'resnet18'"):
+        build_encoder("resnet19")
+    with pytest.raises(UserError, match="unknown stem"):
+        build_encoder("resnet18", "tiny")
+
+
+def test_head_shapes_and_layers() -> None:
+    head = ProjectionHead(512, 256, 64, layers=3, batch_norm=True)
+    assert sum(isinstance(m, torch.nn.Linear) for m in head.modules()) == 3
+    assert head(torch.randn(4, 512)).shape == (4, 64)
+    assert ProjectionHead(512, 256, 64, layers=1)(torch.randn(4, 512)).shape == (4, 64)
+
+
+def test_simclr_batched_forward_equals_separate_forwards_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = SimCLR(build_encoder("resnet18", "imagenet", 1), ProjectionHead(512, 128, 32)).eval()
+    v1, v2 = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        z1, z2 = model(v1, v2)
+        ref1 = model.head(model.encoder(v1))
+    assert z1.shape == z2.shape == (3, 32)
+    torch.testing.assert_close(z1, ref1, atol=1e-5, rtol=1e-4)
