@@ -37,6 +37,7 @@ class DataConfig:
     download: bool = False  # let torchvision download when the files are missing
     image_size: int | None = _f(None, ge=8)  # resize once at load; None keeps the native size
     channels: int | None = _f(None, ge=1, le=3)  # imagefolder only: 1 or 3
+    pool_size: int | float | None = _f(None, gt=0)  # pretraining images: a count or a fraction; None: all
     mean: tuple[float, ...] | None = None  # None: measured on the pretraining pool
     std: tuple[float, ...] | None = None
 
@@ -297,6 +298,9 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int]) -> None:
     if d.root and not d.download and not Path(d.root).expanduser().is_dir():
         raise UserError(f"{_loc(where, lines, 'data.root')}: data.root {d.root!r} is not a folder — fix the path "
                         "or set data.download: true")
+    if isinstance(d.pool_size, float) and d.pool_size >= 1:
+        raise UserError(f"{_loc(where, lines, 'data.pool_size')}: data.pool_size as a fraction must be < 1, got "
+                        f"{d.pool_size:g} — give a count (an integer) or a fraction in (0, 1)")
     if (d.mean is None) != (d.std is None) or (d.mean is not None and len(d.mean) != len(d.std)):
         raise UserError(f"{_loc(where, lines, 'data.mean')}: data.mean and data.std must both be set, with one "
                         "value per channel, or both be null")

@@ -8,6 +8,7 @@ The encoder is a timm model built with ``num_classes=0`` so that ``encoder(x)`` 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 
 import timm
 import torch
@@ -18,7 +19,8 @@ from sslkit.errors import UserError
 STEMS = ("imagenet", "cifar")
 
 
-def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int = 3) -> nn.Module:
+def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int = 3,
+                  zero_init_last: bool = True) -> nn.Module:
     """Builds a randomly initialised timm encoder that maps images to pooled features.
 
     Args:
@@ -26,6 +28,9 @@ def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int 
         stem: ``imagenet`` keeps timm's 7×7 stride-2 conv and max-pool; ``cifar`` replaces them with a 3×3
             stride-1 conv and no pooling, as SimCLR does for 32×32 images (Chen et al. 2020, appendix B.9).
         in_chans: image channels (1 for Fashion-MNIST, 3 for RGB).
+        zero_init_last: start each residual block's last batch-norm scale at 0 (timm's default and SimCLR's;
+            it helps training, but a network fresh from it is close to a shallow one, so the random-init
+            evaluation baseline turns it off to give random features their best chance).
 
     Returns:
         The encoder, with ``num_features`` set and ``pretrained_cfg['input_size']`` naming ``in_chans``.
@@ -39,7 +44,8 @@ def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int 
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f" — did you mean {close[0]!r}?" if close else " — see timm.list_models()"
         raise UserError(f"unknown encoder {name!r} (model.encoder){hint}")
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    kwargs = {} if zero_init_last else {"zero_init_last": False}
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
     if stem == "cifar":
         if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
             raise UserError(f"model.stem 'cifar' needs a ResNet-style encoder with conv1 and maxpool, not {name!r}")
@@ -102,3 +108,29 @@ class SimCLR(nn.Module):
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.head(self.encoder(torch.cat([v1, v2])))
         return z[: v1.shape[0]], z[v1.shape[0]:]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Replaces every batch-norm layer's running statistics by their exact average over ``batches``.
+
+    A freshly initialised network has running mean 0 and variance 1, which in eval mode are nowhere near the
+    real activation statistics, so its eval-mode features are degenerate. Any honest evaluation of a random
+    encoder (the step-0 k-NN, the ``random_init`` probe baseline) first recomputes them from data. Works in
+    place and returns ``model`` in eval mode; weights are untouched.
+
+    Args:
+        model: the network.
+        batches: preprocessed input batches, e.g. a few thousand training images.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: equal weight for every batch
+    model.train()
+    for x in batches:
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()

@@ -9,6 +9,7 @@ an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import signal
@@ -28,7 +29,7 @@ from sslkit.config import Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.errors import UserError
 from sslkit.losses import nt_xent
-from sslkit.models import ProjectionHead, SimCLR, build_encoder
+from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_batchnorm
 from sslkit.optim import build_optimizer, build_scheduler
 
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
@@ -103,6 +104,15 @@ def prepare_data(r: Recipe, device: torch.device) -> Data:
         bank = pool.subset(bank_idx)
     else:
         pool, val, bank = source, None, None
+    if d.pool_size is not None:
+        if isinstance(d.pool_size, int) and d.pool_size > len(pool):
+            raise UserError(f"data.pool_size is {d.pool_size} but only {len(pool)} train images are left after "
+                            f"holding out monitor.val_size={r.monitor.val_size} — lower one of them")
+        if int((pool.labels >= 0).sum()) == len(pool):
+            pool = pool.subset(stratified_split(pool.labels, d.pool_size, r.seed + 2)[0])
+        else:
+            n = d.pool_size if isinstance(d.pool_size, int) else max(2, round(d.pool_size * len(pool)))
+            pool = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(r.seed + 2))[:n])
     if len(pool) < 2:
         raise UserError(f"data set {d.dataset!r} leaves {len(pool)} image(s) for pretraining — need at least 2")
     mean, std = (d.mean, d.std) if d.mean is not None else channel_stats(pool.images)
@@ -133,16 +143,49 @@ def embed(encoder: torch.nn.Module, images: torch.Tensor, mean: tuple[float, ...
     return torch.cat(out)
 
 
-def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.autocast | None) -> float | None:
-    """Weighted k-NN top-1 of the held-out validation images against the labeled bank."""
+def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.autocast | None,
+                fresh: bool = False) -> float | None:
+    """Weighted k-NN top-1 of the held-out validation images against the labeled bank.
+
+    With ``fresh`` (step 0) a copy of the encoder gets batch-norm statistics measured on the bank first: the
+    initial running statistics (mean 0, variance 1) would make the starting point look far worse than a
+    random network really is, and every later gain look larger than it is.
+    """
     if data.monitor_bank is None or data.monitor_val is None:
         return None
     from sslkit.evaluation.knn import knn_top1
+
+    if fresh:
+        encoder = copy.deepcopy(encoder)
+        images = data.monitor_bank.images
+        recalibrate_batchnorm(encoder, (preprocess(images[i:i + 256], data.mean, data.std)
+                                        for i in range(0, images.shape[0], 256)))
 
     bank = embed(encoder, data.monitor_bank.images, data.mean, data.std, amp=amp).cpu()
     val = embed(encoder, data.monitor_val.images, data.mean, data.std, amp=amp).cpu()
     return knn_top1(bank, data.monitor_bank.labels.cpu(), val, data.monitor_val.labels.cpu(), k=r.monitor.k,
                     temperature=r.monitor.temperature)
+
+
+def simclr_loss(model: torch.nn.Module, augment: SimCLRAugment, x: torch.Tensor, temperature: float,
+                amp: torch.autocast | None, fmt: torch.memory_format) -> torch.Tensor:
+    """Two views of each image, one forward over both, NT-Xent.
+
+    Shape:
+        x: (B, C, H, W) uint8 on the device -> ()
+    """
+    views = augment(torch.cat([x, x])).contiguous(memory_format=fmt)  # one call; parameters drawn per sample
+    with amp or contextlib.nullcontext():
+        z1, z2 = model(views[: x.shape[0]], views[x.shape[0]:])
+    return nt_xent(z1, z2, temperature)
+
+
+def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and one optimizer step (through the fp16 loss scaler, a no-op unless it is enabled)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -293,7 +336,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                   f"batch {batch} × 2 views, {total_steps:,} steps")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
-        knn_start = knn_monitor(encoder, data, r, amp)
+        knn_start = knn_monitor(encoder, data, r, amp, fresh=True)
         if knn_start is not None:
             log.write(step=0, epoch=0, **{"knn/top1": knn_start})
             console.print(f"k-NN top-1 at step 0: {knn_start:.4f}")
@@ -316,12 +359,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(len(data.pool), r.seed, epoch)
             idx = order[i * batch:(i + 1) * batch].to(device)
-            x = data.pool.images[idx]
-            views = augment(torch.cat([x, x])).contiguous(memory_format=fmt)  # independent params per view
             scheduler.step_update(step + 1)
-            with amp or contextlib.nullcontext():
-                z1, z2 = forward(views[:batch], views[batch:])
-            loss = nt_xent(z1, z2, r.loss.temperature)
+            loss = simclr_loss(forward, augment, data.pool.images[idx], r.loss.temperature, amp, fmt)
             if not torch.isfinite(loss):
                 skipped += 1
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
@@ -331,10 +370,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                 console.print(f"[yellow]step {step + 1}: non-finite loss, step skipped ({skipped}/{r.train.max_skips})")
                 step += 1
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            apply_update(loss, optimizer, scaler)
             step += 1
             window_imgs += batch
 

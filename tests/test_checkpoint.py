@@ -1,0 +1,98 @@
+"""Atomic checkpoints, safe loading, fallback past corrupt files, and the exported encoder."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslkit.checkpoint import (
+    clean_temp_files,
+    export_encoder,
+    load_checkpoint,
+    load_encoder,
+    load_latest,
+    save_checkpoint,
+    step_checkpoints,
+)
+from sslkit.errors import UserError
+from sslkit.models import build_encoder
+
+
+def _state(v: float) -> dict:
+    return {"model": {"w": torch.full((3,), v)}, "step": int(v), "rng": {"torch": torch.get_rng_state()}}
+
+
+def test_keep_last_k_and_last_points_at_newest(tmp_path: Path) -> None:
+    for s in range(1, 6):
+        save_checkpoint(_state(s), tmp_path, s, keep=2)
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [4, 5]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_corrupt_last_falls_back_with_a_warning(tmp_path: Path) -> None:
+    for s in (1, 2):
+        save_checkpoint(_state(s), tmp_path, s, keep=3)
+    (tmp_path / "last.pt").unlink()  # break the hard link before truncating, like a torn write would
+    (tmp_path / "last.pt").write_bytes(b"\x80\x02garbage")
+    (tmp_path / "step-2.pt").write_bytes((tmp_path / "step-2.pt").read_bytes()[:100])
+    with pytest.warns(UserWarning, match="last.pt"):
+        state, path = load_latest(tmp_path)
+    assert state["step"] == 1 and path.name == "step-1.pt"
+
+
+def test_all_corrupt_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning), pytest.raises(UserError, match="no checkpoint .* could be loaded"):
+        load_latest(tmp_path)
+    assert load_latest(tmp_path / "empty") is None
+
+
+def test_pickled_code_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    torch.save({"model": Evil()}, tmp_path / "evil2.pt")
+    for name in ("evil.pt", "evil2.pt"):
+        with pytest.raises(UserError, match="evil"):
+            load_checkpoint(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_temp_files_are_cleaned(tmp_path: Path) -> None:
+    (tmp_path / ".tmp-step-3.pt.1234").write_bytes(b"partial")
+    assert [p.name for p in clean_temp_files(tmp_path)] == [".tmp-step-3.pt.1234"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_encoder_export_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", "cifar", 1).eval()
+    meta = dict(encoder="resnet18", stem="cifar", in_chans=1, num_features=512, image_size=28, mean=[0.3],
+                std=[0.35], dataset="fashion-mnist-mini", data_root=None)
+    export_encoder(enc, tmp_path, meta)
+    info = json.loads((tmp_path / "encoder.json").read_text())
+    assert len(info["sha256"]) == 64
+    loaded = load_encoder(tmp_path)
+    assert not loaded.training
+    assert loaded.pretrained_cfg["input_size"] == (1, 28, 28) and loaded.pretrained_cfg["mean"] == (0.3,)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), enc(x))
+    assert load_encoder(tmp_path / "encoder.safetensors").sslkit_meta["stem"] == "cifar"
+
+
+def test_run_without_encoder_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="has no exported encoder"):
+        load_encoder(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        load_encoder(tmp_path / "nope")

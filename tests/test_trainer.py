@@ -1,0 +1,107 @@
+"""The pretraining loop end to end on tiny data: run directory, exact resume, refusals, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from sslkit.checkpoint import load_checkpoint, load_encoder
+from sslkit.cli import main
+from sslkit.config import load_recipe
+from sslkit.errors import UserError
+from sslkit.trainer import NonFiniteLoss, pretrain
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["data.pool_size=64", "monitor.val_size=40", "monitor.bank_size=80", "monitor.every=1", "train.batch_size=16",
+        "train.epochs=2", "train.log_every=1", "optim.warmup_epochs=0.5", "train.threads=1"]
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def tiny_recipe(*extra: str):
+    return load_recipe(ROOT / "recipes" / "quickstart.yaml", [*TINY, *extra])
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(e["step"], e["loss"]) for e in events if "loss" in e]
+
+
+def test_run_directory_contract(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = pretrain(tiny_recipe(), out, console=quiet())
+    for name in ("recipe.yaml", "metrics.jsonl", "checkpoints/last.pt", "encoder.safetensors", "encoder.json"):
+        assert (out / name).is_file(), name
+    assert summary["steps"] == 8 and 0 <= summary["knn_start"] <= 1 and 0 <= summary["knn_end"] <= 1
+    assert [s for s, _ in losses(out)] == list(range(1, 9))
+    assert load_recipe(out / "recipe.yaml") == tiny_recipe()
+    enc = load_encoder(out)
+    assert enc.pretrained_cfg["input_size"] == (1, 28, 28)
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    for k, v in enc.state_dict().items():
+        torch.testing.assert_close(v, state["model"][f"encoder.{k}"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stop", [3, 4, 6], ids=["mid-epoch", "epoch-boundary", "after-checkpoint"])
+def test_resume_is_bitwise_exact(tmp_path: Path, stop: int) -> None:
+    extra = ["train.checkpoint_every=3"] if stop == 6 else []
+    full = tmp_path / "full"
+    pretrain(tiny_recipe(*extra), full, console=quiet())
+    part = tmp_path / "part"
+    pretrain(tiny_recipe(*extra, f"train.max_steps={stop}"), part, console=quiet())
+    pretrain(tiny_recipe(*extra), part, resume=True, console=quiet())
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert losses(full) == losses(part)
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    pretrain(tiny_recipe("train.max_steps=1"), out, console=quiet())
+    before = (out / "encoder.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a run — add --resume"):
+        pretrain(tiny_recipe(), out, console=quiet())
+    assert (out / "encoder.safetensors").read_bytes() == before
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        pretrain(tiny_recipe(), tmp_path / "empty", resume=True, console=quiet())
+    with pytest.raises(UserError, match=r"differs from the run's in loss\.temperature"):
+        pretrain(tiny_recipe("loss.temperature=0.9"), out, resume=True, console=quiet())
+
+
+def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslkit.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.nt_xent
+
+    def flaky(z1, z2, t):
+        calls["n"] += 1
+        return real(z1, z2, t) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(trainer, "nt_xent", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match="at step 3"):
+        pretrain(tiny_recipe("train.checkpoint_every=2"), out, console=quiet())
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    calls["n"] = 0
+    summary = pretrain(tiny_recipe("train.nonfinite=skip"), tmp_path / "skip", console=quiet())
+    assert summary["steps"] == 8 and 3 not in [s for s, _ in losses(tmp_path / "skip")]
+
+
+def test_cli_bad_override_exits_2_and_computes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    code = main(["pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--set", "optim.lrr=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optim.lrr" in err and "did you mean 'optim.lr'" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
