@@ -111,7 +111,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise UserError(f"checkpoint {str(path)!r} holds objects other than tensors and plain data; refused "
                             "to unpickle it (only load checkpoints you trust, re-saved as plain state dicts)") from None
-        raise UserError(f"checkpoint {str(path)!r} is unreadable ({first[:120]}) — it is truncated or corrupt") from None
+        raise UserError(f"checkpoint {str(path)!r} is unreadable ({first[:120]}) — it is truncated or "
+                        "corrupt") from None
 
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:

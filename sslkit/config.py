@@ -230,7 +230,7 @@ def _check_range(value: Any, checks: dict[str, float]) -> str | None:
     return None
 
 
-def _build_section(cls: type, raw: Any, path: str, where: str, lines: dict[str, int]) -> Any:
+def _build_section(cls: type, raw: Any, path: str, where: str, lines: dict[str, int | str]) -> Any:
     if not isinstance(raw, dict):
         raise UserError(f"{_loc(where, lines, path)}: section {path!r} must be a mapping of keys to values, "
                         f"got {type(raw).__name__}")
@@ -259,18 +259,21 @@ def _build_section(cls: type, raw: Any, path: str, where: str, lines: dict[str, 
     return cls(**kwargs)
 
 
-def _loc(where: str, lines: dict[str, int], dotted: str) -> str:
+def _loc(where: str, lines: dict[str, int | str], dotted: str) -> str:
+    """``file:line`` of a key, or the ``--set`` that gave it its value."""
     line = lines.get(dotted) or lines.get(dotted.rsplit(".", 1)[0])
+    if isinstance(line, str):
+        return line
     return f"{where}:{line}" if line else where
 
 
-def _key_lines(text: str) -> dict[str, int]:
+def _key_lines(text: str) -> dict[str, int | str]:
     """Maps each dotted key of a YAML mapping to its 1-based line, for error messages."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return {}
-    out: dict[str, int] = {}
+    out: dict[str, int | str] = {}
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
@@ -283,7 +286,7 @@ def _key_lines(text: str) -> dict[str, int]:
     return out
 
 
-def _check_semantics(r: Recipe, where: str, lines: dict[str, int]) -> None:
+def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None:
     """Cross-field checks that need no data: names that must exist, paths that must be there."""
     from sslkit.data import DATASETS  # the registry's names only; nothing is loaded
 
@@ -324,7 +327,7 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int]) -> None:
                         f"got {r.train.device!r}")
 
 
-def recipe_from_dict(raw: Any, where: str = "recipe", lines: dict[str, int] | None = None) -> Recipe:
+def recipe_from_dict(raw: Any, where: str = "recipe", lines: dict[str, int | str] | None = None) -> Recipe:
     """Builds and checks a ``Recipe`` from a nested dict (as parsed from YAML)."""
     lines = lines or {}
     if raw is None:
@@ -379,20 +382,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text_override in overrides:
         key, value = parse_override(text_override)
         _set_dotted(raw, key, value, f"--set {text_override}")
-        lines.pop(key, None)
-    where = str(path)
-    try:
-        return recipe_from_dict(raw, where, lines)
-    except UserError as e:
-        # An override's own key is named as such, so the user knows the file is not at fault.
-        msg = str(e)
-        for text_override in overrides:
-            key = text_override.split("=", 1)[0].strip()
-            if f"'{key}'" in msg or f" {key} " in msg:
-                msg = msg.replace(where + ":", f"--set {text_override}:", 1).replace(where, f"--set {text_override}",
-                                                                                       1)
-                break
-        raise UserError(msg) from None
+        lines[key] = f"--set {text_override}"  # errors about this key name the override, not the file
+    return recipe_from_dict(raw, str(path), lines)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
