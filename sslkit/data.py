@@ -230,7 +230,9 @@ def _imagefolder(root: str | None, image_size: int | None, channels: int | None)
     images_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
     if images_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        images = torch.from_numpy(np.load(images_path, mmap_mode="r"))
+        with warnings.catch_warnings():  # read-only memory map on purpose: training only ever reads images
+            warnings.simplefilter("ignore", UserWarning)
+            images = torch.from_numpy(np.load(images_path, mmap_mode="r"))
         return ImageSource(images, torch.tensor(meta["labels"], dtype=torch.long), tuple(meta["classes"]),
                            f"imagefolder:{base.name}")
 

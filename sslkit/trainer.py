@@ -345,6 +345,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     # --- the loop ---------------------------------------------------------------------------------------
     model.train()
     skipped = 0
+    start_step = step
     t_start = time.perf_counter()
     window_t, window_imgs, img_per_s = time.perf_counter(), 0, float("nan")
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -383,6 +384,11 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                 lr = optimizer.param_groups[0]["lr"]
                 log.write(step=step, epoch=step / steps_per_epoch, loss=loss_value, lr=lr, img_per_s=img_per_s)
                 progress.update(task, completed=step, epoch=epoch + 1, loss=loss_value, lr=lr, ips=img_per_s)
+                if not console.is_terminal:  # logs and CI get plain lines; a terminal gets the live bar
+                    elapsed = now - t_start
+                    eta = elapsed / max(step - start_step, 1) * (stop_at - step)
+                    console.print(f"step {step}/{stop_at}  epoch {step / steps_per_epoch:.2f}  loss {loss_value:.4f}  "
+                                  f"lr {lr:.3g}  {img_per_s:,.0f} img/s  eta {eta:,.0f} s", highlight=False)
             else:
                 progress.update(task, completed=step)
             if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:
