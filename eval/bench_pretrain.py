@@ -45,6 +45,16 @@ def timed(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,6 +105,8 @@ def main() -> None:
     def step() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
         loss = simclr_loss(forward, augment, pool[idx], 0.2, amp, fmt)
+        if not torch.isfinite(loss):  # the trainer's check, with its host sync, is part of the real step
+            raise RuntimeError("non-finite loss")
         apply_update(loss, optimizer, scaler)
 
     def aug_only() -> None:
@@ -115,7 +127,7 @@ def main() -> None:
     mp, ms, ma = statistics.median(t_pure), statistics.median(t_step), statistics.median(t_aug)
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     rows = [("(a) pure encoder+head fwd+bwd", mp), ("(b) sslkit train step", ms)]
     cmd = "python eval/bench_pretrain.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(args).items()

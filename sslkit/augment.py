@@ -47,7 +47,8 @@ class SimCLRAugment(nn.Module):
         super().__init__()
         s = jitter_strength
         ops: list[nn.Module] = [
-            K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale), ratio=tuple(crop_ratio), p=1.0),
+            K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale), ratio=tuple(crop_ratio), p=1.0,
+                               cropping_mode="resample"),
             K.RandomHorizontalFlip(p=flip_p),
         ]
         if jitter_p > 0 and s > 0:

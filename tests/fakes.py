@@ -34,7 +34,8 @@ def write_cifar(root: Path, kind: str = "cifar10", per_batch: int = 20, seed: in
         out[split] = np.concatenate(xs)
         out[f"{split}_labels"] = np.asarray(ys)
     if kind == "cifar10":
-        meta_name, meta = "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch}
+        meta_name = "batches.meta"
+        meta = {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch}
     else:
         meta_name, meta = "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
                                    "coarse_label_names": [f"coarse{i}" for i in range(20)]}
