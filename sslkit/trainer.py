@@ -88,31 +88,45 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
 
 
+def split_train(r: Recipe, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Indices into the train split: (monitor validation, pretraining pool, monitor k-NN bank).
+
+    A pure function of the recipe and the labels, so other commands (fine-tuning on images outside the
+    pool, say) can recompute exactly which images a run pretrained on. Validation and bank are None when there
+    are too few labeled images to monitor.
+    """
+    everything = torch.arange(len(labels))
+    labeled = int((labels >= 0).sum())
+    val_idx = bank_idx = None
+    pool_idx = everything
+    if r.monitor.val_size + 1 <= labeled:
+        val_idx, pool_idx = stratified_split(labels, r.monitor.val_size, r.seed)
+        pool_labels = labels[pool_idx]
+        bank_size = min(r.monitor.bank_size, int((pool_labels >= 0).sum()))
+        bank_idx = pool_idx[stratified_split(pool_labels, bank_size, r.seed + 1)[0]]
+    size = r.data.pool_size
+    if size is not None:
+        if isinstance(size, int) and size > len(pool_idx):
+            raise UserError(f"data.pool_size is {size} but only {len(pool_idx)} train images are left after "
+                            f"holding out monitor.val_size={r.monitor.val_size} — lower one of them")
+        pool_labels = labels[pool_idx]
+        if bool((pool_labels >= 0).all()):
+            pool_idx = pool_idx[stratified_split(pool_labels, size, r.seed + 2)[0]]
+        else:
+            n = size if isinstance(size, int) else max(2, round(size * len(pool_idx)))
+            pool_idx = pool_idx[torch.randperm(len(pool_idx), generator=torch.Generator().manual_seed(r.seed + 2))[:n]]
+    return val_idx, pool_idx, bank_idx
+
+
 def prepare_data(r: Recipe, device: torch.device) -> Data:
     """Loads the train split, holds out a stratified validation part, and picks the k-NN bank."""
     d = r.data
     source = load_source(d.dataset, "train", root=d.root, download=d.download, image_size=d.image_size,
                          channels=d.channels)
-    labeled = int((source.labels >= 0).sum())
-    monitor = r.monitor.val_size + min(r.monitor.bank_size, 1) <= labeled
-    if monitor:
-        val_idx, pool_idx = stratified_split(source.labels, r.monitor.val_size, r.seed)
-        pool = source.subset(pool_idx)
-        val = source.subset(val_idx)
-        bank_size = min(r.monitor.bank_size, int((pool.labels >= 0).sum()))
-        bank_idx, _ = stratified_split(pool.labels, bank_size, r.seed + 1)
-        bank = pool.subset(bank_idx)
-    else:
-        pool, val, bank = source, None, None
-    if d.pool_size is not None:
-        if isinstance(d.pool_size, int) and d.pool_size > len(pool):
-            raise UserError(f"data.pool_size is {d.pool_size} but only {len(pool)} train images are left after "
-                            f"holding out monitor.val_size={r.monitor.val_size} — lower one of them")
-        if int((pool.labels >= 0).sum()) == len(pool):
-            pool = pool.subset(stratified_split(pool.labels, d.pool_size, r.seed + 2)[0])
-        else:
-            n = d.pool_size if isinstance(d.pool_size, int) else max(2, round(d.pool_size * len(pool)))
-            pool = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(r.seed + 2))[:n])
+    val_idx, pool_idx, bank_idx = split_train(r, source.labels)
+    pool = source.subset(pool_idx)
+    val = source.subset(val_idx) if val_idx is not None else None
+    bank = source.subset(bank_idx) if bank_idx is not None else None
     if len(pool) < 2:
         raise UserError(f"data set {d.dataset!r} leaves {len(pool)} image(s) for pretraining — need at least 2")
     mean, std = (d.mean, d.std) if d.mean is not None else channel_stats(pool.images)
