@@ -27,7 +27,7 @@ from sslkit.augment import SimCLRAugment
 from sslkit.config import OptimConfig
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
-from sslkit.trainer import apply_update, simclr_loss
+from sslkit.step import make_views, simclr_backward, step_if_finite
 
 
 def sync(device: torch.device) -> None:
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--chunk-size", type=int, default=None, help="gradient-cache chunk (views) for (b)")
     ap.add_argument("--quick", action="store_true", help="1 step × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_pretrain_<device>.md)")
     args = ap.parse_args()
@@ -104,10 +105,11 @@ def main() -> None:
 
     def step() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
-        loss = simclr_loss(forward, augment, pool[idx], 0.2, amp, fmt)
-        if not torch.isfinite(loss):  # the trainer's check, with its host sync, is part of the real step
+        views = make_views(augment, pool[idx], fmt)
+        optimizer.zero_grad(set_to_none=True)
+        loss = simclr_backward(forward, views, 0.2, amp, scaler, args.chunk_size)
+        if not step_if_finite(loss, model, optimizer, scaler):  # the trainer's check, host sync included
             raise RuntimeError("non-finite loss")
-        apply_update(loss, optimizer, scaler)
 
     def aug_only() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)

@@ -28,9 +28,9 @@ from sslkit.checkpoint import clean_temp_files, export_encoder, load_latest, sav
 from sslkit.config import Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.errors import UserError
-from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_batchnorm
 from sslkit.optim import build_optimizer, build_scheduler
+from sslkit.step import make_views, simclr_backward, step_if_finite
 
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
 
@@ -179,27 +179,6 @@ def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.auto
     val = embed(encoder, data.monitor_val.images, data.mean, data.std, amp=amp).cpu()
     return knn_top1(bank, data.monitor_bank.labels.cpu(), val, data.monitor_val.labels.cpu(), k=r.monitor.k,
                     temperature=r.monitor.temperature)
-
-
-def simclr_loss(model: torch.nn.Module, augment: SimCLRAugment, x: torch.Tensor, temperature: float,
-                amp: torch.autocast | None, fmt: torch.memory_format) -> torch.Tensor:
-    """Two views of each image, one forward over both, NT-Xent.
-
-    Shape:
-        x: (B, C, H, W) uint8 on the device -> ()
-    """
-    views = augment(torch.cat([x, x])).contiguous(memory_format=fmt)  # one call; parameters drawn per sample
-    with amp or contextlib.nullcontext():
-        z1, z2 = model(views[: x.shape[0]], views[x.shape[0]:])
-    return nt_xent(z1, z2, temperature)
-
-
-def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    """Backward and one optimizer step (through the fp16 loss scaler, a no-op unless it is enabled)."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -375,17 +354,19 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                 order_epoch, order = epoch, epoch_order(len(data.pool), r.seed, epoch)
             idx = order[i * batch:(i + 1) * batch].to(device)
             scheduler.step_update(step + 1)
-            loss = simclr_loss(forward, augment, data.pool.images[idx], r.loss.temperature, amp, fmt)
-            if not torch.isfinite(loss):
+            views = make_views(augment, data.pool.images[idx], fmt)
+            optimizer.zero_grad(set_to_none=True)
+            loss = simclr_backward(forward, views, r.loss.temperature, amp, scaler, r.train.chunk_size)
+            if not step_if_finite(loss, model, optimizer, scaler):
                 skipped += 1
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
-                    raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}); no update "
-                                        f"was applied and the last checkpoint is intact — lower optim.lr, raise "
-                                        f"loss.temperature, or use train.precision: fp32")
-                console.print(f"[yellow]step {step + 1}: non-finite loss, step skipped ({skipped}/{r.train.max_skips})")
+                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
+                                        f"{epoch + 1}); no update was applied and the last checkpoint is intact — "
+                                        "lower optim.lr, raise loss.temperature, or use train.precision: fp32")
+                console.print(f"[yellow]step {step + 1}: non-finite loss or gradients, step skipped "
+                              f"({skipped}/{r.train.max_skips})")
                 step += 1
                 continue
-            apply_update(loss, optimizer, scaler)
             step += 1
             window_imgs += batch
 

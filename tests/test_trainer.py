@@ -80,16 +80,16 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path:
 
 
 def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sslkit.trainer as trainer
+    import sslkit.step as step
 
     calls = {"n": 0}
-    real = trainer.nt_xent
+    real = step.nt_xent
 
     def flaky(z1, z2, t):
         calls["n"] += 1
         return real(z1, z2, t) * (float("nan") if calls["n"] == 3 else 1.0)
 
-    monkeypatch.setattr(trainer, "nt_xent", flaky)
+    monkeypatch.setattr(step, "nt_xent", flaky)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLoss, match="at step 3"):
         pretrain(tiny_recipe("train.checkpoint_every=2"), out, console=quiet())

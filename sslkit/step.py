@@ -1,0 +1,105 @@
+"""One SimCLR optimisation step, shared by the trainer and the benchmarks.
+
+views → forward → NT-Xent → backward, either on the whole batch at once or, with ``chunk_size``, by the
+gradient-cache method (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited
+Setup"): embed all views in chunks without autograd, take the loss and its gradient with respect to the
+embeddings on the full batch, then re-run each chunk with autograd and back-propagate its slice of that
+gradient. Parameter gradients equal the full-batch ones whenever the forward does not depend on how the batch
+is split (batch norm in train mode does: its statistics become per-chunk); memory is bounded by the chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from sslkit.augment import SimCLRAugment
+from sslkit.losses import nt_xent
+
+
+def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """Both views of each image from one augmentation call (parameters drawn per sample).
+
+    Shape:
+        (B, C, H, W) uint8 -> (2B, C, S, S) float32: the first views, then the second views
+    """
+    return augment(torch.cat([x, x])).contiguous(memory_format=fmt)
+
+
+def _project(model: nn.Module, views: torch.Tensor) -> torch.Tensor:
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    inner = getattr(inner, "_orig_mod", inner)
+    return inner.head(inner.encoder(views))
+
+
+@contextlib.contextmanager
+def _frozen_norm_buffers(model: nn.Module) -> Iterator[None]:
+    """Restores batch-norm running statistics after the gradient-free pass, so they are updated only once."""
+    saved = [(b, b.detach().clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for b in m.buffers()]
+    try:
+        yield
+    finally:
+        for b, value in saved:
+            b.copy_(value)
+
+
+def simclr_backward(model: nn.Module, views: torch.Tensor, temperature: float, amp: torch.autocast | None,
+                    scaler: torch.amp.GradScaler, chunk_size: int | None = None) -> torch.Tensor:
+    """Accumulates the NT-Xent gradient of a batch of views into the parameters; returns the (detached) loss.
+
+    Args:
+        model: a ``SimCLR`` module (possibly wrapped by DDP or ``torch.compile``).
+        views: first views then second views, as from :func:`make_views`.
+        temperature: τ of NT-Xent.
+        amp: autocast context or None.
+        scaler: the fp16 loss scaler (a no-op when disabled).
+        chunk_size: views per chunk for the gradient cache; None or ≥ 2B runs the batch at once.
+
+    Shape:
+        views: (2B, C, H, W) -> ()
+    """
+    b = views.shape[0] // 2
+    autocast = amp or contextlib.nullcontext()
+    if not chunk_size or chunk_size >= views.shape[0]:
+        with autocast:
+            z1, z2 = model(views[:b], views[b:])
+        loss = nt_xent(z1, z2, temperature)
+        scaler.scale(loss).backward()
+        return loss.detach()
+    chunks = views.split(chunk_size)
+    with torch.no_grad(), _frozen_norm_buffers(model), autocast:
+        z = torch.cat([_project(model, c).float() for c in chunks])
+    z.requires_grad_(True)
+    loss = nt_xent(z[:b], z[b:], temperature)
+    (grad_z,) = torch.autograd.grad(scaler.scale(loss), z)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    for i, (c, g) in enumerate(zip(chunks, grad_z.split(chunk_size), strict=True)):
+        # Under DDP gradients are all-reduced once, with the last chunk.
+        sync = contextlib.nullcontext() if not ddp or i == len(chunks) - 1 else model.no_sync()
+        with sync:
+            with autocast:
+                zc = _project(model, c)
+            zc.float().backward(g)
+    return loss.detach()
+
+
+def step_if_finite(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler) -> bool:
+    """Applies the optimizer step unless the loss or any gradient is NaN/Inf; returns whether it stepped.
+
+    One host synchronisation checks the loss and every gradient together. With the fp16 scaler enabled,
+    the scaler's own overflow handling decides instead (it skips the step and lowers the scale).
+    """
+    if not scaler.is_enabled():
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        total = loss.float() + (torch.stack(torch._foreach_norm(grads)).sum() if grads else 0.0)
+        if not torch.isfinite(total):
+            optimizer.zero_grad(set_to_none=True)
+            return False
+    scaler.step(optimizer)
+    scaler.update()
+    return True
