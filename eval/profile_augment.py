@@ -54,7 +54,8 @@ def main() -> None:
         aug(x)
     sync()
     dt = (time.perf_counter() - t) / args.repeats
-    print(f"{'whole pipeline':24s} {dt * 1e3:8.2f} ms  {args.batch / dt:12,.0f} img/s  (sum of ops {total * 1e3:.2f} ms)")
+    print(f"{'whole pipeline':24s} {dt * 1e3:8.2f} ms  {args.batch / dt:12,.0f} img/s  "
+          f"(sum of ops {total * 1e3:.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,29 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _neighbors(args: argparse.Namespace) -> int:
+    from sslkit.evaluation.retrieval import find_neighbors
+
+    find_neighbors(args.run, args.query, k=args.k, split=args.split, out=args.out, seed=args.seed, index=args.index)
+    return 0
+
+
+def _umap(args: argparse.Namespace) -> int:
+    from sslkit.report import run_map
+
+    run_map(args.run, method=args.method, split=args.split, out=args.out, thumbnails=args.thumbnails,
+            max_points=args.max_points, seed=args.seed)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sslkit.report import build_report
+
+    build_report(args.run, split=args.split, method=args.method, out=args.out, seed=args.seed,
+                 max_points=args.max_points)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description="Self-supervised pretraining (SimCLR) and "
                                      "honest evaluation of the encoder.")
@@ -53,6 +76,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labeled fractions for the label-efficiency probe (default: 0.01 0.1 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_probe)
+
+    p = sub.add_parser("neighbors", help="nearest-neighbour grid of query images in a run's feature space",
+                       description="Show each query image's k most similar images of a split (cosine similarity "
+                       "of the encoder's features, the query itself excluded) as a PNG grid and a table.")
+    p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--query", nargs="+", required=True, metavar="I",
+                   help="image indices into the split, or random:N for N seeded random queries")
+    p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8)")
+    p.add_argument("--split", default="test", help="split to search (default: test)")
+    p.add_argument("--out", metavar="PNG", help="where to write the grid (default: RUN/neighbors/<queries>.png)")
+    p.add_argument("--index", choices=("flat", "hnsw"), default="flat",
+                   help="FAISS index: flat (exact, default) or hnsw (approximate, for very large splits)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random:N (default: 0)")
+    p.set_defaults(func=_neighbors)
+
+    p = sub.add_parser("umap", help="2-D UMAP or t-SNE map of a run's features, coloured by class")
+    p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="default: umap")
+    p.add_argument("--split", default="test", help="split to map (default: test)")
+    p.add_argument("--out", metavar="PNG", help="default: RUN/figures/<method>-<split>.png")
+    p.add_argument("--thumbnails", type=int, default=0, metavar="N", help="draw N image thumbnails on the map")
+    p.add_argument("--max-points", type=int, default=10_000, metavar="N",
+                   help="map a seeded subset of N images when the split is larger (default: 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_umap)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)")
+    p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--split", default="test", help="split for the map, neighbours and clusters (default: test)")
+    p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
+    p.add_argument("--out", metavar="HTML", help="default: RUN/report.html")
+    p.add_argument("--max-points", type=int, default=10_000, metavar="N", help="most images on the map")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -1,8 +1,8 @@
-"""Image sources: whole data sets as one uint8 tensor in memory, plus seeded stratified splits.
+"""Image sources: whole data sets as one uint8 tensor, plus seeded stratified splits.
 
 Small data sets (Fashion-MNIST, CIFAR, STL-10, SVHN) are read once into an (N, C, H, W) uint8 tensor, so a
-training batch is one index operation: no per-sample Python, no worker processes. Image folders are decoded
-and resized once into a uint8 cache on disk and memory-mapped from then on.
+training batch is one index operation: no per-sample Python, no worker processes. Image folders are decoded,
+resized and cropped once into a uint8 cache next to the images and memory-mapped from then on.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,31 +28,52 @@ from sslkit.errors import UserError
 DATASETS: tuple[str, ...] = ("fashion-mnist", "fashion-mnist-mini", "cifar10", "cifar100", "stl10", "svhn",
                              "imagefolder")
 SPLITS: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("train", "test"),
+    "fashion-mnist-mini": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "svhn": ("train", "test", "extra"),
+    # An image folder is one pool: a test split would silently be the training images again. Callers hold a
+    # part out with stratified_split instead.
+    "imagefolder": ("train",),
 }
+# Where data goes when data.root is unset. Absolute, so that `pretrain` and a later `probe` run from another
+# working directory find the same files.
+DEFAULT_ROOT = Path("~/.cache/sslkit/data").expanduser()
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MINI_DIR = Path(__file__).resolve().parent.parent / "assets" / "fashion-mnist-mini"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+IMAGEFOLDER_DEFAULT_SIZE = 64
+# Part of every image-folder cache key: bump it when the decoding below changes, so old caches are not reused.
+_CACHE_VERSION = 1
+_IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field has no single truth value
 class ImageSource:
     """Images and labels of one split, held whole.
 
     Attributes:
-        images: uint8 tensor (N, C, H, W), square images.
+        images: uint8 tensor (N, C, H, W) of square images; in memory, or memory-mapped for an image folder.
         labels: int64 tensor (N,); -1 marks an unlabeled image.
         classes: class names, indexed by label.
-        name: e.g. ``fashion-mnist/train``.
+        name: where the images came from, e.g. ``fashion-mnist/train``.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -63,264 +87,472 @@ class ImageSource:
         return int(self.images.shape[2])
 
     def subset(self, idx: torch.Tensor) -> ImageSource:
-        """The images at ``idx`` (a copy), in that order."""
+        """The images and labels at ``idx`` (a copy, in that order); the name records how many were taken."""
         idx = torch.as_tensor(idx, dtype=torch.long)
-        images = self.images[idx.to(self.images.device)]
-        return ImageSource(images, self.labels[idx.to(self.labels.device)], self.classes, f"{self.name}[{len(idx)}]")
+        return ImageSource(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
+                           self.classes, f"{self.name}[{len(idx)}/{len(self)}]")
 
 
 # --- splits -----------------------------------------------------------------------------------------------
 
 
 def stratified_split(labels: torch.Tensor, size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Picks ``size`` labeled samples with the class proportions of the whole, reproducibly.
+    """Picks ``size`` labeled samples with the class proportions of all labeled samples, reproducibly.
+
+    Each class gets its share of ``size``, rounded by largest remainder so the total is exact. Within a class
+    the picked samples are uniformly random, drawn from one ``torch.Generator`` seeded with ``seed``.
 
     Args:
-        labels: (N,) int labels; -1 (unlabeled) is never picked.
-        size: a count (int ≥ 1) or a fraction of the labeled samples (0 < f < 1).
+        labels: int labels; -1 (unlabeled) is never picked.
+        size: a count (int >= 1) or a fraction of the labeled samples (float, 0 < size < 1).
         seed: the same seed gives the same split on any machine.
 
     Returns:
-        ``(picked, rest)``: sorted int64 index tensors that are disjoint and together cover all N.
+        ``(picked, rest)``: sorted int64 index tensors, disjoint, that together cover all N samples.
+
+    Raises:
+        UserError: a size outside those ranges or larger than the number of labeled samples.
+
+    Shape:
+        labels (N,) -> picked (size,), rest (N - size,)
     """
-    labels = torch.as_tensor(labels).cpu()
+    labels = torch.as_tensor(labels).cpu().long().flatten()
     labeled = torch.nonzero(labels >= 0).flatten()
     n_labeled = len(labeled)
-    n = round(size * n_labeled) if isinstance(size, float) else int(size)
-    if isinstance(size, float) and not 0 < size < 1:
-        raise UserError(f"a split fraction must be in (0, 1), got {size:g}")
+    if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)):
+        raise UserError(f"split size must be a count (int >= 1) or a fraction in (0, 1), got {size!r}")
+    if isinstance(size, (float, np.floating)):
+        if not 0 < size < 1:
+            raise UserError(f"split fraction {size:g} is outside (0, 1) — give a fraction like 0.1 or a whole count")
+        n = round(float(size) * n_labeled)
+    else:
+        n = int(size)
     if n < 1 or n > n_labeled:
-        raise UserError(f"cannot pick {n} labeled samples out of {n_labeled} — choose a size between 1 and "
-                        f"{n_labeled}")
+        raise UserError(f"cannot pick a stratified split of {n} out of {n_labeled} labeled samples — choose a size "
+                        f"between 1 and {n_labeled}")
+
+    # Exact integer largest-remainder rounding (no floats, so no machine-dependent ties): class c gets
+    # floor(n * count_c / n_labeled), and the leftover units go to the largest remainders, lowest class first.
     classes, counts = torch.unique(labels[labeled], return_counts=True)
-    # Largest-remainder rounding gives each class its share and the exact total.
-    share = counts.double() * n / n_labeled
-    take = share.floor().long()
-    rest_order = torch.argsort(share - take, descending=True, stable=True)
-    take[rest_order[: n - int(take.sum())]] += 1
+    take = counts * n // n_labeled
+    remainder = counts * n % n_labeled
+    by_remainder = torch.argsort(-remainder, stable=True)
+    take[by_remainder[: n - int(take.sum())]] += 1
+
+    # One random permutation of all labeled samples, then a stable sort by class: each class's members end
+    # up in random order, so the first take[c] of each class group are a uniform sample of that class.
     g = torch.Generator().manual_seed(int(seed))
-    picked = []
-    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
-        members = labeled[labels[labeled] == c]
-        picked.append(members[torch.randperm(len(members), generator=g)[:k]])
-    chosen = torch.cat(picked).sort().values
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[chosen] = False
-    return chosen, torch.nonzero(mask).flatten()
+    shuffled = labeled[torch.randperm(n_labeled, generator=g)]
+    cls = torch.searchsorted(classes, labels[shuffled])  # class position 0..K-1 of each shuffled sample
+    order = torch.argsort(cls, stable=True)
+    grouped, grouped_cls = shuffled[order], cls[order]
+    group_start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n_labeled) - group_start[grouped_cls]
+    picked = grouped[rank < take[grouped_cls]].sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[picked] = False
+    return picked, torch.nonzero(keep).flatten()
 
 
-# --- readers ----------------------------------------------------------------------------------------------
+# --- Fashion-MNIST ----------------------------------------------------------------------------------------
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Reads a (gzipped) IDX file, the format of MNIST and Fashion-MNIST, into a uint8 array."""
-    opener = gzip.open if str(path).endswith(".gz") else open
+def read_idx(path: str | Path) -> np.ndarray:
+    """Reads an IDX file of unsigned bytes (the MNIST / Fashion-MNIST format), gzipped when it ends in .gz.
+
+    Raises:
+        UserError: the file is unreadable, not a uint8 IDX file, or truncated; the message names it.
+    """
+    path = Path(path)
     try:
-        with opener(path, "rb") as f:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path} is unreadable ({e}) — re-download or reinstall the data") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path} is not a uint8 IDX file (bad magic number) — re-download or reinstall the data")
+    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError on damaged files
+        raise UserError(f"{path} is unreadable ({_one_line(e)}) — delete it and re-download or reinstall it") from None
+    # Magic number: two zero bytes, the element type, then the number of dimensions.
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UINT8 or raw[3] == 0:
+        raise UserError(f"{path} is not a uint8 IDX file (bad magic number {raw[:4].hex() or 'none'}) — delete it "
+                        "and re-download or reinstall it")
     ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
-    expected = int(np.prod(dims)) if dims else 0
+    if len(raw) < offset:
+        raise UserError(f"{path} is truncated inside its header — delete it and re-download or reinstall it")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape, dtype=np.int64))
     if len(raw) - offset != expected:
-        raise UserError(f"{path} is truncated: {len(raw) - offset} bytes of data for shape {dims} — re-download it")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+        raise UserError(f"{path} holds {len(raw) - offset} data bytes but its header says {expected} (shape {shape}) "
+                        "— delete it and re-download or reinstall it")
+    # A bytearray makes the array writable without a second copy (torch warns on read-only numpy memory).
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
+    """The (images, labels) files of a split in ``folder``, gzipped or not, or None when absent."""
     prefix = "train" if split == "train" else "t10k"
-    for name in (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte"):
-        images = folder / name
-        if images.is_file():
-            labels = folder / name.replace("images-idx3", "labels-idx1")
-            if labels.is_file():
-                return images, labels
+    for ext in (".gz", ""):
+        images = folder / f"{prefix}-images-idx3-ubyte{ext}"
+        labels = folder / f"{prefix}-labels-idx1-ubyte{ext}"
+        if images.is_file() and labels.is_file():
+            return images, labels
     return None
 
 
-def _fashion_mnist(split: str, root: str | None, download: bool, mini: bool) -> ImageSource:
-    if mini:
-        folders = [FASHION_MNIST_MINI_DIR]
-    else:
-        folders = [Path(root).expanduser(), Path(root).expanduser() / "FashionMNIST" / "raw"] if root else []
-        folders.append(FASHION_MNIST_SYSTEM_DIR)
+def _read_fashion_mnist(pair: tuple[Path, Path], name: str) -> ImageSource:
+    x, y = read_idx(pair[0]), read_idx(pair[1])
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise UserError(f"{pair[0]} (shape {x.shape}) and {pair[1]} (shape {y.shape}) do not form one image set — "
+                        "delete them and re-download or reinstall the data")
+    return ImageSource(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), FASHION_MNIST_CLASSES,
+                       name)
+
+
+def _fashion_mnist(split: str, root: str | None, download: bool) -> ImageSource:
+    base = Path(root).expanduser() if root else None
+    folders = [base, base / "FashionMNIST" / "raw"] if base else []
+    folders.append(FASHION_MNIST_SYSTEM_DIR)
+    if base is None:
+        folders.append(DEFAULT_ROOT / "FashionMNIST" / "raw")  # where an earlier download went
     for folder in folders:
         pair = _idx_pair(folder, split)
         if pair:
-            x, y = read_idx(pair[0]), read_idx(pair[1])
-            if x.shape[0] != y.shape[0]:
-                raise UserError(f"{pair[0]} has {x.shape[0]} images but {pair[1]} has {y.shape[0]} labels")
-            name = "fashion-mnist-mini" if mini else "fashion-mnist"
-            return ImageSource(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)),
-                               FASHION_MNIST_CLASSES, f"{name}/{split}")
-    if mini:
-        raise UserError(f"the embedded fashion-mnist-mini files are missing from {FASHION_MNIST_MINI_DIR} — "
-                        "reinstall sslkit from a full clone, or run eval/make_fashion_mnist_mini.py")
+            return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
+    target = base or DEFAULT_ROOT
     if download:
         from torchvision.datasets import FashionMNIST
 
-        target = Path(root or "data").expanduser()
-        FashionMNIST(str(target), train=split == "train", download=True)
-        return _fashion_mnist(split, str(target), False, False)
+        try:
+            FashionMNIST(str(target), train=split == "train", download=True)
+        except Exception as e:  # noqa: BLE001 — offline (URLError), a bad checksum (RuntimeError): all the user's to fix
+            raise UserError(f"downloading Fashion-MNIST into {target / 'FashionMNIST' / 'raw'} failed "
+                            f"({_one_line(e)}) — check the network, or apt-get install dataset-fashion-mnist") from None
+        pair = _idx_pair(target / "FashionMNIST" / "raw", split)
+        if pair:
+            return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
     looked = ", ".join(str(f) for f in folders)
-    raise UserError(f"Fashion-MNIST not found (looked in {looked}) — apt-get install dataset-fashion-mnist, or set "
-                    "data.root to a folder with the .gz files, or set data.download: true")
+    raise UserError(f"Fashion-MNIST {split} files not found (looked in {looked}) — apt-get install "
+                    "dataset-fashion-mnist, or set data.root to a folder with the .gz files, or set "
+                    "data.download: true")
+
+
+def _fashion_mnist_mini(split: str) -> ImageSource:
+    pair = _idx_pair(FASHION_MNIST_MINI_DIR, split)
+    if pair is None:
+        raise UserError(f"the embedded fashion-mnist-mini files are missing from {FASHION_MNIST_MINI_DIR} — reinstall "
+                        "sslkit from a full clone (pip install -e .), or run eval/make_fashion_mnist_mini.py")
+    return _read_fashion_mnist(pair, f"fashion-mnist-mini/{split}")
+
+
+# --- CIFAR, STL-10, SVHN through torchvision --------------------------------------------------------------
+
+
+def _torchvision_class(dataset: str) -> type:
+    from torchvision import datasets as tvd
+
+    return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10, "svhn": tvd.SVHN}[dataset]
+
+
+def _expected_files(cls: type, root: Path, split: str) -> list[Path]:
+    """The files torchvision's reader ``cls`` opens under ``root`` (for SVHN: of this split only)."""
+    if hasattr(cls, "split_list"):  # SVHN: one .mat file per split, {split: [url, filename, md5]}
+        return [root / cls.split_list[split][1]]
+    files = [root / cls.base_folder / name for name, _ in cls.train_list + cls.test_list]
+    if hasattr(cls, "meta"):  # CIFAR's pickled class names
+        files.append(root / cls.base_folder / cls.meta["filename"])
+    return files
+
+
+def _local_reader(cls: type) -> type:
+    """``cls`` with its integrity check reduced to "the files exist".
+
+    torchvision compares every file's md5 with the official release even when nothing is downloaded, so
+    copies in the exact format (the tests' tiny files, a re-packed mirror) would be refused. The reader still
+    parses the files, which catches a wrong format; downloads keep torchvision's md5 checks.
+    """
+
+    def _check_integrity(self: Any) -> bool:
+        return all(p.is_file() for p in _expected_files(cls, Path(self.root), getattr(self, "split", "train")))
+
+    attrs: dict[str, Any] = {"_check_integrity": _check_integrity}
+    if hasattr(cls, "meta"):
+        attrs["meta"] = {**cls.meta, "md5": None}  # CIFAR checks its meta file separately; md5 None = exists
+    return type(f"Local{cls.__name__}", (cls,), attrs)
 
 
 def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> ImageSource:
-    """CIFAR-10/100, STL-10 and SVHN through torchvision's own readers."""
-    from torchvision import datasets as tvd
-
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10, "svhn": tvd.SVHN}[dataset]
-    base = Path(root or "data").expanduser()
-
-    # torchvision checks every file's md5 against the official release even when reading local files. Without
-    # a download, files that exist are read as they are (torchvision's reader still validates their format),
-    # so copies in the exact format load, the tests' tiny ones included; downloads keep the md5 checks.
-    reader = cls
+    """CIFAR-10/100, STL-10 and SVHN through torchvision's own readers, as one (N, 3, H, W) uint8 tensor."""
+    cls = _torchvision_class(dataset)
+    base = Path(root).expanduser() if root else DEFAULT_ROOT
     if not download:
-        attrs: dict[str, object] = {}
-        for name in ("train_list", "test_list"):
-            if hasattr(cls, name):
-                attrs[name] = [[entry[0], None] for entry in getattr(cls, name)]
-        if hasattr(cls, "meta"):
-            attrs["meta"] = dict(cls.meta, md5=None)
-        if hasattr(cls, "split_list"):
-            attrs["split_list"] = {k: [v[0], v[1], None] for k, v in cls.split_list.items()}
-        reader = type(cls.__name__, (cls,), attrs)
-
+        missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
+        if missing:
+            raise UserError(f"{dataset} files not found under {base} (missing {missing[0]}"
+                            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}) — set data.download: "
+                            "true or put the files there")
+        cls = _local_reader(cls)
     kwargs = {"train": split == "train"} if dataset.startswith("cifar") else {"split": split}
     try:
-        ds = reader(str(base), download=download, **kwargs)
-    except (RuntimeError, FileNotFoundError, OSError) as e:
-        hint = "set data.download: true or put the files there" if not download else f"download failed: {e}"
-        raise UserError(f"{dataset} ({split}) not found under {base} — {hint}") from None
+        ds = cls(str(base), download=download, **kwargs)
+    except Exception as e:  # noqa: BLE001 — offline, bad checksum, damaged pickle/.mat/.bin: one line for all
+        what = "downloading or reading" if download else "reading"
+        raise UserError(f"{what} {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
+                        "delete the damaged files and set data.download: true, or put intact files there") from None
     data = np.asarray(ds.data)
-    if data.ndim == 4 and data.shape[-1] == 3:  # CIFAR stores N×H×W×C
+    if dataset.startswith("cifar"):  # torchvision turns CIFAR's channel-major rows into N×H×W×C; undo that
         data = data.transpose(0, 3, 1, 2)
-    raw_labels = getattr(ds, "targets", None)
-    if raw_labels is None:
-        raw_labels = ds.labels
-    labels = torch.as_tensor(np.asarray(raw_labels, dtype=np.int64))
-    classes = tuple(getattr(ds, "classes", None) or [str(i) for i in range(10)])
-    return ImageSource(torch.from_numpy(np.ascontiguousarray(data)), labels, classes, f"{dataset}/{split}")
+    labels = np.asarray(ds.targets if dataset.startswith("cifar") else ds.labels, dtype=np.int64)
+    if dataset == "svhn":
+        classes: tuple[str, ...] = tuple(str(d) for d in range(10))  # torchvision already mapped label 10 to 0
+    elif dataset == "stl10":
+        classes = tuple(getattr(ds, "classes", None) or STL10_CLASSES)  # class_names.txt is optional
+    else:
+        classes = tuple(ds.classes)
+    return ImageSource(torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels), classes,
+                       f"{dataset}/{split}")
+
+
+# --- image folders ----------------------------------------------------------------------------------------
+
+
+def _list_images(base: Path) -> tuple[list[str], list[tuple[int, Path]]]:
+    """Class names (sorted subfolder names) and (class index, path) of every image file below them."""
+    class_dirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    files = [(ci, p) for ci, d in enumerate(class_dirs) for p in sorted(d.rglob("*"))
+             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+    return [d.name for d in class_dirs], files
+
+
+def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
+    """One image as a (C, size, size) uint8 array: EXIF-rotated, shorter side resized to ``size``, centre-cropped.
+
+    Returns:
+        The array, or a short reason when the file cannot be used.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse the whole range here, in the
+            # same way from every thread, instead of decoding a possible decompression bomb.
+            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+                return f"{w}x{h} pixels, over PIL.Image.MAX_IMAGE_PIXELS"
+            scale = size / min(w, h)
+            target = (max(size, round(w * scale)), max(size, round(h * scale)))
+            im.draft(None, target)  # JPEG only: decode at a reduced scale still >= target, much faster for photos
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                # Transparent pixels carry arbitrary colours; show them on white as a viewer would.
+                rgba = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            im = im.convert(mode)
+            w, h = im.size
+            scale = size / min(w, h)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        return "decompression bomb"
+    except Exception as e:  # noqa: BLE001 — truncated, corrupt or not an image at all: skipped and reported
+        return f"{type(e).__name__}: {_one_line(e)}"
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _decoded(files: list[tuple[int, Path]], size: int, mode: str) -> Iterator[np.ndarray | str]:
+    """Decodes in order on a few threads (Pillow releases the GIL while decoding and resizing)."""
+    chunk = 256  # bounded: never a million pending futures for a big folder
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i in range(0, len(files), chunk):
+            yield from pool.map(lambda f: _decode(f[1], size, mode), files[i:i + chunk])
+
+
+def _decode_all(files: list[tuple[int, Path]], size: int, mode: str, out: np.ndarray, base: Path
+                ) -> tuple[list[int], list[tuple[Path, str]]]:
+    """Fills ``out`` front to back with the readable images; returns their labels and the skipped files."""
+    from PIL import Image
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    labels: list[int] = []
+    bad: list[tuple[Path, str]] = []
+    console = Console(stderr=True)
+    if not console.is_terminal:  # logs get one plain line instead of a live bar
+        console.print(f"decoding {len(files):,} images in {base} once (cached for later runs)")
+    columns = (TextColumn("decoding {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # _decode refuses oversized images itself and the summary reports them; Pillow's own warning would repeat it.
+    # Set here, before the worker threads start, because the warning filters are global.
+    with warnings.catch_warnings(), Progress(*columns, console=console, transient=True) as progress:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        task = progress.add_task(base.name, total=len(files))
+        for (ci, path), result in zip(files, _decoded(files, size, mode), strict=True):
+            if isinstance(result, str):
+                bad.append((path, result))
+            else:
+                out[len(labels)] = result
+                labels.append(ci)
+            progress.advance(task)
+    return labels, bad
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _imagefolder(root: str | None, image_size: int | None, channels: int | None) -> ImageSource:
     """``root/<class>/<image>``: decoded, EXIF-rotated, resized and centre-cropped once, then cached."""
-    from PIL import Image, ImageOps
+    from numpy.lib.format import open_memmap
 
-    if not root or not Path(root).expanduser().is_dir():
-        raise UserError(f"imagefolder root {root!r} is not a folder — set data.root to a folder of class subfolders")
-    base = Path(root).expanduser()
-    size = image_size or 64
+    if not root:
+        raise UserError("data.dataset imagefolder needs data.root — set it to a folder of class subfolders "
+                        "(root/<class>/<image>)")
+    base = Path(root).expanduser().resolve()
+    if not base.is_dir():
+        raise UserError(f"imagefolder root {base} is not a folder — set data.root to a folder of class subfolders")
+    if channels not in (None, 1, 3):
+        raise UserError(f"data.channels is {channels} but an image folder is read as 1 (grayscale) or 3 (RGB) "
+                        "channels — set data.channels to 1 or 3")
+    size = image_size or IMAGEFOLDER_DEFAULT_SIZE
     mode = "L" if channels == 1 else "RGB"
-    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise UserError(f"{base} has no class subfolders — expected {base}/<class>/<image>")
-    files = [(ci, p) for ci, d in enumerate(class_dirs) for p in sorted(d.rglob("*"))
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    listing = [(str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns) for _, p in files]
-    key = hashlib.sha256(json.dumps([listing, size, mode]).encode()).hexdigest()[:16]
+    classes, files = _list_images(base)
+    if not files:
+        raise UserError(f"{base} holds no images in class subfolders ({', '.join(sorted(IMAGE_SUFFIXES))}) — "
+                        f"expected {base}/<class>/<image>")
+
+    stats = [p.stat() for _, p in files]
+    listing = [(str(p.relative_to(base)), st.st_size, st.st_mtime_ns) for (_, p), st in zip(files, stats, strict=True)]
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, listing, size, mode]).encode()).hexdigest()[:20]
     cache = base / ".sslkit-cache"
     images_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
+    name = f"imagefolder/{base.name}"
     if images_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        with warnings.catch_warnings():  # read-only memory map on purpose: training only ever reads images
-            warnings.simplefilter("ignore", UserWarning)
-            images = torch.from_numpy(np.load(images_path, mmap_mode="r"))
-        return ImageSource(images, torch.tensor(meta["labels"], dtype=torch.long), tuple(meta["classes"]),
-                           f"imagefolder:{base.name}")
+        return _load_cached(images_path, meta_path, name)
 
-    from rich.progress import track
-
-    out = np.empty((len(files), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
-    labels, bad = [], []
-    n = 0
-    for ci, path in track(files, description=f"decoding {base.name}", transient=True):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as im:
-                    im = ImageOps.exif_transpose(im)
-                    if im.mode in ("RGBA", "LA", "P", "PA"):
-                        im = im.convert("RGBA")
-                        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                        im = Image.alpha_composite(bg, im)
-                    im = ImageOps.fit(im.convert(mode), (size, size), method=Image.Resampling.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-        except Exception:  # noqa: BLE001 — any undecodable file is skipped and reported, never fatal
-            bad.append(path)
-            continue
-        out[n] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        labels.append(ci)
-        n += 1
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {base}, e.g. "
-                      f"{', '.join(str(p.relative_to(base)) for p in bad[:3])}", stacklevel=3)
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_dirs))
-    empty = [class_dirs[i].name for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise UserError(f"class folder(s) {', '.join(empty)} in {base} hold no readable image — add images or "
-                        "remove the folder")
-    out = out[:n]
-    cache.mkdir(exist_ok=True)
+    # Decode straight into the cache file, so a folder larger than memory never has to fit in it.
     tmp = cache / f".tmp-{key}.{os.getpid()}.npy"
-    np.save(tmp, out)
-    os.replace(tmp, images_path)
-    meta_path.write_text(json.dumps({"labels": labels, "classes": [d.name for d in class_dirs]}))
-    return ImageSource(torch.from_numpy(out), torch.tensor(labels, dtype=torch.long),
-                       tuple(d.name for d in class_dirs), f"imagefolder:{base.name}")
+    shape = (len(files), len(mode), size, size)
+    try:
+        cache.mkdir(exist_ok=True)
+        out: np.ndarray = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as e:  # a read-only data folder: still usable, just decoded again next time
+        warnings.warn(f"cannot write the image cache in {cache} ({_one_line(e)}); decoding into memory, and again "
+                      "on the next run — make the folder writable to cache", stacklevel=3)
+        out, tmp = np.empty(shape, dtype=np.uint8), None
+    try:
+        labels, bad = _decode_all(files, size, mode, out, base)
+        n = len(labels)
+        if bad:
+            shown = "; ".join(f"{p.relative_to(base)} ({why})" for p, why in bad[:3])
+            warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {base}: {shown}"
+                          f"{' …' if len(bad) > 3 else ''}", stacklevel=3)
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise UserError(f"class folder(s) {', '.join(empty)} in {base} hold no readable image — add images or "
+                            "remove the folder")
+        if tmp is None:
+            return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name)
+        if n < len(files):  # skipped files left empty rows at the end: keep only the decoded ones
+            compact = cache / f".tmp-{key}.{os.getpid()}.compact.npy"
+            np.save(compact, out[:n])
+            del out
+            os.replace(compact, tmp)
+        else:
+            out.flush()
+            del out
+        os.replace(tmp, images_path)
+        _atomic_write_text(meta_path, json.dumps({"classes": classes, "labels": labels, "root": str(base),
+                                                  "image_size": size, "mode": mode, "skipped": len(bad)}))
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+    return _load_cached(images_path, meta_path, name)
+
+
+def _load_cached(images_path: Path, meta_path: Path, name: str) -> ImageSource:
+    meta = json.loads(meta_path.read_text())
+    # Copy-on-write: pages are read from disk on demand and shared; a stray in-place write stays private to
+    # this process instead of corrupting the cache (or crashing, as a read-only mapping would).
+    images = torch.from_numpy(np.load(images_path, mmap_mode="c"))
+    labels = torch.tensor(meta["labels"], dtype=torch.long)
+    if images.dim() != 4 or len(labels) != images.shape[0]:
+        raise UserError(f"the image cache {images_path} does not match {meta_path} — delete {images_path.parent} "
+                        "and load again")
+    return ImageSource(images, labels, tuple(meta["classes"]), name)
+
+
+# --- loading ----------------------------------------------------------------------------------------------
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of uint8 images, in chunks, back to uint8.
+    """Antialiased bilinear resize of uint8 images, rounded back to uint8; done in chunks to bound memory.
 
     Shape:
         (N, C, H, W) -> (N, C, size, size)
     """
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
-    for i in range(0, images.shape[0], 4096):
-        x = images[i:i + 4096].float()
-        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i:i + 4096] = y.round_().clamp_(0, 255).to(torch.uint8)
+    n, c, h, w = images.shape
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)
+    step = max(1, (64 << 20) // (4 * c * max(h * w, size * size)))  # ~64 MiB of float32 per chunk
+    for i in range(0, n, step):
+        y = F.interpolate(images[i:i + step].float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
+        out[i:i + step] = y.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
 def load_source(dataset: str, split: str, root: str | None = None, download: bool = False,
                 image_size: int | None = None, channels: int | None = None) -> ImageSource:
-    """Loads one split of a registered data set into memory.
+    """Loads one split of a registered data set whole.
 
     Args:
         dataset: one of ``DATASETS``.
-        split: ``train`` or ``test`` (STL-10 also ``unlabeled`` and ``train+unlabeled``; SVHN also ``extra``).
-        root: where the files are (searched first for Fashion-MNIST; required for imagefolder).
-        download: let torchvision download missing files.
-        image_size: resize once to this side; None keeps the native size.
-        channels: imagefolder only: 1 (grayscale) or 3 (RGB, the default).
+        split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``, SVHN also ``extra``; an
+            image folder only ``train`` (hold a part out with ``stratified_split``).
+        root: where the files are: searched first for Fashion-MNIST, required for an image folder, the download
+            folder for torchvision's data sets (``~/.cache/sslkit/data`` when None).
+        download: let torchvision download missing files (with its checksums).
+        image_size: side to resize to, once at load; None keeps the native size (64 for an image folder).
+        channels: image folder: 1 (grayscale) or 3 (RGB, the default). Other data sets keep their own
+            channels; a different value is an error rather than a silent mismatch.
+
+    Returns:
+        The split as an :class:`ImageSource`.
 
     Raises:
-        UserError: an unknown name or split, or missing data (the message says where it looked).
+        UserError: an unknown data set or split, missing or damaged files (the message says where it looked and
+            how to get them), or an image folder with an empty class.
     """
     if dataset not in DATASETS:
-        close = difflib.get_close_matches(dataset, DATASETS, n=1)
-        hint = f" — did you mean {close[0]!r}?" if close else f" — use one of {', '.join(DATASETS)}"
-        raise UserError(f"unknown data set {dataset!r}{hint}")
-    valid = SPLITS.get(dataset, ("train",) if dataset == "imagefolder" else ("train", "test"))
-    if dataset == "imagefolder":
-        valid = ("train", "test")  # an image folder is one pool; both names give it (split it with a seed)
+        raise UserError(f"unknown data set {dataset!r}{_did_you_mean(dataset, DATASETS)} — set data.dataset to "
+                        f"one of: {', '.join(DATASETS)}")
+    valid = SPLITS[dataset]
     if split not in valid:
-        raise UserError(f"{dataset} has no split {split!r} — use one of {', '.join(valid)}")
-    if dataset in ("fashion-mnist", "fashion-mnist-mini"):
-        source = _fashion_mnist(split, root, download, mini=dataset == "fashion-mnist-mini")
-    elif dataset == "imagefolder":
-        return _imagefolder(root, image_size, channels)
+        raise UserError(f"{dataset} has no split {split!r}{_did_you_mean(split, valid)} — use one of: "
+                        f"{', '.join(valid)}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise UserError(f"data.image_size must be a positive whole number of pixels, got {image_size!r}")
+
+    if dataset == "imagefolder":
+        return _imagefolder(root, image_size, channels)  # resized while decoding
+    if dataset == "fashion-mnist":
+        source = _fashion_mnist(split, root, download)
+    elif dataset == "fashion-mnist-mini":
+        source = _fashion_mnist_mini(split)
     else:
         source = _torchvision(dataset, split, root, download)
-    if image_size and image_size != source.image_size:
+    if channels is not None and channels != source.channels:
+        raise UserError(f"data.channels is {channels} but {dataset} images have {source.channels} channel(s) — "
+                        "remove data.channels (it only converts image folders)")
+    if image_size is not None and image_size != source.image_size:
         source = ImageSource(resize(source.images, image_size), source.labels, source.classes, source.name)
     return source
+
+
+def _did_you_mean(value: str, valid: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message squeezed onto one line, for UserError messages."""
+    return " ".join(str(e).split()) or type(e).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,10 @@ def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0, 1
-    return torch.cat(dist_fn.all_gather(x)), dist.get_rank(), dist.get_world_size()
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = dist_fn.all_gather(x)
+    return torch.cat(gathered), dist.get_rank(), dist.get_world_size()
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:

@@ -27,6 +27,7 @@ from sslkit.augment import SimCLRAugment, preprocess
 from sslkit.checkpoint import clean_temp_files, export_encoder, load_latest, save_checkpoint, unwrap
 from sslkit.config import Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
 from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_batchnorm
 from sslkit.optim import build_optimizer, build_scheduler
@@ -190,8 +191,10 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 class MetricsLog:
     """Appends one JSON object per event to ``RUN/metrics.jsonl``; on resume drops events past the checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if resume_step is not None and path.is_file():
             kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
             path.write_text("".join(ln + "\n" for ln in kept))
@@ -199,6 +202,8 @@ class MetricsLog:
             path.write_text("")
 
     def write(self, **event: Any) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(event) + "\n")
 
@@ -239,6 +244,10 @@ def _check_resume_recipe(saved: dict[str, Any], recipe: Recipe) -> None:
 def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Runs SimCLR pretraining and leaves a complete run directory.
 
+    Under ``torchrun`` every rank runs this function: each takes its own equal slice of every global batch
+    (``train.batch_size`` is the global batch), NT-Xent gathers negatives from all ranks, and only rank 0
+    evaluates and writes files.
+
     Args:
         recipe: the checked recipe.
         out: the run directory (created; must not hold another run unless ``resume``).
@@ -251,10 +260,13 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     Raises:
         UserError: bad input, found before any training step.
         Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
-        NonFiniteLoss: when the loss is not finite and ``train.nonfinite`` says stop.
+        NonFiniteLoss: when the loss or a gradient is not finite and ``train.nonfinite`` says stop.
     """
-    console = console or Console()
     r = recipe
+    info, dist_device = init_distributed(r.train.device)
+    console = console or Console()
+    if not info.is_main:
+        console = Console(quiet=True)
     run = Path(out)
     ckpt_dir = run / "checkpoints"
     state = None
@@ -267,14 +279,19 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         console.print(f"resuming from {ckpt_path} (step {state['step']})")
     elif ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) or (run / "encoder.safetensors").exists():
         raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it, or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    clean_temp_files(ckpt_dir)
+    if r.train.batch_size % info.world:
+        raise UserError(f"train.batch_size {r.train.batch_size} does not split evenly over {info.world} processes "
+                        f"— use a multiple of {info.world}")
+    barrier(info)  # every rank has checked the folder before rank 0 writes into it
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        clean_temp_files(ckpt_dir)
 
     # --- set-up: everything that can fail on bad input fails here, before the first step -----------------
     seed_everything(r.seed)
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
-    device = select_device(r.train.device)
+    device = dist_device or select_device(r.train.device)
     precision = r.train.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -283,7 +300,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     fmt = torch.channels_last if r.train.channels_last else torch.contiguous_format
 
     data = prepare_data(r, device)
-    batch = min(r.train.batch_size, len(data.pool))
+    batch = min(r.train.batch_size, len(data.pool) // info.world * info.world)
+    local_batch = batch // info.world
     steps_per_epoch = len(data.pool) // batch
     total_steps = steps_per_epoch * r.train.epochs
     stop_at = min(total_steps, r.train.max_steps or total_steps)
@@ -296,22 +314,39 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     encoder = build_encoder(r.model.encoder, r.model.stem, data.pool.channels)
     head = ProjectionHead(encoder.num_features, r.model.proj_hidden, r.model.proj_out, r.model.proj_layers,
                           r.model.proj_bn)
-    model = SimCLR(encoder, head).to(device, memory_format=fmt)
+    model = SimCLR(encoder, head)
+    if info.active and r.train.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=fmt)
     optimizer = build_optimizer(model, r.optim, batch)
     scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if info.active:
+        torch.manual_seed(r.seed * 1_000_003 + info.rank)  # same weights everywhere, different views per rank
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    forward = torch.compile(model) if r.train.compile else model
-    save_recipe(r, run / "recipe.yaml")
-    log = MetricsLog(run / "metrics.jsonl", step if state is not None else None)
+        rng = state["rng"]
+        if info.active:
+            ranks = state.get("rng_ranks") or []
+            if len(ranks) != info.world:
+                console.print(f"[yellow]the checkpoint was written by {len(ranks) or 1} process(es), not "
+                              f"{info.world}: augmentation randomness restarts (the run is not bitwise resumable)")
+            rng = ranks[info.rank] if len(ranks) == info.world else None
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+    encoder = model.encoder  # (after a SyncBatchNorm conversion) the module that is evaluated and exported
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                    else None) if info.active else model
+    forward = torch.compile(ddp) if r.train.compile else ddp
+    if info.is_main:
+        save_recipe(r, run / "recipe.yaml")
+    log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
                         num_features=encoder.num_features, image_size=data.pool.image_size, mean=list(data.mean),
                         std=list(data.std), dataset=r.data.dataset, data_root=r.data.root, recipe=r.name)
@@ -320,16 +355,26 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "step": step, "rng": rng, "recipe": r.to_dict(),
-                         "knn_start": knn_start, "encoder_meta": encoder_meta}, ckpt_dir, step, keep=r.train.keep_last)
+        ranks = gather_objects(rng, info) if info.active else None
+        if info.is_main:
+            save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "step": step, "rng": rng, "rng_ranks": ranks,
+                             "recipe": r.to_dict(), "knn_start": knn_start, "encoder_meta": encoder_meta},
+                            ckpt_dir, step, keep=r.train.keep_last)
+        barrier(info)
+
+    def monitor(fresh: bool = False) -> float | None:
+        value = knn_monitor(encoder, data, r, amp, fresh=fresh) if info.is_main else None  # once, not per rank
+        barrier(info)
+        return value
 
     console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset} — {len(data.pool):,} images for "
-                  f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}, {precision}, "
-                  f"batch {batch} × 2 views, {total_steps:,} steps")
+                  f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}"
+                  f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
+                  f"{total_steps:,} steps")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
-        knn_start = knn_monitor(encoder, data, r, amp, fresh=True)
+        knn_start = monitor(fresh=True)
         if knn_start is not None:
             log.write(step=0, epoch=0, **{"knn/top1": knn_start})
             console.print(f"k-NN top-1 at step 0: {knn_start:.4f}")
@@ -352,12 +397,13 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             epoch, i = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order_epoch, order = epoch, epoch_order(len(data.pool), r.seed, epoch)
-            idx = order[i * batch:(i + 1) * batch].to(device)
+            first = i * batch + info.rank * local_batch  # this rank's equal slice of the global batch
+            idx = order[first:first + local_batch].to(device)
             scheduler.step_update(step + 1)
             views = make_views(augment, data.pool.images[idx], fmt)
             optimizer.zero_grad(set_to_none=True)
             loss = simclr_backward(forward, views, r.loss.temperature, amp, scaler, r.train.chunk_size)
-            if not step_if_finite(loss, model, optimizer, scaler):
+            if not step_if_finite(loss, model, optimizer, scaler):  # gradients are all-reduced: all ranks agree
                 skipped += 1
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
@@ -372,7 +418,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
 
             end_of_epoch = step % steps_per_epoch == 0
             if step % r.train.log_every == 0 or end_of_epoch or step == stop_at:
-                loss_value = loss.item()
+                loss_value = mean_across(loss, info).item()
                 now = time.perf_counter()
                 img_per_s = window_imgs / max(now - window_t, 1e-9)
                 window_t, window_imgs = now, 0
@@ -387,27 +433,29 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             else:
                 progress.update(task, completed=step)
             if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:
-                knn_last = knn_monitor(encoder, data, r, amp)
+                knn_last = monitor()
                 if knn_last is not None:
                     log.write(step=step, epoch=epoch + 1, **{"knn/top1": knn_last})
                     progress.console.print(f"epoch {epoch + 1}: k-NN top-1 {knn_last:.4f}")
                 window_t = time.perf_counter()  # evaluation time is not training throughput
             if (r.train.checkpoint_every and step % r.train.checkpoint_every == 0) or end_of_epoch:
                 checkpoint()
-            if signals.signum is not None:
+            if any_across(signals.signum is not None, info, device):  # every rank stops at the same step
                 checkpoint()
-                raise Interrupted(signals.signum, step)
+                raise Interrupted(signals.signum or signal.SIGTERM, step)
 
     # --- the end: final evaluation, checkpoint, encoder export ---------------------------------------------
     seconds = time.perf_counter() - t_start
-    knn_end = knn_monitor(encoder, data, r, amp)
+    knn_end = monitor()
     if knn_end is not None:
         log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
         knn_last = knn_end
     checkpoint()
-    export_encoder(unwrap(model).encoder, run, encoder_meta)
-    summary = dict(steps=step, seconds=seconds, img_per_s=(step * batch) / max(seconds, 1e-9),
-                   knn_start=knn_start, knn_end=knn_last, run=str(run))
+    if info.is_main:
+        export_encoder(unwrap(encoder), run, encoder_meta)
+    barrier(info)
+    summary = dict(steps=step, seconds=seconds, img_per_s=((step - start_step) * batch) / max(seconds, 1e-9),
+                   knn_start=knn_start, knn_end=knn_last, run=str(run), world=info.world)
     if knn_start is not None and knn_last is not None:
         console.print(f"k-NN top-1: {knn_start:.4f} → {knn_last:.4f} ({r.monitor.val_size} held-out images, "
                       f"k={r.monitor.k})")
@@ -427,4 +475,7 @@ def pretrain_from_file(path: str | Path, out: str | Path | None = None, override
     recipe = load_recipe(p, overrides)
     if out is None:
         out = Path("runs") / recipe.name
-    return pretrain(recipe, out, resume=resume, console=console)
+    try:
+        return pretrain(recipe, out, resume=resume, console=console)
+    finally:
+        shutdown()

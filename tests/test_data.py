@@ -1,160 +1,438 @@
-"""Image sources and splits: real Fashion-MNIST, the embedded subset, and tiny files in the exact formats
-of CIFAR-10/100, STL-10, SVHN and image folders."""
+"""Image sources and splits: the embedded and the real Fashion-MNIST, and tiny files written byte for byte in the
+on-disk formats of IDX, CIFAR-10/100, STL-10, SVHN and image folders."""
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
+import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fakes import write_cifar
 from PIL import Image
 
 import sslkit.data as data
-from sslkit.data import load_source, read_idx, stratified_split
+from sslkit.data import DATASETS, ImageSource, load_source, read_idx, resize, stratified_split
 from sslkit.errors import UserError
 
-
-def test_embedded_mini_subset_is_stratified() -> None:
-    train, test = load_source("fashion-mnist-mini", "train"), load_source("fashion-mnist-mini", "test")
-    assert train.images.shape == (10_000, 1, 28, 28) and train.images.dtype == torch.uint8
-    assert test.images.shape == (2_000, 1, 28, 28)
-    assert torch.bincount(train.labels).tolist() == [1000] * 10 and torch.bincount(test.labels).tolist() == [200] * 10
-    assert train.classes[0] == "T-shirt/top" and len(train.classes) == 10
+REPO = Path(__file__).resolve().parent.parent
+needs_debian_fashion_mnist = pytest.mark.skipif(not data.FASHION_MNIST_SYSTEM_DIR.is_dir(),
+                                                reason="apt-get install dataset-fashion-mnist")
 
 
-@pytest.mark.skipif(not data.FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_full_fashion_mnist_from_the_debian_package() -> None:
-    train = load_source("fashion-mnist", "train")
-    assert len(train) == 60_000 and len(load_source("fashion-mnist", "test")) == 10_000
-    resized = load_source("fashion-mnist", "test", image_size=32)
-    assert resized.images.shape == (10_000, 1, 32, 32) and resized.images.dtype == torch.uint8
+# --- writers of the on-disk formats -----------------------------------------------------------------------
 
 
-def write_idx(path: Path, array: np.ndarray, magic: bytes = b"\x00\x00\x08") -> None:
-    header = magic + bytes([array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+def write_idx(path: Path, array: np.ndarray, type_code: int = 0x08) -> None:
+    """IDX as specified: 0, 0, type, ndim, then each dimension as a big-endian uint32, then the bytes."""
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 ``str`` (the STRING opcodes), as the CIFAR files were written by Python 2's cPickle.
+
+    So the keys load as ``b"data"`` with ``encoding="bytes"`` (the CIFAR page's recipe) and as ``"data"`` with
+    ``encoding="latin1"`` (torchvision's), exactly as with the original files.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def dump_py2(obj: object, path: Path) -> None:
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+def cifar_row(image: np.ndarray) -> np.ndarray:
+    """One CIFAR row of 3072 bytes, built from the format's description rather than a reshape: 1024 red values,
+    then green, then blue, each a 32×32 image in row-major order."""
+    row = np.empty(3072, np.uint8)
+    for c in range(3):
+        for y in range(32):
+            row[c * 1024 + y * 32: c * 1024 + (y + 1) * 32] = image[c, y]
+    return row
+
+
+def write_cifar(root: Path, kind: str, per_file: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    n_classes = 10 if kind == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+    files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]} if kind == "cifar10" \
+        else {"train": ["train"], "test": ["test"]}
+    label_key = b"labels" if kind == "cifar10" else b"fine_labels"
+    out: dict[str, np.ndarray] = {}
+    for split, names in files.items():
+        xs, ys = [], []
+        for name in names:
+            x = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)
+            y = rng.integers(0, n_classes, per_file).tolist()
+            entry = {b"batch_label": name.encode(), b"data": np.stack([cifar_row(im) for im in x]), label_key: y,
+                     b"filenames": [f"{name}_{i}.png".encode() for i in range(per_file)]}
+            if kind == "cifar100":
+                entry[b"coarse_labels"] = [v // 5 for v in y]
+            dump_py2(entry, folder / name)
+            xs.append(x)
+            ys += y
+        out[split], out[f"{split}_labels"] = np.concatenate(xs), np.asarray(ys)
+    if kind == "cifar10":
+        dump_py2({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": per_file,
+                  b"num_vis": 3072}, folder / "batches.meta")
+    else:
+        dump_py2({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                  b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}, folder / "meta")
+    return out
+
+
+def stl10_bytes(x: np.ndarray) -> bytes:
+    """STL-10's .bin layout: per image, per channel, the 96×96 pixels in column-major order (x outer, y inner)."""
+    n = x.shape[0]
+    flat = np.empty(n * 3 * 96 * 96, np.uint8)
+    for i in range(n):
+        for c in range(3):
+            start = (i * 3 + c) * 9216
+            for col in range(96):
+                flat[start + col * 96: start + (col + 1) * 96] = x[i, c, :, col]
+    return flat.tobytes()
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------------------------
+
+
+def test_embedded_mini_subset_is_stratified() -> None:
+    train, test = load_source("fashion-mnist-mini", "train"), load_source("fashion-mnist-mini", "test")
+    assert train.images.shape == (10_000, 1, 28, 28) and test.images.shape == (2_000, 1, 28, 28)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    assert train.images.is_contiguous() and train.name == "fashion-mnist-mini/train"
+    assert torch.bincount(train.labels).tolist() == [1000] * 10
+    assert torch.bincount(test.labels).tolist() == [200] * 10
+    assert train.classes == ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                             "Bag", "Ankle boot")
+    assert (train.channels, train.image_size, len(train)) == (1, 28, 10_000)
+    assert 40 < train.images.float().mean() < 100  # real clothing on black, not zeros or noise
+    assert (REPO / "assets" / "fashion-mnist-mini" / "LICENSE").read_text().count("Zalando SE") == 1
+
+
+@needs_debian_fashion_mnist
+def test_full_fashion_mnist_and_the_mini_subset_of_it() -> None:
+    train, test = load_source("fashion-mnist", "train"), load_source("fashion-mnist", "test")
+    assert train.images.shape == (60_000, 1, 28, 28) and test.images.shape == (10_000, 1, 28, 28)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10 and train.name == "fashion-mnist/train"
+    # The shipped assets are exactly what the script makes from these files.
+    spec = importlib.util.spec_from_file_location("make_mini", REPO / "eval" / "make_fashion_mnist_mini.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    images, labels = script.make_split("test")
+    mini = load_source("fashion-mnist-mini", "test")
+    assert np.array_equal(mini.images[:, 0].numpy(), images) and np.array_equal(mini.labels.numpy(), labels)
+
+
 def test_idx_reader_and_its_errors(tmp_path: Path) -> None:
-    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    write_idx(tmp_path / "ok.gz", a)
-    assert np.array_equal(read_idx(tmp_path / "ok.gz"), a)
-    write_idx(tmp_path / "bad.gz", a, magic=b"\x00\x00\x0d")
-    with pytest.raises(UserError, match=r"bad\.gz is not a uint8 IDX file"):
-        read_idx(tmp_path / "bad.gz")
+    a = np.arange(2 * 3 * 300, dtype=np.int64).reshape(2, 3, 300).astype(np.uint8)  # a dimension > 255
+    write_idx(tmp_path / "ok-idx3-ubyte.gz", a)
+    assert np.array_equal(read_idx(tmp_path / "ok-idx3-ubyte.gz"), a)
+    (tmp_path / "plain-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + b"\x07\x08\x09")
+    assert read_idx(tmp_path / "plain-idx1-ubyte").tolist() == [7, 8, 9]  # ungzipped files work too
+
+    write_idx(tmp_path / "float.gz", a, type_code=0x0D)
+    with pytest.raises(UserError, match=r"float\.gz is not a uint8 IDX file \(bad magic number 00000d03\)"):
+        read_idx(tmp_path / "float.gz")
     with gzip.open(tmp_path / "short.gz", "wb") as f:
-        f.write(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + b"\x01\x02")
-    with pytest.raises(UserError, match=r"short\.gz is truncated"):
+        f.write(b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x01\x02")
+    with pytest.raises(UserError, match=r"short\.gz holds 2 data bytes but its header says 10"):
         read_idx(tmp_path / "short.gz")
+    (tmp_path / "notgzip.gz").write_bytes(b"plain text")
+    with pytest.raises(UserError, match=r"notgzip\.gz is unreadable"):
+        read_idx(tmp_path / "notgzip.gz")
 
 
-def test_fashion_mnist_in_a_user_root_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fashion_mnist_search_order_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
-    with pytest.raises(UserError, match=r"Fashion-MNIST not found \(looked in .*nowhere\).*apt-get install "
-                                        r"dataset-fashion-mnist"):
-        load_source("fashion-mnist", "train", root=str(tmp_path))
-    raw = tmp_path / "FashionMNIST" / "raw"  # torchvision's layout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError) as err:
+        load_source("fashion-mnist", "train", root=str(empty))
+    message = str(err.value)
+    assert "\n" not in message and "apt-get install dataset-fashion-mnist" in message
+    assert all(str(p) in message for p in (empty, empty / "FashionMNIST" / "raw", tmp_path / "nowhere"))
+    assert "data.root" in message and "data.download: true" in message
+
+    raw = tmp_path / "user" / "FashionMNIST" / "raw"  # torchvision's layout under data.root
     raw.mkdir(parents=True)
-    write_idx(raw / "t10k-images-idx3-ubyte.gz", np.full((3, 28, 28), 7, np.uint8))
-    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 9], np.uint8))
-    src = load_source("fashion-mnist", "test", root=str(tmp_path))
-    assert src.images.shape == (3, 1, 28, 28) and src.labels.tolist() == [0, 1, 9]
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", x)
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 9]))
+    src = load_source("fashion-mnist", "test", root=str(tmp_path / "user"))
+    assert torch.equal(src.images[:, 0], torch.from_numpy(x)) and src.labels.tolist() == [0, 1, 9]
+
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([0, 1]))  # one label short
+    with pytest.raises(UserError, match="do not form one image set"):
+        load_source("fashion-mnist", "test", root=str(tmp_path / "user"))
+
+
+def test_missing_embedded_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "FASHION_MNIST_MINI_DIR", tmp_path)
+    with pytest.raises(UserError, match=r"fashion-mnist-mini files are missing from .*make_fashion_mnist_mini\.py"):
+        load_source("fashion-mnist-mini", "train")
+
+
+def test_resize_once_at_load_is_antialiased() -> None:
+    src = load_source("fashion-mnist-mini", "test", image_size=14)
+    assert src.images.shape == (2_000, 1, 14, 14) and src.images.dtype == torch.uint8
+    assert abs(src.images.float().mean() - load_source("fashion-mnist-mini", "test").images.float().mean()) < 1
+    flat = torch.full((2, 3, 16, 16), 77, dtype=torch.uint8)
+    assert torch.equal(resize(flat, 7), torch.full((2, 3, 7, 7), 77, dtype=torch.uint8))
+    # Columns 255, 0, 0, 0, ...: shrunk 4× an antialiased filter averages each group (~64); plain bilinear
+    # would sample between the two black columns and return 0.
+    stripes = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    stripes[..., ::4] = 255
+    small = resize(stripes, 8).float()
+    assert 55 < small[..., 1:-1].mean() < 75 and small.std() < 15
+
+
+# --- torchvision's data sets, on tiny files in the exact formats --------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
 def test_cifar_on_disk_format(tmp_path: Path, kind: str) -> None:
-    expected = write_cifar(tmp_path, kind, per_batch=6)
+    expected = write_cifar(tmp_path, kind)
+    first = tmp_path / ("cifar-10-batches-py/data_batch_1" if kind == "cifar10" else "cifar-100-python/train")
+    with open(first, "rb") as f:
+        assert b"data" in pickle.load(f, encoding="bytes")  # byte keys, as in the originals
     train = load_source(kind, "train", root=str(tmp_path))
     test = load_source(kind, "test", root=str(tmp_path))
-    assert torch.equal(train.images, torch.from_numpy(expected["train"]))  # channel-major rows → (N, 3, 32, 32)
-    assert train.labels.tolist() == expected["train_labels"].tolist()
+    assert train.images.shape == (15 if kind == "cifar10" else 3, 3, 32, 32) and train.images.is_contiguous()
+    assert torch.equal(train.images, torch.from_numpy(expected["train"]))  # pixel (n, c, y, x) where it belongs
     assert torch.equal(test.images, torch.from_numpy(expected["test"]))
-    assert len(train.classes) == (10 if kind == "cifar10" else 100)
-    with pytest.raises(UserError, match=f"{kind} \\(train\\) not found under .*data.download: true"):
+    assert train.labels.tolist() == expected["train_labels"].tolist() and train.labels.dtype == torch.int64
+    assert test.labels.tolist() == expected["test_labels"].tolist()
+    names = [f"class{i}" for i in range(10)] if kind == "cifar10" else [f"fine{i}" for i in range(100)]
+    assert list(train.classes) == names and train.name == f"{kind}/train"
+
+    with pytest.raises(UserError) as err:
         load_source(kind, "train", root=str(tmp_path / "empty"))
+    assert f"{kind} files not found under {tmp_path / 'empty'}" in str(err.value)
+    assert "set data.download: true or put the files there" in str(err.value)
+    first.write_bytes(b"\x80\x02 damaged")
+    with pytest.raises(UserError, match=f"reading {kind} \\(train\\) under .* failed"):
+        load_source(kind, "train", root=str(tmp_path))
 
 
 def test_stl10_on_disk_format(tmp_path: Path) -> None:
     folder = tmp_path / "stl10_binary"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (4, 3, 96, 96), dtype=np.uint8)
+    x = rng.integers(0, 256, (3, 3, 96, 96), dtype=np.uint8)
+    x[1, 2, 5, 70] = 0
+    x[1, 2, 70, 5] = 255  # the transposed position holds something else, so a missed transpose shows
+    unlabeled = rng.integers(0, 256, (2, 3, 96, 96), dtype=np.uint8)
     for split in ("train", "test"):
-        (folder / f"{split}_X.bin").write_bytes(x.transpose(0, 1, 3, 2).tobytes())  # stored column-major
-        (folder / f"{split}_y.bin").write_bytes(np.array([1, 2, 10, 3], np.uint8).tobytes())  # 1-based
-    (folder / "unlabeled_X.bin").write_bytes(x[:2].transpose(0, 1, 3, 2).tobytes())
-    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
-    src = load_source("stl10", "train", root=str(tmp_path))
-    assert torch.equal(src.images, torch.from_numpy(x)) and src.labels.tolist() == [0, 1, 9, 2]
-    assert src.classes[:2] == ("c0", "c1")
+        (folder / f"{split}_X.bin").write_bytes(stl10_bytes(x))
+        (folder / f"{split}_y.bin").write_bytes(bytes([1, 10, 3]))  # 1-based on disk
+    (folder / "unlabeled_X.bin").write_bytes(stl10_bytes(unlabeled))
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+
+    train = load_source("stl10", "train", root=str(tmp_path))
+    assert train.images.shape == (3, 3, 96, 96) and train.images.is_contiguous()
+    assert int(train.images[1, 2, 5, 70]) == 0 and int(train.images[1, 2, 70, 5]) == 255
+    assert torch.equal(train.images, torch.from_numpy(x))
+    assert train.labels.tolist() == [0, 9, 2] and train.classes == tuple(f"c{i}" for i in range(10))
+    assert load_source("stl10", "unlabeled", root=str(tmp_path)).labels.tolist() == [-1, -1]
     both = load_source("stl10", "train+unlabeled", root=str(tmp_path))
-    assert len(both) == 6 and (both.labels == -1).sum() == 2
+    assert both.labels.tolist() == [0, 9, 2, -1, -1] and torch.equal(both.images[3:], torch.from_numpy(unlabeled))
+    assert stratified_split(both.labels, 3, seed=0)[0].tolist() == [0, 1, 2]  # the unlabeled are never picked
+    (folder / "class_names.txt").unlink()  # optional in the format: the standard names are used
+    assert load_source("stl10", "test", image_size=32, root=str(tmp_path)).classes[0] == "airplane"
 
 
 def test_svhn_on_disk_format(tmp_path: Path) -> None:
     from scipy.io import savemat
 
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)  # H, W, C, N as in the .mat files
-    savemat(tmp_path / "test_32x32.mat", {"X": x, "y": np.array([[10], [1], [2], [10], [9]], np.uint8)})
-    src = load_source("svhn", "test", root=str(tmp_path))
-    assert src.images.shape == (5, 3, 32, 32)
-    assert int(src.images[3, 2, 5, 7]) == int(x[5, 7, 2, 3])
+    x = np.random.default_rng(1).integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)  # H, W, C, N as in the .mat
+    x[4, 20, 1, 3], x[20, 4, 1, 3] = 11, 222
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": np.array([[10], [1], [2], [10], [9]], np.uint8)})
+    src = load_source("svhn", "train", root=str(tmp_path))
+    assert src.images.shape == (5, 3, 32, 32) and src.images.is_contiguous()
+    assert int(src.images[3, 1, 4, 20]) == 11 and int(src.images[3, 1, 20, 4]) == 222
+    assert torch.equal(src.images, torch.from_numpy(x).permute(3, 2, 0, 1))
     assert src.labels.tolist() == [0, 1, 2, 0, 9]  # label 10 is the digit 0
+    assert src.classes == tuple("0123456789")
+    with pytest.raises(UserError, match="svhn files not found .*test_32x32.mat"):
+        load_source("svhn", "test", root=str(tmp_path))
+
+
+# --- image folders ----------------------------------------------------------------------------------------
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded again instead of reading the cache")
+
+    monkeypatch.setattr(Image, "open", refuse)
 
 
 def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "imgs"
     (root / "cats").mkdir(parents=True)
     (root / "dogs").mkdir()
-    Image.new("RGB", (40, 30), (255, 0, 0)).save(root / "cats" / "a.png")
-    Image.new("L", (20, 20), 128).save(root / "cats" / "gray.jpg")
-    Image.new("RGBA", (16, 16), (0, 0, 255, 0)).save(root / "dogs" / "alpha.png")  # transparent → white
-    Image.new("RGB", (50, 50), (0, 255, 0)).save(root / "dogs" / "b.jpg")
-    (root / "dogs" / "empty.jpg").write_bytes(b"")
-    (root / "dogs" / "text.jpg").write_text("not an image")
-    with pytest.warns(UserWarning, match="skipped 2 unreadable image"):
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(root / "cats" / "a_red.png")
+    Image.new("L", (20, 20), 128).save(root / "cats" / "b_gray.jpg")
+    Image.new("RGBA", (16, 16), (0, 0, 255, 0)).save(root / "dogs" / "a_clear.png")  # fully transparent
+    Image.new("RGB", (50, 50), (0, 255, 0)).save(root / "dogs" / "b_green.jpg")
+    (root / "dogs" / "c_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    (root / "dogs" / "d_empty.jpg").write_bytes(b"")
+    (root / "dogs" / "notes.txt").write_text("not an image, not counted")
+
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\) of 6 .*c_corrupt\.png.*d_empty\.jpg"):
         src = load_source("imagefolder", "train", root=str(root), image_size=8)
-    assert src.images.shape == (4, 3, 8, 8) and src.classes == ("cats", "dogs")
-    assert src.labels.tolist() == [0, 0, 1, 1]
-    assert src.images[0, 0].float().mean() > 250 and src.images[0, 1].float().mean() < 5  # red stays red
-    assert src.images[2].float().mean() > 250  # composited on white
-    monkeypatch.setattr(Image, "open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded again")))
+    assert src.images.shape == (4, 3, 8, 8) and src.images.dtype == torch.uint8
+    assert src.classes == ("cats", "dogs") and src.labels.tolist() == [0, 0, 1, 1]
+    red, gray, clear, green = src.images.float()
+    assert red[0].min() > 250 and red[1:].max() < 5
+    assert (gray - 128).abs().max() <= 2 and (green[1] > 245).all() and green[[0, 2]].max() < 10
+    assert clear.min() > 250  # transparent pixels are shown on white
+    cache = root / ".sslkit-cache"
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]  # no temporary files left
+
+    forbid_decoding(monkeypatch)
     again = load_source("imagefolder", "train", root=str(root), image_size=8)
-    assert torch.equal(again.images, src.images)
+    assert torch.equal(again.images, src.images) and torch.equal(again.labels, src.labels)
+    assert again.classes == src.classes and again.name == "imagefolder/imgs"
+    again.images[0] = 0  # copy-on-write: a stray write changes neither the cache nor the next load
+    assert torch.equal(load_source("imagefolder", "train", root=str(root), image_size=8).images, src.images)
+    monkeypatch.undo()
+
+    Image.new("RGB", (9, 9), (0, 0, 0)).save(root / "cats" / "c_black.png")  # a new file: a new cache key
+    with pytest.warns(UserWarning, match="skipped 2"):
+        grown = load_source("imagefolder", "train", root=str(root), image_size=8, channels=1)
+    assert grown.images.shape == (5, 1, 8, 8) and grown.labels.tolist() == [0, 0, 0, 1, 1]
+    assert int(grown.images[2].max()) == 0
 
 
-def test_imagefolder_empty_class_is_an_error(tmp_path: Path) -> None:
+def test_imagefolder_orientation_and_centre_crop(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    # 30 wide, 10 high, thirds red | green | blue: the shorter side is 10 already, the centre crop is green.
+    wide = np.zeros((10, 30, 3), np.uint8)
+    wide[:, :10, 0], wide[:, 10:20, 1], wide[:, 20:, 2] = 255, 255, 255
+    Image.fromarray(wide).save(tmp_path / "a" / "wide.png")
+    # Stored 20 wide and 10 high, top half white; EXIF orientation 6 says "rotate 90° clockwise to view",
+    # which puts the white half on the right of a 10 wide, 20 high picture.
+    tall = np.zeros((10, 20), np.uint8)
+    tall[:5] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(tall).save(tmp_path / "b" / "rotated.png", exif=exif)
+    src = load_source("imagefolder", "train", root=str(tmp_path), image_size=10)
+    crop = src.images[0].float()
+    assert crop[1].min() > 250 and crop[[0, 2]].max() < 5
+    viewed = src.images[1, 0].float()
+    assert viewed.shape == (10, 10) and viewed[:, 6:].min() > 250 and viewed[:, :4].max() < 5
+
+
+def test_imagefolder_skips_decompression_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a" / "small.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "a" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40×40 is over it; Pillow would only warn up to 2000
+    with pytest.warns(UserWarning, match=r"skipped 1 .*huge\.png \(40x40 pixels"):
+        src = load_source("imagefolder", "train", root=str(tmp_path), image_size=8)
+    assert len(src) == 1 and src.images[0, :, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_imagefolder_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="imagefolder needs data.root"):
+        load_source("imagefolder", "train")
+    with pytest.raises(UserError, match="is not a folder"):
+        load_source("imagefolder", "train", root=str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="holds no images in class subfolders"):
+        load_source("imagefolder", "train", root=str(tmp_path))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
-    with pytest.raises(UserError, match="class folder\\(s\\) b .* hold no readable image"):
+    (tmp_path / "b" / "broken.jpg").write_bytes(b"nope")
+    with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(UserError, match=r"class folder\(s\) b in .* "
+                                                                      "hold no readable image"):
         load_source("imagefolder", "train", root=str(tmp_path), image_size=8)
+    with pytest.raises(UserError, match="data.channels is 2"):
+        load_source("imagefolder", "train", root=str(tmp_path), channels=2)
+    with pytest.raises(UserError, match="imagefolder has no split 'test' — use one of: train"):
+        load_source("imagefolder", "test", root=str(tmp_path))
+
+
+# --- splits and names -------------------------------------------------------------------------------------
 
 
 def test_stratified_split_properties() -> None:
-    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 50, 50, 50, 50, 100, 100, 100, 200, 250]))
-    labels = torch.cat([labels, torch.full((7,), -1)])
+    counts = [50, 50, 50, 50, 50, 100, 100, 100, 200, 250]
+    labels = torch.arange(10).repeat_interleave(torch.tensor(counts))
+    labels = torch.cat([labels, torch.full((7,), -1)])[torch.randperm(1007, generator=torch.Generator().manual_seed(0))]
     picked, rest = stratified_split(labels, 100, seed=3)
-    assert len(picked) == 100 and len(rest) == len(labels) - 100
-    assert set(picked.tolist()).isdisjoint(rest.tolist())
-    assert sorted(picked.tolist() + rest.tolist()) == list(range(len(labels)))
-    counts = torch.bincount(labels[picked], minlength=10)
-    assert counts.tolist() == [5, 5, 5, 5, 5, 10, 10, 10, 20, 25] and (labels[picked] >= 0).all()
+    assert picked.dtype == rest.dtype == torch.int64
+    assert len(picked) == 100 and len(rest) == 907
+    assert torch.equal(picked, picked.sort().values) and torch.equal(rest, rest.sort().values)
+    assert torch.equal(torch.cat([picked, rest]).sort().values, torch.arange(1007))  # disjoint and covering
+    assert torch.bincount(labels[picked], minlength=10).tolist() == [c // 10 for c in counts]
+    assert (labels[picked] >= 0).all()
+
     again, _ = stratified_split(labels, 100, seed=3)
     other, _ = stratified_split(labels, 100, seed=4)
     assert torch.equal(picked, again) and not torch.equal(picked, other)
-    assert len(stratified_split(labels, 0.1, seed=0)[0]) == 100
-    with pytest.raises(UserError, match="cannot pick 2000 labeled samples out of 1000"):
-        stratified_split(labels, 2000, seed=0)
+    assert torch.equal(stratified_split(labels, 0.1, seed=3)[0], picked)  # 10% of 1000 labeled
+    assert len(stratified_split(labels, 1000, seed=0)[1]) == 7  # everything labeled; the rest is unlabeled
+
+
+def test_stratified_split_rounds_to_the_exact_total() -> None:
+    labels = torch.tensor([0] * 3 + [1] * 3 + [2] * 3 + [3] * 1)
+    for size in range(1, 11):
+        picked, _ = stratified_split(labels, size, seed=size)
+        share = torch.bincount(labels[picked], minlength=4).float()
+        assert len(picked) == size
+        assert ((share - size * torch.tensor([0.3, 0.3, 0.3, 0.1])).abs() < 1).all()  # each within 1 of its share
+    seen = torch.zeros(10, dtype=torch.bool)
+    for seed in range(40):  # within a class, every member can be picked
+        seen[stratified_split(labels, 4, seed)[0]] = True
+    assert seen[:9].all()
+
+
+def test_stratified_split_errors() -> None:
+    labels = torch.tensor([0, 0, 1, 1, -1])
+    with pytest.raises(UserError, match="cannot pick a stratified split of 5 out of 4 labeled samples"):
+        stratified_split(labels, 5, seed=0)
+    for bad in (0, 1.0, 1.5, -0.2, True):
+        with pytest.raises(UserError):
+            stratified_split(labels, bad, seed=0)
+
+
+def test_image_source_subset() -> None:
+    src = ImageSource(torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous(),
+                      torch.tensor([0, 1, 0, -1]), ("a", "b"), "toy/train")
+    part = src.subset(torch.tensor([3, 1]))
+    assert part.images[:, 0, 0, 0].tolist() == [3, 1] and part.labels.tolist() == [-1, 1]
+    assert part.name == "toy/train[2/4]" and part.classes == ("a", "b") and (part.channels, part.image_size) == (1, 2)
 
 
 def test_unknown_names() -> None:
-    with pytest.raises(UserError, match="did you mean 'fashion-mnist'"):
+    with pytest.raises(UserError) as err:
         load_source("fashion-mnst", "train")
-    with pytest.raises(UserError, match="has no split 'val'"):
-        load_source("cifar10", "val")
+    assert "did you mean 'fashion-mnist'?" in str(err.value) and all(d in str(err.value) for d in DATASETS)
+    with pytest.raises(UserError, match=r"stl10 has no split 'unlabelled' \(did you mean 'unlabeled'\?\) — use one "
+                                        "of: train, test, unlabeled, train\\+unlabeled"):
+        load_source("stl10", "unlabelled")
+    with pytest.raises(UserError, match="data.channels is 3 but fashion-mnist-mini images have 1 channel"):
+        load_source("fashion-mnist-mini", "test", channels=3)
+    assert load_source("fashion-mnist-mini", "test", channels=1).channels == 1  # the native value is fine

@@ -1,0 +1,230 @@
+"""Frozen-encoder features of a whole split, computed once and cached in the run directory.
+
+Features are (N, D) float32 from the encoder in eval mode, with deterministic preprocessing only (uint8 →
+[0, 1] → normalised with the run's mean/std; no augmentation), in float32 on whichever device is available.
+
+Cache files are ``RUN/features/<model>-<split>-<size>px-<prep>-<data>.npy`` (plus ``….labels.npy``), where
+``<model>`` names the weights (the first 16 hex digits of the encoder's sha256, or the random-init recipe),
+``<prep>`` hashes the preprocessing and ``<data>`` fingerprints the images and labels, so a second probe reuses
+them and a different encoder, preprocessing or data never does. Files are written to a temporary name and
+renamed, so an interrupted probe leaves no half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from sslkit.augment import preprocess
+from sslkit.data import ImageSource
+from sslkit.errors import UserError
+from sslkit.models import build_encoder, recalibrate_batchnorm
+
+PREPROCESSING = "uint8/255-normalise"  # bump when preprocess() changes, so old caches stop matching
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """One clear error instead of metrics computed on NaN/Inf features.
+
+    Raises:
+        UserError: naming ``what`` and how many rows are affected.
+    """
+    finite = torch.isfinite(torch.as_tensor(x))
+    if not finite.all():
+        bad = int((~finite).reshape(finite.shape[0], -1).any(dim=1).sum())
+        raise UserError(f"{what}: {bad} of {finite.shape[0]} feature rows contain NaN or Inf — the encoder "
+                        "diverged; probe an earlier checkpoint or retrain with a lower optim.lr")
+
+
+def progress_bar(console: Console | None = None, transient: bool = True) -> Progress:
+    """The rich progress display shared by the evaluation steps (one bar per running step)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=transient)
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, batch_size: int = 500,
+                     device: torch.device | str | None = None, progress: Progress | None = None,
+                     description: str = "features") -> torch.Tensor:
+    """Embeds every image with the encoder in eval mode; the encoder's train/eval mode is restored after.
+
+    Args:
+        encoder: maps a normalised (B, C, H, W) batch to (B, D), e.g. from :func:`sslkit.load_encoder`.
+        images: an :class:`~sslkit.data.ImageSource` or a uint8 tensor.
+        mean, std: per-channel normalisation; by default ``encoder.pretrained_cfg``'s (set by ``load_encoder``).
+        batch_size: images per forward.
+        device: where to run; CUDA when available by default. The encoder is moved there.
+        progress: a live progress display to add a bar to; a transient one of its own when None.
+        description: the bar's label.
+
+    Returns:
+        Features on the CPU.
+
+    Raises:
+        UserError: when the features contain NaN or Inf.
+
+    Shape:
+        (N, C, H, W) uint8 -> (N, D) float32
+    """
+    x_all = images.images if isinstance(images, ImageSource) else images
+    if mean is None or std is None:
+        cfg = getattr(encoder, "pretrained_cfg", None) or {}
+        if "mean" not in cfg or "std" not in cfg:
+            raise ValueError("pass mean and std: the encoder's pretrained_cfg does not give them")
+        mean, std = cfg["mean"], cfg["std"]
+    device = torch.device(device) if device is not None else default_device()
+    was_training = encoder.training
+    encoder = encoder.to(device).eval()
+    out = []
+    own = progress is None
+    bar = progress_bar() if own else progress
+    try:
+        if own:
+            bar.start()
+        task = bar.add_task(description, total=len(x_all))
+        for i in range(0, len(x_all), batch_size):
+            h = encoder(preprocess(x_all[i:i + batch_size].to(device), mean, std))
+            out.append(h.float().cpu())
+            bar.advance(task, len(out[-1]))
+        if not own:
+            bar.remove_task(task)
+    finally:
+        if own:
+            bar.stop()
+        encoder.train(was_training)
+    if not out:
+        dim = int(getattr(encoder, "num_features", 0))
+        return torch.zeros(0, dim)
+    feats = torch.cat(out)
+    check_finite(feats, description)
+    return feats
+
+
+def raw_pixels(images: ImageSource | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The preprocessed images, flattened: the baseline every encoder has to beat.
+
+    Shape:
+        (N, C, H, W) uint8 -> (N, C·H·W) float32
+    """
+    x = images.images if isinstance(images, ImageSource) else images
+    if len(x) == 0:
+        return torch.zeros(0, int(np.prod(x.shape[1:])))
+    return torch.cat([preprocess(x[i:i + 4096], mean, std).flatten(1) for i in range(0, len(x), 4096)])
+
+
+def random_encoder(meta: dict[str, Any], calibration: ImageSource | torch.Tensor, seed: int = 0,
+                   device: torch.device | str | None = None, n_images: int = 5120, batch_size: int = 256) -> nn.Module:
+    """A randomly initialised encoder of the run's architecture, with honest batch-norm statistics.
+
+    A fresh network's running statistics are mean 0 and variance 1, nowhere near its real activations, so in
+    eval mode every layer would be mis-normalised and the "random features" would mostly measure that. Here
+    the statistics are replaced by their exact average over ``n_images`` seeded training images (train mode,
+    ``momentum=None``, no gradients), which is what a random network's features honestly are. Residual
+    branches start at full scale (``zero_init_last=False``), so the random network is not a shallow one.
+
+    Args:
+        meta: the run's ``encoder.json`` (``encoder``, ``stem``, ``in_chans``, ``mean``, ``std``).
+        calibration: training images for the statistics.
+        seed: seeds the weights and the calibration sample; the global RNG is left untouched.
+        device: where to build it.
+        n_images: calibration images.
+        batch_size: images per calibration forward.
+
+    Returns:
+        The encoder, in eval mode.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    x_all = calibration.images if isinstance(calibration, ImageSource) else calibration
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]), zero_init_last=False)
+        order = torch.randperm(len(x_all))[:n_images].sort().values
+    encoder = encoder.to(device)
+    images = x_all[order]
+    batches = (preprocess(images[i:i + batch_size].to(device), meta["mean"], meta["std"])
+               for i in range(0, len(images), batch_size))
+    return recalibrate_batchnorm(encoder, batches)
+
+
+def data_fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
+    """A short hash of the labels and the images (a fixed stride of them beyond ``max_bytes``), and the shape.
+
+    Strided sampling keeps this fast for a memory-mapped folder of millions of images while still telling
+    apart any two real data sets.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((tuple(source.images.shape), str(source.images.dtype))).encode())
+    h.update(np.ascontiguousarray(source.labels.cpu().numpy()).tobytes())
+    n = len(source)
+    per_image = int(np.prod(source.images.shape[1:])) if n else 0
+    stride = max(1, (n * per_image) // max_bytes + 1) if n else 1
+    h.update(np.ascontiguousarray(source.images[::stride].cpu().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def preprocessing_tag(mean: Sequence[float], std: Sequence[float]) -> str:
+    """8 hex digits naming the evaluation preprocessing and its constants."""
+    desc = repr((PREPROCESSING, tuple(round(float(m), 8) for m in mean), tuple(round(float(s), 8) for s in std)))
+    return hashlib.sha256(desc.encode()).hexdigest()[:8]
+
+
+def cache_path(run_dir: str | Path, model_key: str, split: str, source: ImageSource, mean: Sequence[float],
+               std: Sequence[float]) -> Path:
+    """Where the features of ``source`` under ``model_key`` are cached in the run directory."""
+    name = f"{model_key}-{split}-{source.image_size}px-{preprocessing_tag(mean, std)}-{data_fingerprint(source)}"
+    return Path(run_dir) / "features" / f"{name}.npy"
+
+
+def _labels_path(path: Path) -> Path:
+    return path.with_name(path.name[: -len(".npy")] + ".labels.npy")
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".tmp-{path.name[:-len('.npy')]}.{os.getpid()}.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cached_features(path: Path, labels: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The features cached at ``path`` if they are complete and match ``labels``; else ``compute()``, saved.
+
+    A cache file that is unreadable or disagrees with the labels is recomputed and replaced, never trusted.
+
+    Shape:
+        labels: (N,) -> (N, D) float32
+    """
+    path = Path(path)
+    labels = torch.as_tensor(labels).cpu().long()
+    if path.is_file() and _labels_path(path).is_file():
+        try:
+            feats = np.load(path)
+            cached_labels = np.load(_labels_path(path))
+        except (OSError, ValueError, EOFError):
+            feats = cached_labels = None
+        if (feats is not None and feats.ndim == 2 and feats.dtype == np.float32 and len(feats) == len(labels)
+                and np.array_equal(cached_labels, labels.numpy())):
+            return torch.from_numpy(feats)
+    feats = compute().detach().cpu().float().contiguous()
+    if len(feats) != len(labels):
+        raise ValueError(f"computed {len(feats)} feature rows for {len(labels)} labels")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(_labels_path(path), labels.numpy())
+    _atomic_save(path, feats.numpy())
+    return feats

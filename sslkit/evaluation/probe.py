@@ -1,0 +1,375 @@
+"""``sslkit probe RUN``: every frozen-feature measure of a run's encoder, beside the baselines that give it meaning.
+
+One protocol for every model in the table: the run's ``encoder``, ``raw_pixels`` (the preprocessed images,
+flattened), ``random_init`` (the same architecture with random weights and honest batch-norm statistics) and
+any ``--compare`` runs. For each model, on features of the labeled train split and the evaluation split:
+
+- ``linear.*``: logistic regression, L2 strength chosen on a validation part of *train*; the evaluation split
+  is classified once, by the final model (:mod:`sslkit.evaluation.linear`);
+- ``knn.k20.*``, ``knn.k200.*``: cosine k-NN, temperature-weighted (T = 0.07) and plain majority;
+- ``kmeans.*``: k-means with k = number of classes on the evaluation features: silhouette, NMI, ARI, purity,
+  Hungarian accuracy;
+- ``label_fraction.<f>.*``: the linear probe trained on a stratified, seeded fraction f of the labels.
+
+``RUN/probe.json`` holds, per model, these flat dotted keys (``models.encoder["knn.k20.top1"]``), plus the data
+set, split sizes, the encoder's sha256, the protocol and the seconds taken. ``RUN/figures/label_efficiency.png``
+plots test error against labeled examples, log-log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from sslkit.checkpoint import load_encoder, read_encoder_meta, sha256_file
+from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.errors import UserError
+from sslkit.evaluation.clustering import cluster_metrics
+from sslkit.evaluation.features import (
+    cache_path,
+    cached_features,
+    data_fingerprint,
+    default_device,
+    extract_features,
+    progress_bar,
+    random_encoder,
+    raw_pixels,
+)
+from sslkit.evaluation.knn import knn_evaluate
+from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
+
+FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
+KNN_KS: tuple[int, ...] = (20, 200)
+KNN_TEMPERATURE = 0.07
+VAL_FRACTION = 0.1
+KMEANS_RESTARTS = 5
+SILHOUETTE_SAMPLE = 10_000
+IMAGEFOLDER_TEST_FRACTION = 0.2
+BASELINES = ("raw_pixels", "random_init")
+_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
+
+
+def _read_meta(run: Path) -> dict[str, Any]:
+    meta, weights = read_encoder_meta(run)
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise UserError(f"{run / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder with a current "
+                        "sslkit (or add the keys by hand)")
+    if not meta.get("sha256"):
+        meta = dict(meta, sha256=sha256_file(weights))
+    return meta
+
+
+def load_splits(meta: dict[str, Any], split: str, seed: int = 0) -> tuple[ImageSource, ImageSource, str]:
+    """The labeled train split (what the probes learn from) and the labeled evaluation split of the run's data.
+
+    An image folder is one pool of images: its evaluation split is a stratified, seeded
+    ``IMAGEFOLDER_TEST_FRACTION`` of it and the probes train on the rest.
+
+    Returns:
+        ``(train, evaluation, description of the evaluation split)``.
+    """
+    kwargs = {"root": meta.get("data_root"), "image_size": int(meta["image_size"]),
+              "channels": int(meta["in_chans"])}
+    if meta["dataset"] == "imagefolder":
+        pool = load_source("imagefolder", "train", **kwargs)
+        test_idx, train_idx = stratified_split(pool.labels, IMAGEFOLDER_TEST_FRACTION, seed)
+        train, evaluation = pool.subset(train_idx), pool.subset(test_idx)
+        described = f"{IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder held out (seed {seed})"
+    else:
+        train = load_source(meta["dataset"], "train", **kwargs)
+        evaluation = load_source(meta["dataset"], split, **kwargs)
+        described = split
+    train = train.subset(torch.nonzero(train.labels >= 0).flatten())
+    evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
+    for part, what in ((train, "train"), (evaluation, split)):
+        if len(torch.unique(part.labels)) < 2:
+            raise UserError(f"the {what} split of {meta['dataset']} has {len(part)} labeled images in fewer than 2 "
+                            "classes — the probe needs labeled images of at least 2 classes")
+    return train, evaluation, described
+
+
+def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                      num_classes: int, fractions: Sequence[float] = FRACTIONS, seed: int = 0,
+                      progress: Progress | None = None, description: str = "probing") -> tuple[dict[str, Any],
+                                                                                                 torch.Tensor]:
+    """Every frozen-feature metric of one model under the probe's protocol.
+
+    Args:
+        train_x, train_y: labeled training features; all fitting and model selection happen on these.
+        test_x, test_y: the evaluation split: classified by final models only, clustered once.
+        num_classes: classes of the data set.
+        fractions: labeled fractions for the label-efficiency probe (1.0 reuses the full probe).
+        seed: seeds the validation split, the label subsets and k-means.
+        progress: a live progress display to add this model's bar to.
+        description: the bar's label.
+
+    Returns:
+        ``(metrics, predictions)``: flat ``"linear.top1"``-style metrics, and the full linear probe's predicted
+        class for every evaluation example.
+
+    Shape:
+        train_x: (N, D), train_y: (N,), test_x: (M, D), test_y: (M,) -> metrics, (M,)
+    """
+    subsets = {}
+    for f in fractions:
+        if f < 1:
+            n = round(f * len(train_y))
+            # Fewer labels than classes cannot train a classifier of every class: reported as NaN, not faked.
+            subsets[f] = stratified_split(train_y, float(f), seed)[0] if n >= num_classes else None
+    fits_per_probe = len(WEIGHT_DECAYS) + 1
+    task = None
+    if progress is not None:
+        total = fits_per_probe * (1 + sum(v is not None for v in subsets.values())) + 2
+        task = progress.add_task(description, total=total)
+
+    def step(n: int = 1) -> None:
+        if progress is not None and task is not None:
+            progress.advance(task, n)
+
+    out: dict[str, Any] = {}
+    lin = linear_probe(train_x, train_y, test_x, test_y, num_classes, val_fraction=VAL_FRACTION, seed=seed,
+                       on_fit=step)
+    out["linear.top1"] = lin.top1
+    if lin.top5 is not None:
+        out["linear.top5"] = lin.top5
+    out["linear.weight_decay"] = lin.weight_decay
+    out["linear.val_top1"] = lin.val_top1
+    knn = knn_evaluate(train_x, train_y, test_x, test_y, ks=KNN_KS, temperature=KNN_TEMPERATURE,
+                       num_classes=num_classes)
+    out.update({f"knn.{key}": value for key, value in knn.items()})
+    step()
+    km = cluster_metrics(test_x, test_y, k=num_classes, seed=seed, restarts=KMEANS_RESTARTS,
+                         silhouette_sample=SILHOUETTE_SAMPLE)
+    out.update({f"kmeans.{key}": value for key, value in km.items()})
+    step()
+    for f in fractions:
+        if f >= 1:
+            res = lin
+        elif subsets[f] is None:
+            res = None
+        else:
+            idx = subsets[f]
+            res = linear_probe(train_x[idx], train_y[idx], test_x, test_y, num_classes, val_fraction=VAL_FRACTION,
+                               seed=seed, on_fit=step)
+        key = f"label_fraction.{f:g}"
+        out[f"{key}.top1"] = res.top1 if res else float("nan")
+        out[f"{key}.n"] = res.n_train if res else round(f * len(train_y))
+        out[f"{key}.weight_decay"] = res.weight_decay if res else None
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    return out, lin.predictions
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    if not fractions:
+        raise UserError("--fractions needs at least one labeled fraction, e.g. --fractions 0.01 0.1 1")
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise UserError(f"--fractions: {f:g} is not a fraction in (0, 1] — use e.g. --fractions 0.01 0.1 1")
+    return tuple(sorted(set(float(f) for f in fractions)))
+
+
+def _model_names(run: Path, others: Sequence[Path]) -> list[str]:
+    """Table names of the compared runs: their folder names, or their paths where those collide."""
+    names = []
+    for other in others:
+        name = other.name
+        if name in ("encoder", *BASELINES) or name == run.name or [o.name for o in others].count(name) > 1:
+            name = str(other)
+        if name in names:
+            raise UserError(f"--compare {other} is given twice — list each run once")
+        names.append(name)
+    return names
+
+
+def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | Path] = (),
+              json_path: str | Path | None = None, fractions: Sequence[float] = FRACTIONS, seed: int = 0,
+              console: Console | None = None) -> dict[str, Any]:
+    """Probes a run's encoder beside raw pixels, a random encoder and other runs; prints and saves the results.
+
+    Every argument is checked, and every run's ``encoder.json`` read, before any data is loaded or computed.
+
+    Args:
+        run_dir: the run directory (it needs ``encoder.safetensors`` and ``encoder.json``).
+        split: the evaluation split; the probes learn from the labeled train split.
+        compare: other run directories for the table (trained on the same data set and image size).
+        json_path: also write the results here; ``RUN/probe.json`` is always written.
+        fractions: labeled fractions of the train split for the label-efficiency probe.
+        seed: seeds the validation and label splits, k-means and the random encoder.
+        console: where the table and progress go.
+
+    Returns:
+        What is written to ``probe.json``.
+
+    Raises:
+        UserError: a missing or incomplete run, an invalid split or fraction, compare runs of other data,
+            missing data files, or NaN/Inf features.
+    """
+    t0 = time.perf_counter()
+    console = console or Console()
+    run = Path(run_dir)
+    meta = _read_meta(run)  # a run without an exported encoder fails here, before any data is read
+    if split == "train":
+        raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
+                        "another held-out split)")
+    fractions = _check_fractions(fractions)
+    others = [Path(c) for c in compare]
+    other_meta = [_read_meta(other) for other in others]
+    for other, m in zip(others, other_meta, strict=True):
+        mine = (meta["dataset"], int(meta["image_size"]), int(meta["in_chans"]))
+        theirs = (m["dataset"], int(m["image_size"]), int(m["in_chans"]))
+        if theirs != mine:
+            raise UserError(f"--compare {other}: its encoder was trained on {theirs[0]} at {theirs[1]}px with "
+                            f"{theirs[2]} channel(s), {run}'s on {mine[0]} at {mine[1]}px with {mine[2]} — compare "
+                            "runs of the same data")
+    names = _model_names(run, others)
+
+    train, test, described = load_splits(meta, split, seed)
+    num_classes = len(train.classes)
+    device = default_device()
+    console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
+                  f"{len(test):,} {split} images, {num_classes} classes, on {device.type}")
+
+    mean, std = meta["mean"], meta["std"]
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    with progress_bar(console) as progress:
+        for name, folder, m in [("encoder", run, meta), *zip(names, others, other_meta, strict=True)]:
+            features[name] = _encoder_features(name, folder, m, train, test, device, progress)
+        features["raw_pixels"] = (raw_pixels(train, mean, std), raw_pixels(test, mean, std))
+        features["random_init"] = _random_init_features(run, meta, train, test, seed, device, progress)
+
+        results: dict[str, dict[str, Any]] = {}
+        predictions = None
+        for name, (tr, te) in features.items():
+            t = time.perf_counter()
+            metrics, pred = evaluate_features(tr, train.labels, te, test.labels, num_classes, fractions, seed,
+                                              progress, description=f"probing {name}")
+            results[name] = dict(metrics, dim=int(tr.shape[1]), seconds=round(time.perf_counter() - t, 2))
+            if name == "encoder":
+                predictions = pred
+
+    report: dict[str, Any] = {
+        "run": str(run), "dataset": meta["dataset"], "split": split, "split_description": described,
+        "classes": list(train.classes), "sizes": {"train": len(train), split: len(test)},
+        "checkpoint_sha256": meta["sha256"], "encoder": meta["encoder"], "seed": seed, "fractions": list(fractions),
+        "compare": {name: str(other) for name, other in zip(names, others, strict=True)},
+        "protocol": {"knn_k": list(KNN_KS), "knn_temperature": KNN_TEMPERATURE, "linear_weight_decays":
+                     list(WEIGHT_DECAYS), "linear_val_fraction": VAL_FRACTION, "kmeans_restarts": KMEANS_RESTARTS,
+                     "silhouette_sample": SILHOUETTE_SAMPLE, "device": device.type},
+        "seconds": round(time.perf_counter() - t0, 2), "models": results,
+    }
+    print_table(report, console)
+    write_json(report, run / "probe.json")
+    if json_path:
+        write_json(report, Path(json_path))
+    figures = run / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    tmp = figures / f".tmp-probe_predictions.{os.getpid()}.pt"
+    torch.save({"labels": test.labels, "predictions": predictions}, tmp)  # for a confusion matrix in reports
+    os.replace(tmp, figures / ".probe_predictions.pt")
+    from sslkit.viz import plot_label_efficiency
+
+    plot_label_efficiency(report, figures / "label_efficiency.png")
+    console.print(f"wrote {run / 'probe.json'}{f' and {json_path}' if json_path else ''}, "
+                  f"{figures / 'label_efficiency.png'} ({report['seconds']:.0f} s)")
+    return report
+
+
+def _encoder_features(name: str, run: Path, meta: dict[str, Any], train: ImageSource, test: ImageSource,
+                      device: torch.device, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's train and evaluation features, from its cache or computed (the encoder loads only if needed)."""
+    encoder: torch.nn.Module | None = None
+    out = []
+    for split, source in (("train", train), ("eval", test)):
+        def compute(source: ImageSource = source, split: str = split) -> torch.Tensor:
+            nonlocal encoder
+            encoder = encoder if encoder is not None else load_encoder(run, device)
+            return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
+                                    description=f"{name}: {split} features")
+
+        path = cache_path(run, f"encoder-{meta['sha256'][:16]}", split, source, meta["mean"], meta["std"])
+        out.append(cached_features(path, source.labels, compute))
+    return out[0], out[1]
+
+
+def _random_init_features(run: Path, meta: dict[str, Any], train: ImageSource, test: ImageSource, seed: int,
+                          device: torch.device, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of a seeded random encoder of the run's architecture, batch-norm statistics from train."""
+    encoder: torch.nn.Module | None = None
+    # The batch-norm statistics come from the train images, so they are part of what these features are.
+    key = (f"random-init-{meta['encoder']}-{meta['stem']}-c{meta['in_chans']}-seed{seed}-"
+           f"bn{data_fingerprint(train)[:6]}")
+    out = []
+    for split, source in (("train", train), ("eval", test)):
+        def compute(source: ImageSource = source, split: str = split) -> torch.Tensor:
+            nonlocal encoder
+            encoder = encoder if encoder is not None else random_encoder(meta, train, seed, device)
+            return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
+                                    description=f"random_init: {split} features")
+
+        out.append(cached_features(cache_path(run, key, split, source, meta["mean"], meta["std"]), source.labels,
+                                   compute))
+    return out[0], out[1]
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Writes ``report`` atomically (NaN stays NaN, which Python's json reads back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+ROWS: tuple[tuple[str, str], ...] = (
+    ("linear.top1", "linear top-1"), ("linear.top5", "linear top-5"),
+    ("knn.k20.top1", "k-NN k=20 (weighted)"), ("knn.k200.top1", "k-NN k=200 (weighted)"),
+    ("knn.k20.majority.top1", "k-NN k=20 (majority)"), ("knn.k200.majority.top1", "k-NN k=200 (majority)"),
+    ("kmeans.silhouette", "k-means silhouette"), ("kmeans.nmi", "k-means NMI"), ("kmeans.ari", "k-means ARI"),
+    ("kmeans.purity", "k-means purity"), ("kmeans.hungarian_acc", "k-means Hungarian acc."),
+)
+
+
+def print_table(report: dict[str, Any], console: Console) -> None:
+    """Metrics as rows, models as columns (encoder first, baselines after); each row's best value in bold."""
+    models = report["models"]
+    split = report["split"]
+    table = Table(title=f"{report['dataset']}: probes trained on {report['sizes']['train']:,} labeled train images, "
+                        f"scored on {report['sizes'][split]:,} {split} images", title_justify="left")
+    table.add_column("metric")
+    for name in models:
+        table.add_column(name, justify="right", style="dim" if name in BASELINES else None)
+    first = next(iter(models.values()))
+    rows = [r for r in ROWS if any(r[0] in m for m in models.values())]
+    rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels (n={first[f'label_fraction.{f:g}.n']:,})")
+             for f in report["fractions"] if f < 1]
+    for key, label in rows:
+        values = [m.get(key) for m in models.values()]
+        finite = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+        best = max(finite) if len(finite) > 1 else None
+        cells = []
+        for v in values:
+            text = "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+            cells.append(f"[bold]{text}[/]" if v == best else text)
+        table.add_row(label, *cells)
+    table.add_row("linear weight decay", *[f"{m['linear.weight_decay']:g}" for m in models.values()])
+    table.add_row("feature dim", *[str(m["dim"]) for m in models.values()])
+    table.add_row("seconds", *[f"{m['seconds']:.1f}" for m in models.values()])
+    console.print(table)
+    sil = first.get("kmeans.silhouette_n")
+    if sil is not None and sil < report["sizes"][split]:
+        console.print(f"silhouette on a seeded sample of {sil:,} {split} images")

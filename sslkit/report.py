@@ -1,0 +1,723 @@
+"""``sslkit report RUN``: one self-contained HTML page of a run, and the run-level figures it shows.
+
+The page (``RUN/report.html``) embeds every figure as a ``data:`` URI and its own stylesheet, so it opens
+anywhere without a network or the run directory. Each figure is also kept as a PNG in ``RUN/figures``.
+
+What is cheap is computed here: training curves, augmentation preview, first-layer kernels, the split's
+features (from the probe's cache when it has run), a UMAP/t-SNE map, k-means samples and a neighbour grid.
+What is not (the probe's many fits, fine-tuning) is read from ``probe.json`` / ``finetune.json`` when present;
+when absent, the page says which command to run instead of running minutes of work silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sslkit.data import ImageSource
+from sslkit.errors import UserError
+from sslkit.evaluation import retrieval
+from sslkit.evaluation.features import progress_bar
+
+MAX_MAP_POINTS = 10_000
+PREDICTIONS_FILE = ".probe_predictions.pt"  # written by `sslkit probe` next to its figures
+
+
+# --- run-level figures -----------------------------------------------------------------------------------------
+
+
+def _subsample(n: int, max_points: int, seed: int) -> torch.Tensor:
+    """Sorted seeded row numbers: all of them when n ≤ max_points."""
+    if n <= max_points:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:max_points].sort().values
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".tmp-{path.stem}.{os.getpid()}.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Tensor, method: str,
+                    seed: int) -> np.ndarray:
+    """The 2-D map of ``features[rows]``, cached beside the features (a seeded map is a pure function of them).
+
+    Shape:
+        features: (N, D), rows: (M,) -> (M, 2)
+    """
+    from sslkit.viz import embed_2d
+
+    stem = Path(features_path).name[: -len(".npy")]
+    path = Path(features_path).with_name(f"{stem}.{method}-seed{seed}-n{len(rows)}.npy")
+    if path.is_file():
+        try:
+            xy = np.load(path)
+            if xy.shape == (len(rows), 2):
+                return xy
+        except (OSError, ValueError, EOFError):
+            pass
+    xy = embed_2d(features[rows], method, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save_npy(path, xy)
+    return xy
+
+
+def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str | Path | None = None,
+            thumbnails: int = 0, max_points: int = MAX_MAP_POINTS, seed: int = 0,
+            console: Console | None = None) -> Path:
+    """``sslkit umap RUN``: a seeded 2-D UMAP or t-SNE map of a split's features, coloured by class.
+
+    Args:
+        run: the run directory.
+        method: ``umap`` or ``tsne``.
+        split: the split to map.
+        out: the PNG; ``RUN/figures/<method>-<split>.png`` by default.
+        thumbnails: how many seeded images to draw on the map.
+        max_points: above this many images a seeded random subset is mapped.
+        seed: seeds the map, the subset and the thumbnails.
+        console: where messages go.
+
+    Raises:
+        UserError: a run without an encoder, an unknown method or split, bad counts, missing data.
+    """
+    from sslkit.viz import MAP_METHODS, plot_map
+
+    console = console or Console()
+    run = Path(run)
+    meta = retrieval.read_meta(run)
+    if method not in MAP_METHODS:
+        raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
+    if max_points < 5:
+        raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
+    if thumbnails < 0:
+        raise UserError(f"--thumbnails {thumbnails}: give a number of thumbnails ≥ 0")
+    source = retrieval.load_split(meta, split, seed)
+    feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
+    rows = _subsample(len(source), max_points, seed)
+    t0 = time.perf_counter()
+    xy = map_coordinates(feats, feats_path, rows, method, seed)
+    path = Path(out) if out else run / "figures" / f"{method}-{split}.png"
+    name = "UMAP" if method == "umap" else "t-SNE"
+    shown = f"{len(rows):,} of {len(source):,}" if len(rows) < len(source) else f"{len(rows):,}"
+    title = f"{name} of {run.name}'s {meta['encoder']} features: {shown} {split} images (seed {seed})"
+    plot_map(xy, source.labels[rows], source.classes, path, title, method, images=source.images[rows],
+             thumbnails=thumbnails, seed=seed)
+    console.print(f"wrote {path} ({name} of {len(rows):,} images, {time.perf_counter() - t0:.1f} s)")
+    return path
+
+
+def read_events(run: Path) -> list[dict[str, Any]]:
+    """The events of ``RUN/metrics.jsonl`` (a torn last line, as a killed run may leave, is skipped)."""
+    path = Path(run) / "metrics.jsonl"
+    events = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and "step" in event:
+                events.append(event)
+    return events
+
+
+def figure_augmentations(run: Path, meta: dict[str, Any], path: Path, n_images: int = 6, n_views: int = 6,
+                         seed: int = 0) -> Path:
+    """A few pretraining-pool images and random views of them, made by the run's own recipe and statistics."""
+    from sslkit.augment import SimCLRAugment
+    from sslkit.config import load_recipe
+    from sslkit.data import load_source
+    from sslkit.trainer import split_train
+    from sslkit.viz import plot_augmentations
+
+    r = load_recipe(Path(run) / "recipe.yaml")
+    d, a = r.data, r.augment
+    source = load_source(d.dataset, "train", root=d.root, image_size=d.image_size, channels=d.channels)
+    _, pool_idx, _ = split_train(r, source.labels)
+    g = torch.Generator().manual_seed(seed)
+    picked = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_images]].sort().values
+    x = source.images[picked]
+    mean, std = meta["mean"], meta["std"]
+    augment = SimCLRAugment(source.image_size, source.channels, mean, std, crop_scale=a.crop_scale,
+                            crop_ratio=a.crop_ratio, flip_p=a.flip_p, jitter_p=a.jitter_p,
+                            jitter_strength=a.jitter_strength, grayscale_p=a.grayscale_p, blur_p=a.blur_p,
+                            blur_sigma=a.blur_sigma, blur_kernel_frac=a.blur_kernel_frac)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        views = torch.stack([augment(x) for _ in range(n_views)], dim=1)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    views = (views * s + m).clamp(0, 1)  # back to pixels for display
+    title = (f"Augmented views from the recipe of {run.name} (crop scale {tuple(a.crop_scale)}, flip p={a.flip_p}, "
+             f"jitter p={a.jitter_p} s={a.jitter_strength}, blur p={a.blur_p})")
+    return plot_augmentations(x, views, path, title=title)
+
+
+def figure_kernels(run: Path, path: Path) -> Path:
+    """The encoder's first convolution's kernels."""
+    from sslkit.checkpoint import load_encoder
+    from sslkit.viz import plot_kernels
+
+    encoder = load_encoder(run)
+    conv = next((m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        raise UserError(f"the encoder of {run} has no 2-D convolution to show")
+    meta = encoder.sslkit_meta
+    return plot_kernels(conv.weight, path, title=f"First-layer kernels of {meta['encoder']} ({meta['stem']} stem)")
+
+
+@dataclass
+class Predictions:
+    """The linear probe's predictions on its evaluation split, aligned with that split's images."""
+
+    split: str
+    source: ImageSource  # the labeled images of the split, in the probe's order
+    labels: torch.Tensor
+    predictions: torch.Tensor
+    computed: bool  # True when recomputed here rather than read from the probe's file
+
+
+def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], console: Console | None = None
+                      ) -> Predictions:
+    """The full linear probe's evaluation-split predictions: the probe's saved file when it matches, else
+    recomputed with :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features."""
+    from sslkit.evaluation.probe import VAL_FRACTION, load_splits
+
+    split = probe.get("split", "test")
+    seed = int(probe.get("seed", 0))
+    source = retrieval.load_split(meta, split, seed)
+    labeled = source.subset(torch.nonzero(source.labels >= 0).flatten())
+    saved = run / "figures" / PREDICTIONS_FILE
+    if saved.is_file():
+        try:
+            data = torch.load(saved, weights_only=True)
+            if torch.equal(data["labels"].long(), labeled.labels.long()):
+                return Predictions(split, labeled, labeled.labels, data["predictions"].long(), False)
+        except Exception:  # noqa: BLE001 — an unreadable or foreign file is recomputed, never trusted
+            pass
+    from sslkit.evaluation.linear import linear_probe
+
+    train, evaluation, _ = load_splits(meta, split, seed)
+    train_x, _ = retrieval.split_features(run, meta, train, "train", console=console)
+    test_x, _ = retrieval.split_features(run, meta, evaluation, split, console=console)
+    result = linear_probe(train_x, train.labels, test_x, evaluation.labels, len(train.classes),
+                          val_fraction=VAL_FRACTION, seed=seed)
+    return Predictions(split, evaluation, evaluation.labels, result.predictions, True)
+
+
+def misclassified_indices(labels: torch.Tensor, predictions: torch.Tensor, n: int = 32, seed: int = 0) -> list[int]:
+    """Up to ``n`` seeded misclassified rows, in index order."""
+    wrong = torch.nonzero(torch.as_tensor(labels) != torch.as_tensor(predictions)).flatten()
+    g = torch.Generator().manual_seed(seed)
+    return wrong[torch.randperm(len(wrong), generator=g)[:n]].sort().values.tolist()
+
+
+# --- HTML ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    """One part of the page: an anchor, a heading, and its HTML (or the reason it is missing)."""
+
+    key: str
+    title: str
+    body: list[str] = field(default_factory=list)
+    missing: str | None = None
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _is_rate(key: str) -> bool:
+    return key.endswith(("top1", "top5", "purity", "hungarian_acc", "accuracy", "acc"))
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        if _is_rate(key) and 0 <= v <= 1:
+            return f"{v:.1%}"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return _esc(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] = ()) -> str:
+    """An HTML table; cells are given as HTML (escape before), ``classes`` style the columns."""
+    cls = list(classes) + [""] * (len(header) - len(classes))
+    head = "".join(f'<th class="{c}">{h}</th>' for h, c in zip(header, cls, strict=True))
+    body = "".join("<tr>" + "".join(f'<td class="{c}">{v}</td>' for v, c in zip(row, cls, strict=True)) + "</tr>"
+                   for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def metrics_table(models: dict[str, dict[str, Any]], rows: Sequence[tuple[str, str]],
+                  baselines: Sequence[str] = ()) -> str:
+    """Metrics as rows, models as columns, each row's best value in bold (as ``sslkit probe`` prints it)."""
+    names = list(models)
+    out = []
+    for key, label in rows:
+        values = [models[n].get(key) for n in names]
+        finite = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        best = max(finite) if len(finite) > 1 else None
+        cells = [f"<b>{_fmt(key, v)}</b>" if best is not None and v == best else _fmt(key, v) for v in values]
+        out.append([_esc(label), *cells])
+    header = ["metric", *[_esc(n) for n in names]]
+    classes = ["", *["num baseline" if n in baselines else "num" for n in names]]
+    return _table(header, out, classes)
+
+
+def _flat_table(d: dict[str, Any]) -> str:
+    return _table(["key", "value"], [[_esc(k), _fmt(k, v)] for k, v in d.items()], ["", "num"])
+
+
+def generic_tables(obj: Any, title: str = "") -> list[str]:
+    """HTML tables for a JSON document of unknown layout (``finetune.json`` is another command's file).
+
+    Scalars become a key–value table; a mapping of mappings a metrics × names table; a list of mappings a
+    table with one row each; anything deeper is shown as JSON.
+    """
+    out: list[str] = []
+    if isinstance(obj, dict):
+        scalars = {k: v for k, v in obj.items() if not isinstance(v, (dict, list))}
+        if scalars:
+            out.append((f"<h3>{_esc(title)}</h3>" if title else "") + _flat_table(scalars))
+        for k, v in obj.items():
+            if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()) and all(
+                    not isinstance(y, (dict, list)) for x in v.values() for y in x.values()):
+                keys = list(dict.fromkeys(key for x in v.values() for key in x))
+                out.append(f"<h3>{_esc(k)}</h3>" + metrics_table(v, [(key, key) for key in keys]))
+            elif isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values()):
+                out.append(f"<h3>{_esc(k)}</h3>" + _flat_table(v))
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                keys = list(dict.fromkeys(key for x in v for key in x))
+                rows = [[_fmt(key, x.get(key)) if not isinstance(x.get(key), (dict, list))
+                         else f"<code>{_esc(json.dumps(x.get(key)))}</code>" for key in keys] for x in v]
+                out.append(f"<h3>{_esc(k)}</h3>" + _table([_esc(key) for key in keys], rows))
+            elif isinstance(v, (dict, list)):
+                out.append(f"<h3>{_esc(k)}</h3><pre>{_esc(json.dumps(v, indent=2))}</pre>")
+    else:
+        out.append(f"<pre>{_esc(json.dumps(obj, indent=2))}</pre>")
+    return out
+
+
+CSS = """
+:root { --ink:#1d2330; --muted:#5f6b7a; --line:#e3e7ee; --accent:#1f3b73; --bg:#f6f8fb; }
+* { box-sizing: border-box; }
+body { margin:0; font:15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color:var(--ink); background:var(--bg); }
+header { background:var(--accent); color:white; padding:28px 0 20px; }
+header h1 { margin:0 0 4px; font-size:26px; font-weight:600; }
+header p { margin:0; opacity:.85; }
+.wrap { max-width:1180px; margin:0 auto; padding:0 24px; }
+nav { position:sticky; top:0; background:white; border-bottom:1px solid var(--line); z-index:2; }
+nav .wrap { display:flex; flex-wrap:wrap; gap:4px 16px; padding-top:8px; padding-bottom:8px; font-size:13px; }
+nav a { color:var(--accent); text-decoration:none; white-space:nowrap; }
+nav a.off { color:var(--muted); }
+section { background:white; border:1px solid var(--line); border-radius:8px; margin:22px 0; padding:6px 24px 18px; }
+h2 { font-size:20px; margin:16px 0 10px; }
+h3 { font-size:15px; margin:16px 0 6px; color:var(--muted); }
+.cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(190px, 1fr)); gap:12px; margin:14px 0 4px; }
+.card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; background:#fbfcfe; }
+.card .k { font-size:12px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
+.card .v { font-size:20px; font-weight:600; margin-top:2px; }
+.card .s { font-size:12px; color:var(--muted); }
+figure { margin:10px 0; text-align:center; }
+figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; }
+.scroll { overflow-x:auto; }
+table { border-collapse:collapse; margin:8px 0 12px; font-size:14px; }
+th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:left; }
+th { background:#f0f3f8; font-weight:600; }
+td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.baseline, th.baseline { color:var(--muted); text-align:right; font-variant-numeric:tabular-nums; }
+tbody tr:nth-child(even) { background:#fafbfd; }
+.note { background:#fff8e6; border:1px solid #f3d48b; border-radius:6px; padding:10px 14px; margin:10px 0; }
+.note code, p code { background:#f0f3f8; padding:1px 5px; border-radius:3px; }
+.muted { color:var(--muted); font-size:13px; }
+pre { background:#f6f8fb; border:1px solid var(--line); border-radius:6px; padding:12px; overflow-x:auto;
+      font-size:12.5px; line-height:1.4; }
+details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
+footer { color:var(--muted); font-size:12px; padding:10px 0 30px; }
+"""
+
+
+def _card(key: str, value: str, sub: str = "") -> str:
+    return (f'<div class="card"><div class="k">{_esc(key)}</div><div class="v">{value}</div>'
+            f'<div class="s">{sub}</div></div>')
+
+
+def render_html(title: str, subtitle: str, sections: Sequence[Section], footer: str) -> str:
+    """The whole page: header, a sticky table of contents, the sections; no external resource of any kind."""
+    nav = "".join(f'<a href="#{s.key}"{" class=off" if s.missing else ""}>{_esc(s.title)}</a>' for s in sections)
+    parts = []
+    for s in sections:
+        body = "".join(s.body)
+        if s.missing:
+            body += f'<div class="note">{s.missing}</div>'
+        parts.append(f'<section id="{s.key}"><h2>{_esc(s.title)}</h2>{body}</section>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+            f'<header><div class="wrap"><h1>{_esc(title)}</h1><p>{subtitle}</p></div></header>'
+            f'<nav><div class="wrap">{nav}</div></nav><main class="wrap">{"".join(parts)}</main>'
+            f'<footer class="wrap">{footer}</footer></body></html>\n')
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}) — re-run the command that wrote "
+                        "it") from None
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
+def _cmd(text: str) -> str:
+    return f"<code>{_esc(text)}</code>"
+
+
+def build_report(run: str | Path, split: str = "test", method: str = "umap", out: str | Path | None = None,
+                 seed: int = 0, max_points: int = MAX_MAP_POINTS, console: Console | None = None) -> Path:
+    """Writes ``RUN/report.html``: recipe, training, augmentations, probe, clusters, map, neighbours, errors,
+    kernels and fine-tuning of one run, on one self-contained page.
+
+    Args:
+        run: the run directory (it needs an exported encoder).
+        split: the split the map, neighbours and clusters are drawn from.
+        method: the map: ``umap`` or ``tsne``.
+        out: where to write the page; ``RUN/report.html`` by default.
+        seed: seeds every sampled figure.
+        max_points: most images on the map (a seeded subset beyond).
+        console: where progress and the summary go.
+
+    Returns:
+        The page's path.
+
+    Raises:
+        UserError: a run without an encoder, an unknown split or map method, missing data, or a broken
+            ``probe.json`` / ``finetune.json``.
+    """
+    from sslkit.evaluation.clustering import kmeans
+    from sslkit.evaluation.probe import BASELINES, ROWS
+    from sslkit.viz import (
+        MAP_METHODS,
+        plot_clusters,
+        plot_confusion,
+        plot_label_efficiency,
+        plot_map,
+        plot_misclassified,
+        plot_training_curves,
+    )
+
+    t0 = time.perf_counter()
+    console = console or Console()
+    run = Path(run)
+    meta = retrieval.read_meta(run)  # a run without an exported encoder stops here, before any work
+    if method not in MAP_METHODS:
+        raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
+    if max_points < 5:
+        raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
+    probe = _read_json(run / "probe.json")
+    finetune = _read_json(run / "finetune.json")
+    source = retrieval.load_split(meta, split, seed)
+    figures = run / "figures"
+    events = read_events(run)
+    sections: list[Section] = []
+    quiet = Console(quiet=True)
+
+    def attempt(section: Section, make: Callable[[], None]) -> None:
+        # A figure that cannot be made (data moved, an old recipe) becomes a note on the page, not a failed report.
+        try:
+            make()
+        except UserError as e:
+            section.missing = f"Could not be made: {_esc(e)}"
+
+    steps = 11
+    with progress_bar(console) as bar:
+        task = bar.add_task("report", total=steps)
+
+        def done(what: str) -> None:
+            bar.update(task, advance=1, description=f"report: {what}")
+
+        # overview
+        overview = Section("overview", "Overview")
+        cards = [_card("data", _esc(meta["dataset"]), f"{meta['image_size']}px, {meta['in_chans']} channel(s)"),
+                 _card("encoder", _esc(meta["encoder"]), f"{_esc(meta['stem'])} stem, sha256 {meta['sha256'][:12]}")]
+        train_events = [e for e in events if "loss" in e]
+        knn_events = [e for e in events if "knn/top1" in e]
+        if train_events:
+            last = train_events[-1]
+            ips = [e["img_per_s"] for e in train_events if isinstance(e.get("img_per_s"), (int, float))]
+            cards.append(_card("training", f"{last['step']:,} steps",
+                               f"{last.get('epoch', 0):.2f} epochs, median {np.median(ips):,.0f} img/s" if ips
+                               else f"{last.get('epoch', 0):.2f} epochs"))
+            cards.append(_card("final loss", f"{last['loss']:.3f}", f"first logged {train_events[0]['loss']:.3f}"))
+        if knn_events:
+            cards.append(_card("online k-NN top-1", f"{knn_events[-1]['knn/top1']:.1%}",
+                               f"from {knn_events[0]['knn/top1']:.1%} at step {knn_events[0]['step']}"))
+        if probe:
+            enc = probe["models"].get("encoder", {})
+            base = {b: probe["models"][b].get("linear.top1") for b in BASELINES if b in probe["models"]}
+            sub = ", ".join(f"{b.replace('_', ' ')} {v:.1%}" for b, v in base.items() if v is not None)
+            if enc.get("linear.top1") is not None:
+                cards.append(_card(f"linear probe ({probe['split']})", f"{enc['linear.top1']:.1%}", sub))
+        if finetune:
+            cards.append(_card("fine-tuning", "done", "see the last section"))
+        overview.body.append(f'<div class="cards">{"".join(cards)}</div>')
+        todo = []
+        if probe is None:
+            todo.append(_cmd(f"sslkit probe {run}"))
+        if finetune is None:
+            todo.append(_cmd(f"sslkit finetune {run}"))
+        if todo:
+            overview.body.append(f'<p class="muted">Not run yet for this run: {", ".join(todo)} — their sections '
+                                 "below say what they would add.</p>")
+        sections.append(overview)
+
+        # recipe
+        recipe = Section("recipe", "Recipe")
+        recipe_path = run / "recipe.yaml"
+        if recipe_path.is_file():
+            recipe.body.append(f'<p class="muted">{_esc(recipe_path)}, every default written out; '
+                               f"{_cmd(f'sslkit pretrain {recipe_path}')} repeats the run.</p>"
+                               f"<details open><summary>recipe.yaml</summary><pre>"
+                               f"{_esc(recipe_path.read_text())}</pre></details>")
+        else:
+            recipe.missing = "This run has no recipe.yaml."
+        recipe.body.append(f"<details><summary>encoder.json</summary><pre>{_esc(json.dumps(meta, indent=2))}"
+                           "</pre></details>")
+        sections.append(recipe)
+        done("recipe")
+
+        # training curves
+        curves = Section("training", "Training curves")
+        if events:
+            path = plot_training_curves(events, figures / "training_curves.png",
+                                        title=f"{run.name}: pretraining ({len(train_events)} logged steps)")
+            curves.body.append(_img(path, "training curves"))
+        else:
+            curves.missing = f"No metrics.jsonl events in {_esc(run)}."
+        sections.append(curves)
+        done("training curves")
+
+        augment = Section("augmentations", "Augmentation preview")
+        augment.body.append('<p class="muted">Pretraining-pool images (left) and random views of them, drawn with '
+                            "the run's own augmentation settings and normalisation statistics, as the trainer saw "
+                            "them.</p>")
+
+        def make_augment() -> None:
+            if not recipe_path.is_file():
+                raise UserError("the run has no recipe.yaml")
+            augment.body.append(_img(figure_augmentations(run, meta, figures / "augmentations.png", seed=seed),
+                                     "augmentation preview"))
+
+        attempt(augment, make_augment)
+        sections.append(augment)
+        done("augmentations")
+
+        # probe
+        probe_sec = Section("probe", "Linear probe, k-NN and baselines")
+        eff = Section("label-efficiency", "Label efficiency")
+        if probe:
+            models = probe["models"]
+            rows = [r for r in ROWS if any(r[0] in m for m in models.values())]
+            fr = [f for f in probe.get("fractions", []) if f < 1]
+            first = next(iter(models.values()))
+            rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels "
+                      f"(n={_count(first.get(f'label_fraction.{f:g}.n'))})") for f in fr]
+            rows += [("linear.weight_decay", "linear weight decay (chosen on train)"), ("dim", "feature dim")]
+            sizes = probe.get("sizes", {})
+            probe_sec.body.append(
+                f'<p class="muted">Probes trained on {_count(sizes.get("train"))} labeled train images and scored on '
+                f'{_count(sizes.get(probe["split"]))} {_esc(probe.get("split_description", probe["split"]))} images. '
+                "Baselines: <b>raw_pixels</b> (the preprocessed images, flattened) and <b>random_init</b> (the "
+                "same architecture with random weights). Best of each row in bold.</p>")
+            probe_sec.body.append(metrics_table(models, rows, BASELINES))
+            if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
+                probe_sec.body.append('<div class="note">probe.json was measured on another encoder '
+                                      f"(sha256 {_esc(probe['checkpoint_sha256'][:12])}) than the run's "
+                                      f"current one — re-run {_cmd(f'sslkit probe {run}')}.</div>")
+            efficiency_png = figures / "label_efficiency.png"
+            if probe.get("fractions"):
+                plot_label_efficiency(probe, efficiency_png)
+                eff.body.append(_img(efficiency_png, "label efficiency"))
+                eff_rows = []
+                for f in probe["fractions"]:
+                    key = f"label_fraction.{f:g}"
+                    eff_rows.append((f"{key}.top1", f"{f:g} of labels (n={_count(first.get(f'{key}.n'))})"))
+                eff.body.append(metrics_table(models, eff_rows, BASELINES))
+            else:
+                eff.missing = "probe.json holds no label fractions."
+        else:
+            probe_sec.missing = (f"{_cmd(f'sslkit probe {run}')} has not been run for this run: it fits the linear "
+                                 "probe, k-NN and k-means of the encoder beside raw-pixel and random-init baselines "
+                                 "and writes probe.json; then run this report again.")
+            eff.missing = f"Comes from the probe: run {_cmd(f'sslkit probe {run}')}."
+        sections += [probe_sec, eff]
+        done("probe")
+
+        # features for the split-level figures
+        feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
+        done(f"{split} features")
+
+        clusters = Section("clusters", "k-means clusters")
+        if probe:
+            km_rows = [(k, label) for k, label in ROWS if k.startswith("kmeans.")]
+            clusters.body.append('<p class="muted">Spherical k-means with k = number of classes on the '
+                                 f"{_esc(probe['split'])} features; scored against the labels.</p>")
+            clusters.body.append(metrics_table(probe["models"], km_rows, BASELINES))
+        else:
+            clusters.body.append(f'<div class="note">Metrics (silhouette, NMI, ARI, purity) come from '
+                                 f"{_cmd(f'sslkit probe {run}')}, which has not been run.</div>")
+        k = max(2, len(torch.unique(source.labels[source.labels >= 0]))) if bool((source.labels >= 0).any()) else 10
+        k = min(k, len(source))
+        assign = kmeans(feats, k, seed=seed)
+        path = plot_clusters(source.images, assign, source.labels, source.classes, figures / "kmeans_clusters.png",
+                             seed=seed, title=f"k-means (k={k}) on {len(source):,} {split} images: random members, "
+                                              "green = the cluster's majority class")
+        clusters.body.append(_img(path, "k-means cluster samples"))
+        sections.append(clusters)
+        done("k-means")
+
+        name = "UMAP" if method == "umap" else "t-SNE"
+        map_sec = Section("map", f"{name} map")
+        rows_idx = _subsample(len(source), max_points, seed)
+        xy = map_coordinates(feats, feats_path, rows_idx, method, seed)
+        shown = f"{len(rows_idx):,} of {len(source):,}" if len(rows_idx) < len(source) else f"{len(rows_idx):,}"
+        path = plot_map(xy, source.labels[rows_idx], source.classes, figures / f"{method}-{split}.png",
+                        f"{name} of {shown} {split} images (cosine, seed {seed})", method,
+                        images=source.images[rows_idx], thumbnails=min(40, len(rows_idx) // 10), seed=seed)
+        map_sec.body.append(_img(path, f"{name} map"))
+        sections.append(map_sec)
+        done(f"{name} map")
+
+        nn_sec = Section("neighbors", "Nearest neighbours")
+        grids = sorted((run / "neighbors").glob("*.png"), key=lambda p: p.stat().st_mtime)[-3:] \
+            if (run / "neighbors").is_dir() else []
+        if not grids:
+            n_q = min(6, len(source))
+            k_nn = min(8, len(source) - 1)
+            if k_nn >= 1:
+                result = retrieval.find_neighbors(run, [f"random:{n_q}"], k=k_nn, split=split, seed=seed,
+                                                  console=quiet, show_table=False)
+                grids = [result.path]
+        nn_sec.body.append('<p class="muted">Each row: a query image, then its most similar images by cosine '
+                           "similarity of the encoder's features (the query excluded); green frames share the "
+                           f"query's class, red ones do not. More with {_cmd(f'sslkit neighbors {run} --query 3 17')}."
+                           "</p>")
+        for g in grids:
+            nn_sec.body.append(f'<h3>{_esc(g.name)}</h3>' + _img(g, f"neighbours {g.name}"))
+        if not grids:
+            nn_sec.missing = "The split is too small for a neighbour search."
+        sections.append(nn_sec)
+        done("neighbours")
+
+        conf = Section("confusion", "Confusion matrix (linear probe)")
+        mis = Section("misclassified", "Misclassified examples")
+        if probe:
+            pred = probe_predictions(run, meta, probe, console)
+            how = " (recomputed here: the probe's prediction file was missing)" if pred.computed else ""
+            path = plot_confusion(pred.labels, pred.predictions, pred.source.classes, figures / "confusion_matrix.png",
+                                  title=f"Linear probe on {pred.split}{how}")
+            conf.body.append(_img(path, "confusion matrix"))
+            wrong = misclassified_indices(pred.labels, pred.predictions, 32, seed)
+            n_wrong = int((pred.labels != pred.predictions).sum())
+            path = plot_misclassified(pred.source.images, pred.labels, pred.predictions, pred.source.classes, wrong,
+                                      figures / "misclassified.png",
+                                      title=f"{len(wrong)} of the {n_wrong:,} {pred.split} images the linear probe "
+                                            f"gets wrong (random, seed {seed})")
+            mis.body.append('<p class="muted">Indices refer to the labeled images of the split, in file order.</p>')
+            mis.body.append(_img(path, "misclassified examples"))
+        else:
+            conf.missing = f"Needs the linear probe's predictions: run {_cmd(f'sslkit probe {run}')}."
+            mis.missing = conf.missing
+        sections += [conf, mis]
+        done("confusion matrix")
+
+        kern = Section("kernels", "First-layer kernels")
+        attempt(kern, lambda: kern.body.append(_img(figure_kernels(run, figures / "kernels.png"), "kernels")))
+        sections.append(kern)
+        done("kernels")
+
+        ft = Section("finetune", "Fine-tuning")
+        if finetune:
+            ft.body.append('<p class="muted">From finetune.json (SSL initialisation against a supervised baseline '
+                           "trained on the same labels).</p>")
+            ft.body += generic_tables(finetune)
+        else:
+            ft.missing = (f"{_cmd(f'sslkit finetune {run}')} has not been run for this run: it fine-tunes the "
+                          "encoder and a supervised model from scratch on the same labels and writes "
+                          "finetune.json.")
+        sections.append(ft)
+        done("fine-tuning")
+
+    out_path = Path(out) if out else run / "report.html"
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    subtitle = (f"{_esc(meta['dataset'])} · {_esc(meta['encoder'])} ({_esc(meta['stem'])} stem) · figures on the "
+                f"{_esc(split)} split · made {stamp}")
+    page = render_html(f"sslkit report — {run.name}", subtitle, sections,
+                       f"sslkit report {_esc(run)} · seed {seed} · self-contained: every figure is embedded")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".tmp-{out_path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _print_summary(sections, out_path, time.perf_counter() - t0, console)
+    return out_path
+
+
+def _print_summary(sections: Sequence[Section], path: Path, seconds: float, console: Console) -> None:
+    table = Table(title=f"sslkit report → {path}", title_justify="left")
+    table.add_column("section")
+    table.add_column("status")
+    for s in sections:
+        if s.missing:
+            text = html.unescape(re.sub(r"<[^>]+>", "", s.missing))
+            table.add_row(s.title, Text(text, style="yellow"))
+        else:
+            table.add_row(s.title, Text("included", style="green"))
+    console.print(table)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {seconds:.0f} s)")

@@ -1,0 +1,455 @@
+"""Figures made from run artefacts (matplotlib, Agg backend: no display needed).
+
+Every function takes plain arrays (uint8 images (N, C, H, W), labels, features …) and a PNG path, writes the
+figure and returns the path; none of them reads a run directory (that is :mod:`sslkit.report`'s job). Frames
+are green where a shown image's class matches what it is compared with and red where it does not.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
+
+from sslkit.errors import UserError  # noqa: E402
+
+COLOURS = {"encoder": "#1f77b4", "raw_pixels": "#7f7f7f", "random_init": "#d62728"}
+MATCH, MISMATCH, NEUTRAL, QUERY = "#2ca02c", "#d62728", "#9e9e9e", "#1f3b73"
+MAP_METHODS: tuple[str, ...] = ("umap", "tsne")
+DPI = 120
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def _hwc(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A (C, H, W) image as what ``imshow`` wants: (H, W) for one channel, (H, W, 3) for three."""
+    a = np.asarray(torch.as_tensor(img).detach().cpu())
+    if a.shape[0] == 1:
+        return a[0]
+    if a.shape[0] == 3:
+        return a.transpose(1, 2, 0)
+    return a[0]  # other channel counts: the first channel
+
+
+def _show(ax: plt.Axes, img: torch.Tensor | np.ndarray, frame: str | None = None, width: float = 3.0) -> None:
+    """Draws one (C, H, W) image (uint8, or float in [0, 1]) without ticks, optionally in a coloured frame."""
+    a = _hwc(img)
+    vmax = 255 if a.dtype == np.uint8 else 1.0
+    small = max(a.shape[:2]) <= 64  # tiny images keep their pixels crisp instead of being smoothed
+    ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=vmax,
+              interpolation="nearest" if small else "antialiased")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(frame is not None)
+        if frame is not None:
+            spine.set_edgecolor(frame)
+            spine.set_linewidth(width)
+
+
+def _name(label: int, classes: Sequence[str]) -> str:
+    return classes[label] if 0 <= label < len(classes) else "unlabeled"
+
+
+def class_colours(n: int) -> list[Any]:
+    """``n`` distinguishable colours: tab10 up to 10 classes, tab20 up to 20, then evenly spaced hues."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def _empty(path: Path, title: str, message: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 1.6))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#555555")
+    return _save(fig, path)
+
+
+# --- probe ---------------------------------------------------------------------------------------------------------
+
+
+def plot_label_efficiency(report: dict[str, Any], path: Path) -> None:
+    """Test error of the linear probe against the number of labeled training images, log-log, per model."""
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for i, (name, m) in enumerate(report["models"].items()):
+        ns = [m[f"label_fraction.{f:g}.n"] for f in report["fractions"]]
+        err = [1 - m[f"label_fraction.{f:g}.top1"] for f in report["fractions"]]
+        ax.plot(ns, err, marker="o", label=name, color=COLOURS.get(name, f"C{i + 2}"),
+                linestyle="--" if name in ("raw_pixels", "random_init") else "-")
+        for n, e in zip(ns, err, strict=True):
+            ax.annotate(f"{e:.1%}", (n, e), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("labeled training images")
+    ax.set_ylabel(f"{report['split']} error (linear probe)")
+    ax.set_title(f"Label efficiency — {report['dataset']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Sequence[str], path: Path,
+                   title: str = "Linear probe: confusion matrix") -> Path:
+    """Row-normalised confusion matrix (each true class sums to 100 %), with the percentages written in.
+
+    Shape:
+        labels: (N,), predictions: (N,)
+    """
+    y = torch.as_tensor(labels).cpu().long()
+    p = torch.as_tensor(predictions).cpu().long()
+    c = len(classes)
+    counts = torch.zeros(c, c, dtype=torch.long)
+    counts.index_put_((y, p), torch.ones_like(y), accumulate=True)
+    rows = counts.sum(1, keepdim=True).clamp_min(1)
+    share = (counts.double() / rows).numpy()
+    side = max(4.5, 0.55 * c + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if c <= 30:
+        for i in range(c):
+            for j in range(c):
+                if counts[i, j] > 0:
+                    ax.text(j, i, f"{share[i, j]:.0%}", ha="center", va="center", fontsize=7 if c > 12 else 8,
+                            color="white" if share[i, j] > 0.55 else "#222222")
+    ticks = np.arange(c)
+    ax.set_xticks(ticks, [str(n) for n in classes], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [f"{n} ({int(rows[i])})" for i, n in enumerate(classes)], fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (images)")
+    accuracy = float((y == p).float().mean()) if len(y) else float("nan")
+    ax.set_title(f"{title}\n{len(y):,} images, accuracy {accuracy:.1%}", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=matplotlib.ticker.PercentFormatter(1.0))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
+                       classes: Sequence[str], indices: Sequence[int], path: Path, columns: int = 8,
+                       title: str = "Misclassified by the linear probe") -> Path:
+    """A grid of images, each captioned with its index, true class and predicted class.
+
+    Args:
+        images: the split's images (N, C, H, W).
+        labels, predictions: (N,) true and predicted classes of the whole split.
+        classes: class names.
+        indices: which images to show (rows of ``images``).
+        path: the PNG.
+        columns: images per row.
+        title: figure title.
+    """
+    indices = list(indices)
+    if not indices:
+        return _empty(path, title, "no misclassified images")
+    rows = math.ceil(len(indices) / columns)
+    cols = min(columns, len(indices))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.85 * rows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices, strict=False):
+        ax.axis("on")
+        _show(ax, images[i], frame=MISMATCH, width=2)
+        ax.set_title(f"#{i}\ntrue: {_name(int(labels[i]), classes)}\npred: {_name(int(predictions[i]), classes)}",
+                     fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- retrieval and maps -------------------------------------------------------------------------------------------
+
+
+def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], queries: Sequence[int],
+                   idx: torch.Tensor, sims: torch.Tensor, path: Path, title: str | None = None) -> Path:
+    """One row per query: the query, then its neighbours captioned with index, class and cosine similarity.
+
+    Neighbours are framed green when their class is the query's and red when not (grey for unlabeled queries).
+
+    Shape:
+        images: (N, C, H, W), labels: (N,), idx: (Q, k), sims: (Q, k)
+    """
+    queries = list(queries)
+    q_n, k = idx.shape
+    fig = plt.figure(figsize=(1.3 * (k + 1) + 0.3, 1.62 * q_n + (0.45 if title else 0.1)))
+    # A narrow empty column sets the query apart from its neighbours.
+    grid = fig.add_gridspec(q_n, k + 2, width_ratios=[1, 0.18] + [1] * k, wspace=0.12, hspace=0.55)
+    for r, q in enumerate(queries):
+        ql = int(labels[q])
+        ax = fig.add_subplot(grid[r, 0])
+        _show(ax, images[q], frame=QUERY, width=3.5)
+        ax.set_title(f"query #{q}\n{_name(ql, classes)}", fontsize=7.5, fontweight="bold")
+        for j in range(k):
+            i, s = int(idx[r, j]), float(sims[r, j])
+            li = int(labels[i])
+            colour = NEUTRAL if ql < 0 else (MATCH if li == ql else MISMATCH)
+            ax = fig.add_subplot(grid[r, j + 2])
+            _show(ax, images[i], frame=colour, width=3)
+            ax.set_title(f"#{i} {_name(li, classes)}\ncos {s:.3f}", fontsize=7, color="#222222")
+    if title:
+        fig.suptitle(title, fontsize=9.5)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - (0.5 if title else 0.3) / fig.get_figheight())
+    return _save(fig, path)
+
+
+def embed_2d(features: torch.Tensor | np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
+    """A seeded 2-D map of features: UMAP (umap-learn) or t-SNE (scikit-learn), both with cosine distances.
+
+    The same features and seed give the same map: UMAP runs single-threaded when seeded, and t-SNE starts from
+    the (deterministic) PCA projection.
+
+    Raises:
+        UserError: an unknown method, or fewer than 5 rows.
+
+    Shape:
+        (N, D) -> (N, 2) float32
+    """
+    if method not in MAP_METHODS:
+        raise UserError(f"unknown map method {method!r} — use one of: {', '.join(MAP_METHODS)}")
+    x = np.ascontiguousarray(torch.as_tensor(features).detach().cpu().float().numpy())
+    n = len(x)
+    if n < 5:
+        raise UserError(f"a {method} map needs at least 5 images, got {n}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # umap-learn warns that a seed disables its parallelism: that is the point
+        if method == "umap":
+            import umap
+
+            reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), min_dist=0.1, metric="cosine",
+                                random_state=seed, init="spectral" if n > 16 else "random")
+            xy = reducer.fit_transform(x)
+        else:
+            from sklearn.manifold import TSNE
+
+            xy = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), metric="cosine", init="pca",
+                      learning_rate="auto", random_state=seed).fit_transform(x)
+    return np.asarray(xy, dtype=np.float32)
+
+
+def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path: Path, title: str,
+             method: str = "umap", images: torch.Tensor | None = None, thumbnails: int = 0, seed: int = 0) -> Path:
+    """A scatter of a 2-D map, one colour per class with a legend, and optionally image thumbnails.
+
+    Args:
+        xy: (N, 2) coordinates.
+        labels: (N,) classes (−1 drawn grey as unlabeled).
+        classes: class names.
+        path: the PNG.
+        title: figure title.
+        method: names the axes.
+        images: (N, C, H, W) images, for thumbnails.
+        thumbnails: how many seeded images to draw at their points (0: none).
+        seed: picks the thumbnails.
+    """
+    xy = np.asarray(xy)
+    y = torch.as_tensor(labels).cpu().long().numpy()
+    colours = class_colours(len(classes))
+    fig, ax = plt.subplots(figsize=(9.5, 7.5))
+    size = float(np.clip(2.5e4 / max(len(xy), 1), 2, 30))
+    if (y < 0).any():
+        ax.scatter(xy[y < 0, 0], xy[y < 0, 1], s=size, color=NEUTRAL, alpha=0.5, linewidths=0, label="unlabeled")
+    for c, name in enumerate(classes):
+        mask = y == c
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colours[c], alpha=0.8, linewidths=0,
+                       label=f"{name} ({int(mask.sum())})")
+    if thumbnails and images is not None:
+        g = np.random.default_rng(seed)
+        picks = g.choice(len(xy), size=min(thumbnails, len(xy)), replace=False)
+        zoom = 26 / max(int(images.shape[-1]), 1)
+        for i in picks:
+            a = _hwc(images[i])
+            box = OffsetImage(a, zoom=zoom, cmap="gray" if a.ndim == 2 else None,
+                              interpolation="nearest" if max(a.shape[:2]) <= 64 else "antialiased")
+            box.get_children()[0].set_clim(0, 255)
+            colour = colours[y[i]] if y[i] >= 0 else NEUTRAL
+            ax.add_artist(AnnotationBbox(box, xy[i], frameon=True, pad=0.1,
+                                         bboxprops={"edgecolor": colour, "linewidth": 1.5}))
+    label = "UMAP" if method == "umap" else "t-SNE"
+    ax.set_xlabel(f"{label} 1")
+    ax.set_ylabel(f"{label} 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=11)
+    if len(classes) <= 40:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=max(1.0, 6 / size ** 0.5),
+                  frameon=False, title="class (images)", title_fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: str = "Training") -> Path:
+    """Loss, learning rate and the online k-NN top-1 against the step, from ``metrics.jsonl`` events.
+
+    The loss is drawn as logged and, with enough points, as an exponential moving average; a top axis gives
+    epochs. Panels without data say so.
+    """
+    train = [e for e in events if "loss" in e]
+    knn = [e for e in events if "knn/top1" in e]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    step = np.array([e["step"] for e in train], dtype=float)
+    if train:
+        loss = np.array([e["loss"] for e in train], dtype=float)
+        ax = axes[0]
+        ax.plot(step, loss, color="#1f77b4", alpha=0.35 if len(loss) > 20 else 1.0, lw=1, marker=None
+                if len(loss) > 20 else "o", ms=3, label="logged")
+        if len(loss) > 20:
+            alpha = 2 / (min(50, len(loss) // 5) + 1)
+            smooth = np.empty_like(loss)
+            smooth[0] = loss[0]
+            for i in range(1, len(loss)):
+                smooth[i] = alpha * loss[i] + (1 - alpha) * smooth[i - 1]
+            ax.plot(step, smooth, color="#1f77b4", lw=2, label="moving average")
+            ax.legend(fontsize=8)
+        ax.set_title("NT-Xent loss")
+        axes[1].plot(step, [e["lr"] for e in train], color="#ff7f0e", lw=1.5)
+        axes[1].set_title("learning rate")
+        axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if knn:
+        ks = np.array([e["step"] for e in knn], dtype=float)
+        kv = np.array([e["knn/top1"] for e in knn], dtype=float)
+        axes[2].plot(ks, kv, color="#2ca02c", marker="o", lw=1.5)
+        for s, v in ((ks[0], kv[0]), (ks[-1], kv[-1])):
+            axes[2].annotate(f"{v:.1%}", (s, v), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        axes[2].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        axes[2].set_title("online k-NN top-1 (held-out images)")
+    else:
+        axes[2].text(0.5, 0.5, "no online k-NN\n(monitor off or too few labels)", ha="center", va="center",
+                     transform=axes[2].transAxes, color="#555555")
+        axes[2].set_title("online k-NN top-1")
+    if not train:
+        for ax in axes[:2]:
+            ax.text(0.5, 0.5, "no training steps logged", ha="center", va="center", transform=ax.transAxes,
+                    color="#555555")
+    ratio = [e["epoch"] / e["step"] for e in train if e["step"] > 0 and e.get("epoch")]
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if ratio and ax.has_data():
+            r = float(np.median(ratio))
+            top = ax.secondary_xaxis("top", functions=(lambda s, r=r: s * r, lambda e, r=r: e / r))
+            top.set_xlabel("epoch", fontsize=8)
+            top.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_augmentations(originals: torch.Tensor, views: torch.Tensor, path: Path,
+                       title: str = "Augmented views, as the trainer sees them") -> Path:
+    """Each row: an image, then several of its random views.
+
+    Shape:
+        originals: (n, C, H, W) uint8, views: (n, v, C, S, S) float in [0, 1]
+    """
+    n, v = views.shape[:2]
+    fig, axes = plt.subplots(n, v + 1, figsize=(1.35 * (v + 1), 1.4 * n + 0.5), squeeze=False)
+    for r in range(n):
+        _show(axes[r, 0], originals[r], frame="#333333", width=2)
+        for j in range(v):
+            _show(axes[r, j + 1], views[r, j].clamp(0, 1))
+    axes[0, 0].set_title("original", fontsize=8)
+    for j in range(v):
+        axes[0, j + 1].set_title(f"view {j + 1}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_kernels(weight: torch.Tensor, path: Path, title: str = "First-layer kernels") -> Path:
+    """The first convolution's kernels, each scaled to its own range (RGB for 3 input channels; else a
+    diverging map of the channel mean, red positive and blue negative).
+
+    Shape:
+        weight: (O, I, kh, kw)
+    """
+    w = torch.as_tensor(weight).detach().cpu().float()
+    o = w.shape[0]
+    cols = math.ceil(math.sqrt(o))
+    rows = math.ceil(o / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.62 * cols + 0.4, 0.62 * rows + 0.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in zip(range(o), axes.flat, strict=False):
+        k = w[i]
+        if k.shape[0] == 3:
+            lo, hi = k.min(), k.max()
+            img = ((k - lo) / (hi - lo).clamp_min(1e-12)).permute(1, 2, 0).numpy()
+            ax.imshow(img, interpolation="nearest")
+        else:
+            m = k.mean(0)
+            ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-float(m.abs().max()), vmax=float(m.abs().max()),
+                      interpolation="nearest")
+    fig.suptitle(f"{title} ({o} × {w.shape[1]} × {w.shape[2]} × {w.shape[3]})", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- clusters ------------------------------------------------------------------------------------------------------
+
+
+def plot_clusters(images: torch.Tensor, clusters: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                  path: Path, per_cluster: int = 10, seed: int = 0,
+                  title: str = "k-means clusters: random members") -> Path:
+    """One row per cluster (largest first): its size, majority class and share, then seeded random members
+    framed green when they are of the majority class and red when not.
+
+    Shape:
+        images: (N, C, H, W), clusters: (N,), labels: (N,)
+    """
+    a = torch.as_tensor(clusters).cpu().long()
+    y = torch.as_tensor(labels).cpu().long()
+    ids, sizes = torch.unique(a, return_counts=True)
+    order = ids[torch.argsort(sizes, descending=True, stable=True)].tolist()
+    g = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(len(order), per_cluster + 1, figsize=(1.05 * per_cluster + 2.2, 1.12 * len(order) + 0.5),
+                             squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * per_cluster})
+    for r, c in enumerate(order):
+        members = torch.nonzero(a == c).flatten()
+        known = y[members][y[members] >= 0]
+        if len(known):
+            top = int(torch.bincount(known).argmax())
+            share = float((known == top).float().mean())
+            text = f"cluster {c}\n{len(members)} images\n{share:.0%} {_name(top, classes)}"
+        else:
+            top, text = -1, f"cluster {c}\n{len(members)} images"
+        axes[r, 0].axis("off")
+        axes[r, 0].text(0.0, 0.5, text, va="center", ha="left", fontsize=8, transform=axes[r, 0].transAxes)
+        shown = members[torch.randperm(len(members), generator=g)[:per_cluster]]
+        for j in range(per_cluster):
+            ax = axes[r, j + 1]
+            if j < len(shown):
+                i = int(shown[j])
+                frame = NEUTRAL if top < 0 or y[i] < 0 else (MATCH if int(y[i]) == top else MISMATCH)
+                _show(ax, images[i], frame=frame, width=2)
+            else:
+                ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
