@@ -1,0 +1,207 @@
+"""Frozen-feature evaluation: k-NN, linear probe, k-means and `sslkit probe` against references and invariants."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from rich.console import Console
+from sklearn.linear_model import LogisticRegression
+
+from sslkit.checkpoint import export_encoder
+from sslkit.cli import main
+from sslkit.errors import UserError
+from sslkit.evaluation import features as features_mod
+from sslkit.evaluation.clustering import cluster_metrics, hungarian_accuracy, purity
+from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search
+from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe
+from sslkit.evaluation.probe import run_probe
+from sslkit.models import build_encoder
+
+
+def blobs(n_per: int, classes: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian blobs around random unit centres: (classes·n_per, dim) features and their labels."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(classes, dim, generator=g), dim=1) * 10
+    y = torch.arange(classes).repeat_interleave(n_per)
+    return centres[y] + spread * torch.randn(len(y), dim, generator=g), y
+
+
+def test_faiss_search_equals_torch_topk() -> None:
+    bank, _ = blobs(100, 5, 32, 3.0, 0)
+    queries = torch.randn(77, 32, generator=torch.Generator().manual_seed(1))
+    sims, idx = knn_search(bank, queries, k=10, chunk_size=13)  # several chunks, one ragged
+    ref = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).T
+    ref_sims, ref_idx = ref.topk(10, dim=1)
+    torch.testing.assert_close(sims, ref_sims, atol=1e-5, rtol=0)
+    assert torch.equal(idx, ref_idx)
+
+
+def test_exclude_self_drops_the_query_row() -> None:
+    bank, _ = blobs(20, 3, 8, 1.0, 2)
+    _, idx = knn_search(bank, bank, k=5, exclude_self=True)
+    assert not (idx == torch.arange(len(bank))[:, None]).any()
+    ref = F.normalize(bank, dim=1) @ F.normalize(bank, dim=1).T
+    ref.fill_diagonal_(-2)
+    assert torch.equal(idx, ref.topk(5, dim=1).indices)
+
+
+def test_weighted_vote_matches_a_naive_reference() -> None:
+    bank, labels = blobs(30, 4, 16, 12.0, 3)  # heavily overlapping: votes are not unanimous
+    queries, _ = blobs(10, 4, 16, 12.0, 4)
+    k, t = 7, 0.1
+    got = knn_predict(bank, labels, queries, k=k, temperature=t)
+    got_majority = knn_predict(bank, labels, queries, k=k, weighted=False)
+    b, q = F.normalize(bank.double(), dim=1), F.normalize(queries.double(), dim=1)
+    for i in range(len(q)):
+        sims = [(float(q[i] @ b[j]), j) for j in range(len(b))]
+        top = sorted(sims, reverse=True)[:k]
+        score = [0.0] * 4
+        count = [0] * 4
+        for s, j in top:
+            score[int(labels[j])] += math.exp(s / t)
+            count[int(labels[j])] += 1
+        assert int(got[i]) == max(range(4), key=lambda c: score[c])
+        assert int(got_majority[i]) == max(range(4), key=lambda c: (count[c], -c))
+
+
+def test_one_search_answers_every_k() -> None:
+    bank, labels = blobs(50, 4, 16, 10.0, 5)
+    queries, qy = blobs(25, 4, 16, 10.0, 6)
+    both = knn_evaluate(bank, labels, queries, qy, ks=(3, 40), temperature=0.2, chunk_size=17)
+    for k in (3, 40):
+        for weighted, key in ((True, f"k{k}.top1"), (False, f"k{k}.majority.top1")):
+            pred = knn_predict(bank, labels, queries, k=k, temperature=0.2, weighted=weighted)
+            assert both[key] == pytest.approx(float((pred == qy).float().mean()))
+
+
+def test_separable_clusters_score_perfectly() -> None:
+    x, y = blobs(40, 5, 24, 0.5, 7)
+    m = cluster_metrics(x, y, seed=0, restarts=3)
+    assert m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
+    assert m["purity"] == 1.0 and m["hungarian_acc"] == 1.0 and m["silhouette"] > 0.9
+    assert m["k"] == 5 and m["silhouette_n"] == 200
+    xt, yt = blobs(10, 5, 24, 0.5, 7)
+    assert knn_evaluate(x, y, xt, yt, ks=(5,))["k5.top1"] == 1.0
+    assert linear_probe(x, y, xt, yt).top1 == 1.0
+
+
+def test_shuffled_labels_give_chance() -> None:
+    x, y = blobs(200, 5, 32, 0.5, 8)
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]  # labels unrelated to features
+    xt, yt = blobs(100, 5, 32, 0.5, 9)
+    yt = yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(1))]
+    assert abs(knn_evaluate(x, y, xt, yt, ks=(20,))["k20.top1"] - 0.2) < 0.07
+    assert abs(linear_probe(x, y, xt, yt).top1 - 0.2) < 0.07
+    m = cluster_metrics(xt, yt, seed=0)
+    assert m["nmi"] < 0.05 and abs(m["ari"]) < 0.05
+
+
+def test_purity_and_hungarian_by_hand() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    clusters = np.array([1, 1, 0, 0, 0, 0])
+    assert purity(labels, clusters) == pytest.approx((2 + 2) / 6)  # cluster 1 → class 0 (2), cluster 0 → 1 (2)
+    assert hungarian_accuracy(labels, clusters) == pytest.approx(4 / 6)
+
+
+def test_logistic_fit_reaches_the_sklearn_optimum() -> None:
+    x, y = blobs(60, 3, 10, 8.0, 10)
+    xs = Standardiser(x)(x)
+    lam = 1e-2
+    w, b = fit_logistic(xs, y, 3, lam)
+
+    def objective(w: torch.Tensor, b: torch.Tensor) -> float:
+        logits = xs.double() @ w.double().T + b.double()
+        return float(F.cross_entropy(logits, y) + 0.5 * lam * w.double().square().sum())
+
+    # sklearn minimises ½‖W‖² + C·Σ loss: with C = 1/(λN) that is the same objective times 1/λ.
+    ref = LogisticRegression(C=1 / (lam * len(y)), tol=1e-10, max_iter=10_000).fit(xs.numpy(), y.numpy())
+    w_ref, b_ref = torch.from_numpy(ref.coef_).double(), torch.from_numpy(ref.intercept_).double()
+    assert objective(w, b) <= objective(w_ref, b_ref) + 1e-5
+    torch.testing.assert_close(w.double(), w_ref, atol=2e-3, rtol=0)  # strictly convex in W: one minimiser
+
+
+def test_test_labels_never_influence_the_probe() -> None:
+    x, y = blobs(60, 4, 16, 9.0, 11)
+    xt, yt = blobs(30, 4, 16, 9.0, 12)
+    a = linear_probe(x, y, xt, yt)
+    b = linear_probe(x, y, xt, yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(3))])
+    assert a.weight_decay == b.weight_decay and a.val_top1 == b.val_top1
+    assert torch.equal(a.predictions, b.predictions)
+    # …and neither do the test features: only the train split chooses the regularisation.
+    c = linear_probe(x, y, xt * 3 + 1, yt)
+    assert c.weight_decay == a.weight_decay and c.val_top1 == a.val_top1
+
+
+def test_nan_features_are_one_clear_error() -> None:
+    x, y = blobs(10, 2, 4, 1.0, 13)
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(UserError, match="1 of 20 feature rows contain NaN"):
+        knn_evaluate(bad, y, x, y)
+    with pytest.raises(UserError, match="NaN or Inf"):
+        linear_probe(x, y, bad, y)
+
+
+# --- `sslkit probe` end to end on a tiny image folder -------------------------------------------------------
+
+
+def tiny_run(tmp_path: Path) -> Path:
+    """An image folder of 3 colour classes and a run directory holding a random encoder trained on "it"."""
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+            img[..., c] = rng.integers(150, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(img).save(root / name / f"{i:02d}.png")
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", "cifar", 3)
+    meta = dict(encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=16, mean=[0.5] * 3,
+                std=[0.25] * 3, dataset="imagefolder", data_root=str(root), recipe="tiny")
+    export_encoder(encoder, run, meta)
+    return run
+
+
+def test_probe_writes_every_metric_and_reuses_its_feature_cache(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tiny_run(tmp_path)
+    calls = []
+    real = features_mod.extract_features
+    monkeypatch.setattr("sslkit.evaluation.probe.extract_features",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    report = run_probe(run, fractions=(0.5, 1.0), console=Console(quiet=True))
+    assert len(calls) == 4  # encoder and random_init, train and test each
+    saved = json.loads((run / "probe.json").read_text())
+    assert saved["sizes"] == {"train": 48, "test": 12} and saved["checkpoint_sha256"]
+    for model in ("encoder", "raw_pixels", "random_init"):
+        m = saved["models"][model]
+        for key in ("linear.top1", "knn.k20.top1", "knn.k200.top1", "kmeans.silhouette", "kmeans.nmi", "kmeans.ari",
+                    "kmeans.purity", "label_fraction.0.5.top1", "label_fraction.1.top1"):
+            assert key in m, (model, key)
+    assert saved["models"]["raw_pixels"]["linear.top1"] == 1.0  # colour classes are linearly separable
+    assert report["models"]["encoder"]["dim"] == 512 and report["models"]["raw_pixels"]["dim"] == 768
+    assert (run / "figures" / "label_efficiency.png").stat().st_size > 0
+    run_probe(run, fractions=(1.0,), console=Console(quiet=True))
+    assert len(calls) == 4  # the second probe computed no features
+
+
+def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["probe", str(tmp_path / "empty")]) == 2
+    assert "no exported encoder" in capsys.readouterr().err
+    run = tiny_run(tmp_path)
+    assert main(["probe", str(run), "--split", "train"]) == 2
+    assert main(["probe", str(run), "--fractions", "0", "1"]) == 2
+    assert "not a fraction" in capsys.readouterr().err
+    assert not (run / "probe.json").exists() and not (run / "features").exists()  # nothing computed
