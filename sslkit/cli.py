@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 a mistake in the input (one line on stderr says what, w
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from sslkit.evaluation.finetune import finetune_from_file
+
+    finetune_from_file(args.recipe, out=args.out, overrides=tuple(args.set or ()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description="Self-supervised pretraining (SimCLR) and "
                                      "honest evaluation of the encoder.")
@@ -85,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image indices into the split, or random:N for N seeded random queries")
     p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8)")
     p.add_argument("--split", default="test", help="split to search (default: test)")
-    p.add_argument("--out", metavar="PNG", help="where to write the grid (default: RUN/neighbors/<queries>.png)")
-    p.add_argument("--index", choices=("flat", "hnsw"), default="flat",
-                   help="FAISS index: flat (exact, default) or hnsw (approximate, for very large splits)")
+    p.add_argument("--out", metavar="PNG",
+                   help="where to write the grid (default: RUN/neighbors/<split>-<queries>-k<k>.png)")
+    p.add_argument("--index", default="flat", metavar="KIND",
+                   help="FAISS index: flat (exact, the default), or auto, ivf-flat, hnsw, ivf-pq (approximate, for "
+                   "splits of millions); built once and kept beside the features")
     p.add_argument("--seed", type=int, default=0, help="seed of random:N (default: 0)")
     p.set_defaults(func=_neighbors)
 
@@ -110,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-points", type=int, default=10_000, metavar="N", help="most images on the map")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("finetune", help="fine-tune the SSL encoder against a supervised baseline on the same labels",
+                       description="Fine-tune a run's encoder (arm ssl) and the same architecture from random init "
+                       "(arm supervised) with identical labeled data, augmentation, schedule and seeds; report test "
+                       "accuracy (mean ± std over seeds), the difference, and FGSM robustness.")
+    p.add_argument("recipe", help="fine-tune recipe YAML (e.g. recipes/fashion_mnist_finetune.yaml), or a run "
+                   "directory to fine-tune with the default recipe")
+    p.add_argument("--out", help="folder for finetune.json and figures/ (default: the run directory)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set labeled.size=600 (repeatable)")
+    p.set_defaults(func=_finetune)
     return parser
 
 
@@ -118,8 +139,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sslkit.trainer import Interrupted, NonFiniteLoss
 
+    # SIGTERM outside the training loop (which checkpoints on it) stops the command like Ctrl-C: exit 130.
+    try:
+        old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        old_term = None
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"sslkit {args.command}: interrupted; files already written are complete", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"sslkit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -129,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as e:
         print(f"sslkit {args.command}: {e}", file=sys.stderr)
         return 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -389,5 +390,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Writes the resolved recipe (every default spelled out) as YAML."""
-    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
+    """Writes the resolved recipe (every default spelled out) as YAML, atomically.
+
+    A resumed run rewrites its ``recipe.yaml``; a process killed mid-write must not leave it empty or torn.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

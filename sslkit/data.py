@@ -49,7 +49,7 @@ STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 IMAGEFOLDER_DEFAULT_SIZE = 64
 # Part of every image-folder cache key: bump it when the decoding below changes, so old caches are not reused.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit grayscale scaled instead of clipped
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
 
 
@@ -340,6 +340,10 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
             target = (max(size, round(w * scale)), max(size, round(h * scale)))
             im.draft(None, target)  # JPEG only: decode at a reduced scale still >= target, much faster for photos
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16") or im.mode == "I":
+                # 16-bit grayscale (PNG, TIFF): Pillow's convert() clips at 255 instead of scaling, which turns
+                # almost every pixel white; map 0..65535 onto 0..255 first.
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 # Transparent pixels carry arbitrary colours; show them on white as a viewer would.
                 rgba = im.convert("RGBA")

@@ -24,7 +24,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sslkit.augment import SimCLRAugment, preprocess
-from sslkit.checkpoint import clean_temp_files, export_encoder, load_latest, save_checkpoint, unwrap
+from sslkit.checkpoint import (
+    TMP_PREFIX,
+    atomic_write,
+    clean_temp_files,
+    export_encoder,
+    load_latest,
+    save_checkpoint,
+    unwrap,
+)
 from sslkit.config import Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
@@ -196,8 +204,8 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and path.is_file():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [json.dumps(e) for e in map(_event, path.read_text().splitlines()) if e and e["step"] <= resume_step]
+            atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
         elif resume_step is None:
             path.write_text("")
 
@@ -206,6 +214,20 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(event) + "\n")
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    """One event of ``metrics.jsonl``, or None for a blank line or one torn by a kill mid-write."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "step" in event else None
+
+
+def _holds_checkpoints(folder: Path) -> bool:
+    """True when ``folder`` has a checkpoint file (temporary files of a killed write do not count)."""
+    return folder.is_dir() and any(not p.name.startswith(TMP_PREFIX) for p in folder.iterdir())
 
 
 class _SignalCatcher:
@@ -277,7 +299,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         state, ckpt_path = found
         _check_resume_recipe(state["recipe"], r)
         console.print(f"resuming from {ckpt_path} (step {state['step']})")
-    elif ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) or (run / "encoder.safetensors").exists():
+    elif _holds_checkpoints(ckpt_dir) or (run / "encoder.safetensors").exists():
         raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it, or choose another --out")
     if r.train.batch_size % info.world:
         raise UserError(f"train.batch_size {r.train.batch_size} does not split evenly over {info.world} processes "
@@ -285,7 +307,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     barrier(info)  # every rank has checked the folder before rank 0 writes into it
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        clean_temp_files(ckpt_dir)
+        for folder in (run, ckpt_dir):  # what a process killed mid-write left behind
+            clean_temp_files(folder)
 
     # --- set-up: everything that can fail on bad input fails here, before the first step -----------------
     seed_everything(r.seed)

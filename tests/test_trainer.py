@@ -55,7 +55,11 @@ def test_resume_is_bitwise_exact(tmp_path: Path, stop: int) -> None:
     pretrain(tiny_recipe(*extra), full, console=quiet())
     part = tmp_path / "part"
     pretrain(tiny_recipe(*extra, f"train.max_steps={stop}"), part, console=quiet())
+    with open(part / "metrics.jsonl", "a") as f:  # what a SIGKILL can leave: a torn event and a temp file
+        f.write('{"step": 99, "lo')
+    (part / ".tmp-encoder.safetensors.4242").write_bytes(b"partial")
     pretrain(tiny_recipe(*extra), part, resume=True, console=quiet())
+    assert not (part / ".tmp-encoder.safetensors.4242").exists()
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     b = load_checkpoint(part / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 8
