@@ -4,7 +4,8 @@ The page (``RUN/report.html``) embeds every figure as a ``data:`` URI and its ow
 anywhere without a network or the run directory. Each figure is also kept as a PNG in ``RUN/figures``.
 
 What is cheap is computed here: training curves, augmentation preview, first-layer kernels, the split's
-features (from the probe's cache when it has run), a UMAP/t-SNE map, k-means samples and a neighbour grid.
+features (from the probe's cache when it has run), a UMAP/t-SNE map, k-means samples and a seeded neighbour
+grid; grids the user made with ``sslkit neighbors`` since the encoder was exported are shown beside it.
 What is not (the probe's many fits, fine-tuning) is read from ``probe.json`` / ``finetune.json`` when present;
 when absent, the page says which command to run instead of running minutes of work silently.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -35,6 +37,9 @@ from sslkit.evaluation import retrieval
 from sslkit.evaluation.features import progress_bar
 
 MAX_MAP_POINTS = 10_000
+MAP_THUMBNAILS = 24  # images drawn on the report's map, spread out so they do not cover each other
+NEIGHBOR_QUERIES = 6  # random queries of the report's own neighbour grid
+MAX_EMBED_BYTES = 3_000_000  # a user's neighbour grid larger than this is left out of the page
 PREDICTIONS_FILE = ".probe_predictions.pt"  # written by `sslkit probe` next to its figures
 
 
@@ -60,7 +65,8 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Tensor, method: str,
                     seed: int) -> np.ndarray:
-    """The 2-D map of ``features[rows]``, cached beside the features (a seeded map is a pure function of them).
+    """The 2-D map of ``features[rows]``, cached beside the features under a digest of exactly those rows (a
+    seeded map is a pure function of them), so the same features and seed give the same coordinates.
 
     Shape:
         features: (N, D), rows: (M,) -> (M, 2)
@@ -68,7 +74,9 @@ def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Ten
     from sslkit.viz import embed_2d
 
     stem = Path(features_path).name[: -len(".npy")]
-    path = Path(features_path).with_name(f"{stem}.{method}-seed{seed}-n{len(rows)}.npy")
+    rows = torch.as_tensor(rows).long()
+    digest = retrieval.features_digest(features[rows])  # any change of the mapped features is a new map
+    path = Path(features_path).with_name(f"{stem}.{method}-seed{seed}-{digest}.npy")
     if path.is_file():
         try:
             xy = np.load(path)
@@ -79,6 +87,9 @@ def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Ten
     xy = embed_2d(features[rows], method, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save_npy(path, xy)
+    for old in path.parent.glob(f"{stem}.{method}-seed{seed}-*.npy"):  # maps of features that are gone
+        if old != path:
+            old.unlink(missing_ok=True)
     return xy
 
 
@@ -225,8 +236,23 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
     return Predictions(split, evaluation, evaluation.labels, result.predictions, True)
 
 
+def user_grids(run: Path, most: int = 3) -> list[Path]:
+    """The newest ``sslkit neighbors`` grids of the run made since its encoder was exported (older ones show
+    another encoder's neighbours), newest first, skipping any over :data:`MAX_EMBED_BYTES`."""
+    folder, weights = Path(run) / "neighbors", Path(run) / "encoder.safetensors"
+    if not folder.is_dir() or not weights.is_file():
+        return []
+    since = weights.stat().st_mtime
+    grids = [p for p in folder.glob("*.png") if p.stat().st_mtime >= since and p.stat().st_size <= MAX_EMBED_BYTES]
+    return sorted(grids, key=lambda p: p.stat().st_mtime, reverse=True)[:most]
+
+
 def misclassified_indices(labels: torch.Tensor, predictions: torch.Tensor, n: int = 32, seed: int = 0) -> list[int]:
-    """Up to ``n`` seeded misclassified rows, in index order."""
+    """Up to ``n`` seeded misclassified rows, in index order.
+
+    Shape:
+        labels: (N,), predictions: (N,) -> ≤ n indices
+    """
     wrong = torch.nonzero(torch.as_tensor(labels) != torch.as_tensor(predictions)).flatten()
     g = torch.Generator().manual_seed(seed)
     return wrong[torch.randperm(len(wrong), generator=g)[:n]].sort().values.tolist()
@@ -369,8 +395,39 @@ tbody tr:nth-child(even) { background:#fafbfd; }
 pre { background:#f6f8fb; border:1px solid var(--line); border-radius:6px; padding:12px; overflow-x:auto;
       font-size:12.5px; line-height:1.4; }
 details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
+.recipe { display:grid; grid-template-columns:repeat(auto-fill, minmax(250px, 1fr)); gap:12px; margin:12px 0; }
+.kv { border:1px solid var(--line); border-radius:8px; padding:8px 12px; background:#fbfcfe; }
+.kv .k { font-size:12px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; margin-bottom:4px; }
+.kv table { margin:0; font-size:12.5px; width:100%; }
+.kv td { padding:2px 0; border:none; font-family:ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; }
+.kv td:last-child { text-align:right; color:var(--ink); }
+.kv tbody tr:nth-child(even), .kv tr:nth-child(even) { background:none; }
 footer { color:var(--muted); font-size:12px; padding:10px 0 30px; }
 """
+
+
+def recipe_html(text: str) -> str:
+    """The recipe's sections side by side, one compact box each (``key  value`` lines); the YAML text itself
+    when it is not a mapping of sections."""
+    try:
+        recipe = yaml.safe_load(text)
+    except yaml.YAMLError:
+        recipe = None
+    if not isinstance(recipe, dict):
+        return f"<pre>{_esc(text)}</pre>"
+    top = {k: v for k, v in recipe.items() if not isinstance(v, dict)}
+    boxes = [("run", top)] if top else []
+    boxes += [(k, v) for k, v in recipe.items() if isinstance(v, dict)]
+    parts = []
+    for name, values in boxes:
+        rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(_yaml_value(v))}</td></tr>" for k, v in values.items())
+        parts.append(f'<div class="kv"><div class="k">{_esc(name)}</div><table>{rows}</table></div>')
+    return f'<div class="recipe">{"".join(parts)}</div>'
+
+
+def _yaml_value(v: Any) -> str:
+    """A recipe value as YAML writes it inline (``null``, ``[0.2, 1.0]``, ``true``)."""
+    return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def _card(key: str, value: str, sub: str = "") -> str:
@@ -519,10 +576,12 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         recipe = Section("recipe", "Recipe")
         recipe_path = run / "recipe.yaml"
         if recipe_path.is_file():
+            text = recipe_path.read_text()
             recipe.body.append(f'<p class="muted">{_esc(recipe_path)}, every default written out; '
                                f"{_cmd(f'sslkit pretrain {recipe_path}')} repeats the run.</p>"
-                               f"<details open><summary>recipe.yaml</summary><pre>"
-                               f"{_esc(recipe_path.read_text())}</pre></details>")
+                               + recipe_html(text)
+                               + f"<details><summary>recipe.yaml as written</summary><pre>{_esc(text)}</pre>"
+                               "</details>")
         else:
             recipe.missing = "This run has no recipe.yaml."
         recipe.body.append(f"<details><summary>encoder.json</summary><pre>{_esc(json.dumps(meta, indent=2))}"
@@ -627,29 +686,28 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         shown = f"{len(rows_idx):,} of {len(source):,}" if len(rows_idx) < len(source) else f"{len(rows_idx):,}"
         path = plot_map(xy, source.labels[rows_idx], source.classes, figures / f"{method}-{split}.png",
                         f"{name} of {shown} {split} images (cosine, seed {seed})", method,
-                        images=source.images[rows_idx], thumbnails=min(40, len(rows_idx) // 10), seed=seed)
+                        images=source.images[rows_idx], thumbnails=min(MAP_THUMBNAILS, len(rows_idx) // 20),
+                        seed=seed)
         map_sec.body.append(_img(path, f"{name} map"))
         sections.append(map_sec)
         done(f"{name} map")
 
         nn_sec = Section("neighbors", "Nearest neighbours")
-        grids = sorted((run / "neighbors").glob("*.png"), key=lambda p: p.stat().st_mtime)[-3:] \
-            if (run / "neighbors").is_dir() else []
-        if not grids:
-            n_q = min(6, len(source))
-            k_nn = min(8, len(source) - 1)
-            if k_nn >= 1:
-                result = retrieval.find_neighbors(run, [f"random:{n_q}"], k=k_nn, split=split, seed=seed,
-                                                  console=quiet, show_table=False)
-                grids = [result.path]
         nn_sec.body.append('<p class="muted">Each row: a query image, then its most similar images by cosine '
                            "similarity of the encoder's features (the query excluded); green frames share the "
                            f"query's class, red ones do not. More with {_cmd(f'sslkit neighbors {run} --query 3 17')}."
                            "</p>")
-        for g in grids:
-            nn_sec.body.append(f'<h3>{_esc(g.name)}</h3>' + _img(g, f"neighbours {g.name}"))
-        if not grids:
+        n_q, k_nn = min(NEIGHBOR_QUERIES, len(source)), min(8, len(source) - 1)
+        if k_nn >= 1:
+            own = retrieval.find_neighbors(run, [f"random:{n_q}"], k=k_nn, split=split, seed=seed, console=quiet,
+                                           show_table=False, out=figures / f"neighbors-{split}.png")
+            nn_sec.body.append(f"<h3>{n_q} random {_esc(split)} images (seed {seed})</h3>"
+                               + _img(own.path, "nearest neighbours of random queries"))
+        else:
             nn_sec.missing = "The split is too small for a neighbour search."
+        for g in user_grids(run):
+            nn_sec.body.append(f"<h3>{_esc(g.name)} (from <code>sslkit neighbors</code>)</h3>"
+                               + _img(g, f"neighbours {g.name}"))
         sections.append(nn_sec)
         done("neighbours")
 

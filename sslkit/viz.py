@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,27 +91,42 @@ def _empty(path: Path, title: str, message: str) -> Path:
 # --- probe ---------------------------------------------------------------------------------------------------------
 
 
-def plot_label_efficiency(report: dict[str, Any], path: Path) -> None:
-    """Test error of the linear probe against the number of labeled training images, log-log, per model."""
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
+    """Test error of the linear probe against the number of labeled training images, log-log, per model.
+
+    Args:
+        report: what ``sslkit probe`` writes to ``probe.json`` (``models``, ``fractions``, ``split``, ``dataset``).
+        path: the PNG.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (name, m) in enumerate(report["models"].items()):
-        ns = [m[f"label_fraction.{f:g}.n"] for f in report["fractions"]]
-        err = [1 - m[f"label_fraction.{f:g}.top1"] for f in report["fractions"]]
+        points = [(m[f"label_fraction.{f:g}.n"], 1 - m[f"label_fraction.{f:g}.top1"]) for f in report["fractions"]
+                  if isinstance(m.get(f"label_fraction.{f:g}.top1"), (int, float))
+                  and math.isfinite(m[f"label_fraction.{f:g}.top1"])]
+        if not points:
+            continue
+        ns, err = zip(*points, strict=True)
         ax.plot(ns, err, marker="o", label=name, color=COLOURS.get(name, f"C{i + 2}"),
                 linestyle="--" if name in ("raw_pixels", "random_init") else "-")
-        for n, e in zip(ns, err, strict=True):
-            ax.annotate(f"{e:.1%}", (n, e), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for n, e in points:
+            ax.annotate(f"{e:.1%}", (n, e), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the last points
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("labeled training images")
-    ax.set_ylabel(f"{report['split']} error (linear probe)")
-    ax.set_title(f"Label efficiency — {report['dataset']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.set_ylabel(f"{report['split']} error of the linear probe")
+    ax.set_title(f"Label efficiency — {report['dataset']} (lower is better)", fontsize=11)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Sequence[str], path: Path,
@@ -134,7 +150,8 @@ def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Seq
         for i in range(c):
             for j in range(c):
                 if counts[i, j] > 0:
-                    ax.text(j, i, f"{share[i, j]:.0%}", ha="center", va="center", fontsize=7 if c > 12 else 8,
+                    text = f"{share[i, j]:.0%}" if round(100 * share[i, j]) >= 1 else "<1%"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7 if c > 12 else 8,
                             color="white" if share[i, j] > 0.55 else "#222222")
     ticks = np.arange(c)
     ax.set_xticks(ticks, [str(n) for n in classes], rotation=45, ha="right", fontsize=8)
@@ -161,6 +178,9 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, predictions: 
         path: the PNG.
         columns: images per row.
         title: figure title.
+
+    Shape:
+        images: (N, C, H, W), labels: (N,), predictions: (N,)
     """
     indices = list(indices)
     if not indices:
@@ -182,37 +202,153 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, predictions: 
 
 # --- retrieval and maps -------------------------------------------------------------------------------------------
 
+NN_CELL = 1.15  # inches: side of one image in the neighbour grid
+NN_CAPTION = 0.36  # inches above each image for its two caption lines
+NN_GAP = 0.1  # inches between neighbours
+NN_SEPARATOR = 0.35  # inches between a query and its first neighbour
+NN_LINE_GAP = 0.08  # inches between the lines of one query's wrapped neighbours
+NN_QUERY_GAP = 0.22  # inches between queries
+NN_MARGIN = 0.15  # inches around the grid
+NN_COLUMNS = 12  # neighbours per line before wrapping
+NN_MAX_SHOWN = 48  # neighbours drawn per query (the table lists all)
+NN_MAX_QUERIES = 50  # queries drawn in one figure (the table lists all)
+
+
+@dataclass(frozen=True)
+class NeighborGridLayout:
+    """Where everything of a neighbour grid goes; boxes are ``(left, bottom, width, height)`` figure fractions.
+
+    Attributes:
+        size: figure ``(width, height)`` in inches.
+        queries: one box per query drawn.
+        neighbors: per query drawn, one box per neighbour drawn.
+        header: inches at the top for the title and the legend.
+    """
+
+    size: tuple[float, float]
+    queries: list[tuple[float, float, float, float]]
+    neighbors: list[list[tuple[float, float, float, float]]]
+    header: float
+
+
+def neighbor_grid_layout(n_queries: int, k: int, title: bool = True) -> NeighborGridLayout:
+    """The neighbour grid's geometry: one row per query, its neighbours wrapped after :data:`NN_COLUMNS`.
+
+    At most :data:`NN_MAX_QUERIES` queries and :data:`NN_MAX_SHOWN` neighbours each are drawn, so any request
+    gives a picture a person can open.
+    """
+    q_n, k_n = min(n_queries, NN_MAX_QUERIES), min(k, NN_MAX_SHOWN)
+    cols = min(k_n, NN_COLUMNS)
+    lines = math.ceil(k_n / cols)
+    header = 0.75 if title else 0.4
+    width = 2 * NN_MARGIN + NN_CELL + NN_SEPARATOR + cols * NN_CELL + (cols - 1) * NN_GAP
+    block = lines * (NN_CAPTION + NN_CELL) + (lines - 1) * NN_LINE_GAP
+    height = header + q_n * block + (q_n - 1) * NN_QUERY_GAP + NN_MARGIN
+
+    def box(x: float, top: float) -> tuple[float, float, float, float]:
+        # (x, top) in inches from the figure's top-left corner of the image itself, to matplotlib's fractions
+        return x / width, 1 - (top + NN_CELL) / height, NN_CELL / width, NN_CELL / height
+
+    queries, neighbors = [], []
+    for r in range(q_n):
+        top = header + r * (block + NN_QUERY_GAP) + NN_CAPTION
+        queries.append(box(NN_MARGIN, top))
+        row = []
+        for j in range(k_n):
+            line, col = divmod(j, cols)
+            x = NN_MARGIN + NN_CELL + NN_SEPARATOR + col * (NN_CELL + NN_GAP)
+            row.append(box(x, top + line * (NN_CAPTION + NN_CELL + NN_LINE_GAP)))
+        neighbors.append(row)
+    return NeighborGridLayout((width, height), queries, neighbors, header)
+
+
+def frame_colours(query_labels: torch.Tensor, neighbor_labels: torch.Tensor) -> list[list[str]]:
+    """The frame of each neighbour: :data:`MATCH` (green) when its class is its query's, :data:`MISMATCH` (red)
+    when not, :data:`NEUTRAL` (grey) when either is unlabeled (−1).
+
+    Shape:
+        query_labels: (Q,), neighbor_labels: (Q, k) -> Q lists of k colours
+    """
+    q = torch.as_tensor(query_labels).long().view(-1, 1)
+    n = torch.as_tensor(neighbor_labels).long()
+    same = n == q
+    known = (q >= 0) & (n >= 0)
+    return [[NEUTRAL if not known[r, j] else (MATCH if same[r, j] else MISMATCH) for j in range(n.shape[1])]
+            for r in range(n.shape[0])]
+
+
+def _short(text: str, n: int = 18) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
 
 def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], queries: Sequence[int],
                    idx: torch.Tensor, sims: torch.Tensor, path: Path, title: str | None = None) -> Path:
-    """One row per query: the query, then its neighbours captioned with index, class and cosine similarity.
+    """One row per query: the query, then its neighbours captioned with index, cosine similarity and class.
 
-    Neighbours are framed green when their class is the query's and red when not (grey for unlabeled queries).
+    Neighbours are framed green when their class is the query's, red when not, grey when unlabeled
+    (:func:`frame_colours`); :func:`neighbor_grid_layout` places them, wrapping long rows. Beyond
+    :data:`NN_MAX_QUERIES` queries or :data:`NN_MAX_SHOWN` neighbours the figure shows the first ones and says so.
 
     Shape:
         images: (N, C, H, W), labels: (N,), idx: (Q, k), sims: (Q, k)
     """
+    from matplotlib.patches import Patch
+
     queries = list(queries)
     q_n, k = idx.shape
-    fig = plt.figure(figsize=(1.3 * (k + 1) + 0.3, 1.62 * q_n + (0.45 if title else 0.1)))
-    # A narrow empty column sets the query apart from its neighbours.
-    grid = fig.add_gridspec(q_n, k + 2, width_ratios=[1, 0.18] + [1] * k, wspace=0.12, hspace=0.55)
-    for r, q in enumerate(queries):
-        ql = int(labels[q])
-        ax = fig.add_subplot(grid[r, 0])
+    layout = neighbor_grid_layout(q_n, k, title is not None)
+    y = torch.as_tensor(labels).cpu().long()
+    shown_q, shown_k = len(layout.queries), len(layout.neighbors[0]) if layout.neighbors else 0
+    colours = frame_colours(y[torch.tensor(queries[:shown_q])], y[idx[:shown_q, :shown_k]])
+    fig = plt.figure(figsize=layout.size)
+    for r in range(shown_q):
+        q = queries[r]
+        ax = fig.add_axes(layout.queries[r])
         _show(ax, images[q], frame=QUERY, width=3.5)
-        ax.set_title(f"query #{q}\n{_name(ql, classes)}", fontsize=7.5, fontweight="bold")
-        for j in range(k):
-            i, s = int(idx[r, j]), float(sims[r, j])
-            li = int(labels[i])
-            colour = NEUTRAL if ql < 0 else (MATCH if li == ql else MISMATCH)
-            ax = fig.add_subplot(grid[r, j + 2])
-            _show(ax, images[i], frame=colour, width=3)
-            ax.set_title(f"#{i} {_name(li, classes)}\ncos {s:.3f}", fontsize=7, color="#222222")
+        ax.set_title(f"query #{q}\n{_short(_name(int(y[q]), classes))}", fontsize=7.5, fontweight="bold", pad=3)
+        for j in range(shown_k):
+            i = int(idx[r, j])
+            ax = fig.add_axes(layout.neighbors[r][j])
+            _show(ax, images[i], frame=colours[r][j], width=3)
+            ax.set_title(f"#{i}  cos {float(sims[r, j]):.3f}\n{_short(_name(int(y[i]), classes))}", fontsize=7,
+                         color="#222222", pad=3)
+    height = layout.size[1]
     if title:
-        fig.suptitle(title, fontsize=9.5)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - (0.5 if title else 0.3) / fig.get_figheight())
+        fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=9.5)
+    handles = [Patch(facecolor="white", edgecolor=QUERY, linewidth=2.5, label="query"),
+               Patch(facecolor="white", edgecolor=MATCH, linewidth=2.5, label="same class as the query"),
+               Patch(facecolor="white", edgecolor=MISMATCH, linewidth=2.5, label="another class")]
+    if any(NEUTRAL in row for row in colours):
+        handles.append(Patch(facecolor="white", edgecolor=NEUTRAL, linewidth=2.5, label="unlabeled"))
+    labels_text = [h.get_label() for h in handles]
+    if shown_q < q_n or shown_k < k:
+        handles.append(Patch(visible=False))
+        labels_text.append(f"showing {shown_q} of {q_n} queries, {shown_k} of {k} neighbours (the table has all)")
+    fig.legend(handles, labels_text, loc="upper center", bbox_to_anchor=(0.5, 1 - (0.34 if title else 0.05) / height),
+               ncol=len(handles), frameon=False, fontsize=7.5, handlelength=1.2, columnspacing=1.4)
     return _save(fig, path)
+
+
+def spread_points(xy: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` row numbers of points spread over a 2-D map: one seeded point from each of ``n`` seeded
+    occupied cells of a grid over the map, so thumbnails drawn at them rarely overlap.
+
+    Shape:
+        xy: (N, 2) -> (≤ n,) int64, sorted
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    if n <= 0 or len(xy) == 0:
+        return np.zeros(0, dtype=np.int64)
+    side = max(1, math.ceil(math.sqrt(3 * n)))
+    lo, span = xy.min(axis=0), np.ptp(xy, axis=0)
+    cell = np.minimum((side * (xy - lo) / np.where(span > 0, span, 1)).astype(np.int64), side - 1)
+    key = cell[:, 0] * side + cell[:, 1]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(xy))
+    _, first = np.unique(key[order], return_index=True)  # one random point per occupied cell
+    picks = order[first]
+    picks = picks[rng.permutation(len(picks))[:n]]
+    return np.sort(picks)
 
 
 def embed_2d(features: torch.Tensor | np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
@@ -261,8 +397,12 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
         title: figure title.
         method: names the axes.
         images: (N, C, H, W) images, for thumbnails.
-        thumbnails: how many seeded images to draw at their points (0: none).
+        thumbnails: how many images to draw at their points (0: none), spread over the map by
+            :func:`spread_points`.
         seed: picks the thumbnails.
+
+    Shape:
+        xy: (N, 2), labels: (N,), images: (N, C, H, W)
     """
     xy = np.asarray(xy)
     y = torch.as_tensor(labels).cpu().long().numpy()
@@ -277,8 +417,7 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
             ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colours[c], alpha=0.8, linewidths=0,
                        label=f"{name} ({int(mask.sum())})")
     if thumbnails and images is not None:
-        g = np.random.default_rng(seed)
-        picks = g.choice(len(xy), size=min(thumbnails, len(xy)), replace=False)
+        picks = spread_points(xy, thumbnails, seed)
         zoom = 26 / max(int(images.shape[-1]), 1)
         for i in picks:
             a = _hwc(images[i])
@@ -335,8 +474,11 @@ def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: st
         ks = np.array([e["step"] for e in knn], dtype=float)
         kv = np.array([e["knn/top1"] for e in knn], dtype=float)
         axes[2].plot(ks, kv, color="#2ca02c", marker="o", lw=1.5)
-        for s, v in ((ks[0], kv[0]), (ks[-1], kv[-1])):
-            axes[2].annotate(f"{v:.1%}", (s, v), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        axes[2].annotate(f"{kv[0]:.1%}", (ks[0], kv[0]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if len(kv) > 1:
+            axes[2].annotate(f"{kv[-1]:.1%}", (ks[-1], kv[-1]), textcoords="offset points", xytext=(-6, -12),
+                             ha="right", fontsize=8)
+        axes[2].margins(y=0.12)
         axes[2].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         axes[2].set_title("online k-NN top-1 (held-out images)")
     else:

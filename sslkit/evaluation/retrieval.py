@@ -2,18 +2,19 @@
 
 The features of a split come from the same cache as ``sslkit probe`` (``RUN/features``, keyed by the encoder's
 hash, the preprocessing and the data), so a probed run searches without running its encoder again. Search goes
-through a FAISS index over L2-normalised copies of those features, so inner products are cosine similarities:
-``flat`` (exact, the default) or ``hnsw`` (approximate, for splits of millions). The index is written next to
-the features it was built from (``RUN/features/<features>.<kind>.faiss``) and reused while they match.
+through a FAISS index of :mod:`sslkit.evaluation.index` over L2-normalised copies of those features, so inner
+products are cosine similarities: ``flat`` (exact, the default) or one of the approximate kinds for very large
+splits. The index is saved next to the features it was built from, under a name that carries a digest of their
+contents (``RUN/features/<features>.<kind>-<digest>.faiss``): a second search loads it, and features that
+changed in any way get a new index instead of a stale one.
 
-A query is an image of the split itself, so its own row is always its best match; it is dropped from the
-answer, which holds the k most similar *other* images.
+A query is an image of the split itself, so its own row is always among its best matches; it is dropped from
+the answer, which holds the k most similar *other* images.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +30,11 @@ from rich.table import Table
 from sslkit.checkpoint import load_encoder, read_encoder_meta, sha256_file
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.errors import UserError
+from sslkit.evaluation import index as faiss_index
 from sslkit.evaluation.features import cache_path, cached_features, default_device, extract_features, progress_bar
-from sslkit.evaluation.knn import unit_rows
 
-INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw")
-HNSW_M = 32  # graph degree of the HNSW index: FAISS's usual choice, > 0.95 recall at efSearch 64 on 512-d features
+INDEX_KINDS: tuple[str, ...] = faiss_index.INDEX_KINDS
+DEFAULT_INDEX = "flat"  # exact: a split of a few hundred thousand images is searched in well under a second
 _RANDOM_RE = re.compile(r"^random:(\d+)$")
 _META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
 
@@ -104,52 +105,57 @@ def split_features(run: str | Path, meta: dict[str, Any], source: ImageSource, s
     return cached_features(path, source.labels, compute), path
 
 
+def features_digest(features: torch.Tensor | np.ndarray) -> str:
+    """16 hex digits of a hash of the features' shape and every value: what an index or a map was made from.
+
+    Shape:
+        (N, D)
+    """
+    x = np.ascontiguousarray(torch.as_tensor(features).detach().cpu().float().numpy())
+    h = hashlib.blake2b(repr(x.shape).encode(), digest_size=8)
+    h.update(memoryview(x).cast("B"))
+    return h.hexdigest()
+
+
 # --- the index -------------------------------------------------------------------------------------------------
 
 
-def build_index(features: torch.Tensor | np.ndarray, kind: str = "flat") -> faiss.Index:
-    """A FAISS inner-product index over L2-normalised copies of ``features`` (so scores are cosines).
+def index_path(features_path: Path, kind: str, digest: str) -> Path:
+    """Where the ``kind`` index over the features cached at ``features_path`` (with this digest) is kept."""
+    features_path = Path(features_path)
+    return features_path.with_name(f"{features_path.name[:-len('.npy')]}.{kind}-{digest}.faiss")
+
+
+def open_index(features: torch.Tensor, features_path: Path, kind: str = DEFAULT_INDEX) -> faiss.Index:
+    """The saved index of exactly these features if there is one, else a new one, saved (older ones removed).
 
     Args:
         features: (N, D) features, any scale.
-        kind: ``flat`` (exact) or ``hnsw`` (approximate graph search).
+        features_path: the cache file they came from; the index is kept beside it.
+        kind: one of :data:`INDEX_KINDS`.
+
+    Raises:
+        UserError: an unknown kind.
+
+    Shape:
+        (N, D) -> index with ntotal N, dimension D
     """
-    if kind not in INDEX_KINDS:
-        raise UserError(f"unknown index kind {kind!r} — use one of: {', '.join(INDEX_KINDS)}")
-    x = unit_rows(features, "features")
-    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
-    if kind == "flat":
-        index = faiss.IndexFlatIP(x.shape[1])
-    else:
-        index = faiss.IndexHNSWFlat(x.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    index.add(x)
-    return index
-
-
-def index_path(features_path: Path, kind: str) -> Path:
-    """Where the index built from the features cached at ``features_path`` is kept."""
     features_path = Path(features_path)
-    return features_path.with_name(f"{features_path.name[:-len('.npy')]}.{kind}.faiss")
-
-
-def open_index(features: torch.Tensor, features_path: Path, kind: str = "flat") -> faiss.Index:
-    """The saved index of these features if it matches them (size and dimension), else a new one, saved."""
-    path = index_path(features_path, kind)
+    digest = features_digest(features)
+    path = index_path(features_path, kind, digest)
     if path.is_file():
         try:
-            index = faiss.read_index(str(path))
-        except RuntimeError:  # unreadable (e.g. truncated by a kill): rebuilt below
+            index = faiss_index.load_index(path)
+        except UserError:  # unreadable (e.g. truncated by a kill): rebuilt below
             index = None
         if index is not None and index.ntotal == len(features) and index.d == features.shape[1]:
             return index
-    index = build_index(features, kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    index = faiss_index.build_index(features, kind)
+    faiss_index.save_index(index, path)
+    # Indexes of earlier contents of this cache file can never match again.
+    for old in path.parent.glob(f"{features_path.name[:-len('.npy')]}.{kind}-*.faiss"):
+        if old != path:
+            old.unlink(missing_ok=True)
     return index
 
 
@@ -158,7 +164,7 @@ def search_neighbors(index: faiss.Index, features: torch.Tensor | np.ndarray, qu
     """The k rows of the index most similar to each query row, the query itself excluded.
 
     Args:
-        index: built by :func:`build_index` over ``features`` (same rows, same order).
+        index: built by :func:`sslkit.evaluation.index.build_index` over ``features`` (same rows, same order).
         features: the indexed features; query ``i`` searches with row ``i``.
         queries: row numbers.
         k: neighbours per query, 1 ≤ k ≤ N − 1.
@@ -166,20 +172,26 @@ def search_neighbors(index: faiss.Index, features: torch.Tensor | np.ndarray, qu
     Returns:
         ``(sims, idx)``: cosine similarities and row numbers, most similar first.
 
+    Raises:
+        UserError: k out of range, or an approximate index that found fewer than k other rows.
+
     Shape:
         features: (N, D) -> sims (Q, k) float32, idx (Q, k) int64
     """
-    n = int(index.ntotal)
-    check_k(k, n, "the index")
+    check_k(k, int(index.ntotal), "the index")
     q_idx = np.asarray(list(queries), dtype=np.int64)
-    q = unit_rows(torch.as_tensor(features)[torch.from_numpy(q_idx)], "query features")
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = max(64, 2 * (k + 1))
-    sims, idx = index.search(q, k + 1)
-    # Drop each query's own row. A duplicate image scores the same and may push it off the list: then the
-    # farthest neighbour goes instead, so exactly k remain.
-    keep = idx != q_idx[:, None]
-    keep[keep.all(axis=1), -1] = False
+    ef_search = max(faiss_index.HNSW_EF_SEARCH, 2 * (k + 1)) if isinstance(index, faiss.IndexHNSW) else None
+    sims, idx = faiss_index.search(index, torch.as_tensor(features)[torch.from_numpy(q_idx)], k + 1,
+                                   ef_search=ef_search)
+    sims, idx = sims.numpy(), idx.numpy()
+    # Drop each query's own row and any padding (-1) of an approximate index. A duplicate image scores the same
+    # as the query and may push it off the k + 1 found: then the least similar one goes instead.
+    keep = (idx != q_idx[:, None]) & (idx >= 0)
+    keep &= np.cumsum(keep, axis=1) <= k
+    short = np.flatnonzero(keep.sum(axis=1) < k)
+    if len(short):
+        raise UserError(f"the approximate index found fewer than {k} neighbours for query {int(q_idx[short[0]])} "
+                        "— use --index flat (exact)")
     sims, idx = sims[keep].reshape(len(q_idx), k), idx[keep].reshape(len(q_idx), k)
     return torch.from_numpy(np.ascontiguousarray(sims)), torch.from_numpy(np.ascontiguousarray(idx)).long()
 
@@ -190,7 +202,8 @@ def search_neighbors(index: faiss.Index, features: torch.Tensor | np.ndarray, qu
 def parse_queries(tokens: Sequence[str | int], n: int, split: str = "test", seed: int = 0) -> list[int]:
     """Query indices from ``--query`` tokens: indices into the split, or ``random:N`` for N seeded ones.
 
-    Duplicates are dropped (first kept); the order given is kept, random picks in index order.
+    Duplicates are dropped (first kept); the order given is kept, random picks in index order. The same seed
+    and split size always give the same random picks.
 
     Raises:
         UserError: naming the token that is not an index, lies outside the split, or asks too many.
@@ -263,22 +276,24 @@ class NeighborResult:
     path: Path
 
     def matches(self) -> torch.Tensor:
-        """(Q, k) bool: the neighbour's class is the query's (never for unlabeled images)."""
+        """(Q, k) bool: the neighbour's class is the query's (never where either is unlabeled)."""
         q = self.labels[torch.tensor(self.queries)][:, None]
-        return (self.labels[self.idx] == q) & (q >= 0)
+        n = self.labels[self.idx]
+        return (n == q) & (q >= 0) & (n >= 0)
 
 
 def class_name(label: int, classes: Sequence[str]) -> str:
+    """The name of a class label; ``unlabeled`` for −1 (or any label without a name)."""
     return classes[label] if 0 <= label < len(classes) else "unlabeled"
 
 
 def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, split: str = "test",
-                   out: str | Path | None = None, seed: int = 0, index: str = "flat",
+                   out: str | Path | None = None, seed: int = 0, index: str = DEFAULT_INDEX,
                    console: Console | None = None, show_table: bool = True) -> NeighborResult:
     """Finds each query's k nearest images of the split, writes the grid PNG and prints the table.
 
     Every argument is checked (the run's encoder record, the index kind, the queries and k against the split's
-    size) before any feature is computed.
+    size) before any feature is computed or any file written.
 
     Args:
         run: the run directory (it needs ``encoder.safetensors`` and ``encoder.json``).
@@ -287,12 +302,16 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         split: which split of the run's data to search (``test`` by default).
         out: the PNG to write; ``RUN/neighbors/<split>-<queries>-k<k>.png`` by default.
         seed: seeds ``random:N``.
-        index: ``flat`` (exact) or ``hnsw``.
+        index: one of :data:`INDEX_KINDS`; ``flat`` (exact) by default.
         console: where the table goes.
         show_table: print the table.
 
+    Returns:
+        The queries, their neighbours and similarities, and the PNG's path.
+
     Raises:
-        UserError: a run without an encoder, an index outside the split, k too large, missing data.
+        UserError: a run without an encoder, an unknown index kind, an index outside the split, k too large,
+            missing data.
     """
     from sslkit.viz import plot_neighbors
 
@@ -308,11 +327,11 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     check_k(k, len(source), split)
 
     feats, feats_path = split_features(run, meta, source, split, console=console)
-    faiss_index = open_index(feats, feats_path, index)
-    sims, idx = search_neighbors(faiss_index, feats, picked, k)
+    sims, idx = search_neighbors(open_index(feats, feats_path, index), feats, picked, k)
     path = Path(out) if out else default_output(run, split, queries, picked, k)
     result = NeighborResult(split, picked, idx, sims, source.labels.cpu().long(), tuple(source.classes), path)
-    title = f"{run.name}: {k} nearest {split} images by cosine similarity ({meta['encoder']} features, {index} index)"
+    title = f"{run.name}: the {k} nearest {split} images to each query by cosine similarity of its {meta['encoder']} " \
+            f"features"
     plot_neighbors(source.images, result.labels, result.classes, picked, idx, sims, path, title=title)
     if show_table:
         print_neighbors(result, console)
@@ -321,25 +340,34 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
 
 
 def print_neighbors(result: NeighborResult, console: Console) -> None:
-    """One row per query: its class, then each neighbour's index, class and cosine (green same class, red not)."""
-    k = result.idx.shape[1]
-    table = Table(title=f"nearest neighbours in the {result.split} split (query excluded)", title_justify="left")
-    table.add_column("query", no_wrap=True)
-    for j in range(k):
-        table.add_column(str(j + 1), justify="left")
-    table.add_column("same class", justify="right")
+    """One line per neighbour, grouped by query: rank, index, class, cosine, and whether the class matches.
+
+    A long table rather than a wide one, so that it stays readable in any terminal width and for any k.
+    """
+    table = Table(title=f"nearest neighbours in the {result.split} split (the query itself excluded)",
+                  title_justify="left")
+    for name, justify in (("query", "left"), ("query class", "left"), ("rank", "right"), ("neighbour", "right"),
+                          ("class", "left"), ("cosine", "right"), ("same class", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
     matches = result.matches()
+    k = result.idx.shape[1]
     for row, q in enumerate(result.queries):
-        cells = [f"[bold]#{q}[/]\n{class_name(int(result.labels[q]), result.classes)}"]
+        ql = int(result.labels[q])
         for j in range(k):
             i = int(result.idx[row, j])
-            colour = "green" if matches[row, j] else ("red" if result.labels[q] >= 0 else "white")
-            cells.append(f"[{colour}]#{i}\n{class_name(int(result.labels[i]), result.classes)}\n"
-                         f"{float(result.sims[row, j]):.3f}[/]")
-        same = int(matches[row].sum())
-        cells.append(f"{same}/{k}" if result.labels[q] >= 0 else "—")
-        table.add_row(*cells)
+            li = int(result.labels[i])
+            if ql < 0 or li < 0:
+                same = "[dim]?[/]"
+            else:
+                same = "[green]yes[/]" if matches[row, j] else "[red]no[/]"
+            table.add_row(f"#{q}" if j == 0 else "", class_name(ql, result.classes) if j == 0 else "", str(j + 1),
+                          f"#{i}", class_name(li, result.classes), f"{float(result.sims[row, j]):.3f}", same,
+                          end_section=j == k - 1)
     console.print(table)
-    if len(result.queries) > 1 and bool((result.labels[torch.tensor(result.queries)] >= 0).all()):
-        precision = float(matches.float().mean())
-        console.print(f"precision@{k} over {len(result.queries)} queries: {precision:.3f}")
+    labeled = result.labels[torch.tensor(result.queries)] >= 0
+    if bool(labeled.any()):
+        same = matches[labeled].sum(dim=1).tolist()
+        named = [q for q, ok in zip(result.queries, labeled.tolist(), strict=True) if ok]
+        parts = [f"#{q} {s}/{k}" for q, s in zip(named, same, strict=True)] if len(named) <= 10 else []
+        parts.append(f"precision@{k} {sum(same) / (k * len(same)):.3f}")
+        console.print("neighbours of the query's class: " + ", ".join(parts))

@@ -1,0 +1,211 @@
+"""`sslkit umap` and `sslkit report`: seeded, reproducible maps; one self-contained HTML page with every section,
+figures embedded and nothing fetched from a network; the page rendered by headless Chromium without console
+errors; the clear refusal of a run without an encoder.
+
+The run is a real run directory with synthetic cached features (see ``test_retrieval.make_run``), a short
+``metrics.jsonl``, and a ``probe.json`` plus prediction file in the layout ``sslkit probe`` writes, so no test
+trains or probes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from test_retrieval import cached, make_run
+from threadpoolctl import threadpool_limits
+
+from sslkit import viz
+from sslkit.cli import main
+from sslkit.config import load_recipe, save_recipe
+from sslkit.evaluation.probe import BASELINES, ROWS
+from sslkit.report import PREDICTIONS_FILE, build_report, run_map
+from sslkit.viz import embed_2d, spread_points
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("overview", "recipe", "training", "augmentations", "probe", "label-efficiency", "clusters", "map",
+            "neighbors", "confusion", "misclassified", "kernels", "finetune")
+MAX_POINTS = 300  # images on the test maps: enough for a real UMAP, small enough to be quick
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def write_training_log(run: Path) -> None:
+    """``metrics.jsonl`` as the trainer writes it: training events every 5 steps, k-NN at the start and the end."""
+    events = [{"step": 0, "epoch": 0.0, "knn/top1": 0.31}]
+    events += [{"step": s, "epoch": s / 40, "loss": 6.3 - 0.03 * s, "lr": min(1.0, s / 10), "img_per_s": 120.0}
+               for s in range(5, 41, 5)]
+    events.append({"step": 40, "epoch": 1.0, "knn/top1": 0.74})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def write_probe(run: Path, labels: torch.Tensor) -> torch.Tensor:
+    """A ``probe.json`` with every metric key ``sslkit probe`` writes, and its prediction file; returns the
+    predictions (the labels with every seventh one wrong)."""
+    fractions = [0.01, 0.1, 1.0]
+    models = {}
+    for m, name in enumerate(("encoder", *BASELINES)):
+        metrics = {key: 0.8 - 0.1 * m for key, _ in ROWS}
+        for f in fractions:
+            metrics.update({f"label_fraction.{f:g}.top1": 0.5 + 0.3 * f - 0.1 * m,
+                            f"label_fraction.{f:g}.n": round(10_000 * f), f"label_fraction.{f:g}.weight_decay": 1e-3})
+        models[name] = dict(metrics, **{"linear.weight_decay": 1e-3, "dim": 512, "seconds": 1.0})
+    report = {"run": str(run), "dataset": "fashion-mnist-mini", "split": "test", "split_description": "test",
+              "classes": [f"class {c}" for c in range(10)], "sizes": {"train": 10_000, "test": len(labels)},
+              "checkpoint_sha256": json.loads((run / "encoder.json").read_text())["sha256"], "encoder": "resnet18",
+              "seed": 0, "fractions": fractions, "compare": {}, "protocol": {}, "seconds": 3.0, "models": models}
+    (run / "probe.json").write_text(json.dumps(report))
+    predictions = labels.clone()
+    predictions[::7] = (predictions[::7] + 1) % 10
+    (run / "figures").mkdir(exist_ok=True)
+    torch.save({"labels": labels, "predictions": predictions}, run / "figures" / PREDICTIONS_FILE)
+    return predictions
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """OpenMP in one thread: on the 2 shared cores the suite runs on, scikit-learn's t-SNE with 2 busy-waiting
+    threads ran 5-80x slower than with one (measured); results are the same either way."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = make_run(tmp_path_factory.mktemp("report") / "run")
+    write_training_log(run)
+    write_probe(run, cached(run)[1])
+    return run
+
+
+@pytest.fixture(scope="module")
+def page(run: Path) -> Path:
+    return build_report(run, max_points=MAX_POINTS, console=quiet())
+
+
+def test_map_is_seeded_and_reproducible(run: Path) -> None:
+    x = cached(run)[0][:150]
+    a, b = embed_2d(x, "umap", seed=0), embed_2d(x, "umap", seed=0)
+    assert a.shape == (150, 2) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, embed_2d(x, "umap", seed=1))
+    t = embed_2d(x[:100], "tsne", seed=0)
+    np.testing.assert_array_equal(t, embed_2d(x[:100], "tsne", seed=0))
+
+
+def test_umap_command_writes_the_map_and_reuses_its_coordinates(run: Path, tmp_path: Path) -> None:
+    path = run_map(run, out=tmp_path / "map.png", max_points=MAX_POINTS, thumbnails=5, console=quiet())
+    assert path == tmp_path / "map.png" and matplotlib.image.imread(path).shape[2] in (3, 4)
+    (coords,) = (run / "features").glob("*.umap-seed0-*.npy")
+    stamp = coords.stat().st_mtime_ns
+    run_map(run, out=tmp_path / "again.png", max_points=MAX_POINTS, console=quiet())
+    assert coords.stat().st_mtime_ns == stamp, "the same features and seed reuse the saved coordinates"
+
+
+def test_thumbnails_are_spread_over_the_map() -> None:
+    xy = np.random.default_rng(0).normal(size=(2000, 2))
+    picks = spread_points(xy, 20, seed=0)
+    assert len(picks) == 20 and len(set(picks.tolist())) == 20
+    np.testing.assert_array_equal(picks, spread_points(xy, 20, seed=0))
+    gaps = np.linalg.norm(xy[picks][:, None] - xy[picks][None], axis=-1) + np.eye(20) * 1e9
+    random = np.random.default_rng(1).choice(2000, 20, replace=False)
+    random_gaps = np.linalg.norm(xy[random][:, None] - xy[random][None], axis=-1) + np.eye(20) * 1e9
+    assert gaps.min() > random_gaps.min(), "spread picks keep further apart than random ones"
+
+
+def test_report_is_one_self_contained_page(run: Path, page: Path) -> None:
+    assert page == run / "report.html"
+    text = page.read_text(encoding="utf-8")
+    assert not re.search(r"https?://", text), "no network reference of any kind"
+    assert not re.search(r"<(script|link|iframe)\b", text, re.I)
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', text)
+    assert len(sources) == 9, "one of each figure (no user grids in this run)"
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in text and f'href="#{key}"' in text, key
+    bodies = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    noted = [k for k in SECTIONS if 'class="note"' in bodies[k]]
+    assert noted == ["finetune"], "every section but fine-tuning is filled"
+    assert "sslkit finetune" in bodies["finetune"]
+    assert "80.0%" in text, "the probe's linear top-1 is in the page"
+    assert "temperature" in text and "quickstart" in text, "the recipe is in the page"
+    for name in ("training_curves", "augmentations", "kmeans_clusters", "umap-test", "neighbors-test",
+                 "confusion_matrix", "misclassified", "kernels", "label_efficiency"):
+        assert (run / "figures" / f"{name}.png").is_file(), name
+
+
+def _stub_figure(*args: object, **kwargs: object) -> Path:
+    """Stands in for a figure function: writes a 2×2 PNG where the figure would go."""
+    path = kwargs.get("path") or next(a for a in args if isinstance(a, Path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.image.imsave(path, np.zeros((2, 2, 3)))
+    return path
+
+
+def test_report_of_an_unprobed_run_says_which_command_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The page's logic, not its pictures (drawn in test_report_is_one_self_contained_page): stub the figures.
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    run = make_run(tmp_path / "run", seed=5)
+    page = build_report(run, method="tsne", max_points=80, console=quiet())
+    text = page.read_text(encoding="utf-8")
+    bodies = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    for key in ("probe", "confusion", "misclassified", "label-efficiency", "clusters"):
+        assert 'class="note"' in bodies[key] and f"sslkit probe {run}" in bodies[key], key
+    assert "No metrics.jsonl events" in text
+    assert re.search(r'<section id="map">.*?<img ', text), "the map needs no probe"
+
+
+@pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])
+def test_run_without_encoder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str]) -> None:
+    save_recipe(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path / "recipe.yaml")
+    assert main([command[0], str(tmp_path), *command[1:]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"sslkit {command[0]}: error:" in err[0] and "has no exported encoder" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"], "nothing is written"
+
+
+def test_bad_map_arguments_exit_2(run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["umap", str(run), "--max-points", "2"]) == 2
+    assert "--max-points 2" in capsys.readouterr().err
+    assert main(["umap", str(run), "--thumbnails", "-1"]) == 2
+    assert "--thumbnails -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["umap", str(run), "--method", "pca"])
+    assert e.value.code == 2
+
+
+def test_chromium_renders_the_report_without_console_errors(page: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed here (Debian: apt-get install chromium chromium-driver; `make test` "
+                    "installs it): the report was not rendered")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr",
+         "--v=0", f"--user-data-dir={tmp_path / 'profile'}", "--host-resolver-rules=MAP * ~NOTFOUND",
+         f"--screenshot={shot}", "--window-size=1280,2400", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert shot.is_file(), proc.stderr[-2000:]
+    assert not console, console
+    img = matplotlib.image.imread(shot)[..., :3]
+    assert img.shape[:2] == (2400, 1280)
+    assert img.std() > 0.1, "the screenshot is not blank"
+    dark = (img.mean(axis=-1) < 0.5).mean()
+    assert dark > 0.05, "text, header and figures are drawn"

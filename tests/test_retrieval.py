@@ -1,0 +1,262 @@
+"""`sslkit neighbors`: agreement with brute-force cosine top-k, the query never its own neighbour, frames that
+follow class equality, seeded random queries, the saved index reused (and rebuilt when the features change),
+and one clear line with exit code 2 for every input a user can get wrong.
+
+The runs here are real run directories (an exported, randomly initialised encoder on fashion-mnist-mini's test
+split) whose feature cache holds synthetic class-clustered features, so no test runs the encoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from sslkit.checkpoint import export_encoder
+from sslkit.cli import main
+from sslkit.config import load_recipe, save_recipe
+from sslkit.errors import UserError
+from sslkit.evaluation import index as faiss_index
+from sslkit.evaluation import retrieval
+from sslkit.models import build_encoder
+from sslkit.viz import (
+    DPI,
+    MATCH,
+    MISMATCH,
+    NEUTRAL,
+    NN_COLUMNS,
+    NN_MAX_SHOWN,
+    frame_colours,
+    neighbor_grid_layout,
+    plot_neighbors,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TEST = 2000  # images in fashion-mnist-mini's test split
+DIM = 32
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def clustered_features(labels: torch.Tensor, seed: int, dim: int = DIM) -> torch.Tensor:
+    """Features near one random centre per class (so neighbours mostly share a class), with continuous noise
+    (so no two similarities tie and the top-k is unique)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(int(labels.max()) + 1, dim, generator=g)
+    return centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=g)
+
+
+def write_features(run: Path, features: torch.Tensor, split: str = "test") -> Path:
+    """Puts ``features`` in the run's feature cache exactly where the encoder's would go; returns the file."""
+    meta = retrieval.read_meta(run)
+    source = retrieval.load_split(meta, split)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(retrieval, "extract_features", lambda *a, **k: features)
+        path = retrieval.split_features(run, meta, source, split)[1]
+    np.save(path, features.numpy())  # also when the cache already held other features
+    return path
+
+
+def make_run(folder: Path, seed: int = 0) -> Path:
+    """A run directory as `sslkit pretrain` leaves it (recipe, exported encoder) with synthetic cached features."""
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    save_recipe(recipe, folder / "recipe.yaml")
+    torch.manual_seed(seed)
+    encoder = build_encoder("resnet18", "imagenet", 1)
+    meta = {"encoder": "resnet18", "stem": "imagenet", "in_chans": 1, "num_features": encoder.num_features,
+            "image_size": 28, "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist-mini", "data_root": None,
+            "recipe": recipe.name}
+    export_encoder(encoder, folder, meta)
+    source = retrieval.load_split(retrieval.read_meta(folder), "test")
+    write_features(folder, clustered_features(source.labels, seed))
+    return folder
+
+
+def cached(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's test features and labels, as the command reads them."""
+    meta = retrieval.read_meta(run)
+    source = retrieval.load_split(meta, "test")
+    return retrieval.split_features(run, meta, source, "test")[0], source.labels
+
+
+def brute_force(features: torch.Tensor, queries: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine top-k of each query row over all rows, its own row masked out."""
+    f = torch.nn.functional.normalize(features.double(), dim=1)
+    sims = f[queries] @ f.T
+    sims[torch.arange(len(queries)), torch.tensor(queries)] = -torch.inf
+    top = sims.topk(k, dim=1)
+    return top.values.float(), top.indices
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("retrieval") / "run")
+
+
+def test_neighbours_match_brute_force_and_exclude_the_query(run: Path, tmp_path: Path) -> None:
+    queries = [3, 17, 42, 0, N_TEST - 1]
+    result = retrieval.find_neighbors(run, [str(q) for q in queries], k=10, console=quiet(), out=tmp_path / "g.png")
+    features, labels = cached(run)
+    sims, idx = brute_force(features, queries, 10)
+    assert result.queries == queries
+    assert torch.equal(result.idx, idx)
+    torch.testing.assert_close(result.sims, sims, atol=1e-5, rtol=0)
+    for row, q in enumerate(queries):
+        assert q not in result.idx[row].tolist()
+    assert bool((result.sims[:, :-1] >= result.sims[:, 1:]).all()), "most similar first"
+    assert torch.equal(result.matches(), labels[result.idx] == labels[torch.tensor(queries)][:, None])
+    assert (tmp_path / "g.png").is_file()
+
+
+def test_a_duplicate_of_the_query_is_found_but_never_the_query_itself() -> None:
+    x = torch.randn(30, 8, generator=torch.Generator().manual_seed(1))
+    x[5] = x[2]
+    x[20:26] = x[20]  # six identical rows: FAISS may return them in any order
+    index = faiss_index.build_index(x, "flat")
+    sims, idx = retrieval.search_neighbors(index, x, [2, 5, 20, 23], 5)
+    assert idx.shape == (4, 5)
+    assert int(idx[0, 0]) == 5 and int(idx[1, 0]) == 2
+    torch.testing.assert_close(sims[:2, 0], torch.ones(2), atol=1e-5, rtol=0)
+    for row, q in enumerate([2, 5, 20, 23]):
+        assert q not in idx[row].tolist() and len(set(idx[row].tolist())) == 5
+    assert set(idx[2].tolist()) == {21, 22, 23, 24, 25} and set(idx[3].tolist()) == {20, 21, 22, 24, 25}
+
+
+def test_frames_follow_class_equality() -> None:
+    colours = frame_colours(torch.tensor([1, 0, -1]), torch.tensor([[1, 2, -1], [0, 0, 1], [0, -1, 2]]))
+    assert colours == [[MATCH, MISMATCH, NEUTRAL], [MATCH, MATCH, MISMATCH], [NEUTRAL, NEUTRAL, NEUTRAL]]
+
+
+def _rgb(hex_colour: str) -> np.ndarray:
+    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+
+
+def test_grid_has_one_row_per_query_and_frames_drawn_in_the_right_colour(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.arange(40) % 3
+    queries = [0, 1, 2]
+    idx = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 11, 12], [13, 14, 15, 16, 17]])
+    sims = torch.linspace(0.9, 0.5, 5).repeat(3, 1)
+    path = plot_neighbors(images, labels, [f"class {c}" for c in range(3)], queries, idx, sims, tmp_path / "g.png",
+                          title="t")
+    layout = neighbor_grid_layout(3, 5, title=True)
+    png = matplotlib.image.imread(path)
+    height, width = png.shape[:2]
+    assert (width, height) == (round(layout.size[0] * DPI), round(layout.size[1] * DPI))
+    assert len(layout.queries) == 3 and all(len(row) == 5 for row in layout.neighbors)
+    expected = frame_colours(labels[queries], labels[idx])
+    for r in range(3):
+        for j in range(5):
+            left, bottom, w, h = layout.neighbors[r][j]
+            x, y = int(round(left * width)), int(round((1 - bottom - h / 2) * height))
+            np.testing.assert_allclose(png[y, x, :3], _rgb(expected[r][j]), atol=0.02,
+                                       err_msg=f"frame of query {r}, neighbour {j}")
+    assert {c for row in expected for c in row} == {MATCH, MISMATCH}
+
+
+def test_large_k_wraps_and_the_picture_stays_bounded() -> None:
+    layout = neighbor_grid_layout(2, 500)
+    assert all(len(row) == NN_MAX_SHOWN for row in layout.neighbors)
+    lefts = {round(b[0], 6) for b in layout.neighbors[0]}
+    assert len(lefts) == NN_COLUMNS, "neighbours wrap after NN_COLUMNS"
+    assert layout.size[0] < 20 and layout.size[1] < 40
+
+
+def test_random_queries_are_seeded_and_reproducible(run: Path, tmp_path: Path) -> None:
+    a = retrieval.parse_queries(["random:5"], N_TEST, seed=0)
+    assert a == retrieval.parse_queries(["random:5"], N_TEST, seed=0)
+    assert a != retrieval.parse_queries(["random:5"], N_TEST, seed=1)
+    assert len(set(a)) == 5 and a == sorted(a) and all(0 <= q < N_TEST for q in a)
+    assert retrieval.parse_queries(["3", "random:5", "3"], N_TEST, seed=0) == list(dict.fromkeys([3, *a]))
+    r1 = retrieval.find_neighbors(run, ["random:5"], k=4, console=quiet(), out=tmp_path / "a.png")
+    r2 = retrieval.find_neighbors(run, ["random:5"], k=4, console=quiet(), out=tmp_path / "b.png")
+    assert r1.queries == r2.queries == a and torch.equal(r1.idx, r2.idx)
+    assert retrieval.default_output(run, "test", ["random:5"], a, 4).name == "test-random5-k4.png"
+
+
+def test_table_lists_every_neighbour(run: Path, tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    result = retrieval.find_neighbors(run, ["3", "17"], k=4, console=console, out=tmp_path / "t.png")
+    text = console.export_text()
+    for row, q in enumerate(result.queries):
+        assert f"#{q}" in text
+        for i in result.idx[row].tolist():
+            assert f"#{i}" in text
+    assert "precision@4" in text and str(tmp_path / "t.png") in text
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--query", "2000"], "--query 2000 is outside the test split, which has 2000 images"),
+    (["--query", "-1"], "--query -1 is outside the test split"),
+    (["--query", "3", "-k", "2000"], "-k 2000 is larger than the test split allows"),
+    (["--query", "3", "-k", "0"], "-k 0: ask for at least 1 neighbour"),
+    (["--query", "three"], "--query 'three' is neither an image index nor random:N"),
+    (["--query", "random:2001"], "--query random:2001: the test split has 2000 images"),
+    (["--query", "3", "--index", "annoy"], "--index 'annoy' is not an index kind"),
+    (["--query", "3", "--split", "validation"], "no split 'validation'"),
+])
+def test_bad_input_is_one_clear_line_exit_2_and_nothing_computed(run: Path, capsys: pytest.CaptureFixture,
+                                                                  args: list[str], message: str) -> None:
+    before = _files(run)
+    assert main(["neighbors", str(run), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslkit neighbors: error: ") and message in err[0], err
+    assert _files(run) == before, "nothing is written for a refused command"
+
+
+def test_run_without_encoder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    save_recipe(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path / "recipe.yaml")
+    assert main(["neighbors", str(tmp_path), "--query", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no exported encoder" in err[0] and str(tmp_path) in err[0]
+    assert main(["neighbors", str(tmp_path / "nowhere"), "--query", "3"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no exported encoder"):
+        retrieval.find_neighbors(tmp_path, ["3"], console=quiet())
+
+
+def test_saved_index_is_reused_and_rebuilt_when_the_features_change(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_run(tmp_path / "run", seed=3)
+    retrieval.find_neighbors(run, ["7"], k=5, console=quiet(), out=tmp_path / "1.png")
+    (first,) = (run / "features").glob("*.flat-*.faiss")
+    stamp = first.stat().st_mtime_ns
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the saved index should have been loaded, not rebuilt")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(faiss_index, "build_index", no_build)
+        again = retrieval.find_neighbors(run, ["7"], k=5, console=quiet(), out=tmp_path / "2.png")
+    assert first.stat().st_mtime_ns == stamp and list((run / "features").glob("*.faiss")) == [first]
+
+    # New features in the same cache file (as after a recomputation): a new index, and answers from them.
+    labels = cached(run)[1]
+    new = clustered_features(labels, seed=99)
+    write_features(run, new)
+    changed = retrieval.find_neighbors(run, ["7"], k=5, console=quiet(), out=tmp_path / "3.png")
+    (second,) = (run / "features").glob("*.flat-*.faiss")
+    assert second != first and not first.exists()
+    assert torch.equal(changed.idx, brute_force(new, [7], 5)[1])
+    assert not torch.equal(changed.idx, again.idx)
+
+
+def test_approximate_index_kinds_answer_too(run: Path, tmp_path: Path) -> None:
+    exact = retrieval.find_neighbors(run, ["3", "17"], k=5, console=quiet(), out=tmp_path / "f.png")
+    hnsw = retrieval.find_neighbors(run, ["3", "17"], k=5, index="hnsw", console=quiet(), out=tmp_path / "h.png")
+    assert hnsw.idx.shape == (2, 5)
+    assert 3 not in hnsw.idx[0].tolist() and 17 not in hnsw.idx[1].tolist()
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(exact.idx, hnsw.idx, strict=True)])
+    assert overlap >= 0.8
