@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   virtual environment, install, pretrain the quickstart recipe on the embedded data, probe it
+#   make demo   virtual environment, install, pretrain the quickstart recipe on the embedded data, probe it,
+#               draw nearest neighbours and write RUN/report.html
 #   make test   virtual environment, install, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,6 +18,8 @@ demo: $(VENV)/.installed
 	rm -rf $(RUN)
 	$(VENV)/bin/sslkit pretrain recipes/quickstart.yaml --out $(RUN)
 	$(VENV)/bin/sslkit probe $(RUN)
+	$(VENV)/bin/sslkit neighbors $(RUN) --query 3 17 42
+	$(VENV)/bin/sslkit report $(RUN)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
