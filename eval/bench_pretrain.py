@@ -1,13 +1,24 @@
-"""Throughput of sslkit's SimCLR train step against the encoder's own forward+backward, side by side.
+"""Throughput of sslkit's SimCLR train step against the encoder's own speed and against the usual pipeline.
 
 (a) pure: encoder + head forward and backward on a random float batch of 2B views (no data, no augmentation,
     no loss, no optimizer) — the ceiling for the step;
 (b) sslkit: the real train step of sslkit.trainer — index an in-memory uint8 batch on the device, two Kornia
-    views, one forward, NT-Xent, backward, LARS step.
-The two alternate in one process (repeats interleaved so machine noise hits both alike); the median of the
-repeats is reported. Run:
+    views, one forward, NT-Xent, backward, LARS step;
+(c) the common baseline: the same model and NT-Xent loss fed the way most SimCLR code does it — a Dataset that
+    turns each uint8 image into a PIL image and draws two views with torchvision.transforms.v2 (random resized
+    crop, flip, colour jitter, grayscale with the same strengths as (b); ToImage, ToDtype, Normalize), a
+    DataLoader with worker processes (persistent, pinned memory on CUDA), two separate view forwards and an SGD
+    step. Memory format, precision and compilation are those of (b), so (b)/(c) measures the data path and
+    the single forward, not other settings.
+
+Images are the embedded Fashion-MNIST-mini training set, resized to ``--size`` and repeated to ``--channels``
+(``--data random`` uses random pixels). The measurements alternate in one process (repeats interleaved so
+machine noise hits all alike) and the median of the repeats is reported. The baseline's loader yields exactly
+the batches it is timed on, after a warm-up of workers × prefetch batches, so its workers neither start a
+repeat with a queue filled on another measurement's time nor run on into the next. Run:
 
     python eval/bench_pretrain.py                      # CPU, batch 256, ImageNet stem, 32×32 RGB
+    python eval/bench_pretrain.py --thread-sweep 1 2   # also (a) and (b) at each torch thread count
     python eval/bench_pretrain.py --device cuda --batch 1024 --stem cifar --compile
 """
 
@@ -15,34 +26,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import kornia
+import numpy as np
+import PIL
+import timm
 import torch
+import torch.nn.functional as F
+import torchvision
+import torchvision.transforms.v2 as v2
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslkit.augment import SimCLRAugment
 from sslkit.config import OptimConfig
+from sslkit.data import load_source
+from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
 from sslkit.step import make_views, simclr_backward, step_if_finite
+
+TEMPERATURE = 0.2
+CROP_SCALE, CROP_RATIO, FLIP_P, JITTER_P, JITTER_S, GRAY_P = (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 0.8, 0.5, 0.2
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn, steps: int, device: torch.device) -> float:
-    """Seconds per call of ``fn`` over ``steps`` calls."""
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t) / steps
 
 
 def cpu_name() -> str:
@@ -55,6 +72,117 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_images(kind: str, n: int, channels: int, size: int) -> torch.Tensor:
+    """The benchmark's uint8 images: Fashion-MNIST-mini resized to ``size`` and repeated to ``channels``.
+
+    Shape:
+        -> (N, channels, size, size) uint8
+    """
+    if kind == "random":
+        return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=torch.Generator())
+    x = load_source("fashion-mnist-mini", "train").images[:n]
+    if x.shape[-1] != size:
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x.expand(-1, channels, -1, -1).contiguous()
+
+
+# --- (c) the common baseline ------------------------------------------------------------------------------------
+
+
+class TwoViewDataset(Dataset):
+    """Per-sample PIL augmentation, as in most SimCLR code: image i → (view 1, view 2)."""
+
+    def __init__(self, images: torch.Tensor, transform: Callable) -> None:
+        x = images.permute(0, 2, 3, 1).numpy()  # HWC, as PIL wants it
+        self.images = x[..., 0] if x.shape[-1] == 1 else x
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = Image.fromarray(self.images[i])
+        return self.transform(img), self.transform(img)
+
+
+class RandomBatches(Sampler[list[int]]):
+    """``count`` batches of random indices, then stop: the loader yields exactly the batches it is timed on."""
+
+    def __init__(self, n: int, batch: int, count: int, seed: int = 0) -> None:
+        self.n, self.batch, self.count = n, batch, count
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.count):
+            yield torch.randint(0, self.n, (self.batch,), generator=self.g).tolist()
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def torchvision_transform(size: int, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """SimCLR's augmentation written the usual way, with the strengths of (b)'s ``SimCLRAugment``."""
+    s = JITTER_S
+    jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) if channels == 3 else v2.ColorJitter(0.8 * s, 0.8 * s)
+    ops = [v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
+           v2.RandomHorizontalFlip(FLIP_P), v2.RandomApply([jitter], p=JITTER_P)]
+    if channels == 3:
+        ops.append(v2.RandomGrayscale(GRAY_P))
+    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+class Baseline:
+    """(c): the model fed by a DataLoader of per-sample PIL views, two view forwards, NT-Xent, SGD.
+
+    Each timed window gets a fresh pass of the (persistent) workers over exactly ``warm + steps`` batches; the
+    ``warm`` = workers × prefetch batches consumed first, untimed, bring the queue to its steady state.
+    """
+
+    PREFETCH = 2
+
+    def __init__(self, model: SimCLR, compile: bool, dataset: Dataset, batch: int, steps: int, workers: int,
+                 device: torch.device, fmt: torch.memory_format, amp: torch.autocast | None) -> None:
+        self.model, self.device, self.fmt, self.amp = model, device, fmt, amp
+        self.encoder = torch.compile(model.encoder) if compile else model.encoder
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-6)
+        self.warm = max(1, workers * self.PREFETCH)
+        sampler = RandomBatches(len(dataset), batch, self.warm + steps)
+        self.loader: DataLoader | None = DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=self.PREFETCH if workers else None)
+        self.batches: Iterator | None = None
+
+    def step(self) -> None:
+        v1, v2_ = next(self.batches)
+        v1 = v1.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+        v2_ = v2_.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.amp or contextlib.nullcontext():
+            z1 = self.model.head(self.encoder(v1))  # two separate view forwards, as the usual code does
+            z2 = self.model.head(self.encoder(v2_))
+        loss = nt_xent(z1, z2, TEMPERATURE)
+        loss.backward()
+        self.optimizer.step()
+        loss.item()  # the usual per-step logging sync
+
+    def start(self) -> None:
+        """A new pass of the workers; the first ``warm`` steps run untimed."""
+        self.batches = iter(self.loader)
+        for _ in range(self.warm):
+            self.step()
+
+    def finish(self) -> None:
+        next(self.batches, None)  # the sampler is exhausted: the workers stop here
+
+    def close(self) -> None:
+        self.batches = self.loader = None
+
+
+# --- the benchmark ------------------------------------------------------------------------------------------------
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -62,11 +190,16 @@ def main() -> None:
     ap.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"])
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--data", default="fashion-mnist-mini", choices=["fashion-mnist-mini", "random"])
     ap.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the models")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--thread-sweep", type=int, nargs="*", default=[],
+                    help="also time (a) and (b) at each of these torch thread counts")
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers for (c)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip (c)")
     ap.add_argument("--chunk-size", type=int, default=None, help="gradient-cache chunk (views) for (b)")
     ap.add_argument("--quick", action="store_true", help="1 step × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_pretrain_<device>.md)")
@@ -76,24 +209,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    cuda = device.type == "cuda"
+    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
     fmt = torch.channels_last
     torch.manual_seed(0)
     b, c, s = args.batch, args.channels, args.size
+    mean, std = (0.5,) * c, (0.25,) * c
 
     def make_model() -> SimCLR:
+        torch.manual_seed(0)
         model = SimCLR(build_encoder("resnet18", args.stem, c), ProjectionHead(512, 512, 128))
-        model = model.to(device, memory_format=fmt).train()
-        return model
+        return model.to(device, memory_format=fmt).train()
 
+    # (a) and (b): one model, sslkit's optimizer and augmentation, the images on the device.
     model = make_model()
     forward = torch.compile(model) if args.compile else model
     optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    augment = SimCLRAugment(s, c, (0.5,) * c, (0.25,) * c, crop_scale=(0.2, 1.0), jitter_strength=0.5,
-                            grayscale_p=0.2 if c == 3 else 0.0).to(device)
-    pool = torch.randint(0, 256, (max(4 * b, 8192), c, s, s), dtype=torch.uint8, device=device)
+    augment = SimCLRAugment(s, c, mean, std, crop_scale=CROP_SCALE, crop_ratio=CROP_RATIO, flip_p=FLIP_P,
+                            jitter_p=JITTER_P, jitter_strength=JITTER_S, grayscale_p=GRAY_P if c == 3 else 0.0,
+                            blur_p=0.0).to(device)
+    images = load_images(args.data, 10_000, c, s)
+    pool = images.to(device)
     pure_x = torch.randn(2 * b, c, s, s, device=device).contiguous(memory_format=fmt)
     g = torch.Generator().manual_seed(0)
 
@@ -107,54 +245,132 @@ def main() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
         views = make_views(augment, pool[idx], fmt)
         optimizer.zero_grad(set_to_none=True)
-        loss = simclr_backward(forward, views, 0.2, amp, scaler, args.chunk_size)
+        loss = simclr_backward(forward, views, TEMPERATURE, amp, scaler, args.chunk_size)
         if not step_if_finite(loss, model, optimizer, scaler):  # the trainer's check, host sync included
             raise RuntimeError("non-finite loss")
 
     def aug_only() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
-        x = pool[idx]
-        augment(torch.cat([x, x]))
+        make_views(augment, pool[idx], fmt)
 
-    for _ in range(2):  # warm-up: allocator, kernels, compilation
+    # (c): its own copy of the model, plain SGD, per-sample PIL views from DataLoader workers.
+    base = None if args.no_baseline else Baseline(
+        make_model(), args.compile, TwoViewDataset(images, torchvision_transform(s, c, mean, std)), b, args.steps,
+        args.workers, device, fmt, amp)
+
+    peaks: dict[str, float] = {}
+
+    def timed(label: str, fn: Callable[[], None], steps: int) -> float:
+        """Seconds per call of ``fn`` over ``steps`` calls; tracks the GPU's peak memory per measurement."""
+        sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync(device)
+        dt = (time.perf_counter() - t) / steps
+        if cuda:
+            peaks[label] = max(peaks.get(label, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
+        return dt
+
+    def timed_baseline() -> float:
+        base.start()
+        dt = timed("c", base.step, args.steps)
+        base.finish()
+        return dt
+
+    print(f"warm-up on {device} (compile={args.compile})")
+    for _ in range(2):  # allocator, kernels, compilation
         pure()
         step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t_pure, t_step, t_aug = [], [], []
-    for _ in range(args.repeats):
-        t_pure.append(timed(pure, args.steps, device))
-        t_step.append(timed(step, args.steps, device))
-        t_aug.append(timed(aug_only, args.steps, device))
+    if base:
+        timed_baseline()
+    t_pure, t_step, t_aug, t_base = [], [], [], []
+    for r in range(args.repeats):
+        t_pure.append(timed("a", pure, args.steps))
+        t_step.append(timed("b", step, args.steps))
+        t_aug.append(timed("aug", aug_only, args.steps))
+        if base:
+            t_base.append(timed_baseline())
+        print(f"repeat {r + 1}/{args.repeats}: (a) {t_pure[-1]:.3f} s  (b) {t_step[-1]:.3f} s"
+              + (f"  (c) {t_base[-1]:.3f} s" if t_base else ""))
     mp, ms, ma = statistics.median(t_pure), statistics.median(t_step), statistics.median(t_aug)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    rows = [("(a) pure encoder+head fwd+bwd", mp), ("(b) sslkit train step", ms)]
+    mc = statistics.median(t_base) if t_base else None
+
+    sweep = []
+    default_threads = torch.get_num_threads()
+    for n in args.thread_sweep:
+        torch.set_num_threads(n)
+        pure()
+        step()
+        tp, ts = [], []
+        for _ in range(args.repeats):
+            tp.append(timed("a", pure, args.steps))
+            ts.append(timed("b", step, args.steps))
+        sweep.append((n, statistics.median(tp), statistics.median(ts)))
+        print(f"threads {n}: (a) {sweep[-1][1]:.3f} s  (b) {sweep[-1][2]:.3f} s")
+    torch.set_num_threads(default_threads)
+
+    if base:
+        base.close()  # shuts the workers down, so that their peak memory is counted below
+    main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+    name = torch.cuda.get_device_name(device) if cuda else cpu_name()
+    skip = {"out", "quick", "thread_sweep"} | ({"steps", "repeats"} if args.quick else set())
     cmd = "python eval/bench_pretrain.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(args).items()
-        if v not in (None, False) and k not in ("out",) and not (k in ("steps", "repeats") and args.quick))
+        f"--{k.replace('_', '-')}" if isinstance(v, bool) else f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items() if v not in (None, False) and k not in skip)
+    cmd += (" --quick" if args.quick else "") + (
+        " --thread-sweep " + " ".join(map(str, args.thread_sweep)) if args.thread_sweep else "")
+
+    def mem(label: str) -> str:
+        return f" {peaks[label]:.2f} |" if cuda and label in peaks else ""
+
     lines = [
         f"# Pretraining step throughput — {device.type}",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {name}, {torch.get_num_threads()} torch threads on {__import__('os').cpu_count()} cores; "
-        f"torch {torch.__version__}, Python {platform.python_version()}  ",
-        f"Setting: ResNet18 ({args.stem} stem), {c}×{s}×{s}, batch {b} images = {2 * b} views, {precision}, "
-        f"channels_last, compile={args.compile}; median of {args.repeats} repeats × {args.steps} steps, "
-        "interleaved",
+        f"Machine: {name}, {default_threads} torch threads on {os.cpu_count()} cores  ",
+        f"Versions: torch {torch.__version__}, torchvision {torchvision.__version__}, kornia {kornia.__version__}, "
+        f"timm {timm.__version__}, Pillow {PIL.__version__}, numpy {np.__version__}, "
+        f"Python {platform.python_version()}  ",
+        f"Setting: ResNet18 ({args.stem} stem), {c}×{s}×{s} ({args.data}), batch {b} images = {2 * b} views, "
+        f"{precision}, channels_last, compile={args.compile}"
+        + (f", (b) in gradient-cache chunks of {args.chunk_size} views" if args.chunk_size else "")
+        + f"; median of {args.repeats} repeats × {args.steps} steps, interleaved  ",
+        f"Baseline (c): torchvision.transforms.v2 on PIL images, DataLoader with {args.workers} persistent "
+        f"worker{'s' * (args.workers != 1)} (prefetch {Baseline.PREFETCH}{', pinned memory' if cuda else ''}), "
+        "two view forwards, SGD (momentum 0.9)",
         "",
-        "| measurement | s/step | img/s | views/s |",
-        "|---|---:|---:|---:|",
+        "| measurement | s/step | img/s | views/s |" + (" peak GiB |" if cuda else ""),
+        "|---|---:|---:|---:|" + ("---:|" if cuda else ""),
     ]
-    for label, t in rows:
-        lines.append(f"| {label} | {t:.4f} | {b / t:,.0f} | {2 * b / t:,.0f} |")
-    lines.append(f"| augmentation alone (2B views, included in b) | {ma:.4f} | {b / ma:,.0f} | {2 * b / ma:,.0f} |")
-    lines += ["", f"Ratio (b)/(a): **{mp / ms:.3f}** (1.0 = the pipeline adds nothing to the encoder's own cost)  ",
-              f"Peak memory: {peak:.2f} GiB ({'GPU allocated' if device.type == 'cuda' else 'process max RSS'})"]
-    if device.type == "cuda":
+    rows = [("(a) pure encoder+head fwd+bwd", mp, "a"), ("(b) sslkit train step", ms, "b")]
+    if mc is not None:
+        rows.append(("(c) baseline: torchvision PIL + DataLoader, two forwards", mc, "c"))
+    rows.append(("augmentation alone (2B views, part of b)", ma, "aug"))
+    for label, t, key in rows:
+        lines.append(f"| {label} | {t:.4f} | {b / t:,.0f} | {2 * b / t:,.0f} |{mem(key)}")
+    lines += ["", f"Ratio (b)/(a): **{mp / ms:.3f}** (1.0 = the pipeline adds nothing to the encoder's own cost)  "]
+    if mc is not None:
+        lines.append(f"Ratio (b)/(c): **{mc / ms:.2f}** (sslkit's step against the common baseline)  ")
+    if cuda:
+        lines.append(f"Peak memory: GPU allocated per measurement (table); host process max RSS {main_rss:.2f} GiB  ")
+    else:
+        lines.append(f"Peak memory: main process max RSS {main_rss:.2f} GiB (all of a, b, c); largest child process "
+                     f"{worker_rss:.2f} GiB (the DataLoader workers{', compile workers' if args.compile else ''})  ")
+    if cuda:
         lines.append(f"Implied CIFAR-10 epoch (50,000 images): {50000 / (b / ms):.2f} s")
+    if sweep:
+        lines += ["", "Torch intra-op threads (same process, after the main measurement):", "",
+                  "| threads | (a) s/step | (a) img/s | (b) s/step | (b) img/s | (b)/(a) |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for n, tp, ts in sweep:
+            lines.append(f"| {n} | {tp:.4f} | {b / tp:,.0f} | {ts:.4f} | {b / ts:,.0f} | {tp / ts:.3f} |")
     text = "\n".join(lines) + "\n"
+    print()
     print(text)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_pretrain_{device.type}.md")
     if not args.quick or args.out:

@@ -76,8 +76,13 @@ def test_exact_scores_are_cosines(data) -> None:
     torch.testing.assert_close(sims, expected, atol=1e-5, rtol=0)
 
 
-def test_auto_is_flat_when_small() -> None:
+def test_auto_is_flat_when_small_and_ivf_flat_when_large(data, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslkit.evaluation.index as index_module
+
     assert isinstance(build_index(clustered(500, 3), "auto"), faiss.IndexFlatIP)
+    monkeypatch.setattr(index_module, "AUTO_FLAT_MAX", N - 1)  # make the test bank count as large
+    index = build_index(data[0], "auto")
+    assert isinstance(index, faiss.IndexIVFFlat) and index.nlist == default_nlist(N)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf-flat", "hnsw", "ivf-pq"])

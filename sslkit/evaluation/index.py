@@ -14,11 +14,12 @@ hnsw       greedy walk of a neighbour graph       4·D + ≈8·M bytes     slowe
 ivf-pq     as ivf-flat, on compressed codes       pq_m·pq_bits/8 + 8   k-means + PQ training, then encoding
 ========== ===================================== ==================== =======================================
 
-``auto`` picks ``flat`` below :data:`AUTO_FLAT_MAX` rows (exact search is then fast enough on a CPU and needs no
-training), else ``ivf-flat``: the same memory as flat, minutes to build where HNSW takes far longer, and high
-recall at the default ``nprobe``. Choose ``hnsw`` for the lowest query latency, ``ivf-pq`` when the vectors do
-not fit in memory. Features are normalised and added ``chunk_size`` rows at a time, so building never holds a
-second full copy of the bank beyond the index itself.
+``auto`` picks ``flat`` up to :data:`AUTO_FLAT_MAX` rows (exact search is then fast enough on a CPU and needs no
+training), else ``ivf-flat``: the memory of flat, a build of one k-means on a sample plus one assignment pass,
+and recall@10 near 1 at the default ``nprobe``. ``hnsw`` answers single queries fastest but costs more memory
+and a build that grows as N log N; ``ivf-pq`` is for banks whose float32 vectors do not fit in memory.
+``eval/bench_index.py`` measures all four. Features are normalised and added ``chunk_size`` rows at a time, so
+building never holds a second full copy of the bank beyond the index itself.
 
 The search-time settings (``nprobe``, ``efSearch``) are stored in the index and saved with it; :func:`search`
 can override them per call without changing the index.
@@ -40,7 +41,7 @@ from sslkit.evaluation.knn import unit_rows
 INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "ivf-flat", "hnsw", "ivf-pq")
 AUTO_FLAT_MAX = 100_000  # rows up to which ``auto`` builds an exact index
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points per k-means centroid
-TRAIN_POINTS_PER_LIST = 64  # training sample for the coarse quantiser: 64·nlist rows (FAISS advises 30–256)
+TRAIN_POINTS_PER_LIST = 40  # training sample of the coarse quantiser: 40·nlist rows (FAISS advises 30–256)
 HNSW_M = 32  # graph degree: FAISS's usual choice for 128–1024-d features
 HNSW_EF_CONSTRUCTION = 40  # candidate list while inserting (FAISS's default); higher builds slower, a better graph
 HNSW_EF_SEARCH = 128  # candidate list while searching; recall rises and speed falls with it
@@ -52,14 +53,16 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists visited per query: 1/64 of them, at least 16 (all when fewer) — ≥ 0.99 recall@10 on the clustered
-    512-d features of ``eval/bench_index.py``; lower it for speed, raise it for recall."""
+    """Lists visited per query: 1/64 of them, at least 16 (all when fewer). On the clustered 512-d features of
+    ``eval/bench_index.py`` (50k rows, 894 lists) this finds 99.8% of the exact 10 neighbours; lower it for
+    speed, raise it for recall."""
     return min(nlist, max(16, nlist // 64))
 
 
 def default_pq_m(d: int) -> int:
     """Sub-quantisers of a PQ code: D, one per dimension — at the default 4 bits a code is D/2 bytes, 8× smaller
-    than float32. ``pq_m=D/2`` halves the memory again at a clear loss of recall (``eval/bench_index.py``)."""
+    than float32. ``pq_m=D/2`` halves the memory again at a loss of recall (recall@10 0.95 → 0.89 on the 50k
+    rows of ``eval/bench_index.py``)."""
     return d
 
 
@@ -103,7 +106,7 @@ def build_index(features: torch.Tensor | np.ndarray, kind: str = "auto", *, nlis
             tables in SIMD registers; against 8-bit codes of the same size (half the sub-quantisers) they train
             and search several times faster at about the same recall. 5–8 builds a classic ``IndexIVFPQ``,
             whose 2^bits-centroid codebooks are slow to train (minutes at 8 bits and D/4 sub-quantisers).
-        train_size: rows sampled to train the IVF kinds; ``64·nlist`` (at most N) by default.
+        train_size: rows sampled to train the IVF kinds; ``40·nlist`` (at most N) by default.
         seed: seeds the training sample and k-means.
         chunk_size: rows normalised and added at a time.
 
