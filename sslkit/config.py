@@ -381,6 +381,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, …), got "
                         f"{type(raw).__name__}")
     raw = raw or {}
+    if "run" in raw and "labeled" in raw:
+        raise UserError(f"{path} is a fine-tune recipe (it names a run and a labeled subset) — run it with "
+                        f"`sslkit finetune {path}`")
     lines = _key_lines(text)
     for text_override in overrides:
         key, value = parse_override(text_override)

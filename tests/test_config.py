@@ -9,8 +9,10 @@ import yaml
 
 from sslkit.config import Recipe, load_recipe, recipe_from_dict, save_recipe
 from sslkit.errors import UserError
+from sslkit.evaluation.finetune_config import is_finetune_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+RECIPES = [p for p in sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+           if not is_finetune_recipe(p)]  # pretraining recipes; tests/test_finetune.py runs the others
 
 
 def write(tmp_path: Path, text: str) -> Path:

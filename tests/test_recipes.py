@@ -11,9 +11,11 @@ from rich.console import Console
 import sslkit.data as data
 from sslkit.checkpoint import load_encoder
 from sslkit.config import load_recipe
+from sslkit.evaluation.finetune_config import is_finetune_recipe
 from sslkit.trainer import pretrain
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+RECIPES = [p for p in sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+           if not is_finetune_recipe(p)]  # pretraining recipes; tests/test_finetune.py runs the others
 SMOKE = ["train.max_steps=2", "train.batch_size=8", "monitor.val_size=20", "monitor.bank_size=40",
          "train.compile=false", "train.threads=1"]
 

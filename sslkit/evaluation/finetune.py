@@ -1,0 +1,637 @@
+"""``sslkit finetune``: does starting from the SSL encoder beat training from scratch on the same few labels?
+
+Arms, identical in everything but the encoder's starting point (and, optionally, the ssl encoder's lr):
+
+- ``ssl``: the run's exported encoder (``encoder.safetensors``) + a linear head, the whole network fine-tuned,
+  the encoder at ``optim.encoder_lr_mult`` × the learning rate;
+- ``supervised``: the same architecture from random initialisation (timm's init, as pretraining started);
+- ``linear`` (optional): the pretrained encoder frozen (eval mode, no gradients), only the head trained.
+
+Fairness by construction: every arm of a training seed gets the same head initialisation, the same batches in
+the same order (a pure function of seed and epoch) and the same augmentation of each batch (drawn under an RNG
+forked and seeded from seed and step), the same optimizer, schedule and number of steps.
+
+Data: a labeled subset of the train split (a count or a fraction of the labels, stratified, seeded; by default
+only images outside the run's pretraining pool, which :func:`sslkit.trainer.split_train` recomputes from the
+run's recipe), of which a stratified part is held out for per-epoch validation. The test split is scored once
+per arm and seed, by the final (or best-validation) model, after training; nothing is chosen with it. FGSM
+robustness (:mod:`sslkit.evaluation.robustness`) is measured then too, on a seeded subset of the test split.
+
+Writes ``OUT/finetune.json``, ``OUT/figures/finetune.png`` (test accuracy bars with std error bars, and
+validation accuracy per epoch) and ``OUT/figures/finetune_fgsm.png``; OUT is the run directory by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kornia.augmentation as K
+import timm.optim
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from safetensors.torch import load_file
+from torch import nn
+
+from sslkit.augment import preprocess
+from sslkit.checkpoint import atomic_write, read_encoder_meta, sha256_file
+from sslkit.config import load_recipe
+from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.errors import UserError
+from sslkit.evaluation import robustness
+from sslkit.evaluation.finetune_config import (
+    FinetuneAugment,
+    FinetuneOptim,
+    FinetuneRecipe,
+    load_finetune_recipe,
+    run_dir_of,
+)
+from sslkit.models import build_encoder
+from sslkit.optim import build_scheduler, scaled_lr
+from sslkit.trainer import NonFiniteLoss, epoch_order, select_device, split_train
+
+ARM_COLOURS = {"ssl": "#1f77b4", "supervised": "#7f7f7f", "linear": "#2ca02c"}
+ARM_INIT = {"ssl": "SSL encoder, fine-tuned", "supervised": "random init", "linear": "SSL encoder, frozen"}
+IMAGEFOLDER_TEST_FRACTION = 0.2  # an image folder has no test split: this share of the candidates is held out
+_HEAD_SEED = 7_919  # the head is drawn from its own seed, so it is the same whichever encoder an arm starts from
+_AUG_SEED = 104_729
+
+Observer = Callable[..., None]
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabeledData:
+    """Everything the arms learn from and are scored on, as uint8 images on the training device."""
+
+    train: ImageSource  # the labeled subset minus its validation part
+    val: ImageSource
+    test: ImageSource
+    attack: ImageSource | None  # the seeded test subset FGSM is measured on
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _labeled_count(size: int | float | None, n_labeled: int, n_candidates: int) -> int:
+    if size is None:
+        return n_candidates
+    return round(size * n_labeled) if isinstance(size, float) else int(size)
+
+
+def _long_tail(idx: torch.Tensor, labels: torch.Tensor, num_classes: int, ratio: float, seed: int) -> torch.Tensor:
+    """Keeps ``ratio^(-c/(K-1))`` of class c's samples (at least one): the long-tailed subsets of Cao et al. 2019."""
+    g = torch.Generator().manual_seed(seed)
+    kept = []
+    for c in range(num_classes):
+        members = idx[labels[idx] == c]
+        if len(members) == 0:
+            continue
+        keep = max(1, round(len(members) * ratio ** (-c / max(num_classes - 1, 1))))
+        kept.append(members[torch.randperm(len(members), generator=g)[:keep]])
+    return torch.cat(kept).sort().values
+
+
+def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) -> LabeledData:
+    """Loads the data, draws the labeled subset (outside the pretraining pool if asked) and its validation part.
+
+    Raises:
+        UserError: data that does not fit the run (channels, data set), or sizes the data cannot provide.
+    """
+    d, lab = r.data, r.labeled
+    dataset = d.dataset or meta["dataset"]
+    root = d.root if d.root is not None else meta.get("data_root")
+    kwargs: dict[str, Any] = dict(root=root, download=d.download, image_size=int(meta["image_size"]))
+    if dataset == "imagefolder":
+        kwargs["channels"] = int(meta["in_chans"])
+    train = load_source(dataset, "train", **kwargs)
+    if train.channels != int(meta["in_chans"]):
+        raise UserError(f"data.dataset {dataset} has {train.channels}-channel images but the run's encoder takes "
+                        f"{meta['in_chans']} — fine-tune on the data set the run was pretrained on")
+    labels = train.labels
+    labeled_mask = labels >= 0
+    n_labeled = int(labeled_mask.sum())
+    pool_size = None
+    if lab.disjoint_from_pool:
+        run_recipe = load_recipe(run_dir_of(r.run) / "recipe.yaml")
+        if run_recipe.data.dataset != dataset:
+            raise UserError(f"data.dataset is {dataset} but the run pretrained on {run_recipe.data.dataset}, so its "
+                            "pool says nothing about these images — set labeled.disjoint_from_pool: false")
+        _, pool_idx, _ = split_train(run_recipe, labels)
+        in_pool = torch.zeros(len(labels), dtype=torch.bool)
+        in_pool[pool_idx] = True
+        pool_size = len(pool_idx)
+        candidates = torch.nonzero(labeled_mask & ~in_pool).flatten()
+    else:
+        candidates = torch.nonzero(labeled_mask).flatten()
+
+    if dataset == "imagefolder":
+        test_pos, rest = stratified_split(labels[candidates], IMAGEFOLDER_TEST_FRACTION, lab.seed + 1000)
+        test = train.subset(candidates[test_pos])
+        candidates = candidates[rest]
+        test_name = f"{IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder held out"
+    else:
+        test = load_source(dataset, d.test_split, **kwargs)
+        test = test.subset(torch.nonzero(test.labels >= 0).flatten())
+        test_name = d.test_split
+    where = "outside the run's pretraining pool" if lab.disjoint_from_pool else "of the train split"
+    n = _labeled_count(lab.size, n_labeled, len(candidates))
+    if n < 4 or n > len(candidates):
+        raise UserError(f"labeled.size {lab.size} asks for {n} labeled images but {len(candidates):,} labeled train "
+                        f"images are {where} — choose 4 to {len(candidates):,}"
+                        f"{' or set labeled.disjoint_from_pool: false' if lab.disjoint_from_pool else ''}")
+    picked = candidates[stratified_split(labels[candidates], n, lab.seed)[0]]
+    num_classes = len(train.classes)
+    if lab.imbalance_ratio > 1:
+        picked = _long_tail(picked, labels, num_classes, lab.imbalance_ratio, lab.seed + 1)
+    n = len(picked)
+    n_val = round(lab.val_size * n) if isinstance(lab.val_size, float) else int(lab.val_size)
+    if n_val < 1 or n - n_val < 2:
+        raise UserError(f"labeled.val_size {lab.val_size} holds out {n_val} of the {n} labeled images, leaving "
+                        f"{n - n_val} to train on — choose a validation part between 1 and {n - 2} images")
+    val_pos, fit_pos = stratified_split(labels[picked], n_val, lab.seed + 2)
+    attack = None
+    if r.robustness.epsilons:
+        n_attack = min(r.robustness.n_images or len(test), len(test))
+        attack = test if n_attack == len(test) else test.subset(stratified_split(test.labels, n_attack, 0)[0])
+
+    def to_dev(s: ImageSource) -> ImageSource:
+        return ImageSource(s.images.to(device), s.labels.to(device), s.classes, s.name)
+
+    fit_idx, val_idx = picked[fit_pos], picked[val_pos]
+    counts = torch.bincount(labels[picked], minlength=num_classes)
+    info = dict(dataset=dataset, test_split=test_name, n_labeled_train_split=n_labeled, pool=pool_size,
+                candidates=len(candidates), disjoint_from_pool=lab.disjoint_from_pool, labeled=n, train=len(fit_idx),
+                val=len(val_idx), test=len(test), attack=len(attack) if attack is not None else 0,
+                class_counts=counts.tolist(), labeled_indices=picked.tolist(), val_indices=val_idx.tolist())
+    return LabeledData(to_dev(train.subset(fit_idx)), to_dev(train.subset(val_idx)), test, attack, num_classes,
+                       tuple(meta["mean"]), tuple(meta["std"]), info)
+
+
+# --- model, augmentation, optimizer -----------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """Encoder + linear head. ``frozen`` keeps the encoder in eval mode without gradients (the linear arm).
+
+    Shape:
+        (B, C, H, W) normalised -> (B, num_classes) logits
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, frozen: bool = False) -> None:
+        super().__init__()
+        self.encoder, self.head, self.frozen = encoder, head, frozen
+        if frozen:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # batch-norm statistics stay the pretrained ones
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # No no_grad() for the frozen encoder: its parameters need no gradient, so training builds no graph
+        # through it anyway, while FGSM still gets the gradient with respect to the input.
+        return self.head(self.encoder(x))
+
+
+def build_classifier(arm: str, seed: int, meta: dict[str, Any], weights: Path, num_classes: int) -> Classifier:
+    """The arm's network: the same architecture and head initialisation for every arm of a seed.
+
+    The encoder is always built under the seed (so every arm consumes the same random numbers); the ssl and
+    linear arms then load the exported weights over it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
+        torch.manual_seed(seed * 1_000_003 + _HEAD_SEED)
+        head = nn.Linear(encoder.num_features, num_classes)
+    if arm != "supervised":
+        missing, unexpected = encoder.load_state_dict(load_file(str(weights)), strict=False)
+        if missing or unexpected:
+            raise UserError(f"{weights} does not match a {meta['encoder']} ({meta['stem']} stem): {len(missing)} "
+                            f"missing and {len(unexpected)} unexpected tensors — re-export the run's encoder")
+    return Classifier(encoder, head, frozen=arm == "linear")
+
+
+class SupervisedAugment(nn.Module):
+    """Supervised training augmentation (random crop, flip), batched on the device with per-sample parameters.
+
+    ``crop: pad`` is the CIFAR ResNet recipe (He et al. 2016, §4.2): pad with black, take a random crop of the
+    original size. ``crop: resized`` is the Inception-style random resized crop.
+
+    Shape:
+        (B, C, H, W) uint8 -> (B, C, H, W) float32, normalised
+    """
+
+    def __init__(self, cfg: FinetuneAugment, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        ops: list[nn.Module] = []
+        if cfg.crop == "pad":
+            ops.append(K.RandomCrop((image_size, image_size), padding=cfg.pad, fill=0.0, padding_mode="constant",
+                                    p=1.0))
+        elif cfg.crop == "resized":
+            ops.append(K.RandomResizedCrop((image_size, image_size), scale=tuple(cfg.crop_scale),
+                                           ratio=tuple(cfg.crop_ratio), p=1.0, cropping_mode="resample"))
+        if cfg.flip_p > 0:
+            ops.append(K.RandomHorizontalFlip(p=cfg.flip_p))
+        ops.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std), p=1.0))
+        self.ops = nn.Sequential(*ops)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops(x.float().div_(255))
+
+
+def build_optimizer(model: Classifier, arm: str, cfg: FinetuneOptim, batch_size: int) -> torch.optim.Optimizer:
+    """The recipe's optimizer; biases and norm parameters without weight decay; the ssl encoder's lr scaled."""
+    groups = []
+    if not model.frozen:
+        mult = cfg.encoder_lr_mult if arm == "ssl" else 1.0
+        groups += [dict(g, lr_scale=mult) for g in timm.optim.param_groups_weight_decay(model.encoder,
+                                                                                        cfg.weight_decay)]
+    groups += [dict(g, lr_scale=1.0) for g in timm.optim.param_groups_weight_decay(model.head, cfg.weight_decay)]
+    kwargs: dict[str, Any] = {}
+    if cfg.name == "lars":
+        kwargs = dict(momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
+    elif cfg.name == "sgd":
+        kwargs = dict(momentum=cfg.momentum, nesterov=False)
+    # timm's schedulers multiply each group's lr by its lr_scale, so the ssl encoder keeps its ratio throughout.
+    return timm.optim.create_optimizer_v2(groups, opt=cfg.name if cfg.name != "sgd" else "momentum",
+                                          lr=scaled_lr(cfg, batch_size), weight_decay=cfg.weight_decay, **kwargs)
+
+
+def epoch_indices(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The training images of one epoch, in order: a permutation, or n class-balanced draws with replacement."""
+    if weights is None:
+        return epoch_order(n, seed, epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.multinomial(weights, n, replacement=True, generator=g)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (K · n_c) per class present (sklearn's "balanced"); 1 for absent classes, which never occur."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    present = int((counts > 0).sum())
+    w = torch.where(counts > 0, counts.sum() / (present * counts.clamp_min(1)), torch.ones_like(counts))
+    return w.float()
+
+
+# --- training and evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: ImageSource, mean: tuple[float, ...], std: tuple[float, ...],
+             batch_size: int, device: torch.device) -> tuple[float, float, torch.Tensor]:
+    """Top-1, mean cross-entropy and predictions of the model in eval mode, float32, no augmentation.
+
+    Shape:
+        source (N, C, H, W) -> top1, loss, predictions (N,)
+    """
+    was_training = model.training
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for i in range(0, len(source), batch_size):
+        x = preprocess(source.images[i:i + batch_size].to(device), mean, std)
+        y = source.labels[i:i + batch_size].to(device)
+        logits = model(x).float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        preds.append(logits.argmax(1).cpu())
+    model.train(was_training)
+    if not preds:
+        return float("nan"), float("nan"), torch.zeros(0, dtype=torch.long)
+    p = torch.cat(preds)
+    return int((p == source.labels.cpu()).sum()) / len(source), loss_sum / len(source), p
+
+
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean per-class recall over the classes present."""
+    labels = labels.cpu()
+    recalls = [int((pred[labels == c] == c).sum()) / int((labels == c).sum()) for c in torch.unique(labels).tolist()]
+    return sum(recalls) / len(recalls) if recalls else float("nan")
+
+
+@dataclass
+class ArmResult:
+    """One trained arm of one seed."""
+
+    model: Classifier
+    curves: dict[str, list[float]]
+    selected_epoch: int
+    steps: int
+    seconds: float
+
+
+def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weights: Path, data: LabeledData,
+              device: torch.device, progress: Progress, task: Any, console: Console,
+              observer: Observer | None = None) -> ArmResult:
+    """Trains one arm for the recipe's budget; validates after every epoch.
+
+    Args:
+        observer: called as ``observer(arm=, seed=, step=, x=, y=, model=)`` with each augmented batch before
+            its forward (tests use it to check that arms see identical batches and start from the right weights).
+    """
+    t0 = time.perf_counter()
+    model = build_classifier(arm, seed, meta, weights, data.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment = SupervisedAugment(r.augment, data.train.image_size, data.mean, data.std).to(device)
+    batch = min(r.train.batch_size, len(data.train))
+    steps_per_epoch = math.ceil(len(data.train) / batch)
+    optimizer = build_optimizer(model, arm, r.optim, batch)
+    scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
+    precision = r.train.precision if r.train.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    balance = r.labeled.balance
+    weights_per_class = class_weights(data.train.labels, data.num_classes).to(device)
+    loss_weight = weights_per_class if balance == "loss_weights" else None
+    sample_weights = weights_per_class[data.train.labels].cpu().double() if balance == "sampler" else None
+    rng_devices = [device] if device.type == "cuda" else []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val, selected = -1.0, r.train.epochs
+    curves: dict[str, list[float]] = {k: [] for k in ("epoch", "train_loss", "train_top1", "val_top1", "val_loss",
+                                                      "lr")}
+    step = 0
+    for epoch in range(r.train.epochs):
+        model.train()
+        order = epoch_indices(len(data.train), seed, epoch, sample_weights)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        # Nearly equal batches that cover the epoch: no image dropped, no batch of one for batch norm.
+        for idx in torch.tensor_split(order, steps_per_epoch):
+            idx = idx.to(device)
+            scheduler.step_update(step + 1)
+            with torch.random.fork_rng(devices=rng_devices):  # the same views in every arm, whatever else draws
+                torch.manual_seed(seed * 1_000_003 + _AUG_SEED + step)
+                x = augment(data.train.images[idx])
+            y = data.train.labels[idx]
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            if observer is not None:
+                observer(arm=arm, seed=seed, step=step, x=x, y=y, model=model)
+            with amp:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=loss_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            step += 1
+            progress.advance(task)
+        train_loss = float(loss_sum) / len(order)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"{arm} arm, seed {seed}: the training loss became non-finite in epoch {epoch + 1} — "
+                                "lower optim.lr (or optim.encoder_lr_mult)")
+        val_top1, val_loss, _ = evaluate(model, data.val, data.mean, data.std, r.train.eval_batch_size, device)
+        for k, v in zip(curves, (epoch + 1, train_loss, float(correct) / len(order), val_top1, val_loss,
+                                 optimizer.param_groups[-1]["lr"]), strict=True):
+            curves[k].append(v)
+        if r.train.select == "best_val" and val_top1 > best_val:
+            best_val, selected = val_top1, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        progress.update(task, description=f"{arm} · seed {seed} · epoch {epoch + 1}/{r.train.epochs}",
+                        loss=train_loss, val=val_top1)
+        if not console.is_terminal:  # logs get one plain line per epoch; a terminal gets the live bar
+            console.print(f"{arm} seed {seed} epoch {epoch + 1}/{r.train.epochs}  loss {train_loss:.4f}  "
+                          f"val top-1 {val_top1:.4f}  ({time.perf_counter() - t0:.0f} s)", highlight=False)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return ArmResult(model, curves, selected, step, time.perf_counter() - t0)
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), (float(t.std()) if len(t) > 1 else 0.0)
+
+
+def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console: Console | None = None,
+                 observer: Observer | None = None, data: LabeledData | None = None) -> dict[str, Any]:
+    """Trains every arm for every seed, scores each once on the test split, and writes the report.
+
+    Args:
+        recipe: the checked fine-tune recipe.
+        out: where ``finetune.json`` and ``figures/`` go; the run directory when None.
+        console: where tables and progress go.
+        observer: see :func:`train_arm`.
+        data: already prepared data (tests); loaded from the recipe when None.
+
+    Returns:
+        The report written to ``finetune.json``.
+
+    Raises:
+        UserError: bad input, found before any training.
+        NonFiniteLoss: when an arm's training loss stops being finite.
+    """
+    r = recipe
+    console = console or Console()
+    t_start = time.perf_counter()
+    meta, weights = read_encoder_meta(r.run)
+    missing = [k for k in ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset") if k not in meta]
+    if missing:
+        raise UserError(f"{weights.parent / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder")
+    sha = meta.get("sha256") or sha256_file(weights)
+    out_dir = Path(out) if out is not None else run_dir_of(r.run)
+    if r.train.threads:
+        torch.set_num_threads(r.train.threads)
+    device = select_device(r.train.device)
+    if data is None:
+        data = prepare_data(r, meta, device)
+    info = data.info
+    batch = min(r.train.batch_size, len(data.train))
+    steps_per_epoch = math.ceil(len(data.train) / batch)
+    counts = [c for c in info["class_counts"] if c > 0]
+    pool = (f" outside the {info['pool']:,}-image pretraining pool" if info.get("disjoint_from_pool") else "")
+    console.print(f"[bold]sslkit finetune[/] {r.name}: {meta['encoder']} ({meta['stem']} stem) from {r.run} on "
+                  f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
+                  f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
+                  f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {r.train.epochs} "
+                  f"epochs × {steps_per_epoch} steps of batch ≤{batch} on {device}")
+
+    runs: list[dict[str, Any]] = []
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.3f}"), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    total = len(r.seed_list) * len(r.arms) * r.train.epochs * steps_per_epoch
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("finetune", total=total, loss=float("nan"), val=float("nan"))
+        for seed in r.seed_list:
+            for arm in r.arms:
+                progress.update(task, description=f"{arm} · seed {seed}")
+                res = train_arm(arm, seed, r, meta, weights, data, device, progress, task, console, observer)
+                # The test split, touched once per arm and seed, by the model training ended with.
+                test_top1, test_loss, pred = evaluate(res.model, data.test, data.mean, data.std,
+                                                      r.train.eval_batch_size, device)
+                fgsm = {}
+                if data.attack is not None:
+                    fgsm = robustness.fgsm_accuracy(res.model, data.attack.images, data.attack.labels, data.mean,
+                                                    data.std, r.robustness.epsilons, r.train.eval_batch_size, device)
+                sel = res.selected_epoch - 1
+                runs.append(dict(arm=arm, seed=seed, test_top1=test_top1, test_loss=test_loss,
+                                 test_balanced_top1=balanced_accuracy(pred, data.test.labels),
+                                 val_top1=res.curves["val_top1"][sel], selected_epoch=res.selected_epoch,
+                                 steps=res.steps, seconds=round(res.seconds, 1), fgsm=robustness.to_json(fgsm),
+                                 curves=res.curves))
+                progress.console.print(f"{arm} seed {seed}: test top-1 {test_top1:.4f} (val {runs[-1]['val_top1']:.4f}"
+                                       f", epoch {res.selected_epoch}, {res.seconds:.0f} s)", highlight=False)
+                del res
+
+    report = _report(r, meta, sha, data, runs, device, time.perf_counter() - t_start)
+    print_table(report, console)
+    fgsm_summary = report["robustness"]["summary"]
+    robustness.print_robustness_table(fgsm_summary, info["attack"], console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "finetune.json"
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    figures = out_dir / "figures"
+    plot_finetune(report, figures / "finetune.png")
+    written = [json_path, figures / "finetune.png"]
+    if fgsm_summary:
+        written.append(robustness.plot_robustness(fgsm_summary, figures / "finetune_fgsm.png", ARM_COLOURS,
+                                                  f"{info['dataset']}: FGSM, {info['labeled']:,} labels"))
+    console.print(f"wrote {', '.join(str(p) for p in written)} ({report['seconds']:.0f} s)")
+    return report
+
+
+def _report(r: FinetuneRecipe, meta: dict[str, Any], sha: str, data: LabeledData, runs: list[dict[str, Any]],
+            device: torch.device, seconds: float) -> dict[str, Any]:
+    info = data.info
+    summary: dict[str, dict[str, Any]] = {}
+    for arm in r.arms:
+        mine = [x for x in runs if x["arm"] == arm]
+        test_m, test_s = _mean_std([x["test_top1"] for x in mine])
+        val_m, val_s = _mean_std([x["val_top1"] for x in mine])
+        summary[arm] = {"test_top1.mean": test_m, "test_top1.std": test_s, "val_top1.mean": val_m,
+                        "val_top1.std": val_s, "seeds": len(mine),
+                        "seconds.mean": _mean_std([x["seconds"] for x in mine])[0]}
+    by = {(x["arm"], x["seed"]): x["test_top1"] for x in runs}
+    diffs = [by[("ssl", s)] - by[("supervised", s)] for s in r.seed_list]
+    diff_m, diff_s = _mean_std(diffs)
+    fgsm_runs = {arm: [{float(k): v for k, v in x["fgsm"].items()} for x in runs if x["arm"] == arm and x["fgsm"]]
+                 for arm in r.arms}
+    fgsm_summary = robustness.summarise(fgsm_runs)
+    for arm, s in fgsm_summary.items():
+        for e, m, sd in zip(s["eps"], s["mean"], s["std"], strict=True):
+            summary[arm][f"fgsm.eps{e:g}.mean"] = m
+            summary[arm][f"fgsm.eps{e:g}.std"] = sd
+    return {
+        "name": r.name, "run": str(r.run), "dataset": info["dataset"], "split": info["test_split"],
+        "encoder": meta["encoder"], "stem": meta["stem"], "encoder_sha256": sha, "image_size": meta["image_size"],
+        "sizes": {k: info[k] for k in ("labeled", "train", "val", "test", "attack", "candidates")}
+        | {"pool": info["pool"]},
+        "labeled": {"size": r.labeled.size, "disjoint_from_pool": r.labeled.disjoint_from_pool,
+                    "imbalance_ratio": r.labeled.imbalance_ratio, "balance": r.labeled.balance,
+                    "class_counts_min": min(c for c in info["class_counts"] if c > 0),
+                    "class_counts_max": max(info["class_counts"]), "seed": r.labeled.seed},
+        "summary": summary,
+        "difference": {"arms": "ssl - supervised", "test_top1.mean": diff_m, "test_top1.std": diff_s,
+                       "ssl_wins": sum(d > 0 for d in diffs), "seeds": len(diffs)},
+        "difference_per_seed": [{"seed": s, "ssl - supervised": d} for s, d in zip(r.seed_list, diffs, strict=True)],
+        "protocol": {"epochs": r.train.epochs, "batch_size": min(r.train.batch_size, info["train"]),
+                     "optimizer": r.optim.name, "lr": r.optim.lr, "encoder_lr_mult": r.optim.encoder_lr_mult,
+                     "weight_decay": r.optim.weight_decay, "select": r.train.select, "crop": r.augment.crop,
+                     "flip_p": r.augment.flip_p, "device": device.type, "threads": torch.get_num_threads()},
+        "robustness": {"epsilons": list(r.robustness.epsilons), "n_images": info["attack"], "attack": "FGSM",
+                       "units": "[0, 1] pixels, before normalisation", "summary": fgsm_summary},
+        "runs": runs,
+        "class_counts": info["class_counts"],
+        "recipe": r.to_dict(),
+        "seconds": round(seconds, 1),
+    }
+
+
+def print_table(report: dict[str, Any], console: Console) -> None:
+    """Arms as rows (mean ± std over seeds, and each seed), then the paired difference ssl − supervised."""
+    s, lab = report["sizes"], report["labeled"]
+    runs = report["runs"]
+    table = Table(title=f"{report['dataset']}: {report['encoder']} fine-tuned on {s['labeled']:,} labeled images "
+                        f"({s['train']:,} train + {s['val']:,} validation), scored once on {s['test']:,} "
+                        f"{report['split']} images", title_justify="left",
+                  caption=f"labeled subset {'outside' if lab['disjoint_from_pool'] else 'drawn regardless of'} the "
+                          f"pretraining pool — {lab['class_counts_min']}–{lab['class_counts_max']} images per class, "
+                          f"imbalance ratio {lab['imbalance_ratio']:g}, class balance: {lab['balance']}; "
+                          f"{report['protocol']['epochs']} epochs, select {report['protocol']['select']}",
+                  caption_justify="left")
+    for col, just in (("arm", "left"), ("start", "left"), ("test top-1", "right"), ("per seed", "right"),
+                      ("val top-1", "right"), ("encoder lr ×", "right"), ("balance", "left"), ("s / seed", "right")):
+        table.add_column(col, justify=just)
+    for arm, m in report["summary"].items():
+        mine = [x for x in runs if x["arm"] == arm]
+        mult = report["protocol"]["encoder_lr_mult"] if arm == "ssl" else (1.0 if arm == "supervised" else 0.0)
+        table.add_row(arm, ARM_INIT[arm], f"{m['test_top1.mean']:.4f} ± {m['test_top1.std']:.4f}",
+                      " ".join(f"{x['test_top1']:.4f}" for x in mine),
+                      f"{m['val_top1.mean']:.4f} ± {m['val_top1.std']:.4f}", f"{mult:g}", lab["balance"],
+                      f"{m['seconds.mean']:.0f}")
+    d = report["difference"]
+    table.add_section()
+    table.add_row("[bold]ssl − supervised", f"paired; ssl ahead in {d['ssl_wins']}/{d['seeds']} seeds",
+                  f"[bold]{d['test_top1.mean']:+.4f} ± {d['test_top1.std']:.4f}",
+                  " ".join(f"{x['ssl - supervised']:+.4f}" for x in report["difference_per_seed"]), "", "", "", "")
+    console.print(table)
+
+
+def plot_finetune(report: dict[str, Any], path: Path) -> Path:
+    """Left: test top-1 per arm (mean, std error bars, each seed a dot). Right: validation top-1 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(report["summary"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    means = [report["summary"][a]["test_top1.mean"] for a in arms]
+    stds = [report["summary"][a]["test_top1.std"] for a in arms]
+    colours = [ARM_COLOURS.get(a, "#999999") for a in arms]
+    ax1.bar(arms, means, yerr=stds, capsize=6, color=colours, alpha=0.85)
+    for i, a in enumerate(arms):
+        seeds = [x["test_top1"] for x in report["runs"] if x["arm"] == a]
+        ax1.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
+        top = max([means[i] + stds[i], *seeds])
+        ax1.annotate(f"{means[i]:.3f}", (i, top), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
+    lo = min(x["test_top1"] for x in report["runs"])
+    ax1.set_ylim(max(0.0, lo - 0.15), min(1.0, max(means) + max(stds) + 0.08))
+    ax1.set_ylabel(f"{report['split']} top-1")
+    d = report["difference"]
+    ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} ± "
+                  f"{d['test_top1.std']:.3f}")
+    ax1.grid(axis="y", alpha=0.3)
+    for a in arms:
+        curves = torch.tensor([x["curves"]["val_top1"] for x in report["runs"] if x["arm"] == a], dtype=torch.float64)
+        epochs = list(range(1, curves.shape[1] + 1))
+        mean = curves.mean(0)
+        std = curves.std(0) if len(curves) > 1 else torch.zeros_like(mean)
+        ax2.plot(epochs, mean, label=a, color=ARM_COLOURS.get(a), marker="." if len(epochs) < 40 else None)
+        ax2.fill_between(epochs, mean - std, mean + std, color=ARM_COLOURS.get(a), alpha=0.2)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation top-1 (mean ± std over seeds)")
+    ax2.set_title(f"validation: {report['sizes']['val']:,} held-out labeled images")
+    ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def finetune_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),
+                       console: Console | None = None) -> dict[str, Any]:
+    """Loads a fine-tune recipe (or takes a run directory with the defaults) and runs :func:`run_finetune`."""
+    return run_finetune(load_finetune_recipe(path, overrides), out=out, console=console)

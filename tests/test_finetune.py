@@ -1,0 +1,291 @@
+"""``sslkit finetune``: fair arms, the real exported start, an untouched test split, FGSM, strict recipes."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fakes import write_cifar
+from rich.console import Console
+from safetensors.torch import load_file
+from torch import nn
+
+import sslkit.evaluation.finetune as ft
+from sslkit.checkpoint import export_encoder, load_encoder
+from sslkit.cli import main
+from sslkit.config import DataConfig, MonitorConfig, Recipe, load_recipe, save_recipe
+from sslkit.data import ImageSource
+from sslkit.evaluation.finetune_config import is_finetune_recipe, load_finetune_recipe
+from sslkit.evaluation.robustness import fgsm_accuracy
+from sslkit.models import build_encoder
+from sslkit.trainer import pretrain, split_train
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+FINETUNE_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if is_finetune_recipe(p))
+QUIET = Console(quiet=True)
+TINY = ["train.threads=1", "train.batch_size=16", "train.eval_batch_size=256", "robustness.n_images=40"]
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed uint8 IDX file, the format of the Fashion-MNIST downloads."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 train and 200 test 28×28 images in Fashion-MNIST's files, 10 balanced classes."""
+    root = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 400), ("t10k", 200)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, fmnist_root: Path) -> Path:
+    """A run directory as `sslkit pretrain` leaves it (recipe, exported encoder), with seeded non-trivial weights."""
+    run = tmp_path_factory.mktemp("run")
+    recipe = Recipe(name="tiny", seed=5, data=DataConfig(dataset="fashion-mnist", root=str(fmnist_root), image_size=16,
+                                                         pool_size=200), monitor=MonitorConfig(val_size=100))
+    save_recipe(recipe, run / "recipe.yaml")
+    torch.manual_seed(1234)
+    encoder = build_encoder("resnet18", "imagenet", 1)
+    with torch.no_grad():  # no zero batch-norm scales: every residual branch of the "pretrained" encoder matters
+        for m in encoder.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_mean.normal_(0, 0.1)
+    export_encoder(encoder, run, dict(encoder="resnet18", stem="imagenet", in_chans=1, num_features=512,
+                                      image_size=16, mean=[0.5], std=[0.29], dataset="fashion-mnist",
+                                      data_root=str(fmnist_root), recipe="tiny"))
+    return run
+
+
+def _recipe(run: Path, tmp_path: Path, *extra: str):
+    path = tmp_path / "ft.yaml"
+    path.write_text(f"name: t\nrun: {run}\n")
+    return load_finetune_recipe(path, [*TINY, "labeled.size=40", "labeled.val_size=8", *extra])
+
+
+# --- fairness and the exported start -------------------------------------------------------------------------
+
+
+def test_arms_get_identical_batches_and_ssl_starts_from_the_export(run_dir: Path, tmp_path: Path) -> None:
+    r = _recipe(run_dir, tmp_path, "train.epochs=2", "seeds=2", "linear_arm=true")
+    seen: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    start: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    def observer(arm: str, seed: int, step: int, x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> None:
+        seen[arm, seed, step] = (x.clone(), y.clone())
+        if step == 0:
+            start[arm, seed] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    report = ft.run_finetune(r, out=tmp_path / "out", console=QUIET, observer=observer)
+
+    steps = {(s, t) for _, s, t in seen}
+    assert len(steps) == 2 * 2 * 2  # 2 seeds × 2 epochs × ceil(32 / 16) steps, in every arm
+    for seed, step in steps:
+        x, y = seen["ssl", seed, step]
+        for arm in ("supervised", "linear"):
+            assert torch.equal(seen[arm, seed, step][0], x) and torch.equal(seen[arm, seed, step][1], y)
+    assert not torch.equal(seen["ssl", 0, 0][0], seen["ssl", 1, 0][0])  # seeds differ, so the check has teeth
+    exported = load_file(str(run_dir / "encoder.safetensors"))
+    for seed in (0, 1):
+        ssl, sup, lin = (start[a, seed] for a in ("ssl", "supervised", "linear"))
+        for k, v in exported.items():
+            assert torch.equal(ssl[f"encoder.{k}"], v) and torch.equal(lin[f"encoder.{k}"], v)
+        assert not torch.equal(sup["encoder.conv1.weight"], exported["conv1.weight"])
+        for k in ("head.weight", "head.bias"):  # the same head initialisation in every arm
+            assert torch.equal(ssl[k], sup[k]) and torch.equal(ssl[k], lin[k])
+    final = {(x["arm"], x["seed"]): x for x in report["runs"]}
+    assert final["ssl", 0]["steps"] == final["supervised", 0]["steps"] == final["linear", 0]["steps"] == 4
+
+    saved = json.loads((tmp_path / "out" / "finetune.json").read_text())
+    d = saved["difference"]
+    per_seed = [final["ssl", s]["test_top1"] - final["supervised", s]["test_top1"] for s in (0, 1)]
+    assert d["test_top1.mean"] == pytest.approx(np.mean(per_seed))
+    assert d["test_top1.std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert set(saved["summary"]) == {"ssl", "supervised", "linear"}
+    assert saved["sizes"]["labeled"] == 40 and saved["sizes"]["val"] == 8 and saved["sizes"]["attack"] == 40
+    assert len(saved["runs"][0]["curves"]["val_top1"]) == 2
+    assert saved["runs"][0]["fgsm"]["0"] is not None
+    for png in ("finetune.png", "finetune_fgsm.png"):
+        assert (tmp_path / "out" / "figures" / png).stat().st_size > 1000
+
+
+def test_the_test_split_is_scored_once_and_chooses_nothing(run_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    r = _recipe(run_dir, tmp_path, "train.epochs=3", "seeds=1", "train.select=best_val", "robustness.epsilons=[]")
+    meta = load_encoder(run_dir).sslkit_meta
+    data = ft.prepare_data(r, meta, torch.device("cpu"))
+    calls: list[str] = []
+    real_evaluate = ft.evaluate
+
+    def spy(model: nn.Module, source: ImageSource, *args: object, **kwargs: object):
+        calls.append("test" if source.name.startswith("fashion-mnist/test") else "val")
+        return real_evaluate(model, source, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "evaluate", spy)
+    first = ft.run_finetune(r, out=tmp_path / "a", console=QUIET, data=data)
+    # Per arm: three validations (one per epoch), then the test split once.
+    assert calls == ["val", "val", "val", "test"] * 2
+    # A different test split (labels shuffled) changes the test score only: curves and chosen epochs are the same.
+    g = torch.Generator().manual_seed(0)
+    shuffled = ImageSource(data.test.images, data.test.labels[torch.randperm(len(data.test), generator=g)],
+                           data.test.classes, data.test.name)
+    data.test = shuffled
+    second = ft.run_finetune(r, out=tmp_path / "b", console=QUIET, data=data)
+    for a, b in zip(first["runs"], second["runs"], strict=True):
+        assert a["curves"] == b["curves"] and a["selected_epoch"] == b["selected_epoch"]
+
+
+def test_labeled_subset_is_stratified_seeded_and_outside_the_pool(run_dir: Path, tmp_path: Path) -> None:
+    r = _recipe(run_dir, tmp_path)
+    meta = load_encoder(run_dir).sslkit_meta
+    data = ft.prepare_data(r, meta, torch.device("cpu"))
+    train_labels = torch.arange(400) % 10
+    _, pool, _ = split_train(load_recipe(run_dir / "recipe.yaml"), train_labels)
+    picked = set(data.info["labeled_indices"])
+    assert len(picked) == 40 and not picked & set(pool.tolist())
+    assert data.info["class_counts"] == [4] * 10 and data.info["candidates"] == 200
+    assert torch.bincount(data.val.labels, minlength=10).max() <= 1  # 8 validation images, stratified
+    again = ft.prepare_data(r, meta, torch.device("cpu"))
+    assert again.info["labeled_indices"] == data.info["labeled_indices"]
+    other = ft.prepare_data(_recipe(run_dir, tmp_path, "labeled.seed=1"), meta, torch.device("cpu"))
+    assert other.info["labeled_indices"] != data.info["labeled_indices"]
+    fraction = ft.prepare_data(_recipe(run_dir, tmp_path, "labeled.size=0.1"), meta, torch.device("cpu"))
+    assert fraction.info["labeled"] == 40  # 10% of the 400 labels of the train split
+    # A long-tailed subset, and the two ways to balance it.
+    skewed = ft.prepare_data(_recipe(run_dir, tmp_path, "labeled.size=100", "labeled.imbalance_ratio=10"), meta,
+                             torch.device("cpu"))
+    counts = skewed.info["class_counts"]
+    assert counts[0] == 10 and counts[-1] == 1 and counts == sorted(counts, reverse=True)
+    labels = skewed.train.labels
+    w = ft.class_weights(labels, 10)
+    total = (w * torch.bincount(labels, minlength=10))[torch.bincount(labels, minlength=10) > 0]
+    assert torch.allclose(total, total[0].expand_as(total))  # loss weights: every class weighs the same in all
+    draws = [ft.epoch_indices(len(labels), 0, e, w[labels].double()) for e in range(50)]
+    assert all(len(d) == len(labels) for d in draws)
+    drawn = torch.bincount(labels[torch.cat(draws)], minlength=10).float()
+    assert drawn.max() / drawn[drawn > 0].min() < 1.5  # the sampler: classes drawn about equally often
+
+
+# --- FGSM ----------------------------------------------------------------------------------------------------
+
+
+def _toy_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes of 1×8×8 images: a class-specific pattern at mid grey, plus noise."""
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.rand(3, 1, 8, 8, generator=g)
+    y = torch.arange(300) % 3
+    x = 0.5 + 0.15 * (patterns[y] - 0.5) + 0.08 * torch.randn(300, 1, 8, 8, generator=g)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+
+def test_fgsm_at_zero_is_clean_accuracy_and_never_helps(tmp_path: Path) -> None:
+    x, y = _toy_problem()
+    mean, std = (0.5,), (0.25,)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    inputs = (x.float() / 255 - 0.5) / 0.25
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(model(inputs), y).backward()
+        opt.step()
+    source = ImageSource(x, y, ("a", "b", "c"), "toy")
+    clean, _, _ = ft.evaluate(model, source, mean, std, 64, torch.device("cpu"))
+    eps = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+    acc = fgsm_accuracy(model, x, y, mean, std, eps, batch_size=64)
+    assert clean > 0.9 and acc[0.0] == clean
+    values = [acc[e] for e in eps]
+    assert all(b <= a for a, b in zip(values, values[1:], strict=False)) and values[-1] < clean - 0.3
+    # The same holds for a real classifier with batch norm (eval mode: statistics, not the batch).
+    torch.manual_seed(1)
+    net = ft.Classifier(build_encoder("resnet18", "imagenet", 1), nn.Linear(512, 3))
+    clean, _, _ = ft.evaluate(net, source, mean, std, 64, torch.device("cpu"))
+    assert fgsm_accuracy(net, x, y, mean, std, (0.0, 0.05), batch_size=64)[0.0] == clean
+    assert net.training  # modes are restored
+
+
+# --- recipes and the command ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "sets", "pattern"), [
+    ("optim:\n  lrr: 0.1\n", [], r"ft\.yaml:4: unknown key 'optim\.lrr' — did you mean 'optim\.lr'\?"),
+    ("", ["labeled.sise=600"], r"--set labeled\.sise=600: unknown key 'labeled\.sise' — did you mean 'labeled\.size'"),
+    ("train:\n  epochs: 0\n", [], r"ft\.yaml:4: train\.epochs must be ≥ 1, got 0"),
+    ("labeled:\n  balance: weights\n", [], r"labeled\.balance must be one of 'none', 'sampler', 'loss_weights'"),
+    ("labeled:\n  size: 1.5\n", [], r"labeled\.size as a fraction must be < 1"),
+    ("robustness:\n  epsilons: [0, 2]\n", [], r"robustness\.epsilons must be ≤ 1, got 2"),
+    ("data:\n  test_split: extra\n  dataset: cifar100\n", [], r"cifar100 has no split 'extra' \(data\.test_split\)"),
+])
+def test_bad_recipes_exit_2_naming_the_key(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           text: str, sets: list[str], pattern: str) -> None:
+    path = tmp_path / "ft.yaml"
+    path.write_text(f"name: bad\nrun: {run_dir}\n{text}")
+    assert main(["finetune", str(path), *sum((["--set", s] for s in sets), []), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sslkit finetune: error: ") and len(err.splitlines()) == 1
+    import re
+
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_or_unfinished_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ft.yaml"
+    path.write_text("run: runs/no_such_run\n")
+    assert main(["finetune", str(path)]) == 2
+    assert "pretrained run 'runs/no_such_run' does not exist — pretrain it first" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    assert main(["finetune", str(path), "--set", f"run={tmp_path / 'half'}"]) == 2
+    assert "has no exported encoder" in capsys.readouterr().err
+    path.write_text("seeds: 2\n")
+    assert main(["finetune", str(path)]) == 2
+    assert "run is not set" in capsys.readouterr().err
+
+
+def test_too_many_labels_stop_before_training(run_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", str(run_dir), "--set", "labeled.size=5000", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "labeled.size 5000 asks for 5000 labeled images but 200 labeled train images are outside" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_recipes_are_finetune_recipes() -> None:
+    names = {p.name for p in FINETUNE_RECIPES}
+    assert {"cifar100_seed003.yaml", "fashion_mnist_finetune.yaml"} <= names
+    for p in RECIPES.glob("*.yaml"):
+        assert is_finetune_recipe(p) == (p in FINETUNE_RECIPES)
+
+
+def test_cifar100_recipe_end_to_end_on_a_tiny_fixture(tmp_path: Path) -> None:
+    """The CIFAR-100 protocol: a real (tiny) pretraining run with a pool, then the shipped fine-tune recipe."""
+    write_cifar(tmp_path / "data", "cifar100", per_batch=200)
+    pre = load_recipe(RECIPES / "cifar100.yaml", [
+        f"data.root={tmp_path / 'data'}", "data.download=false", "data.image_size=8", "data.pool_size=64",
+        "monitor.val_size=20", "monitor.bank_size=40", "train.batch_size=16", "train.max_steps=1",
+        "train.compile=false", "train.threads=1", "seed=3"])
+    pretrain(pre, tmp_path / "run", console=QUIET)
+    report = ft.finetune_from_file(RECIPES / "cifar100_seed003.yaml", out=tmp_path / "out", console=QUIET, overrides=(
+        f"run={tmp_path / 'run'}", *TINY, "labeled.size=40", "labeled.val_size=10", "train.epochs=1", "seeds=2",
+        "robustness.n_images=20"))
+    assert report["sizes"]["pool"] == 64 and report["sizes"]["candidates"] == 200 - 64
+    assert report["sizes"]["test"] == 200 and len(report["runs"]) == 3 * 2  # ssl, supervised, linear × 2 seeds
+    assert (tmp_path / "out" / "finetune.json").is_file()
+
+
+def test_fashion_mnist_recipe_runs_on_a_tiny_run(run_dir: Path, tmp_path: Path) -> None:
+    report = ft.finetune_from_file(RECIPES / "fashion_mnist_finetune.yaml", out=tmp_path / "out", console=QUIET,
+                                   overrides=(f"run={run_dir}", *TINY, "labeled.size=30", "labeled.val_size=10",
+                                              "train.epochs=1", "seeds=1"))
+    assert report["sizes"]["labeled"] == 30 and report["labeled"]["disjoint_from_pool"]
