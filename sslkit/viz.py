@@ -101,6 +101,8 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    # A perfect score has no place on a log axis: it is drawn at half an error (annotated with its true value).
+    floor = 0.5 / max(int(report.get("sizes", {}).get(report.get("split"), 0) or 0), 1)
     for i, (name, m) in enumerate(report["models"].items()):
         points = [(m[f"label_fraction.{f:g}.n"], 1 - m[f"label_fraction.{f:g}.top1"]) for f in report["fractions"]
                   if isinstance(m.get(f"label_fraction.{f:g}.top1"), (int, float))
@@ -108,10 +110,10 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
         if not points:
             continue
         ns, err = zip(*points, strict=True)
-        ax.plot(ns, err, marker="o", label=name, color=COLOURS.get(name, f"C{i + 2}"),
+        ax.plot(ns, [max(e, floor) for e in err], marker="o", label=name, color=COLOURS.get(name, f"C{i + 2}"),
                 linestyle="--" if name in ("raw_pixels", "random_init") else "-")
         for n, e in points:
-            ax.annotate(f"{e:.1%}", (n, e), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            ax.annotate(f"{e:.1%}", (n, max(e, floor)), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the last points
