@@ -34,7 +34,7 @@ from rich.text import Text
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
-from sslkit.evaluation.features import progress_bar
+from sslkit.evaluation.features import atomic_save_npy, progress_bar
 
 MAX_MAP_POINTS = 10_000
 MAP_THUMBNAILS = 24  # images drawn on the report's map, spread out so they do not cover each other
@@ -52,15 +52,6 @@ def _subsample(n: int, max_points: int, seed: int) -> torch.Tensor:
         return torch.arange(n)
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[:max_points].sort().values
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{path.stem}.{os.getpid()}.npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Tensor, method: str,
@@ -86,7 +77,7 @@ def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Ten
             pass
     xy = embed_2d(features[rows], method, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save_npy(path, xy)
+    atomic_save_npy(path, xy)
     for old in path.parent.glob(f"{stem}.{method}-seed{seed}-*.npy"):  # maps of features that are gone
         if old != path:
             old.unlink(missing_ok=True)

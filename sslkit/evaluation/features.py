@@ -25,11 +25,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from sslkit.augment import preprocess
+from sslkit.checkpoint import read_encoder_meta, sha256_file
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.models import build_encoder, recalibrate_batchnorm
 
+RUN_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
 PREPROCESSING = "uint8/255-normalise"  # bump when preprocess() changes, so old caches stop matching
+
+
+def read_run_meta(run: str | Path) -> dict[str, Any]:
+    """A run's ``encoder.json``, checked, with the weights' sha256 filled in when the file lacks it.
+
+    Raises:
+        UserError: no exported encoder in the run, or a record missing keys.
+    """
+    meta, weights = read_encoder_meta(run)
+    missing = [k for k in RUN_META_KEYS if k not in meta]
+    if missing:
+        raise UserError(f"{Path(run) / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder with a "
+                        "current sslkit")
+    if not meta.get("sha256"):
+        meta = dict(meta, sha256=sha256_file(weights))
+    return meta
 
 
 def default_device() -> torch.device:
@@ -193,7 +211,8 @@ def _labels_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".npy")] + ".labels.npy")
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary name, then an atomic rename: readers never see a half-written file."""
     tmp = path.with_name(f".tmp-{path.name[:-len('.npy')]}.{os.getpid()}.npy")
     try:
         np.save(tmp, array)
@@ -225,6 +244,6 @@ def cached_features(path: Path, labels: torch.Tensor, compute: Callable[[], torc
     if len(feats) != len(labels):
         raise ValueError(f"computed {len(feats)} feature rows for {len(labels)} labels")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(_labels_path(path), labels.numpy())
-    _atomic_save(path, feats.numpy())
+    atomic_save_npy(_labels_path(path), labels.numpy())
+    atomic_save_npy(path, feats.numpy())
     return feats

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sslkit.checkpoint import load_encoder, read_encoder_meta, sha256_file
+from sslkit.checkpoint import load_encoder
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation.clustering import cluster_metrics
@@ -44,6 +44,7 @@ from sslkit.evaluation.features import (
     progress_bar,
     random_encoder,
     raw_pixels,
+    read_run_meta,
 )
 from sslkit.evaluation.knn import knn_evaluate
 from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
@@ -56,18 +57,6 @@ KMEANS_RESTARTS = 5
 SILHOUETTE_SAMPLE = 10_000
 IMAGEFOLDER_TEST_FRACTION = 0.2
 BASELINES = ("raw_pixels", "random_init")
-_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
-
-
-def _read_meta(run: Path) -> dict[str, Any]:
-    meta, weights = read_encoder_meta(run)
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing:
-        raise UserError(f"{run / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder with a current "
-                        "sslkit (or add the keys by hand)")
-    if not meta.get("sha256"):
-        meta = dict(meta, sha256=sha256_file(weights))
-    return meta
 
 
 def load_splits(meta: dict[str, Any], split: str, seed: int = 0) -> tuple[ImageSource, ImageSource, str]:
@@ -219,13 +208,13 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     t0 = time.perf_counter()
     console = console or Console()
     run = Path(run_dir)
-    meta = _read_meta(run)  # a run without an exported encoder fails here, before any data is read
+    meta = read_run_meta(run)  # a run without an exported encoder fails here, before any data is read
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")
     fractions = _check_fractions(fractions)
     others = [Path(c) for c in compare]
-    other_meta = [_read_meta(other) for other in others]
+    other_meta = [read_run_meta(other) for other in others]
     for other, m in zip(others, other_meta, strict=True):
         mine = (meta["dataset"], int(meta["image_size"]), int(meta["in_chans"]))
         theirs = (m["dataset"], int(m["image_size"]), int(m["in_chans"]))

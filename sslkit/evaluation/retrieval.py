@@ -27,35 +27,25 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sslkit.checkpoint import load_encoder, read_encoder_meta, sha256_file
+from sslkit.checkpoint import load_encoder
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
-from sslkit.evaluation.features import cache_path, cached_features, default_device, extract_features, progress_bar
+from sslkit.evaluation.features import (
+    cache_path,
+    cached_features,
+    default_device,
+    extract_features,
+    progress_bar,
+)
+from sslkit.evaluation.features import read_run_meta as read_meta
 
 INDEX_KINDS: tuple[str, ...] = faiss_index.INDEX_KINDS
 DEFAULT_INDEX = "flat"  # exact: a split of a few hundred thousand images is searched in well under a second
 _RANDOM_RE = re.compile(r"^random:(\d+)$")
-_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
 
 
 # --- the run's split and its features ------------------------------------------------------------------------
-
-
-def read_meta(run: str | Path) -> dict[str, Any]:
-    """A run's ``encoder.json``, checked, with the weights' sha256 filled in when the file lacks it.
-
-    Raises:
-        UserError: no exported encoder in the run, or a record missing keys.
-    """
-    meta, weights = read_encoder_meta(run)
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing:
-        raise UserError(f"{Path(run) / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder with a "
-                        "current sslkit")
-    if not meta.get("sha256"):
-        meta = dict(meta, sha256=sha256_file(weights))
-    return meta
 
 
 def load_split(meta: dict[str, Any], split: str, seed: int = 0) -> ImageSource:
