@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import cpu_name  # eval/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +92,7 @@ def main() -> None:
              "chunking — " + args.device, "",
              f"Command: `python eval/bench_chunk_memory.py --batch {args.batch} --chunks "
              f"{' '.join(map(str, args.chunks))} --stem {args.stem} --device {args.device}`  ",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch "
+             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads; torch "
              f"{torch.__version__}  ",
              f"Setting: ResNet18 ({args.stem} stem), 3×32×32 random pixels, projection 512→2048→128, fp32, "
              f"channels_last, LARS; one step per fresh process; peak = {where}", "",

@@ -29,6 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from machine import cpu_name  # eval/machine.py, beside this script
 
 from sslkit.evaluation.index import INDEX_KINDS, build_index, default_pq_m, save_index, search
 
@@ -96,16 +97,6 @@ def single_query_ms(index: faiss.Index, q: np.ndarray, k: int) -> float:
         search(index, row[None], k)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe(index: faiss.Index) -> str:

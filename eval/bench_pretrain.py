@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2 as v2
+from machine import cpu_name  # eval/machine.py, beside this script
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -60,16 +61,6 @@ CROP_SCALE, CROP_RATIO, FLIP_P, JITTER_P, JITTER_S, GRAY_P = (0.2, 1.0), (3 / 4,
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_images(kind: str, n: int, channels: int, size: int) -> torch.Tensor:

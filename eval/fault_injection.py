@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_name  # eval/machine.py, beside this script
 from safetensors.torch import load_file
 
 from sslkit.checkpoint import TMP_PREFIX, load_checkpoint, step_checkpoints
@@ -54,16 +55,6 @@ SETS = ["data.pool_size=64", "monitor.val_size=40", "monitor.bank_size=80", "tra
         "train.log_every=1", "train.threads=1", "train.checkpoint_every=1", "optim.warmup_epochs=0.5"]
 TOTAL_STEPS = 16
 SIGNAL_DEADLINE_S = 30.0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- processes ----------------------------------------------------------------------------------------------
