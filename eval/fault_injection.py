@@ -481,12 +481,13 @@ def write_report(path: Path, command: str, st: KillStats, trials: list[SignalTri
                   f"    {st.refused_restarts[0]}", "",
                   "`--resume` cleans the temp file and says the run holds no checkpoint; the third start works. "
                   "Nothing is lost, but the first message is wrong (the start-up clean-up runs after that check)."]
-    if any(t.where != "loop" and t.rc in (-signal.SIGTERM, -signal.SIGINT) for t in trials):
-        lines += ["", "Signals outside the loop are not caught: during set-up and during the final evaluation and "
-                  "export, SIGTERM ends the process at once (exit -15, 143 in a shell) and SIGINT raises "
-                  "KeyboardInterrupt with a traceback (exit -2, 130 in a shell). Nothing is lost: in set-up nothing "
-                  "was computed yet, and at the export the last step's checkpoint is already written, so `--resume` "
-                  "finishes the run (the last column); a SIGTERM during the export leaves its temp file behind."]
+    uncaught = sorted({t.where for t in trials if t.where != "loop" and t.rc in (-signal.SIGTERM, -signal.SIGINT)})
+    if uncaught:
+        lines += ["", f"Signals not turned into exit 130 ({', '.join(uncaught)}): SIGTERM ends the process at once "
+                  "(exit -15, 143 in a shell) and SIGINT raises KeyboardInterrupt (exit -2, 130 in a shell). In "
+                  "set-up this is Python still importing torch, before sslkit's command line has installed its "
+                  "handlers. Nothing is lost: nothing was computed yet, or the last step's checkpoint is already "
+                  "written, so `--resume` finishes the run (the last column)."]
     if st.unexpected_exits:
         lines += ["", "Unexpected exits:", *[f"- {u}" for u in st.unexpected_exits]]
     text = "\n".join(lines) + "\n"
