@@ -50,7 +50,8 @@ from sslkit.evaluation.knn import knn_evaluate, knn_search, unit_rows
 from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import clustered_features, cpu_name  # noqa: E402  (a sibling script, not a package)
+from bench_index import clustered_features  # noqa: E402  (a sibling script, not a package)
+from machine import cpu_name, write_results  # noqa: E402  (eval/machine.py, beside this script)
 
 KNN_KS = (20, 200)  # sslkit probe's k values
 KMEANS_RESTARTS, KMEANS_ITERS = 5, 50  # sslkit probe's k-means settings
@@ -289,11 +290,7 @@ def main() -> None:
     text = "\n".join(header + [s + "\n" for s in summary] + [""] * bool(summary) + [s + "\n" for s in sections])
     print()
     print(text)
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_eval_{device.type}.md")
-    if not args.quick or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"written to {out}")
+    write_results(text, args.out, f"bench_eval_{device.type}.md", args.quick)
 
 
 def numba_threads() -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from machine import cpu_name  # eval/machine.py, beside this script
+from machine import cpu_name, write_results  # eval/machine.py, beside this script
 
 from sslkit.evaluation.index import INDEX_KINDS, build_index, default_pq_m, save_index, search
 
@@ -212,11 +212,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print()
     print(text)
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / "bench_index_cpu.md")
-    if not args.quick or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"written to {out}")
+    write_results(text, args.out, "bench_index_cpu.md", args.quick)
 
 
 if __name__ == "__main__":

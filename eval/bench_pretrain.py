@@ -32,7 +32,6 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import kornia
 import numpy as np
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2 as v2
-from machine import cpu_name  # eval/machine.py, beside this script
+from machine import cpu_name, write_results  # eval/machine.py, beside this script
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -363,11 +362,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print()
     print(text)
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_pretrain_{device.type}.md")
-    if not args.quick or args.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"written to {out}")
+    write_results(text, args.out, f"bench_pretrain_{device.type}.md", args.quick)
 
 
 if __name__ == "__main__":
