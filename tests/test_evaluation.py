@@ -194,6 +194,17 @@ def test_probe_writes_every_metric_and_reuses_its_feature_cache(tmp_path: Path,
     assert len(calls) == 4  # the second probe computed no features
 
 
+def test_a_record_that_does_not_describe_its_weights_is_refused(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = tiny_run(tmp_path)
+    meta = json.loads((run / "encoder.json").read_text())
+    (run / "encoder.json").write_text(json.dumps(dict(meta, sha256="0" * 64)))  # as if killed between the writes
+    assert main(["probe", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "records sha256 0000000000000000" in err and meta["sha256"][:16] in err and "--resume" in err
+    assert not (run / "features").exists()  # refused before any feature was computed or cached
+
+
 def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probe", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

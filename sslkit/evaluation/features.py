@@ -35,19 +35,26 @@ PREPROCESSING = "uint8/255-normalise"  # bump when preprocess() changes, so old 
 
 
 def read_run_meta(run: str | Path) -> dict[str, Any]:
-    """A run's ``encoder.json``, checked, with the weights' sha256 filled in when the file lacks it.
+    """A run's ``encoder.json``, checked against the weights, with their sha256 filled in when it lacks it.
+
+    The sha256 keys every feature cache, so a record that does not describe the weights beside it (an export
+    killed between its two files) would serve another encoder's features: it is refused instead.
 
     Raises:
-        UserError: no exported encoder in the run, or a record missing keys.
+        UserError: no exported encoder in the run, a record missing keys, or a sha256 that is not the weights'.
     """
     meta, weights = read_encoder_meta(run)
     missing = [k for k in RUN_META_KEYS if k not in meta]
     if missing:
         raise UserError(f"{Path(run) / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder with a "
                         "current sslkit")
-    if not meta.get("sha256"):
-        meta = dict(meta, sha256=sha256_file(weights))
-    return meta
+    actual = sha256_file(weights)
+    recorded = meta.get("sha256")
+    if recorded and recorded != actual:
+        raise UserError(f"{Path(run) / 'encoder.json'} records sha256 {recorded[:16]}… but {weights.name} has "
+                        f"{actual[:16]}… (an interrupted export?) — export again with `sslkit pretrain "
+                        f"{Path(run) / 'recipe.yaml'} --out {run} --resume`")
+    return dict(meta, sha256=actual)
 
 
 def default_device() -> torch.device:
