@@ -13,12 +13,18 @@
 4. Feature extraction: ResNet18 (ImageNet stem, 1 channel) embedding Fashion-MNIST-mini at 28 × 28 through
    ``sslkit.evaluation.features.extract_features``.
 
-Features are synthetic, seeded and clustered (``eval/bench_index.py``'s generator, 10 clusters, spread 1.0);
-every time is the median of ``--repeats`` runs. A fifth k-NN row tries exact search at bfloat16 speed (bf16
-candidates, float32 re-rank, certified; see ``torch_knn_bf16``): the 2-core CPU's float32 peak puts the exact
-60k × 10k × 512 product (0.6 TFLOP) above 2 s. Run:
+Features are a run's encoder features with ``--run RUN`` (its labeled train split is the bank, its test split
+the queries: 60,000 × 512 and 10,000 × 512 for a Fashion-MNIST run; read from the run's feature cache, or
+computed and cached as ``sslkit probe`` does), else synthetic, seeded and clustered (``eval/bench_index.py``'s
+generator, 10 clusters, spread 1.0). Every time is the median of ``--repeats`` runs.
 
-    python eval/bench_eval.py                  # the full sizes; writes eval/results/bench_eval_<device>.md
+sslkit's exact search prunes the flat search with a certified low-rank bound
+(:mod:`sslkit.evaluation.search`); the table also times the plain FAISS flat search, and a torch route at
+bfloat16 speed (bf16 candidates, float32 re-rank, certified; see ``torch_knn_bf16``). The 2-core CPU's float32
+peak puts the full 60k × 10k × 512 product (0.6 TFLOP) above 2 s. Run:
+
+    python eval/bench_eval.py --run runs/fashion_mnist   # real features; writes eval/results/bench_eval_<device>.md
+    python eval/bench_eval.py                  # synthetic features of the same sizes
     python eval/bench_eval.py --quick          # small sizes, one repeat: a smoke run in under a minute
 """
 
@@ -47,6 +53,8 @@ from sslkit.data import load_source
 from sslkit.evaluation.clustering import kmeans
 from sslkit.evaluation.features import extract_features
 from sslkit.evaluation.knn import knn_evaluate, knn_search, unit_rows
+from sslkit.evaluation.probe import run_features
+from sslkit.evaluation.search import PrunedFlatIP
 from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,6 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="for the torch k-NN and feature extraction (FAISS, scikit-learn and UMAP run on the CPU)")
+    ap.add_argument("--run", default=None, help="use this run's encoder features (train: bank, test: queries)")
     ap.add_argument("--bank", type=int, default=60_000)
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=512)
@@ -159,8 +168,18 @@ def main() -> None:
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     r = args.repeats
-    bank_np, bank_y = clustered_features(args.bank, args.dim, clusters=10, seed=0, spread=SPREAD)
-    query_np, query_y = clustered_features(args.queries, args.dim, clusters=10, seed=0, stream=1, spread=SPREAD)
+    if args.run:
+        train_x, train_y, test_x, test_y = run_features(args.run)
+        bank_np, bank_y = train_x[:args.bank].numpy(), train_y[:args.bank].numpy()
+        query_np, query_y = test_x[:args.queries].numpy(), test_y[:args.queries].numpy()
+        args.bank, args.queries, args.dim = len(bank_np), len(query_np), bank_np.shape[1]
+        features_line = (f"Features: the encoder of `{args.run}` on its labeled train split (bank) and test split "
+                         f"(queries), as `sslkit probe` embeds them.")
+    else:
+        bank_np, bank_y = clustered_features(args.bank, args.dim, clusters=10, seed=0, spread=SPREAD)
+        query_np, query_y = clustered_features(args.queries, args.dim, clusters=10, seed=0, stream=1, spread=SPREAD)
+        features_line = (f"Features: synthetic, seeded, 10 clusters, spread {SPREAD} (`eval/bench_index.py`'s "
+                         "generator).")
     bank, queries = torch.from_numpy(bank_np), torch.from_numpy(query_np)
     sections: list[str] = []
     summary: list[str] = []
@@ -168,8 +187,18 @@ def main() -> None:
     if "knn" not in args.skip:
         k = args.k
         print(f"k-NN: {args.bank:,} × {args.dim} bank, {args.queries:,} queries, k = {k}")
-        t_faiss, (f_sims, f_idx) = median_time(lambda: knn_search(bank, queries, k), r)
-        f_sims, f_idx = f_sims.numpy(), f_idx.numpy()
+        unit_bank, unit_queries = unit_rows(bank, "bank"), unit_rows(queries, "queries")
+
+        def flat_search() -> tuple[np.ndarray, np.ndarray]:
+            index = faiss.IndexFlatIP(args.dim)
+            index.add(unit_rows(bank, "bank"))
+            return index.search(unit_rows(queries, "queries"), k)
+
+        t_flat, (f_sims, f_idx) = median_time(flat_search, r)
+        t_faiss, (p_sims, p_idx) = median_time(lambda: knn_search(bank, queries, k), r)
+        pruned = PrunedFlatIP(unit_bank)
+        pruned.search(unit_queries, k)
+        certified = f"{args.queries - pruned.fallbacks:,} of {args.queries:,} queries certified, the rest searched flat"
         t_eval, acc = median_time(lambda: knn_evaluate(bank, torch.from_numpy(bank_y), queries,
                                                       torch.from_numpy(query_y), ks=KNN_KS), r)
         bank_d, queries_d = bank.to(device), queries.to(device)
@@ -179,11 +208,15 @@ def main() -> None:
         agree_torch = agreement(f_sims, f_idx, t_idx.numpy(), t_sims.numpy())
         agree_sk = agreement(f_sims, f_idx, s_idx, s_sims)
         agree_bf16 = agreement(f_sims, f_idx, b_idx.numpy(), b_sims.numpy())
-        for name, a in (("torch", agree_torch), ("torch bf16 + re-rank", agree_bf16), ("scikit-learn", agree_sk)):
+        agree_sslkit = agreement(f_sims, f_idx, p_idx.numpy(), p_sims.numpy())
+        for name, a in (("sslkit", agree_sslkit), ("torch", agree_torch), ("torch bf16 + re-rank", agree_bf16),
+                        ("scikit-learn", agree_sk)):
             print(f"  agreement with FAISS, {name}: {a}")
             assert a["set_recall"] >= 0.999 and a["untied_misses"] == 0 and a["max_sim_diff"] < 1e-4, \
                 f"{name} disagrees with FAISS beyond ties: {a}"
-        rows = [("sslkit `knn_search` (FAISS IndexFlatIP)", t_faiss, agreement(f_sims, f_idx, f_idx, f_sims)),
+        rows = [(f"sslkit `knn_search` (flat search pruned by a certified rank-64 bound; {certified})", t_faiss,
+                 agree_sslkit),
+                ("FAISS IndexFlatIP (plain flat search, the reference)", t_flat, agreement(f_sims, f_idx, f_idx, f_sims)),
                 (f"torch matmul + topk, chunks of 2,048 ({device.type})", t_torch, agree_torch),
                 (f"torch bf16 candidates + fp32 re-rank, certified ({device.type}; {fallbacks} of {args.queries:,} "
                  "queries fell back to fp32)", t_bf16, agree_bf16),
@@ -200,7 +233,7 @@ def main() -> None:
                   "Lists differ from FAISS's only among neighbours tied with the k-th (asserted)."]
         sections.append("\n".join(lines))
         ok = t_faiss <= 2.0 and t_sk / t_faiss >= 5
-        summary.append(f"k-NN target (≤ 2 s and ≥ 5× scikit-learn): FAISS {t_faiss:.2f} s, {t_sk / t_faiss:.1f}× "
+        summary.append(f"k-NN target (≤ 2 s and ≥ 5× scikit-learn): sslkit {t_faiss:.2f} s, {t_sk / t_faiss:.1f}× "
                        f"scikit-learn — {'met' if ok else 'NOT met'}")
 
     if "kmeans" not in args.skip:
@@ -275,7 +308,8 @@ def main() -> None:
             f"features {tuple(feats.shape)}."]))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    cmd = "python eval/bench_eval.py" + (" --quick" if args.quick else "") + \
+    cmd = "python eval/bench_eval.py" + (f" --run {args.run}" if args.run else "") + \
+        (" --quick" if args.quick else "") + \
         (f" --device {args.device}" if device.type != "cpu" else "") + \
         (f" --threads {args.threads}" if args.threads else "") + \
         (f" --repeats {r}" if r != 3 and not args.quick else "")
@@ -285,8 +319,7 @@ def main() -> None:
         f"Machine: {name}; {torch.get_num_threads()} torch/FAISS threads on {os.cpu_count()} cores  ",
         f"Versions: torch {torch.__version__}, faiss {faiss.__version__}, scikit-learn {sklearn.__version__}, "
         f"numpy {np.__version__}, Python {platform.python_version()}  ",
-        f"Times: median of {r} run(s), wall clock. Features: synthetic, seeded, 10 clusters, spread {SPREAD} "
-        "(`eval/bench_index.py`'s generator).", ""]
+        f"Times: median of {r} run(s), wall clock. {features_line}", ""]
     text = "\n".join(header + [s + "\n" for s in summary] + [""] * bool(summary) + [s + "\n" for s in sections])
     print()
     print(text)

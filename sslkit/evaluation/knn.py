@@ -4,8 +4,9 @@ Temperature-weighted voting follows Wu et al. 2018 ("Unsupervised Feature Learni
 Instance Discrimination", §3.4): each of the k neighbours votes for its class with weight exp(sim / T); with
 ``weighted=False`` every neighbour's vote counts once (plain majority, ties to the lowest class index).
 
-Search is exact: an ``IndexFlatIP`` over L2-normalised float32 copies of the features, so inner products are
-cosine similarities. Queries are searched and voted ``chunk_size`` at a time, so memory beyond the bank stays
+Search is exact: inner products of L2-normalised float32 copies of the features (cosine similarities) by a
+FAISS ``IndexFlatIP``, or, for large searches, the same flat search pruned by a certified low-rank bound
+(:mod:`sslkit.evaluation.search`: same neighbours, several times less arithmetic on trained features). Queries are searched and voted ``chunk_size`` at a time, so memory beyond the bank stays
 O(chunk_size · k) however many queries there are. FAISS returns neighbours sorted by similarity, which lets
 one search with the largest k answer every smaller k exactly (:func:`knn_evaluate`).
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from sslkit.errors import UserError
+from sslkit.evaluation.search import exact_index
 
 
 def unit_rows(x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
@@ -62,8 +64,7 @@ def _search_chunks(bank: torch.Tensor | np.ndarray, queries: torch.Tensor | np.n
         raise UserError(f"k={k} neighbours asked of a bank of {n} features"
                         f"{' (minus the query itself)' if exclude_self else ''} — use 1 ≤ k ≤ {max(usable, 0)}")
     _set_threads()
-    index = faiss.IndexFlatIP(b.shape[1])
-    index.add(b)
+    index = exact_index(b, q.shape[0], k + int(exclude_self))
     for start in range(0, q.shape[0], chunk_size):
         sims, idx = index.search(q[start:start + chunk_size], k + int(exclude_self))
         if exclude_self:

@@ -275,6 +275,26 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     return report
 
 
+def run_features(run_dir: str | Path, split: str = "test", console: Console | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A run's encoder features of its labeled train and evaluation splits, as ``sslkit probe`` uses them.
+
+    Read from the run's feature cache, computed (and cached) when missing.
+
+    Returns:
+        ``(train_x, train_y, eval_x, eval_y)``.
+
+    Shape:
+        -> (N, D) float32, (N,) int64, (M, D) float32, (M,) int64
+    """
+    run = Path(run_dir)
+    meta = read_run_meta(run)
+    train, evaluation, _ = load_splits(meta, split)
+    with progress_bar(console or Console()) as progress:
+        train_x, eval_x = _encoder_features("encoder", run, meta, train, evaluation, default_device(), progress)
+    return train_x, train.labels, eval_x, evaluation.labels
+
+
 def _encoder_features(name: str, run: Path, meta: dict[str, Any], train: ImageSource, test: ImageSource,
                       device: torch.device, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     """A run's train and evaluation features, from its cache or computed (the encoder loads only if needed)."""
