@@ -54,7 +54,7 @@ from sslkit.evaluation.clustering import kmeans
 from sslkit.evaluation.features import extract_features
 from sslkit.evaluation.knn import knn_evaluate, knn_search, unit_rows
 from sslkit.evaluation.probe import run_features
-from sslkit.evaluation.search import PrunedFlatIP
+from sslkit.evaluation.search import PrunedFlatIP, exact_index
 from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -196,9 +196,14 @@ def main() -> None:
 
         t_flat, (f_sims, f_idx) = median_time(flat_search, r)
         t_faiss, (p_sims, p_idx) = median_time(lambda: knn_search(bank, queries, k), r)
-        pruned = PrunedFlatIP(unit_bank)
-        pruned.search(unit_queries, k)
-        certified = f"{args.queries - pruned.fallbacks:,} of {args.queries:,} queries certified, the rest searched flat"
+        searcher = exact_index(unit_bank, args.queries, k)
+        searcher.search(unit_queries, k)
+        if isinstance(searcher, PrunedFlatIP):
+            how = (f"pruned by a certified rank-{searcher.basis.shape[1]} bound holding {searcher.captured:.1%} of "
+                   f"the energy; {searcher.retries:,} of {args.queries:,} queries needed more candidates, "
+                   f"{searcher.fallbacks:,} were searched flat")
+        else:
+            how = "not pruned: FAISS IndexFlatIP"
         t_eval, acc = median_time(lambda: knn_evaluate(bank, torch.from_numpy(bank_y), queries,
                                                       torch.from_numpy(query_y), ks=KNN_KS), r)
         bank_d, queries_d = bank.to(device), queries.to(device)
@@ -214,9 +219,10 @@ def main() -> None:
             print(f"  agreement with FAISS, {name}: {a}")
             assert a["set_recall"] >= 0.999 and a["untied_misses"] == 0 and a["max_sim_diff"] < 1e-4, \
                 f"{name} disagrees with FAISS beyond ties: {a}"
-        rows = [(f"sslkit `knn_search` (flat search pruned by a certified rank-64 bound; {certified})", t_faiss,
+        rows = [(f"sslkit `knn_search` (exact: {how})", t_faiss,
                  agree_sslkit),
-                ("FAISS IndexFlatIP (plain flat search, the reference)", t_flat, agreement(f_sims, f_idx, f_idx, f_sims)),
+                ("FAISS IndexFlatIP (plain flat search, the reference)", t_flat,
+                 agreement(f_sims, f_idx, f_idx, f_sims)),
                 (f"torch matmul + topk, chunks of 2,048 ({device.type})", t_torch, agree_torch),
                 (f"torch bf16 candidates + fp32 re-rank, certified ({device.type}; {fallbacks} of {args.queries:,} "
                  "queries fell back to fp32)", t_bf16, agree_bf16),
@@ -233,8 +239,9 @@ def main() -> None:
                   "Lists differ from FAISS's only among neighbours tied with the k-th (asserted)."]
         sections.append("\n".join(lines))
         ok = t_faiss <= 2.0 and t_sk / t_faiss >= 5
-        summary.append(f"k-NN target (≤ 2 s and ≥ 5× scikit-learn): sslkit {t_faiss:.2f} s, {t_sk / t_faiss:.1f}× "
-                       f"scikit-learn — {'met' if ok else 'NOT met'}")
+        summary.append(f"k-NN target (≤ 2 s and ≥ 5× scikit-learn): sslkit `knn_search` (k = {k}) {t_faiss:.2f} s, "
+                       f"{t_sk / t_faiss:.1f}× scikit-learn — {'met' if ok else 'NOT met'}; the whole k-NN evaluation "
+                       f"(k = {max(KNN_KS)} search, 4 votes) {t_eval:.2f} s — {'met' if t_eval <= 2.0 else 'NOT met'}")
 
     if "kmeans" not in args.skip:
         print("k-means: 10 clusters")

@@ -14,7 +14,8 @@ from sslkit.evaluation.search import PrunedFlatIP, exact_index
 def low_rank_rows(n: int, dim: int, rank: int, noise: float, seed: int) -> np.ndarray:
     """Unit rows with most energy in ``rank`` directions, like a trained encoder's features."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, rank, generator=g) @ torch.randn(rank, dim, generator=g) + noise * torch.randn(n, dim, generator=g)
+    x = torch.randn(n, rank, generator=g) @ torch.randn(rank, dim, generator=g)
+    x = x + noise * torch.randn(n, dim, generator=g)
     return F.normalize(x, dim=1).numpy()
 
 
@@ -30,7 +31,7 @@ def test_pruned_search_is_certified_and_equals_flat_on_low_rank_features() -> No
     index = PrunedFlatIP(bank, rank=16)
     sims, idx = index.search(queries, 20)
     ref_sims, ref_idx = flat(bank, queries, 20)
-    assert index.fallbacks == 0  # the bound pruned every query: the fast path is what was tested
+    assert index.fallbacks == 0 and index.retries < 20  # the bound pruned (nearly) every query at once
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
 
@@ -54,7 +55,7 @@ def test_mixed_certified_and_fallback_queries_keep_their_rows() -> None:
     queries = np.concatenate([bank[:40] + 0.0, odd])[np.random.default_rng(0).permutation(80)]
     index = PrunedFlatIP(bank, rank=12)
     _, idx = index.search(queries, 15)
-    assert 0 < index.fallbacks < 80
+    assert index.retries > 0  # some odd queries needed larger candidate sets
     np.testing.assert_array_equal(idx, flat(bank, queries, 15)[1])
 
 

@@ -6,8 +6,9 @@ Instance Discrimination", §3.4): each of the k neighbours votes for its class w
 
 Search is exact: inner products of L2-normalised float32 copies of the features (cosine similarities) by a
 FAISS ``IndexFlatIP``, or, for large searches, the same flat search pruned by a certified low-rank bound
-(:mod:`sslkit.evaluation.search`: same neighbours, several times less arithmetic on trained features). Queries are searched and voted ``chunk_size`` at a time, so memory beyond the bank stays
-O(chunk_size · k) however many queries there are. FAISS returns neighbours sorted by similarity, which lets
+(:mod:`sslkit.evaluation.search`: same neighbours, far less arithmetic on trained features). Queries are
+searched and voted ``chunk_size`` at a time, so memory beyond the bank stays O(chunk_size · k) however many
+queries there are. FAISS returns neighbours sorted by similarity, which lets
 one search with the largest k answer every smaller k exactly (:func:`knn_evaluate`).
 """
 

@@ -10,8 +10,9 @@ Appending ‖x⊥‖ to each bank row's r coordinates and ‖q⊥‖ to each que
 inner product in r + 1 dimensions. :class:`PrunedFlatIP` searches those (D / (r + 1) times less arithmetic)
 for the c = 2k + 32 rows of largest bound, re-scores them exactly in D dimensions, and keeps a query's top k
 only when a certificate holds: its k-th exact similarity is at least the (c + 1)-th largest bound plus a
-rounding margin, so no row left out can be more similar. Queries without the certificate (features with a
-flat spectrum, e.g. random ones) are searched again by the flat index. Results are therefore those of
+rounding margin, so no row left out can be more similar. Queries without the certificate get 4c candidates,
+and so on; once that would be half the bank (features with a flat spectrum, e.g. random ones) they are
+searched flat. Results are therefore those of
 ``faiss.IndexFlatIP`` (up to ties and float rounding) for any input; only the time depends on the spectrum.
 """
 
@@ -37,12 +38,15 @@ class PrunedFlatIP:
         rank: r, the directions kept for the bound (the top principal directions of up to ``sample`` rows;
             any orthonormal basis keeps the bound valid, a good one keeps it tight).
         sample: rows used to estimate the directions.
+        groups: k-means groups by which the bank is stored and queries are ordered, for cache reuse during
+            re-scoring (0: none); needs N ≥ 39 · groups.
 
     Attributes:
-        fallbacks: queries so far whose candidates could not be certified and were searched flat.
+        retries: query searches so far that needed a larger candidate set.
+        fallbacks: queries so far that no candidate set certified and were searched flat.
     """
 
-    def __init__(self, bank: np.ndarray, rank: int = 64, sample: int = 4096) -> None:
+    def __init__(self, bank: np.ndarray, rank: int = 64, sample: int = 4096, groups: int = 64) -> None:
         self.bank = _as_f32(bank)
         n, d = self.bank.shape
         if not 1 <= rank < d:
@@ -53,8 +57,24 @@ class PrunedFlatIP:
         self.basis = vecs[:, -rank:].float().contiguous()
         #: share of the rows' energy in the basis (1 − the mean squared residual norm of the sampled unit rows)
         self.captured = float(vals[-rank:].sum() / vals.sum().clamp_min(1e-30))
+        coords = self._bound_coords(b)
+        # Re-scoring reads each query's candidate rows at random from a bank larger than the cache. Similar rows
+        # are stored together (grouped by k-means in the basis) and similar queries searched one after another,
+        # so that consecutive queries find their candidates already cached. Costs one copy of the bank.
+        self.groups: faiss.IndexFlatL2 | None = None
+        self.order = np.arange(n)
+        if groups and n >= 39 * groups:  # FAISS wants ≥ 39 training points per centroid
+            km = faiss.Kmeans(rank, groups, niter=8, seed=0)
+            km.train(np.ascontiguousarray(coords[:, :-1]))
+            self.groups = km.index
+            self.order = np.argsort(self.groups.search(np.ascontiguousarray(coords[:, :-1]), 1)[1][:, 0],
+                                    kind="stable")
+            self.sorted_bank, coords = self.bank[self.order], coords[self.order]
+        else:
+            self.sorted_bank = self.bank
         self.low = faiss.IndexFlatIP(rank + 1)
-        self.low.add(self._bound_coords(b))
+        self.low.add(coords)
+        self.retries = 0
         self.fallbacks = 0
 
     @property
@@ -74,6 +94,28 @@ class PrunedFlatIP:
     def _flat_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return faiss.knn(q, self.bank, k, metric=faiss.METRIC_INNER_PRODUCT)  # no copy of the bank
 
+    def _certified(self, q: np.ndarray, coords: np.ndarray, k: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of each query from its c candidates of largest bound, where certified; the rest again with 4c
+        candidates, and flat once 4c would be more than half the bank."""
+        n = self.bank.shape[0]
+        bound, cand = self.low.search(coords, c + 1)
+        sims = np.empty((len(q), k), np.float32)
+        pos = np.empty((len(q), k), np.int64)
+        faiss.knn_inner_products_by_idx(
+            faiss.swig_ptr(q), faiss.swig_ptr(self.sorted_bank), faiss.swig_ptr(cand), q.shape[1], len(q), n, c, k,
+            faiss.swig_ptr(sims), faiss.swig_ptr(pos), c + 1)
+        idx = self.order[pos]
+        bad = np.flatnonzero(sims[:, -1] < bound[:, c] + ROUNDING_MARGIN)
+        if len(bad):
+            again = np.ascontiguousarray(q[bad])
+            if 4 * c + 1 <= n // 2:
+                self.retries += len(bad)
+                sims[bad], idx[bad] = self._certified(again, np.ascontiguousarray(coords[bad]), k, 4 * c)
+            else:
+                sims[bad], idx[bad] = self._flat_search(again, k)
+                self.fallbacks += len(bad)
+        return sims, idx
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Like ``faiss.IndexFlatIP.search``: (Q, k) similarities, most similar first, and bank row indices."""
         q = _as_f32(queries)
@@ -81,30 +123,31 @@ class PrunedFlatIP:
         c = 2 * k + 32
         if c + 1 > n // 2:  # little to prune: the flat search is cheaper
             return self._flat_search(q, k)
-        bound, cand = self.low.search(self._bound_coords(torch.from_numpy(q)), c + 1)
-        sims = np.empty((len(q), k), np.float32)
-        idx = np.empty((len(q), k), np.int64)
-        faiss.knn_inner_products_by_idx(
-            faiss.swig_ptr(q), faiss.swig_ptr(self.bank), faiss.swig_ptr(cand), q.shape[1], len(q), n, c, k,
-            faiss.swig_ptr(sims), faiss.swig_ptr(idx), c + 1)
-        bad = sims[:, -1] < bound[:, c] + ROUNDING_MARGIN
-        if bad.any():
-            sims[bad], idx[bad] = self._flat_search(np.ascontiguousarray(q[bad]), k)
-            self.fallbacks += int(bad.sum())
+        coords = self._bound_coords(torch.from_numpy(q))
+        if self.groups is not None:  # similar queries one after another (see __init__)
+            visit = np.argsort(self.groups.search(np.ascontiguousarray(coords[:, :-1]), 1)[1][:, 0], kind="stable")
+            q, coords = q[visit], coords[visit]
+        sims, idx = self._certified(q, coords, k, c)
+        if self.groups is not None:
+            back = np.empty_like(visit)
+            back[visit] = np.arange(len(visit))
+            sims, idx = sims[back], idx[back]
         return sims, idx
 
 
-def exact_index(bank: np.ndarray, queries: int, k: int, rank: int = 64) -> faiss.IndexFlatIP | PrunedFlatIP:
+def exact_index(bank: np.ndarray, queries: int, k: int, rank: int | None = None) -> faiss.IndexFlatIP | PrunedFlatIP:
     """The faster exact searcher for ``queries`` searches of k among the (N, D) unit ``bank`` rows.
 
     Pruning pays when the flat search is big (≥ 10⁸ query-row pairs), the dimension leaves room for a bound of
-    rank ``rank`` (D ≥ 4·rank), k is small against N, and the top ``rank`` directions hold ≥ 95 % of the bank's
-    energy (else most queries would fail the certificate and be searched twice); otherwise a plain
-    ``faiss.IndexFlatIP``.
+    rank ``rank`` (default 64, or 96 for k ≥ 50; D ≥ 4·rank), k is small against N, and the top ``rank``
+    directions hold ≥ 95 % of the bank's energy (else most queries would fail the certificate and be searched
+    twice); otherwise a plain ``faiss.IndexFlatIP``.
     """
     n, d = bank.shape
+    many = k >= 50  # many candidates to re-score: a tighter bound (fewer retries) and grouped storage pay
+    rank = rank or (96 if many else 64)
     if queries * n >= 10**8 and d >= 4 * rank and 2 * (2 * k + 33) <= n:
-        pruned = PrunedFlatIP(bank, rank)
+        pruned = PrunedFlatIP(bank, rank, groups=64 if many else 0)
         if pruned.captured >= 0.95:
             return pruned
     index = faiss.IndexFlatIP(d)
