@@ -43,11 +43,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sslkit.augment import preprocess
-from sslkit.checkpoint import atomic_write, read_encoder_meta, sha256_file
+from sslkit.checkpoint import atomic_write, read_encoder_meta
 from sslkit.config import load_recipe
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
+from sslkit.evaluation.features import read_run_meta
 from sslkit.evaluation.finetune_config import (
     FinetuneAugment,
     FinetuneOptim,
@@ -442,11 +443,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     r = recipe
     console = console or Console()
     t_start = time.perf_counter()
-    meta, weights = read_encoder_meta(r.run)
-    missing = [k for k in ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset") if k not in meta]
-    if missing:
-        raise UserError(f"{weights.parent / 'encoder.json'} lacks {', '.join(missing)} — re-export the encoder")
-    sha = meta.get("sha256") or sha256_file(weights)
+    meta = read_run_meta(r.run)  # checked keys, and a sha256 that is the weights' own
+    weights, sha = read_encoder_meta(r.run)[1], meta["sha256"]
     out_dir = Path(out) if out is not None else run_dir_of(r.run)
     if r.train.threads:
         torch.set_num_threads(r.train.threads)

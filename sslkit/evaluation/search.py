@@ -77,10 +77,6 @@ class PrunedFlatIP:
         self.retries = 0
         self.fallbacks = 0
 
-    @property
-    def ntotal(self) -> int:
-        return self.bank.shape[0]
-
     def _bound_coords(self, x: torch.Tensor, chunk: int = 16384) -> np.ndarray:
         """(M, r + 1): the r coordinates in the basis and the norm of what the basis leaves out."""
         out = np.empty((len(x), self.basis.shape[1] + 1), np.float32)
