@@ -76,6 +76,24 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions natively here (AVX-512 BF16 or AMX); elsewhere it emulates them, slowly."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, console: Console) -> str:
+    """``auto`` → bf16 on CUDA, fp32 on CPU; warns when bf16 is asked of a CPU that would only emulate it."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        console.print("[yellow]train.precision is bf16 but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
+                      "the step will be slower than fp32 — use --set train.precision=fp32")
+    return precision
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -315,9 +333,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     device = dist_device or select_device(r.train.device)
-    precision = r.train.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(r.train.precision, device, console)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else None
     fmt = torch.channels_last if r.train.channels_last else torch.contiguous_format

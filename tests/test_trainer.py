@@ -109,3 +109,17 @@ def test_cli_bad_override_exits_2_and_computes_nothing(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert code == 2 and "optim.lrr" in err and "did you mean 'optim.lr'" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_precision_auto_and_bf16_warning_on_cpus_without_native_bf16(monkeypatch) -> None:
+    from sslkit import trainer
+    console = Console(record=True, width=200)
+    assert trainer.resolve_precision("auto", torch.device("cpu"), console) == "fp32"
+    assert trainer.resolve_precision("auto", torch.device("cuda", 0), console) == "bf16"
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    assert trainer.resolve_precision("bf16", torch.device("cpu"), console) == "bf16"
+    assert console.export_text() == ""
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert trainer.resolve_precision("bf16", torch.device("cpu"), console) == "bf16"
+    text = console.export_text()
+    assert "no native bf16" in text and "train.precision=fp32" in text
