@@ -1,0 +1,93 @@
+"""The optimizer and schedule against the formulas they implement, written out naively here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sslkit.config import OptimConfig
+from sslkit.optim import build_optimizer, build_scheduler, scaled_lr
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+
+def reference_lars(params: dict[str, torch.Tensor], grads: list[dict[str, torch.Tensor]], lr: float, wd: float,
+                   momentum: float, eta: float) -> dict[str, torch.Tensor]:
+    """LARS as in You et al. 2017 / SimCLR: for weight matrices, g ← η‖w‖/(‖g‖ + wd‖w‖) · (g + wd·w); biases
+    and normalisation parameters (every 1-D tensor) get neither weight decay nor the trust ratio; then heavy-ball
+    momentum (the first buffer is the first update) and w ← w − lr·buffer."""
+    w = {k: v.clone().double() for k, v in params.items()}
+    buf: dict[str, torch.Tensor] = {}
+    for step_grads in grads:
+        for k in w:
+            g = step_grads[k].double()
+            if w[k].ndim > 1:
+                trust = eta * w[k].norm() / (g.norm() + wd * w[k].norm())
+                g = trust * (g + wd * w[k])
+            buf[k] = g.clone() if k not in buf else momentum * buf[k] + g
+            w[k] = w[k] - lr * buf[k]
+    return w
+
+
+def test_lars_step_matches_the_reference_and_excludes_biases_and_norms() -> None:
+    model = small_model()
+    cfg = OptimConfig(name="lars", lr=0.8, weight_decay=1e-3, momentum=0.9, trust_coeff=0.001)
+    opt = build_optimizer(model, cfg, batch_size=512)  # linear scaling: lr 1.6
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.6)
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    grads = [{k: torch.randn(v.shape, generator=g) for k, v in start.items()} for _ in range(3)]
+    for step_grads in grads:
+        for k, p in model.named_parameters():
+            p.grad = step_grads[k].clone()
+        opt.step()
+    want = reference_lars(start, grads, lr=1.6, wd=1e-3, momentum=0.9, eta=0.001)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), want[k], rtol=1e-5, atol=1e-7, msg=k)
+    # The exclusion is real: a 1-D parameter moved by lr × momentum-SGD of its raw gradients, far more than the
+    # trust ratio (η = 0.001) lets a weight matrix move.
+    moved = {k: (p.detach() - start[k]).norm() / start[k].norm().clamp_min(1e-12) for k, p in model.named_parameters()}
+    assert moved["1.weight"] > 100 * moved["0.weight"]
+    decays = {len(group["params"]): group["weight_decay"] for group in opt.param_groups}
+    assert sorted(decays.values()) == [0.0, 1e-3]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_other_optimizers_keep_weight_decay_off_1d_parameters(name: str) -> None:
+    opt = build_optimizer(small_model(), OptimConfig(name=name, lr=0.1, weight_decay=0.05), batch_size=256)
+    for group in opt.param_groups:
+        one_d = all(p.ndim <= 1 for p in group["params"])
+        assert group["weight_decay"] == (0.0 if one_d else 0.05)
+
+
+def test_learning_rate_scaling() -> None:
+    assert scaled_lr(OptimConfig(lr=0.3, lr_scaling="linear"), 1024) == pytest.approx(1.2)
+    assert scaled_lr(OptimConfig(lr=0.3, lr_scaling="sqrt"), 1024) == pytest.approx(0.6)
+    assert scaled_lr(OptimConfig(lr=0.3, lr_scaling="none"), 1024) == pytest.approx(0.3)
+
+
+def test_warmup_then_cosine_per_step() -> None:
+    model = small_model()
+    cfg = OptimConfig(name="sgd", lr=1.0, lr_scaling="none", warmup_epochs=2, min_lr_ratio=0.1)
+    opt = build_optimizer(model, cfg, batch_size=256)
+    steps_per_epoch, epochs = 10, 6
+    sched = build_scheduler(opt, cfg, steps_per_epoch, epochs)
+    total, warmup, peak, low = steps_per_epoch * epochs, 2 * steps_per_epoch, 1.0, 0.1
+    lrs = []
+    for t in range(total):
+        sched.step_update(t + 1)  # as the trainer does before step t
+        lrs.append(opt.param_groups[0]["lr"])
+    for t in range(warmup):  # linear from peak/W at the first step to the peak at the last warm-up step
+        assert lrs[t] == pytest.approx(peak * (t + 1) / warmup)
+    span = total - warmup + 1
+    for t in range(warmup, total):  # cosine over what remains, never reaching the floor inside the run
+        u = t + 1 - warmup
+        assert lrs[t] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * u / span)))
+    assert all(a >= b for a, b in zip(lrs[warmup - 1:], lrs[warmup:], strict=False))
+    assert low < lrs[-1] < low + 0.01
