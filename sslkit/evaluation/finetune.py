@@ -58,7 +58,7 @@ from sslkit.evaluation.finetune_config import (
 )
 from sslkit.models import build_encoder
 from sslkit.optim import build_scheduler, scaled_lr
-from sslkit.trainer import NonFiniteLoss, epoch_order, select_device, split_train
+from sslkit.trainer import NonFiniteLoss, epoch_order, resolve_precision, select_device, split_train
 
 ARM_COLOURS = {"ssl": "#1f77b4", "supervised": "#7f7f7f", "linear": "#2ca02c"}
 ARM_INIT = {"ssl": "SSL encoder, fine-tuned", "supervised": "random init", "linear": "SSL encoder, frozen"}
@@ -272,7 +272,8 @@ def build_optimizer(model: Classifier, arm: str, cfg: FinetuneOptim, batch_size:
         kwargs = dict(momentum=cfg.momentum, nesterov=False)
     # timm's schedulers multiply each group's lr by its lr_scale, so the ssl encoder keeps its ratio throughout.
     return timm.optim.create_optimizer_v2(groups, opt=cfg.name if cfg.name != "sgd" else "momentum",
-                                          lr=scaled_lr(cfg, batch_size), weight_decay=cfg.weight_decay, **kwargs)
+                                          lr=scaled_lr(cfg, batch_size), weight_decay=cfg.weight_decay, foreach=True,
+                                          **kwargs)  # foreach: see sslkit.optim
 
 
 def epoch_indices(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -354,7 +355,7 @@ def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weig
     steps_per_epoch = math.ceil(len(data.train) / batch)
     optimizer = build_optimizer(model, arm, r.optim, batch)
     scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
-    precision = r.train.precision if r.train.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = resolve_precision(r.train.precision, device, console)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     balance = r.labeled.balance
     weights_per_class = class_weights(data.train.labels, data.num_classes).to(device)
