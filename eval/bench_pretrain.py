@@ -43,6 +43,7 @@ import torchvision
 import torchvision.transforms.v2 as v2
 from machine import cpu_name, write_results  # eval/machine.py, beside this script
 from PIL import Image
+from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslkit.augment import SimCLRAugment
@@ -52,6 +53,7 @@ from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
 from sslkit.step import make_views, simclr_backward, step_if_finite
+from sslkit.trainer import resolve_precision
 
 TEMPERATURE = 0.2
 CROP_SCALE, CROP_RATIO, FLIP_P, JITTER_P, JITTER_S, GRAY_P = (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 0.8, 0.5, 0.2
@@ -200,7 +202,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    precision = resolve_precision(args.precision, device, Console(stderr=True))
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
     fmt = torch.channels_last
     torch.manual_seed(0)
