@@ -338,11 +338,12 @@ class ArmResult:
 
 
 def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weights: Path, data: LabeledData,
-              device: torch.device, progress: Progress, task: Any, console: Console,
+              device: torch.device, precision: str, progress: Progress, task: Any, console: Console,
               observer: Observer | None = None) -> ArmResult:
     """Trains one arm for the recipe's budget; validates after every epoch.
 
     Args:
+        precision: "fp32" or "bf16" (resolved once by the caller).
         observer: called as ``observer(arm=, seed=, step=, x=, y=, model=)`` with each augmented batch before
             its forward (tests use it to check that arms see identical batches and start from the right weights).
     """
@@ -355,7 +356,6 @@ def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weig
     steps_per_epoch = math.ceil(len(data.train) / batch)
     optimizer = build_optimizer(model, arm, r.optim, batch)
     scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
-    precision = resolve_precision(r.train.precision, device, console)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     balance = r.labeled.balance
     weights_per_class = class_weights(data.train.labels, data.num_classes).to(device)
@@ -450,6 +450,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     device = select_device(r.train.device)
+    precision = resolve_precision(r.train.precision, device, console)  # warns once, not once per arm and seed
     if data is None:
         data = prepare_data(r, meta, device)
     info = data.info
@@ -473,7 +474,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
         for seed in r.seed_list:
             for arm in r.arms:
                 progress.update(task, description=f"{arm} · seed {seed}")
-                res = train_arm(arm, seed, r, meta, weights, data, device, progress, task, console, observer)
+                res = train_arm(arm, seed, r, meta, weights, data, device, precision, progress, task, console,
+                                observer)
                 # The test split, touched once per arm and seed, by the model training ended with.
                 test_top1, test_loss, pred = evaluate(res.model, data.test, data.mean, data.std,
                                                       r.train.eval_batch_size, device)
