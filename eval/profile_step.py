@@ -1,0 +1,97 @@
+"""Time of each part sslkit's train step adds to the encoder's forward+backward, each measured on its own.
+
+The parts: the augmentation of 2B views (and, for RGB, Kornia's HSV hue kernel against sslkit's closed-form
+``shift_hue``, which Kornia's ColorJitter runs), NT-Xent forward+backward, the LARS step through timm's
+per-parameter loop and through its multi-tensor (``foreach``) path, and the finite check of loss and gradients.
+``eval/bench_pretrain.py`` measures the whole step; this script says where its overhead goes. Run:
+
+    python eval/profile_step.py                          # 32×32 RGB, batch 256
+    python eval/profile_step.py --channels 1 --size 28   # Fashion-MNIST's shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import kornia
+import torch
+
+from sslkit.augment import SimCLRAugment, shift_hue
+from sslkit.config import OptimConfig
+from sslkit.losses import nt_xent
+from sslkit.models import ProjectionHead, SimCLR, build_encoder
+from sslkit.optim import build_optimizer
+from sslkit.step import make_views, step_if_finite
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls after two warm-up calls."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=256, help="images per step (2× views)")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b, c, s = args.batch, args.channels, args.size
+    torch.manual_seed(0)
+    rows: list[tuple[str, float]] = []
+
+    aug = SimCLRAugment(s, c, (0.5,) * c, (0.25,) * c, crop_scale=(0.2, 1.0), jitter_strength=0.5,
+                        grayscale_p=0.2 if c == 3 else 0.0)
+    images = torch.randint(0, 256, (b, c, s, s), dtype=torch.uint8)
+    rows.append((f"augmentation of {2 * b} views", timed(lambda: make_views(aug, images, torch.channels_last),
+                                                           args.repeats)))
+    if c == 3:
+        x = torch.rand(2 * b, 3, s, s)
+        factor = (torch.rand(2 * b) * 2 - 1) * math.pi
+        rows.append(("  hue: kornia.enhance.adjust_hue (HSV round trip)",
+                     timed(lambda: kornia.enhance.adjust_hue(x, factor), args.repeats)))
+        rows.append(("  hue: sslkit.augment.shift_hue (what ColorJitter runs)",
+                     timed(lambda: shift_hue(x, factor), args.repeats)))
+
+    z1 = torch.randn(b, 128, requires_grad=True)
+    z2 = torch.randn(b, 128, requires_grad=True)
+    rows.append(("NT-Xent forward+backward", timed(lambda: nt_xent(z1, z2, 0.2).backward(), args.repeats)))
+
+    model = SimCLR(build_encoder("resnet18", "imagenet", c), ProjectionHead(512, 512, 128))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
+    for foreach in (False, True):
+        for group in optimizer.param_groups:
+            group["foreach"] = foreach
+        label = "multi-tensor (foreach, sslkit's)" if foreach else "per-parameter loop (torch's CPU default)"
+        rows.append((f"LARS step, {label}", timed(optimizer.step, args.repeats)))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = torch.tensor(1.0)
+    with torch.no_grad():
+        t_both = timed(lambda: step_if_finite(loss, model, optimizer, scaler), args.repeats)
+    rows.append(("finite check of loss and gradients (step_if_finite − LARS step)", t_both - rows[-1][1]))
+
+    n = sum(p.numel() for p in model.parameters())
+    print(f"ResNet18 + head ({n / 1e6:.1f} M parameters), {c}×{s}×{s}, batch {b} = {2 * b} views, "
+          f"{torch.get_num_threads()} threads; median of {args.repeats}")
+    for label, ms in rows:
+        print(f"{label:70s} {ms:8.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
