@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,23 @@ from typing import Any, Literal
 import yaml
 
 from sslkit.errors import UserError
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only) that also reads ``1e-4`` as a number.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-4``), so an unquoted ``1e-4`` would load as the
+    string ``'1e-4'``; YAML 1.2 and every recipe writer mean a number. Quoted values stay strings.
+    """
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.load`` with :class:`RecipeLoader`: as safe as ``yaml.safe_load``, with YAML 1.2 exponent floats."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 — RecipeLoader is a SafeLoader
 
 
 def _f(default: Any, **checks: Any) -> Any:
@@ -273,7 +291,7 @@ def _loc(where: str, lines: dict[str, int | str], dotted: str) -> str:
 def _key_lines(text: str) -> dict[str, int | str]:
     """Maps each dotted key of a YAML mapping to its 1-based line, for error messages."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError:
         return {}
     out: dict[str, int | str] = {}
@@ -346,7 +364,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.1")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = safe_load(value) if value.strip() else ""
     except yaml.YAMLError as e:
         raise UserError(f"--set {text!r}: the value is not valid YAML ({e.__class__.__name__})") from None
     return key.strip(), parsed
@@ -367,7 +385,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"recipe file {str(path)!r} not found — check the path (recipes live in recipes/)")
     text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else "?"
         tag = (e.problem or "").split("tag")[-1].strip(" '")

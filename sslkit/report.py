@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sslkit.config import safe_load
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
@@ -401,7 +402,7 @@ def recipe_html(text: str) -> str:
     """The recipe's sections side by side, one compact box each (``key  value`` lines); the YAML text itself
     when it is not a mapping of sections."""
     try:
-        recipe = yaml.safe_load(text)
+        recipe = safe_load(text)
     except yaml.YAMLError:
         recipe = None
     if not isinstance(recipe, dict):

@@ -43,6 +43,15 @@ def test_override_applies_and_types_are_checked(tmp_path: Path) -> None:
         load_recipe(p, ["optim.lr"])
 
 
+def test_exponent_floats_are_numbers(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads an unquoted 1e-4 as the string '1e-4'; recipes read it as YAML 1.2 does.
+    p = write(tmp_path, "optim:\n  weight_decay: 1e-4\n  lr: 3E-1\n")
+    r = load_recipe(p, ["loss.temperature=5e-2"])
+    assert (r.optim.weight_decay, r.optim.lr, r.loss.temperature) == (1e-4, 0.3, 0.05)
+    with pytest.raises(UserError, match=r"optim\.weight_decay must be a finite number, got '1e-4' \(str\)"):
+        load_recipe(write(tmp_path, "optim:\n  weight_decay: '1e-4'\n"))  # quoted: still a string
+
+
 @pytest.mark.parametrize(("text", "pattern"), [
     ("optim:\n  lrr: 0.1\n", r"r\.yaml:2: unknown key 'optim\.lrr' — did you mean 'optim\.lr'\?"),
     ("optimm:\n  lr: 0.1\n", r"r\.yaml:1: unknown key 'optimm' — did you mean 'optim'\?"),

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sslkit.config import _build_section, _f, _key_lines, _loc, _plain, _set_dotted, parse_override
+from sslkit.config import _build_section, _f, _key_lines, _loc, _plain, _set_dotted, parse_override, safe_load
 from sslkit.errors import UserError
 
 
@@ -123,7 +123,7 @@ class FinetuneRecipe:
 def is_finetune_recipe(path: str | Path) -> bool:
     """True for a YAML file whose top level has ``run:`` (fine-tune recipes name the run they start from)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(raw, dict) and "run" in raw
@@ -141,7 +141,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int | str]]:
                         "give a run directory")
     text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else "?"
         raise UserError(f"{path}:{line}: YAML tags are not allowed — recipes are plain data") from None
