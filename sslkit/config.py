@@ -74,6 +74,10 @@ class AugmentConfig:
     blur_p: float = _f(0.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = _f((0.1, 2.0), gt=0)
     blur_kernel_frac: float = _f(0.1, gt=0, le=1)
+    # Side of the training views; null = the data's image size. Smaller views cost less per step, and since the
+    # crop enlarges objects, evaluating at full size then sees them nearer their training size (FixRes, Touvron
+    # et al. 2019). The encoder is still evaluated at data.image_size.
+    view_size: int | None = _f(None, ge=8)
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,21 @@ def test_precision_auto_and_bf16_warning_on_cpus_without_native_bf16(monkeypatch
     assert trainer.resolve_precision("bf16", torch.device("cpu"), console) == "bf16"
     text = console.export_text()
     assert "no native bf16" in text and "train.precision=fp32" in text
+
+
+def test_view_size_trains_on_smaller_views_but_exports_the_data_size(tmp_path: Path, monkeypatch) -> None:
+    import sslkit.trainer as trainer
+
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(trainer.SimCLRAugment):
+        def forward(self, x):  # type: ignore[override]
+            out = super().forward(x)
+            seen.append(tuple(out.shape[1:]))
+            return out
+
+    monkeypatch.setattr(trainer, "SimCLRAugment", Recording)
+    out = tmp_path / "run"
+    pretrain(tiny_recipe("augment.view_size=16", "train.max_steps=2"), out, console=quiet())
+    assert seen and set(seen) == {(1, 16, 16)}
+    assert load_encoder(out).pretrained_cfg["input_size"] == (1, 28, 28)  # evaluated at the data's size
