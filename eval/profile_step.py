@@ -2,7 +2,8 @@
 
 The parts: the augmentation of 2B views (and, for RGB, Kornia's HSV hue kernel against sslkit's closed-form
 ``shift_hue``, which Kornia's ColorJitter runs), NT-Xent forward+backward, the LARS step through timm's
-per-parameter loop and through its multi-tensor (``foreach``) path, and the finite check of loss and gradients.
+per-parameter loop, through its multi-tensor (``foreach``) path and compiled (``optim.compile``), and the
+finite check of loss and gradients.
 ``eval/bench_pretrain.py`` measures the whole step; this script says where its overhead goes. Run:
 
     python eval/profile_step.py                          # 32×32 RGB, batch 256
@@ -80,11 +81,14 @@ def main() -> None:
             group["foreach"] = foreach
         label = "multi-tensor (foreach, sslkit's)" if foreach else "per-parameter loop (torch's CPU default)"
         rows.append((f"LARS step, {label}", timed(optimizer.step, args.repeats)))
+    t_foreach = rows[-1][1]
+    compiled = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=True), b)
+    rows.append(("LARS step, compiled (optim.compile)", timed(compiled.step, args.repeats)))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = torch.tensor(1.0)
     with torch.no_grad():
         t_both = timed(lambda: step_if_finite(loss, model, optimizer, scaler), args.repeats)
-    rows.append(("finite check of loss and gradients (step_if_finite − LARS step)", t_both - rows[-1][1]))
+    rows.append(("finite check of loss and gradients (step_if_finite − LARS step)", t_both - t_foreach))
 
     n = sum(p.numel() for p in model.parameters())
     print(f"ResNet18 + head ({n / 1e6:.1f} M parameters), {c}×{s}×{s}, batch {b} = {2 * b} views, "

@@ -111,6 +111,9 @@ class OptimConfig:
     trust_coeff: float = _f(0.001, gt=0)  # LARS only
     warmup_epochs: float = _f(1.0, ge=0)
     min_lr_ratio: float = _f(0.0, ge=0, le=1)  # final lr as a fraction of the peak
+    # LARS only: fuse the update with torch.compile (~10 s to compile; on the CPU it needs a C++ compiler and
+    # falls back to the uncompiled update with a warning without one). eval/results/bench_pretrain_cpu.md.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,9 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None
         hint = f" — did you mean {close[0]!r}?" if close else " — see timm.list_models()"
         raise UserError(f"{_loc(where, lines, 'model.encoder')}: unknown model {r.model.encoder!r} "
                         f"(model.encoder){hint}")
+    if r.optim.compile and r.optim.name != "lars":
+        raise UserError(f"{_loc(where, lines, 'optim.compile')}: optim.compile fuses the LARS update only; "
+                        f"set optim.name: lars or remove optim.compile (optim.name is {r.optim.name!r})")
     if r.train.device not in ("auto", "cpu") and not r.train.device.startswith("cuda"):
         raise UserError(f"{_loc(where, lines, 'train.device')}: train.device must be auto, cpu, cuda or cuda:N, "
                         f"got {r.train.device!r}")

@@ -65,6 +65,7 @@ def test_exponent_floats_are_numbers(tmp_path: Path) -> None:
     ("augment:\n  crop_scale: [0.9, 0.2]\n", r"augment\.crop_scale must be \[low, high\]"),
     ("augment:\n  crop_scale: 0.5\n", r"augment\.crop_scale must be a list of 2 numbers"),
     ("optim:\n  name: adam\n", r"optim\.name must be one of 'lars', 'sgd', 'adamw', got 'adam'"),
+    ("optim:\n  name: sgd\n  compile: true\n", r"r\.yaml:3: optim\.compile fuses the LARS update only"),
     ("data:\n  dataset: fashion-mnst\n", r"unknown data set 'fashion-mnst' \(data\.dataset\) — did you mean"),
     ("data:\n  root: /no/such/folder\n", r"data\.root '/no/such/folder' is not a folder"),
     ("data:\n  dataset: imagefolder\n", r"needs data\.root"),

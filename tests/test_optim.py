@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sslkit.config import OptimConfig
-from sslkit.optim import build_optimizer, build_scheduler, scaled_lr
+from sslkit.optim import CompiledLars, build_optimizer, build_scheduler, scaled_lr
 
 
 def small_model() -> nn.Module:
@@ -91,3 +91,62 @@ def test_warmup_then_cosine_per_step() -> None:
         assert lrs[t] == pytest.approx(low + 0.5 * (peak - low) * (1 + math.cos(math.pi * u / span)))
     assert all(a >= b for a, b in zip(lrs[warmup - 1:], lrs[warmup:], strict=False))
     assert low < lrs[-1] < low + 0.01
+
+
+def _lars_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    """Steps with seeded gradients and a falling rate, as the schedule gives."""
+    for i in steps:
+        g = torch.Generator().manual_seed(100 + i)
+        for group in opt.param_groups:
+            group["lr"] = 1.6 * (1 - i / 8)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+
+
+def test_compiled_lars_equals_timm_lars_without_recompiling_per_rate() -> None:
+    from dataclasses import replace
+
+    from torch._dynamo.utils import counters
+
+    cfg = OptimConfig(name="lars", lr=0.8, weight_decay=1e-3, compile=True)
+    eager_model, compiled_model = small_model(), small_model()
+    eager = build_optimizer(eager_model, replace(cfg, compile=False), batch_size=256)
+    compiled = build_optimizer(compiled_model, cfg, batch_size=256)
+    assert isinstance(compiled, CompiledLars) and not isinstance(eager, CompiledLars)
+    torch._dynamo.reset()
+    counters.clear()
+    _lars_steps(eager_model, eager, range(6))
+    _lars_steps(compiled_model, compiled, range(6))
+    for (k, a), b in zip(eager_model.named_parameters(), compiled_model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+    assert counters["stats"]["unique_graphs"] == 2  # one per parameter group, not one per learning rate
+    assert eager.state_dict()["state"].keys() == compiled.state_dict()["state"].keys()
+
+
+def test_compiled_lars_resumes_exactly_and_falls_back_when_compiling_fails() -> None:
+    cfg = OptimConfig(name="lars", lr=0.8, weight_decay=1e-3, compile=True)
+    full_model = small_model()
+    full = build_optimizer(full_model, cfg, batch_size=256)
+    _lars_steps(full_model, full, range(5))
+    part_model = small_model()
+    part = build_optimizer(part_model, cfg, batch_size=256)
+    _lars_steps(part_model, part, range(3))
+    resumed_model = small_model()
+    resumed_model.load_state_dict(part_model.state_dict())
+    resumed = build_optimizer(resumed_model, cfg, batch_size=256)
+    resumed.load_state_dict(part.state_dict())
+    _lars_steps(resumed_model, resumed, range(3, 5))
+    for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    def broken(*args) -> None:
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    fallback_model = small_model()
+    fallback = build_optimizer(fallback_model, cfg, batch_size=256)
+    fallback._update = broken
+    with pytest.warns(UserWarning, match="optim.compile: compiling the LARS update failed .RuntimeError: no C"):
+        _lars_steps(fallback_model, fallback, range(5))
+    for a, b in zip(full_model.parameters(), fallback_model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -141,3 +141,16 @@ def test_view_size_trains_on_smaller_views_but_exports_the_data_size(tmp_path: P
     pretrain(tiny_recipe("augment.view_size=16", "train.max_steps=2"), out, console=quiet())
     assert seen and set(seen) == {(1, 16, 16)}
     assert load_encoder(out).pretrained_cfg["input_size"] == (1, 28, 28)  # evaluated at the data's size
+
+
+def test_compiled_lars_run_resumes_bitwise(tmp_path: Path) -> None:
+    """optim.compile end to end: the checkpoint holds timm's optimizer state, and a resumed run recompiles."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    pretrain(tiny_recipe("optim.compile=true", "train.max_steps=4"), full, console=quiet())
+    pretrain(tiny_recipe("optim.compile=true", "train.max_steps=2"), part, console=quiet())
+    pretrain(tiny_recipe("optim.compile=true", "train.max_steps=4"), part, resume=True, console=quiet())
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
