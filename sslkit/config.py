@@ -111,7 +111,7 @@ class OptimConfig:
     trust_coeff: float = _f(0.001, gt=0)  # LARS only
     warmup_epochs: float = _f(1.0, ge=0)
     min_lr_ratio: float = _f(0.0, ge=0, le=1)  # final lr as a fraction of the peak
-    # LARS only: fuse the update with torch.compile (~10 s to compile; on the CPU it needs a C++ compiler and
+    # LARS only: fuse the update with torch.compile (10–20 s to compile once; on the CPU it needs a C++ compiler and
     # falls back to the uncompiled update with a warning without one). eval/results/bench_pretrain_cpu.md.
     compile: bool = False
 

@@ -39,7 +39,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> Opti
     elif cfg.name == "sgd":
         kwargs = dict(momentum=cfg.momentum, nesterov=False)
     # foreach: one multi-tensor kernel per operation instead of a Python loop over parameters; torch enables it
-    # by default on CUDA only; on the CPU it takes the LARS step from 20 to 14 ms for ResNet18 (eval/profile_step.py).
+    # by default on CUDA only. On the CPU which is faster depends on the machine (ResNet18's LARS step: 20 → 14 ms
+    # on one VM, 11 → 15 ms on another; eval/profile_step.py); optim.compile beats both (5–7 ms).
     optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.name if cfg.name != "sgd" else "momentum", lr=lr,
                                                weight_decay=cfg.weight_decay, filter_bias_and_bn=True,
                                                foreach=True, **kwargs)
@@ -68,7 +69,7 @@ class CompiledLars(timm.optim.Lars):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._update = torch.compile(_lars_update, fullgraph=True, dynamic=False)
-        self._lr: list[torch.Tensor] = []
+        self._lr: dict[int, torch.Tensor] = {}  # per parameter group, on its device
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -81,11 +82,10 @@ class CompiledLars(timm.optim.Lars):
             if any(b is None for b in bufs):
                 return super().step()  # the first step: timm creates the momentum buffers
             work.append((group, params, bufs))
-        if len(self._lr) != len(work):
-            self._lr = [torch.zeros((), device=g["params"][0].device) for g, _, _ in work]
-        for (group, params, bufs), lr in zip(work, self._lr, strict=True):
+        for i, (group, params, bufs) in enumerate(work):
             if not params:
                 continue
+            lr = self._lr.setdefault(i, torch.zeros((), device=params[0].device))
             lr.fill_(group["lr"])
             args = (params, [p.grad for p in params], bufs, lr, {k: group[k] for k in _HYPER})
             if self._update is not None:
