@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import kornia.augmentation as K
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from sslkit.config import AugmentConfig
 
 _CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the HSV → RGB formula below
 
@@ -97,6 +101,15 @@ class SimCLRAugment(nn.Module):
             ops.append(K.RandomGaussianBlur((k, k), tuple(blur_sigma), p=blur_p))
         ops.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std), p=1.0))
         self.ops = nn.Sequential(*ops)
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, data_size: int, channels: int, mean: Sequence[float],
+                    std: Sequence[float]) -> SimCLRAugment:
+        """The recipe's ``augment`` section for images of side ``data_size``; views are ``cfg.view_size`` when set."""
+        return cls(cfg.view_size or data_size, channels, mean, std, crop_scale=cfg.crop_scale,
+                   crop_ratio=cfg.crop_ratio, flip_p=cfg.flip_p, jitter_p=cfg.jitter_p,
+                   jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p, blur_p=cfg.blur_p,
+                   blur_sigma=cfg.blur_sigma, blur_kernel_frac=cfg.blur_kernel_frac)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

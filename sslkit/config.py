@@ -36,8 +36,16 @@ RecipeLoader.add_implicit_resolver(
 
 
 def safe_load(text: str) -> Any:
-    """``yaml.load`` with :class:`RecipeLoader`: as safe as ``yaml.safe_load``, with YAML 1.2 exponent floats."""
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 — RecipeLoader is a SafeLoader
+    """``yaml.safe_load`` with YAML 1.2 exponent floats: one document through :class:`RecipeLoader`.
+
+    The loader is a ``yaml.SafeLoader`` (its constructor builds plain data only and refuses ``!!python/…``
+    tags); it is driven directly, as ``yaml.safe_load`` drives ``SafeLoader``, never through ``yaml.load``.
+    """
+    loader = RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _f(default: Any, **checks: Any) -> Any:

@@ -161,10 +161,7 @@ def figure_augmentations(run: Path, meta: dict[str, Any], path: Path, n_images: 
     picked = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_images]].sort().values
     x = source.images[picked]
     mean, std = meta["mean"], meta["std"]
-    augment = SimCLRAugment(a.view_size or source.image_size, source.channels, mean, std, crop_scale=a.crop_scale,
-                            crop_ratio=a.crop_ratio, flip_p=a.flip_p, jitter_p=a.jitter_p,
-                            jitter_strength=a.jitter_strength, grayscale_p=a.grayscale_p, blur_p=a.blur_p,
-                            blur_sigma=a.blur_sigma, blur_kernel_frac=a.blur_kernel_frac)
+    augment = SimCLRAugment.from_config(a, source.image_size, source.channels, mean, std)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         views = torch.stack([augment(x) for _ in range(n_views)], dim=1)

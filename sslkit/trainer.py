@@ -345,11 +345,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     total_steps = steps_per_epoch * r.train.epochs
     stop_at = min(total_steps, r.train.max_steps or total_steps)
 
-    augment = SimCLRAugment(r.augment.view_size or data.pool.image_size, data.pool.channels, data.mean, data.std,
-                            crop_scale=r.augment.crop_scale, crop_ratio=r.augment.crop_ratio, flip_p=r.augment.flip_p,
-                            jitter_p=r.augment.jitter_p, jitter_strength=r.augment.jitter_strength,
-                            grayscale_p=r.augment.grayscale_p, blur_p=r.augment.blur_p,
-                            blur_sigma=r.augment.blur_sigma, blur_kernel_frac=r.augment.blur_kernel_frac).to(device)
+    augment = SimCLRAugment.from_config(r.augment, data.pool.image_size, data.pool.channels, data.mean,
+                                        data.std).to(device)
     encoder = build_encoder(r.model.encoder, r.model.stem, data.pool.channels)
     head = ProjectionHead(encoder.num_features, r.model.proj_hidden, r.model.proj_out, r.model.proj_layers,
                           r.model.proj_bn)

@@ -78,3 +78,22 @@ def test_simclr_colour_jitter_is_kornias_with_the_faster_hue_kernel() -> None:
     jitter._hue_fn = kornia.enhance.adjust_hue  # Kornia's own kernel, same random parameters
     torch.manual_seed(3)
     torch.testing.assert_close(fast, aug(x), atol=1e-4, rtol=0)  # normalised by std 0.25: 4× the pixel error
+
+
+def test_from_config_passes_every_recipe_key_and_the_view_size() -> None:
+    from sslkit.config import AugmentConfig
+
+    cfg = AugmentConfig(crop_scale=(0.5, 0.9), crop_ratio=(0.8, 1.2), flip_p=0.3, jitter_p=0.6, jitter_strength=0.7,
+                        grayscale_p=0.4, blur_p=0.5, blur_sigma=(0.2, 1.0), blur_kernel_frac=0.3, view_size=12)
+    direct = SimCLRAugment(12, 3, (0.5,) * 3, (0.25,) * 3, crop_scale=(0.5, 0.9), crop_ratio=(0.8, 1.2), flip_p=0.3,
+                           jitter_p=0.6, jitter_strength=0.7, grayscale_p=0.4, blur_p=0.5, blur_sigma=(0.2, 1.0),
+                           blur_kernel_frac=0.3)
+    made = SimCLRAugment.from_config(cfg, 16, 3, (0.5,) * 3, (0.25,) * 3)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(3)
+    want = direct(x)
+    torch.manual_seed(3)
+    got = made(x)
+    assert got.shape == (8, 3, 12, 12)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert SimCLRAugment.from_config(AugmentConfig(), 16, 3, (0.5,) * 3, (0.25,) * 3)(x).shape[-1] == 16

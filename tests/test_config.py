@@ -52,6 +52,22 @@ def test_exponent_floats_are_numbers(tmp_path: Path) -> None:
         load_recipe(write(tmp_path, "optim:\n  weight_decay: '1e-4'\n"))  # quoted: still a string
 
 
+def test_safe_load_is_yaml_safe_load_plus_exponent_floats(tmp_path: Path) -> None:
+    import yaml
+
+    from sslkit.config import safe_load
+
+    text = "a: [1, 2.5, '1e-4', x]\nb: {c: null, d: true}\ne: 1.0e-4\n"
+    assert safe_load(text) == yaml.safe_load(text)
+    assert safe_load("") is None and safe_load("w: 1e-4") == {"w": 1e-4}
+    marker = tmp_path / "pwned"
+    with pytest.raises(yaml.constructor.ConstructorError):
+        safe_load(f"x: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert not marker.exists()
+    with pytest.raises(yaml.composer.ComposerError):
+        safe_load("a: 1\n---\nb: 2\n")
+
+
 @pytest.mark.parametrize(("text", "pattern"), [
     ("optim:\n  lrr: 0.1\n", r"r\.yaml:2: unknown key 'optim\.lrr' — did you mean 'optim\.lr'\?"),
     ("optimm:\n  lr: 0.1\n", r"r\.yaml:1: unknown key 'optimm' — did you mean 'optim'\?"),
