@@ -9,11 +9,11 @@ an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class Data:
     monitor_val: ImageSource | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    calibration: torch.Tensor | None = None  # clean pool images for the batch-norm statistics (train.bn_calibration)
 
 
 def select_device(name: str) -> torch.device:
@@ -163,7 +164,12 @@ def prepare_data(r: Recipe, device: torch.device) -> Data:
     def to_dev(s: ImageSource | None) -> ImageSource | None:
         return None if s is None else ImageSource(s.images.to(device), s.labels.to(device), s.classes, s.name)
 
-    return Data(to_dev(pool), to_dev(bank), to_dev(val), tuple(mean), tuple(std))
+    n = min(r.train.bn_calibration, len(pool))
+    calibration = None
+    if n:
+        chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(r.seed + 3))[:n]
+        calibration = pool.images[chosen.sort().values].to(device)
+    return Data(to_dev(pool), to_dev(bank), to_dev(val), tuple(mean), tuple(std), calibration)
 
 
 @torch.no_grad()
@@ -184,23 +190,39 @@ def embed(encoder: torch.nn.Module, images: torch.Tensor, mean: tuple[float, ...
     return torch.cat(out)
 
 
-def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.autocast | None,
-                fresh: bool = False) -> float | None:
-    """Weighted k-NN top-1 of the held-out validation images against the labeled bank.
+def calibrated_encoder(encoder: torch.nn.Module, r: Recipe, images: torch.Tensor, mean: tuple[float, ...],
+                       std: tuple[float, ...]) -> torch.nn.Module:
+    """A plain copy of the encoder whose batch-norm statistics are measured on clean (unaugmented) images.
 
-    With ``fresh`` (step 0) a copy of the encoder gets batch-norm statistics measured on the bank first: the
-    initial running statistics (mean 0, variance 1) would make the starting point look far worse than a
-    random network really is, and every later gain look larger than it is.
+    Training leaves running averages of the statistics of augmented views: cropped, flipped, jittered. The
+    encoder is evaluated and used on whole, clean images, whose activations have other statistics, so the
+    evaluated and exported encoder gets them measured on such images instead ("precise BN", Wu & Johnson 2021,
+    "Rethinking 'Batch' in BatchNorm"). Weights are untouched and the training model keeps its own statistics,
+    so checkpoints and resumption do not change. The copy is a plain timm module (no DDP or SyncBatchNorm), on
+    the images' device.
     """
+    with torch.random.fork_rng(devices=[]):  # initialising the copy draws no numbers from the training's stream
+        plain = build_encoder(r.model.encoder, r.model.stem, images.shape[1]).to(images.device)
+    plain.load_state_dict(unwrap(encoder).state_dict())
+    return recalibrate_batchnorm(plain, (preprocess(images[i:i + 256], mean, std)
+                                         for i in range(0, images.shape[0], 256)))
+
+
+def evaluated_encoder(encoder: torch.nn.Module, data: Data, r: Recipe, fresh: bool = False) -> torch.nn.Module:
+    """The encoder as it is evaluated and exported: with batch-norm statistics of the calibration images
+    (``train.bn_calibration``). Without those it is the training encoder itself, except at step 0 (``fresh``),
+    when a copy gets statistics measured on the monitor's bank: the initial ones (mean 0, variance 1) would make
+    the starting point look far worse than a random network really is, and every later gain look larger."""
+    bank = data.monitor_bank.images if fresh and data.monitor_bank is not None else None
+    images = data.calibration if data.calibration is not None else bank
+    return encoder if images is None else calibrated_encoder(encoder, r, images, data.mean, data.std)
+
+
+def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.autocast | None) -> float | None:
+    """Weighted k-NN top-1 of the held-out validation images against the labeled bank (None without them)."""
     if data.monitor_bank is None or data.monitor_val is None:
         return None
     from sslkit.evaluation.knn import knn_top1
-
-    if fresh:
-        encoder = copy.deepcopy(encoder)
-        images = data.monitor_bank.images
-        recalibrate_batchnorm(encoder, (preprocess(images[i:i + 256], data.mean, data.std)
-                                        for i in range(0, images.shape[0], 256)))
 
     bank = embed(encoder, data.monitor_bank.images, data.mean, data.std, amp=amp).cpu()
     val = embed(encoder, data.monitor_val.images, data.mean, data.std, amp=amp).cpu()
@@ -399,8 +421,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                             ckpt_dir, step, keep=r.train.keep_last)
         barrier(info)
 
-    def monitor(fresh: bool = False) -> float | None:
-        value = knn_monitor(encoder, data, r, amp, fresh=fresh) if info.is_main else None  # once, not per rank
+    def monitor(evaluated: Callable[[], torch.nn.Module]) -> float | None:
+        enabled = info.is_main and data.monitor_bank is not None  # once, not per rank
+        value = knn_monitor(evaluated(), data, r, amp) if enabled else None
         barrier(info)
         return value
 
@@ -410,7 +433,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                   f"{total_steps:,} steps")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
-        knn_start = monitor(fresh=True)
+        knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))
         if knn_start is not None:
             log.write(step=0, epoch=0, **{"knn/top1": knn_start})
             console.print(f"k-NN top-1 at step 0: {knn_start:.4f}")
@@ -469,7 +492,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             else:
                 progress.update(task, completed=step)
             if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:
-                knn_last = monitor()
+                knn_last = monitor(lambda: evaluated_encoder(encoder, data, r))
                 if knn_last is not None:
                     log.write(step=step, epoch=epoch + 1, **{"knn/top1": knn_last})
                     progress.console.print(f"epoch {epoch + 1}: k-NN top-1 {knn_last:.4f}")
@@ -482,13 +505,15 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
 
     # --- the end: final evaluation, checkpoint, encoder export ---------------------------------------------
     seconds = time.perf_counter() - t_start
-    knn_end = monitor()
+    final = evaluated_encoder(encoder, data, r) if info.is_main else None
+    knn_end = monitor(lambda: final)
     if knn_end is not None:
         log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
         knn_last = knn_end
     checkpoint()
     if info.is_main:
-        export_encoder(unwrap(encoder), run, encoder_meta)
+        export_encoder(unwrap(final), run, dict(encoder_meta, bn_calibration=(
+            0 if data.calibration is None else int(data.calibration.shape[0]))))
     barrier(info)
     summary = dict(steps=step, seconds=seconds, img_per_s=((step - start_step) * batch) / max(seconds, 1e-9),
                    knn_start=knn_start, knn_end=knn_last, run=str(run), world=info.world)

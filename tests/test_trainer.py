@@ -13,7 +13,7 @@ from sslkit.checkpoint import load_checkpoint, load_encoder
 from sslkit.cli import main
 from sslkit.config import load_recipe
 from sslkit.errors import UserError
-from sslkit.trainer import NonFiniteLoss, pretrain
+from sslkit.trainer import NonFiniteLoss, prepare_data, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.pool_size=64", "monitor.val_size=40", "monitor.bank_size=80", "monitor.every=1", "train.batch_size=16",
@@ -43,9 +43,35 @@ def test_run_directory_contract(tmp_path: Path) -> None:
     assert load_recipe(out / "recipe.yaml") == tiny_recipe()
     enc = load_encoder(out)
     assert enc.pretrained_cfg["input_size"] == (1, 28, 28)
+    assert enc.sslkit_meta["bn_calibration"] == 0  # the default: the trained encoder as it is
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     for k, v in enc.state_dict().items():
         torch.testing.assert_close(v, state["model"][f"encoder.{k}"], rtol=0, atol=0)
+
+
+def test_bn_calibration_changes_only_the_evaluated_copy(tmp_path: Path) -> None:
+    steps = ["train.max_steps=5"]  # crosses the epoch-1 monitor (step 4), whose calibrated copy must not touch RNG
+    pretrain(tiny_recipe(*steps, "train.bn_calibration=100"), tmp_path / "calibrated", console=quiet())
+    pretrain(tiny_recipe(*steps), tmp_path / "plain", console=quiet())
+    calibrated = load_checkpoint(tmp_path / "calibrated" / "checkpoints" / "last.pt")["model"]
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["model"]
+    for k, v in plain.items():  # training is bitwise the same, training statistics included
+        torch.testing.assert_close(calibrated[k], v, rtol=0, atol=0)
+
+    enc = load_encoder(tmp_path / "calibrated")
+    assert enc.sslkit_meta["bn_calibration"] == 64  # 100 asked, capped at the 64-image pool
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    for k, v in enc.state_dict().items():  # the trained weights, exported unchanged
+        if not k.endswith(stats):
+            torch.testing.assert_close(v, plain[f"encoder.{k}"], rtol=0, atol=0)
+    # Batch-norm statistics: those of the clean pool images (one batch of 64), not the training views' averages.
+    pool = prepare_data(tiny_recipe(), torch.device("cpu")).pool
+    m, s = enc.pretrained_cfg["mean"], enc.pretrained_cfg["std"]
+    with torch.no_grad():
+        a = enc.conv1((pool.images.float() / 255 - m[0]) / s[0])  # what the first batch norm sees
+    torch.testing.assert_close(enc.bn1.running_mean, a.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(enc.bn1.running_var, a.var(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(enc.bn1.running_mean, plain["encoder.bn1.running_mean"])
 
 
 @pytest.mark.parametrize("stop", [3, 4, 6], ids=["mid-epoch", "epoch-boundary", "after-checkpoint"])
