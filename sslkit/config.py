@@ -137,7 +137,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = _f(None, ge=1)  # torch intra-op threads; None keeps torch's default
     chunk_size: int | None = _f(None, ge=2)  # views per chunk (gradient cache): exact large batches in bounded memory
-    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun
+    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (CUDA only: PyTorch has no CPU SyncBatchNorm)
     log_every: int = _f(10, ge=1)  # steps between metrics.jsonl lines
     checkpoint_every: int | None = _f(None, ge=1)  # steps; None: at each epoch end only
     keep_last: int = _f(3, ge=1)

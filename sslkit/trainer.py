@@ -355,6 +355,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     device = dist_device or select_device(r.train.device)
+    if info.active and r.train.sync_bn and device.type != "cuda":
+        raise UserError(f"train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only, and this run is on "
+                        f"{device.type} — drop --set train.sync_bn=true (each process keeps its own statistics)")
     precision = resolve_precision(r.train.precision, device, console)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else None

@@ -91,3 +91,17 @@ def test_torchrun_pretrain_and_resume(tmp_path: Path) -> None:
     assert a["step"] == b["step"] == 8 and len(b["rng_ranks"]) == 2
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=0, rtol=0, msg=k)
+
+
+def test_torchrun_calibrated_export_and_sync_bn_refused_on_cpu(tmp_path: Path) -> None:
+    # Rank 0 alone measures the calibration statistics and evaluates; the other rank waits at the barrier.
+    run = _torchrun(tmp_path / "cal", "--set", "train.bn_calibration=64", "--set", "train.max_steps=5",
+                    "--set", "monitor.every=1")
+    assert run.returncode == 0, run.stderr[-2000:]
+    events = [json.loads(x) for x in (tmp_path / "cal" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if "knn/top1" in e] == [0, 4, 5]  # step 0, epoch 1, the end
+    assert load_encoder(tmp_path / "cal").sslkit_meta["bn_calibration"] == 64
+    refused = _torchrun(tmp_path / "sync", "--set", "train.sync_bn=true")
+    assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr  # each rank: a UserError, exit 2
+    assert "error: train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only" in refused.stderr
+    assert not (tmp_path / "sync" / "checkpoints").exists()
