@@ -11,7 +11,7 @@ cosine k-NN weighted with T=0.07 at k=20 and 200; train split → test split):
 
 The weights are the same in both, so the difference is the statistics alone. Run:
 
-    python eval/bn_calibration.py runs/fm_head3 runs/fm_wd_t05 [--images 10000]
+    python eval/bn_calibration.py runs/fm_bncal runs/fm_head3 runs/fm_wd_t05 [--images 10000]
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def main() -> None:
         if args.images is not None:
             recipe = recipe.replace(**{"train.bn_calibration": args.images})
         if not recipe.train.bn_calibration:
-            raise SystemExit("eval/bn_calibration.py: error: --images must be ≥ 1 to compare anything")
+            raise SystemExit(f"eval/bn_calibration.py: error: {run}/recipe.yaml has train.bn_calibration 0 — give "
+                             "--images N (N ≥ 1) calibration images to compare with")
         state = load_checkpoint(run / "checkpoints" / "last.pt")
         meta, _ = read_encoder_meta(run)
         trained = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
