@@ -8,12 +8,13 @@ The encoder is a timm model built with ``num_classes=0`` so that ``encoder(x)`` 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import timm
 import torch
 from torch import nn
 
+from sslkit.augment import preprocess
 from sslkit.errors import UserError
 
 STEMS = ("imagenet", "cifar")
@@ -134,3 +135,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return model.eval()
+
+
+def recalibrate_on_images(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                          batch_size: int = 256) -> nn.Module:
+    """:func:`recalibrate_batchnorm` on clean uint8 images, preprocessed ``batch_size`` at a time on the
+    model's device (the images may stay where they are).
+
+    Shape:
+        images: (N, C, H, W) uint8
+    """
+    device = next(model.parameters()).device
+    return recalibrate_batchnorm(model, (preprocess(images[i:i + batch_size].to(device), mean, std)
+                                         for i in range(0, images.shape[0], batch_size)))

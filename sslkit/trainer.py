@@ -37,7 +37,7 @@ from sslkit.config import Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, load_source, stratified_split
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
-from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_batchnorm
+from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_on_images
 from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
@@ -204,8 +204,7 @@ def calibrated_encoder(encoder: torch.nn.Module, r: Recipe, images: torch.Tensor
     with torch.random.fork_rng(devices=[]):  # initialising the copy draws no numbers from the training's stream
         plain = build_encoder(r.model.encoder, r.model.stem, images.shape[1]).to(images.device)
     plain.load_state_dict(unwrap(encoder).state_dict())
-    return recalibrate_batchnorm(plain, (preprocess(images[i:i + 256], mean, std)
-                                         for i in range(0, images.shape[0], 256)))
+    return recalibrate_on_images(plain, images, mean, std)
 
 
 def evaluated_encoder(encoder: torch.nn.Module, data: Data, r: Recipe, fresh: bool = False) -> torch.nn.Module:

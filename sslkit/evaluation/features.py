@@ -28,7 +28,7 @@ from sslkit.augment import preprocess
 from sslkit.checkpoint import read_encoder_meta, sha256_file
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
-from sslkit.models import build_encoder, recalibrate_batchnorm
+from sslkit.models import build_encoder, recalibrate_on_images
 
 RUN_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
 PREPROCESSING = "uint8/255-normalise"  # bump when preprocess() changes, so old caches stop matching
@@ -180,9 +180,7 @@ def random_encoder(meta: dict[str, Any], calibration: ImageSource | torch.Tensor
         order = torch.randperm(len(x_all))[:n_images].sort().values
     encoder = encoder.to(device)
     images = x_all[order]
-    batches = (preprocess(images[i:i + batch_size].to(device), meta["mean"], meta["std"])
-               for i in range(0, len(images), batch_size))
-    return recalibrate_batchnorm(encoder, batches)
+    return recalibrate_on_images(encoder, images, meta["mean"], meta["std"], batch_size)
 
 
 def data_fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
