@@ -60,6 +60,19 @@ TEMPERATURE = 0.2
 CROP_SCALE, CROP_RATIO, FLIP_P, JITTER_P, JITTER_S, GRAY_P = (0.2, 1.0), (3 / 4, 4 / 3), 0.5, 0.8, 0.5, 0.2
 
 
+def bench_model(stem: str, channels: int) -> SimCLR:
+    """The benchmarked network: ResNet18 + a 512-512-128 projection head, seeded, in train mode (on the CPU)."""
+    torch.manual_seed(0)
+    return SimCLR(build_encoder("resnet18", stem, channels), ProjectionHead(512, 512, 128)).train()
+
+
+def bench_augment(size: int, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> SimCLRAugment:
+    """sslkit's view generator with the strengths every benchmark here uses (and (c)'s torchvision pipeline mirrors)."""
+    return SimCLRAugment(size, channels, mean, std, crop_scale=CROP_SCALE, crop_ratio=CROP_RATIO, flip_p=FLIP_P,
+                         jitter_p=JITTER_P, jitter_strength=JITTER_S, grayscale_p=GRAY_P if channels == 3 else 0.0,
+                         blur_p=0.0)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -213,18 +226,14 @@ def main() -> None:
     mean, std = (0.5,) * c, (0.25,) * c
 
     def make_model() -> SimCLR:
-        torch.manual_seed(0)
-        model = SimCLR(build_encoder("resnet18", args.stem, c), ProjectionHead(512, 512, 128))
-        return model.to(device, memory_format=fmt).train()
+        return bench_model(args.stem, c).to(device, memory_format=fmt)
 
     # (a) and (b): one model, sslkit's optimizer and augmentation, the images on the device.
     model = make_model()
     forward = torch.compile(model) if args.compile else model
     optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=args.compile_optimizer), b)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    augment = SimCLRAugment(s, c, mean, std, crop_scale=CROP_SCALE, crop_ratio=CROP_RATIO, flip_p=FLIP_P,
-                            jitter_p=JITTER_P, jitter_strength=JITTER_S, grayscale_p=GRAY_P if c == 3 else 0.0,
-                            blur_p=0.0).to(device)
+    augment = bench_augment(s, c, mean, std).to(device)
     images = load_images(args.data, 10_000, c, s)
     pool = images.to(device)
     pure_x = torch.randn(2 * b, c, s, s, device=device).contiguous(memory_format=fmt)

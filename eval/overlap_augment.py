@@ -18,10 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from bench_pretrain import TEMPERATURE, bench_augment, bench_model  # eval/bench_pretrain.py, beside this script
 
-from sslkit.augment import SimCLRAugment
 from sslkit.config import OptimConfig
-from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
@@ -37,13 +36,10 @@ def main() -> None:
     args = ap.parse_args()
     c, s, b = args.channels, args.size, args.batch
     fmt = torch.channels_last
-    torch.manual_seed(0)
-    model = SimCLR(build_encoder("resnet18", "imagenet", c), ProjectionHead(512, 512, 128))
-    model = model.to(memory_format=fmt).train()
+    model = bench_model("imagenet", c).to(memory_format=fmt)
     optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    augment = SimCLRAugment(s, c, (0.5,) * c, (0.25,) * c, crop_scale=(0.08, 1.0), jitter_strength=0.5,
-                            grayscale_p=0.2 if c == 3 else 0.0)
+    augment = bench_augment(s, c, (0.5,) * c, (0.25,) * c)
     pool = torch.randint(0, 256, (10_000, c, s, s), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(2 * b, c, s, s).contiguous(memory_format=fmt)
@@ -56,7 +52,7 @@ def main() -> None:
 
     def train(views: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = simclr_backward(model, views, 0.1, None, scaler)
+        loss = simclr_backward(model, views, TEMPERATURE, None, scaler)
         step_if_finite(loss, model, optimizer, scaler)
 
     def encoder_only(n: int) -> None:
