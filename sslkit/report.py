@@ -264,6 +264,9 @@ def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+FINETUNE_FIGURES = ("finetune.png", "finetune_fgsm.png")  # written by sslkit finetune into RUN/figures/
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></figure>'
@@ -731,7 +734,12 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         if finetune:
             ft.body.append('<p class="muted">From finetune.json (SSL initialisation against a supervised baseline '
                            "trained on the same labels).</p>")
-            ft.body += generic_tables(finetune)
+            # The charts sslkit finetune drew beside finetune.json, then its headline tables; the whole document
+            # (per-seed runs with their epoch curves, FGSM, the recipe) stays one click away.
+            ft.body += [_img(figures / name, name) for name in FINETUNE_FIGURES if (figures / name).is_file()]
+            ft.body += generic_tables({k: finetune[k] for k in ("summary", "difference") if k in finetune})
+            ft.body.append("<details><summary>finetune.json in full</summary>" + "".join(generic_tables(finetune))
+                           + "</details>")
         else:
             ft.missing = (f"{_cmd(f'sslkit finetune {run}')} has not been run for this run: it fine-tunes the "
                           "encoder and a supervised model from scratch on the same labels and writes "

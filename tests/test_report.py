@@ -171,6 +171,28 @@ def test_report_of_an_unprobed_run_says_which_command_to_run(tmp_path: Path, mon
     assert re.search(r'<section id="map">.*?<img ', text), "the map needs no probe"
 
 
+def test_finetune_section_shows_its_charts_and_headline_before_the_full_document(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    run = make_run(tmp_path / "run", seed=5)
+    summary = {"ssl": {"test_top1.mean": 0.8431}, "supervised": {"test_top1.mean": 0.8211}}
+    runs = [{"arm": "ssl", "seed": 0, "curves": {"val_top1": [0.5, 0.8]}}]
+    (run / "finetune.json").write_text(json.dumps({"name": "ft", "summary": summary, "difference": {
+        "test_top1.mean": 0.022}, "runs": runs, "robustness": {"summary": {"ssl": {"mean": [0.8, 0.3]}}}}))
+    (run / "figures").mkdir(exist_ok=True)
+    _stub_figure(run / "figures" / "finetune.png")
+    text = build_report(run, method="tsne", max_points=80, console=quiet()).read_text(encoding="utf-8")
+    body = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))["finetune"]
+    head, full = body.split("<details>", 1)
+    assert head.count("<img ") == 1, "the chart sslkit finetune drew; the FGSM chart is absent and skipped"
+    assert "0.8431" in head and "0.8211" in head and "0.022" in head, "the summary and difference tables lead"
+    assert "val_top1" not in head and "robustness" not in head, "per-epoch curves and FGSM only in the full view"
+    assert "val_top1" in full and "robustness" in full and "0.8431" in full
+
+
 @pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])
 def test_run_without_encoder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str]) -> None:
     save_recipe(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path / "recipe.yaml")
