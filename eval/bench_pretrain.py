@@ -20,6 +20,7 @@ repeat with a queue filled on another measurement's time nor run on into the nex
     python eval/bench_pretrain.py                      # CPU, batch 256, ImageNet stem, 32×32 RGB
     python eval/bench_pretrain.py --thread-sweep 1 2   # also (a) and (b) at each torch thread count
     python eval/bench_pretrain.py --compile-optimizer  # (b) with the LARS update compiled (optim.compile)
+    python eval/bench_pretrain.py --compile-optimizer --compile-augment  # and the colour jitter (augment.compile)
     python eval/bench_pretrain.py --device cuda --batch 1024 --stem cifar --compile
 """
 
@@ -66,11 +67,12 @@ def bench_model(stem: str, channels: int) -> SimCLR:
     return SimCLR(build_encoder("resnet18", stem, channels), ProjectionHead(512, 512, 128)).train()
 
 
-def bench_augment(size: int, channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> SimCLRAugment:
+def bench_augment(size: int, channels: int, mean: tuple[float, ...], std: tuple[float, ...],
+                  compile: bool = False) -> SimCLRAugment:
     """sslkit's view generator with the strengths every benchmark here uses (and (c)'s torchvision pipeline mirrors)."""
     return SimCLRAugment(size, channels, mean, std, crop_scale=CROP_SCALE, crop_ratio=CROP_RATIO, flip_p=FLIP_P,
                          jitter_p=JITTER_P, jitter_strength=JITTER_S, grayscale_p=GRAY_P if channels == 3 else 0.0,
-                         blur_p=0.0)
+                         blur_p=0.0, compile=compile)
 
 
 def sync(device: torch.device) -> None:
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the models")
     ap.add_argument("--compile-optimizer", action="store_true",
                     help="(b) with optim.compile: the LARS update fused by torch.compile")
+    ap.add_argument("--compile-augment", action="store_true",
+                    help="(b) with augment.compile: the colour jitter's kernels fused by torch.compile")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--thread-sweep", type=int, nargs="*", default=[],
@@ -233,7 +237,7 @@ def main() -> None:
     forward = torch.compile(model) if args.compile else model
     optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=args.compile_optimizer), b)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    augment = bench_augment(s, c, mean, std).to(device)
+    augment = bench_augment(s, c, mean, std, compile=args.compile_augment).to(device)
     images = load_images(args.data, 10_000, c, s)
     pool = images.to(device)
     pure_x = torch.randn(2 * b, c, s, s, device=device).contiguous(memory_format=fmt)
@@ -341,7 +345,8 @@ def main() -> None:
         f"timm {timm.__version__}, Pillow {PIL.__version__}, numpy {np.__version__}, "
         f"Python {platform.python_version()}  ",
         f"Setting: ResNet18 ({args.stem} stem), {c}×{s}×{s} ({args.data}), batch {b} images = {2 * b} views, "
-        f"{precision}, channels_last, compile={args.compile}, optim.compile={args.compile_optimizer}"
+        f"{precision}, channels_last, compile={args.compile}, optim.compile={args.compile_optimizer}, "
+        f"augment.compile={args.compile_augment}"
         + (f", (b) in gradient-cache chunks of {args.chunk_size} views" if args.chunk_size else "")
         + f"; median of {args.repeats} repeats × {args.steps} steps, interleaved  ",
         f"Baseline (c): torchvision.transforms.v2 on PIL images, DataLoader with {args.workers} persistent "

@@ -1,6 +1,7 @@
 """Time of each SimCLR augmentation op on one batch, to see where the augmentation time goes.
 
     python eval/profile_augment.py --device cuda --batch 2048 --size 32 --channels 3
+    python eval/profile_augment.py --compile   # the colour jitter's kernels compiled (augment.compile)
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--compile", action="store_true", help="augment.compile: the colour jitter's kernels compiled")
     args = ap.parse_args()
     dev = torch.device(args.device)
     c = args.channels
     aug = SimCLRAugment(args.size, c, (0.5,) * c, (0.25,) * c, crop_scale=(0.08, 1.0), jitter_strength=0.5,
-                        grayscale_p=0.2 if c == 3 else 0.0, blur_p=0.5).to(dev)
+                        grayscale_p=0.2 if c == 3 else 0.0, blur_p=0.5, compile=args.compile).to(dev)
     x = torch.randint(0, 256, (args.batch, c, args.size, args.size), dtype=torch.uint8, device=dev)
 
     def sync() -> None:

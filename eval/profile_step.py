@@ -1,9 +1,9 @@
 """Time of each part sslkit's train step adds to the encoder's forward+backward, each measured on its own.
 
-The parts: the augmentation of 2B views (and, for RGB, Kornia's HSV hue kernel against sslkit's closed-form
-``shift_hue``, which Kornia's ColorJitter runs), NT-Xent forward+backward, the LARS step through timm's
-per-parameter loop, through its multi-tensor (``foreach``) path and compiled (``optim.compile``), and the
-finite check of loss and gradients.
+The parts: the augmentation of 2B views (``bench_pretrain.py``'s, eager and with ``augment.compile``; for RGB
+also Kornia's HSV hue kernel against sslkit's closed-form ``shift_hue``, which Kornia's ColorJitter runs),
+NT-Xent forward+backward, the LARS step through timm's per-parameter loop, through its multi-tensor
+(``foreach``) path and compiled (``optim.compile``), and the finite check of loss and gradients.
 ``eval/bench_pretrain.py`` measures the whole step; this script says where its overhead goes. Run:
 
     python eval/profile_step.py                          # 32×32 RGB, batch 256
@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 import kornia
 import torch
+from bench_pretrain import bench_augment  # eval/bench_pretrain.py, beside this script
 
-from sslkit.augment import SimCLRAugment, shift_hue
+from sslkit.augment import shift_hue
 from sslkit.config import OptimConfig
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
@@ -55,11 +56,11 @@ def main() -> None:
     torch.manual_seed(0)
     rows: list[tuple[str, float]] = []
 
-    aug = SimCLRAugment(s, c, (0.5,) * c, (0.25,) * c, crop_scale=(0.2, 1.0), jitter_strength=0.5,
-                        grayscale_p=0.2 if c == 3 else 0.0)
     images = torch.randint(0, 256, (b, c, s, s), dtype=torch.uint8)
-    rows.append((f"augmentation of {2 * b} views", timed(lambda: make_views(aug, images, torch.channels_last),
-                                                           args.repeats)))
+    for compile in (False, True):
+        aug = bench_augment(s, c, (0.5,) * c, (0.25,) * c, compile=compile)
+        rows.append((f"augmentation of {2 * b} views" + (", colour jitter compiled (augment.compile)" * compile),
+                     timed(lambda a=aug: make_views(a, images, torch.channels_last), args.repeats)))
     if c == 3:
         x = torch.rand(2 * b, 3, s, s)
         factor = (torch.rand(2 * b) * 2 - 1) * math.pi

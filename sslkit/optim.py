@@ -12,7 +12,6 @@ functional update, fused by inductor from a dozen passes over parameters, gradie
 from __future__ import annotations
 
 import math
-import warnings
 
 import timm.optim
 import torch
@@ -21,6 +20,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.optim import Optimizer
 
+from sslkit.compiled import CompiledOrEager
 from sslkit.config import OptimConfig
 
 
@@ -68,7 +68,8 @@ class CompiledLars(timm.optim.Lars):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._update = torch.compile(_lars_update, fullgraph=True, dynamic=False)
+        self._update = CompiledOrEager(_lars_update, "optim.compile: compiling the LARS update", fullgraph=True,
+                                       dynamic=False)
         self._lr: dict[int, torch.Tensor] = {}  # per parameter group, on its device
 
     @torch.no_grad()
@@ -87,16 +88,7 @@ class CompiledLars(timm.optim.Lars):
                 continue
             lr = self._lr.setdefault(i, torch.zeros((), device=params[0].device))
             lr.fill_(group["lr"])
-            args = (params, [p.grad for p in params], bufs, lr, {k: group[k] for k in _HYPER})
-            if self._update is not None:
-                try:
-                    self._update(*args)
-                    continue
-                except Exception as e:  # compile-time failures happen before any tensor is written
-                    warnings.warn(f"optim.compile: compiling the LARS update failed ({e.__class__.__name__}: "
-                                  f"{str(e).splitlines()[0][:200]}); running it uncompiled", stacklevel=2)
-                    self._update = None
-            _lars_update(*args)
+            self._update(params, [p.grad for p in params], bufs, lr, {k: group[k] for k in _HYPER})
         return None
 
 

@@ -161,7 +161,7 @@ def figure_augmentations(run: Path, meta: dict[str, Any], path: Path, n_images: 
     picked = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_images]].sort().values
     x = source.images[picked]
     mean, std = meta["mean"], meta["std"]
-    augment = SimCLRAugment.from_config(a, source.image_size, source.channels, mean, std)
+    augment = SimCLRAugment.from_config(a, source.image_size, source.channels, mean, std, compile=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         views = torch.stack([augment(x) for _ in range(n_views)], dim=1)

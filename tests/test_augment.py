@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sslkit.augment import SimCLRAugment, preprocess
@@ -97,3 +98,36 @@ def test_from_config_passes_every_recipe_key_and_the_view_size() -> None:
     assert got.shape == (8, 3, 12, 12)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert SimCLRAugment.from_config(AugmentConfig(), 16, 3, (0.5,) * 3, (0.25,) * 3)(x).shape[-1] == 16
+
+
+def test_compiled_colour_jitter_makes_the_eager_views_and_falls_back_when_compiling_fails() -> None:
+    from torch._dynamo.utils import counters
+
+    x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+    def make(compile: bool) -> SimCLRAugment:
+        return SimCLRAugment(12, 3, (0.5,) * 3, (0.25,) * 3, jitter_p=1.0, grayscale_p=0.0, compile=compile)
+
+    def views(aug: SimCLRAugment) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return aug(x)
+
+    eager = views(make(False))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = make(True)
+    torch.testing.assert_close(views(compiled), eager, rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 4  # brightness, contrast, saturation, hue: each ran compiled
+
+    def broken(*args) -> None:
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    fallback = make(True)
+    for hook in ("_brightness_fn", "_contrast_fn", "_saturation_fn", "_hue_fn"):
+        getattr(fallback.ops[2], hook).compiled = broken
+    with pytest.warns(UserWarning) as caught:
+        assert torch.equal(views(fallback), eager)
+    assert sorted(str(w.message) for w in caught) == [
+        f"augment.compile: compiling the colour jitter's {k} kernel failed (RuntimeError: no C++ compiler found); "
+        "running it uncompiled" for k in ("brightness", "contrast", "hue", "saturation")]

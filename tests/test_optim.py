@@ -145,7 +145,7 @@ def test_compiled_lars_resumes_exactly_and_falls_back_when_compiling_fails() -> 
 
     fallback_model = small_model()
     fallback = build_optimizer(fallback_model, cfg, batch_size=256)
-    fallback._update = broken
+    fallback._update.compiled = broken
     with pytest.warns(UserWarning, match="optim.compile: compiling the LARS update failed .RuntimeError: no C"):
         _lars_steps(fallback_model, fallback, range(5))
     for a, b in zip(full_model.parameters(), fallback_model.parameters(), strict=True):

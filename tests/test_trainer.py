@@ -169,12 +169,14 @@ def test_view_size_trains_on_smaller_views_but_exports_the_data_size(tmp_path: P
     assert load_encoder(out).pretrained_cfg["input_size"] == (1, 28, 28)  # evaluated at the data's size
 
 
-def test_compiled_lars_run_resumes_bitwise(tmp_path: Path) -> None:
-    """optim.compile end to end: the checkpoint holds timm's optimizer state, and a resumed run recompiles."""
+def test_compiled_lars_and_jitter_run_resumes_bitwise(tmp_path: Path) -> None:
+    """optim.compile and augment.compile end to end: the checkpoint holds timm's optimizer state, a resumed run
+    recompiles, and the compiled kernels draw no random numbers of their own."""
     full, part = tmp_path / "full", tmp_path / "part"
-    pretrain(tiny_recipe("optim.compile=true", "train.max_steps=4"), full, console=quiet())
-    pretrain(tiny_recipe("optim.compile=true", "train.max_steps=2"), part, console=quiet())
-    pretrain(tiny_recipe("optim.compile=true", "train.max_steps=4"), part, resume=True, console=quiet())
+    compiled = ("optim.compile=true", "augment.compile=true")
+    pretrain(tiny_recipe(*compiled, "train.max_steps=4"), full, console=quiet())
+    pretrain(tiny_recipe(*compiled, "train.max_steps=2"), part, console=quiet())
+    pretrain(tiny_recipe(*compiled, "train.max_steps=4"), part, resume=True, console=quiet())
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     b = load_checkpoint(part / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 4

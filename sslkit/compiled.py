@@ -1,0 +1,40 @@
+"""``torch.compile`` with a fallback: the compiled function where the platform builds it, else the same one eagerly.
+
+On the CPU inductor needs a C++ compiler; on a machine without one (or any other compile-time failure) the
+wrapped function warns once and from then on runs uncompiled: same results up to rounding, only slower.
+Compile-time failures happen before the function body runs, so no tensor has been written when it falls back.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class CompiledOrEager:
+    """``fn`` compiled by ``torch.compile(fn, **options)``; on the first failure, ``fn`` itself from then on.
+
+    Args:
+        fn: the function to compile.
+        what: how the warning names it, e.g. "optim.compile: compiling the LARS update".
+        options: keyword arguments of ``torch.compile``.
+    """
+
+    def __init__(self, fn: Callable[..., Any], what: str, **options: Any) -> None:
+        self.fn = fn
+        self.what = what
+        self.compiled: Callable[..., Any] | None = torch.compile(fn, **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:
+                first = (str(e).splitlines() or [""])[0][:200]
+                warnings.warn(f"{self.what} failed ({e.__class__.__name__}: {first}); running it uncompiled",
+                              stacklevel=2)
+                self.compiled = None
+        return self.fn(*args, **kwargs)
