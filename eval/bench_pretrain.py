@@ -371,8 +371,11 @@ def main() -> None:
     if cuda:
         lines.append(f"Peak memory: GPU allocated per measurement (table); host process max RSS {main_rss:.2f} GiB  ")
     else:
+        compiling = args.compile or args.compile_optimizer or args.compile_augment
+        children = ", ".join(["the DataLoader workers"] * (not args.no_baseline)
+                             + ["inductor's compile workers"] * compiling)
         lines.append(f"Peak memory: main process max RSS {main_rss:.2f} GiB (all of a, b, c); largest child process "
-                     f"{worker_rss:.2f} GiB (the DataLoader workers{', compile workers' if args.compile else ''})  ")
+                     f"{worker_rss:.2f} GiB ({children or 'none'})  ")
     if cuda:
         lines.append(f"Implied CIFAR-10 epoch (50,000 images): {50000 / (b / ms):.2f} s")
     if sweep:

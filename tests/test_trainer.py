@@ -17,7 +17,7 @@ from sslkit.trainer import NonFiniteLoss, prepare_data, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.pool_size=64", "monitor.val_size=40", "monitor.bank_size=80", "monitor.every=1", "train.batch_size=16",
-        "train.epochs=2", "train.log_every=1", "optim.warmup_epochs=0.5", "train.threads=1"]
+        "train.epochs=2", "train.log_every=1", "optim.warmup_epochs=0.5", "train.threads=1", "train.keep_last=1"]
 
 
 def quiet() -> Console:
