@@ -2,8 +2,9 @@
 
 The parts: the augmentation of 2B views (``bench_pretrain.py``'s, eager and with ``augment.compile``; for RGB
 also Kornia's HSV hue kernel against sslkit's closed-form ``shift_hue``, which Kornia's ColorJitter runs),
-NT-Xent forward+backward, the LARS step through timm's per-parameter loop, through its multi-tensor
-(``foreach``) path and compiled (``optim.compile``), and the finite check of loss and gradients.
+NT-Xent forward+backward, the LARS step through timm's multi-tensor (``foreach``) path, through its
+per-parameter loop (sslkit's on the CPU) and compiled (``optim.compile``), and the finite check of loss and
+gradients.
 ``eval/bench_pretrain.py`` measures the whole step; this script says where its overhead goes. Run:
 
     python eval/profile_step.py                          # 32×32 RGB, batch 256
@@ -77,19 +78,19 @@ def main() -> None:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
-    for foreach in (False, True):
+    for foreach in (True, False):  # the loop last: sslkit's optimizer on the CPU, which the finite check runs
         for group in optimizer.param_groups:
             group["foreach"] = foreach
-        label = "multi-tensor (foreach, sslkit's)" if foreach else "per-parameter loop (torch's CPU default)"
+        label = "multi-tensor (foreach)" if foreach else "per-parameter loop (torch's CPU default, sslkit's)"
         rows.append((f"LARS step, {label}", timed(optimizer.step, args.repeats)))
-    t_foreach = rows[-1][1]
+    t_loop = rows[-1][1]
     compiled = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=True), b)
     rows.append(("LARS step, compiled (optim.compile)", timed(compiled.step, args.repeats)))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = torch.tensor(1.0)
     with torch.no_grad():
         t_both = timed(lambda: step_if_finite(loss, model, optimizer, scaler), args.repeats)
-    rows.append(("finite check of loss and gradients (step_if_finite − LARS step)", t_both - t_foreach))
+    rows.append(("finite check of loss and gradients (step_if_finite − LARS step)", t_both - t_loop))
 
     n = sum(p.numel() for p in model.parameters())
     print(f"ResNet18 + head ({n / 1e6:.1f} M parameters), {c}×{s}×{s}, batch {b} = {2 * b} views, "

@@ -74,10 +74,10 @@ class SimCLRAugment(nn.Module):
         blur_sigma: σ range of the blur.
         blur_kernel_frac: blur kernel size as a fraction of the image side (SimCLR: 10%), rounded to odd ≥ 3.
         compile: run the colour jitter's four kernels (brightness, contrast, saturation, hue: about forty
-            element-wise passes over the batch in eager mode) through ``torch.compile``, which fuses each into one
-            or two. Kornia's own ``ColorJitter.compile`` compiles the same hooks; here each falls back to the eager
-            kernel with a warning where compiling fails. Same views up to rounding; 5 ms of 17 for 512 RGB 32×32
-            views on a 2-core CPU (eval/results/bench_pretrain_cpu.md), after a few seconds of compiling.
+            element-wise passes over the batch in eager mode) through ``torch.compile``, which fuses each kernel's
+            passes. Kornia's own ``ColorJitter.compile`` compiles the same hooks; here each falls back to the eager
+            kernel with a warning where compiling fails. Same views up to rounding; it saved 2–10 ms of 15–27 ms for
+            512 RGB 32×32 views on a 2-core CPU (eval/results/bench_pretrain_cpu.md), after seconds of compiling.
 
     Shape:
         (B, C, H, W) uint8 or float in [0, 1] -> (B, C, image_size, image_size) float32

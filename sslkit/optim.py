@@ -38,12 +38,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> Opti
         kwargs = dict(momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
     elif cfg.name == "sgd":
         kwargs = dict(momentum=cfg.momentum, nesterov=False)
-    # foreach: one multi-tensor kernel per operation instead of a Python loop over parameters; torch enables it
-    # by default on CUDA only. On the CPU which is faster depends on the machine (ResNet18's LARS step: 20 → 14 ms
-    # on one VM, 11 → 15 ms on another; eval/profile_step.py); optim.compile beats both (5–7 ms).
+    # foreach left to torch: its multi-tensor path on CUDA, the per-parameter loop on the CPU, where the loop was
+    # faster on two VMs of three (presumably as it keeps one tensor's weights, gradient and momentum in cache through
+    # its whole update, while each multi-tensor op streams all 11 M parameters again): ResNet18's LARS step took 11.4
+    # against 20.8 ms on the VM of 2026-11-28, 10.8 against 14.7 on 2026-11-27's, 13.8 against 20.4 the other way
+    # round on 2026-11-23's (eval/profile_step.py). optim.compile beats both (5–8 ms).
     optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.name if cfg.name != "sgd" else "momentum", lr=lr,
-                                               weight_decay=cfg.weight_decay, filter_bias_and_bn=True,
-                                               foreach=True, **kwargs)
+                                               weight_decay=cfg.weight_decay, filter_bias_and_bn=True, **kwargs)
     if cfg.compile and cfg.name == "lars":
         return CompiledLars(optimizer.param_groups, **optimizer.defaults)
     return optimizer
