@@ -96,6 +96,21 @@ class ImageSource:
 # --- splits -----------------------------------------------------------------------------------------------
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in bounded memory."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].to(torch.float64) / 255
+        s += x.sum(dim=(0, 2, 3)).cpu()
+        s2 += x.square().sum(dim=(0, 2, 3)).cpu()
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = s / n
+    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
 def stratified_split(labels: torch.Tensor, size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Picks ``size`` labeled samples with the class proportions of all labeled samples, reproducibly.
 

@@ -34,7 +34,7 @@ from sslkit.checkpoint import (
     unwrap,
 )
 from sslkit.config import Recipe, load_recipe, save_recipe
-from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.data import ImageSource, channel_stats, load_source, stratified_split
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
 from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_on_images
@@ -99,21 +99,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, in bounded memory."""
-    c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].to(torch.float64) / 255
-        s += x.sum(dim=(0, 2, 3)).cpu()
-        s2 += x.square().sum(dim=(0, 2, 3)).cpu()
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = s / n
-    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
-    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
 
 
 def split_train(r: Recipe, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:

@@ -152,21 +152,23 @@ def test_nan_features_are_one_clear_error() -> None:
 # --- `sslkit probe` end to end on a tiny image folder -------------------------------------------------------
 
 
-def tiny_run(tmp_path: Path) -> Path:
+def tiny_run(tmp_path: Path, name: str = "run", mean: float = 0.5, std: float = 0.25) -> Path:
     """An image folder of 3 colour classes and a run directory holding a random encoder trained on "it"."""
     root = tmp_path / "imgs"
     rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        (root / name).mkdir(parents=True)
+    for c, colour in enumerate(("red", "green", "blue")):
+        if (root / colour).exists():
+            break  # a second run on the same folder
+        (root / colour).mkdir(parents=True)
         for i in range(20):
             img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
             img[..., c] = rng.integers(150, 256, (16, 16), dtype=np.uint8)
-            Image.fromarray(img).save(root / name / f"{i:02d}.png")
-    run = tmp_path / "run"
+            Image.fromarray(img).save(root / colour / f"{i:02d}.png")
+    run = tmp_path / name
     torch.manual_seed(0)
     encoder = build_encoder("resnet18", "cifar", 3)
-    meta = dict(encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=16, mean=[0.5] * 3,
-                std=[0.25] * 3, dataset="imagefolder", data_root=str(root), recipe="tiny")
+    meta = dict(encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=16, mean=[mean] * 3,
+                std=[std] * 3, dataset="imagefolder", data_root=str(root), recipe="tiny")
     export_encoder(encoder, run, meta)
     return run
 
@@ -192,6 +194,21 @@ def test_probe_writes_every_metric_and_reuses_its_feature_cache(tmp_path: Path,
     assert (run / "figures" / "label_efficiency.png").stat().st_size > 0
     run_probe(run, fractions=(1.0,), console=Console(quiet=True))
     assert len(calls) == 4  # the second probe computed no features
+
+
+def test_baselines_do_not_depend_on_the_runs_normalisation(tmp_path: Path) -> None:
+    # Two runs of the same data whose pretraining pools gave different mean/std: their baseline rows must agree
+    # (they are normalised by the labeled train split), while their encoders see differently normalised inputs.
+    quiet = Console(quiet=True)
+    a = run_probe(tiny_run(tmp_path, "a", mean=0.5, std=0.25), fractions=(1.0,), console=quiet)
+    b = run_probe(tiny_run(tmp_path, "b", mean=0.2, std=0.6), fractions=(1.0,), console=quiet)
+    for model in ("raw_pixels", "random_init"):
+        ma, mb = ({k: v for k, v in m["models"][model].items() if k != "seconds"} for m in (a, b))
+        assert ma == mb, model
+    assert a["protocol"]["baseline_mean"] == b["protocol"]["baseline_mean"]
+    pixels = np.stack([np.array(Image.open(p)) for p in (tmp_path / "imgs").rglob("*.png")])
+    assert a["protocol"]["baseline_mean"] != pytest.approx([0.5] * 3, abs=0.05)  # not a run's value
+    assert a["protocol"]["baseline_mean"][0] == pytest.approx(pixels[..., 0].mean() / 255, abs=0.03)
 
 
 def test_a_record_that_does_not_describe_its_weights_is_refused(tmp_path: Path,

@@ -1,8 +1,10 @@
 """``sslkit probe RUN``: every frozen-feature measure of a run's encoder, beside the baselines that give it meaning.
 
-One protocol for every model in the table: the run's ``encoder``, ``raw_pixels`` (the preprocessed images,
+One protocol for every model in the table: the run's ``encoder``, ``raw_pixels`` (the images, normalised and
 flattened), ``random_init`` (the same architecture with random weights and honest batch-norm statistics) and
-any ``--compare`` runs. For each model, on features of the labeled train split and the evaluation split:
+any ``--compare`` runs. The two baselines normalise the images with the labeled train split's own per-channel
+mean and std, not the run's (whose pretraining pool depends on its seed), so they are the same for every run
+of a data set. For each model, on features of the labeled train split and the evaluation split:
 
 - ``linear.*``: logistic regression, L2 strength chosen on a validation part of *train*; the evaluation split
   is classified once, by the final model (:mod:`sslkit.evaluation.linear`);
@@ -32,7 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
-from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.data import ImageSource, channel_stats, load_source, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation.clustering import cluster_metrics
 from sslkit.evaluation.features import (
@@ -230,13 +232,16 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
                   f"{len(test):,} {split} images, {num_classes} classes, on {device.type}")
 
-    mean, std = meta["mean"], meta["std"]
+    # The baselines see the data normalised by the labeled train split itself, so every run of a data set gets
+    # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool).
+    mean, std = channel_stats(train.images)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with progress_bar(console) as progress:
         for name, folder, m in [("encoder", run, meta), *zip(names, others, other_meta, strict=True)]:
             features[name] = _encoder_features(name, folder, m, train, test, device, progress)
         features["raw_pixels"] = (raw_pixels(train, mean, std), raw_pixels(test, mean, std))
-        features["random_init"] = _random_init_features(run, meta, train, test, seed, device, progress)
+        features["random_init"] = _random_init_features(run, dict(meta, mean=mean, std=std), train, test, seed,
+                                                         device, progress)
 
         results: dict[str, dict[str, Any]] = {}
         predictions = None
@@ -255,7 +260,8 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         "compare": {name: str(other) for name, other in zip(names, others, strict=True)},
         "protocol": {"knn_k": list(KNN_KS), "knn_temperature": KNN_TEMPERATURE, "linear_weight_decays":
                      list(WEIGHT_DECAYS), "linear_val_fraction": VAL_FRACTION, "kmeans_restarts": KMEANS_RESTARTS,
-                     "silhouette_sample": SILHOUETTE_SAMPLE, "device": device.type},
+                     "silhouette_sample": SILHOUETTE_SAMPLE, "device": device.type,
+                     "baseline_mean": list(mean), "baseline_std": list(std)},
         "seconds": round(time.perf_counter() - t0, 2), "models": results,
     }
     print_table(report, console)
@@ -314,7 +320,10 @@ def _encoder_features(name: str, run: Path, meta: dict[str, Any], train: ImageSo
 
 def _random_init_features(run: Path, meta: dict[str, Any], train: ImageSource, test: ImageSource, seed: int,
                           device: torch.device, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of a seeded random encoder of the run's architecture, batch-norm statistics from train."""
+    """Features of a seeded random encoder of the run's architecture, batch-norm statistics from train.
+
+    ``meta`` carries the normalisation the baseline uses (``mean``, ``std``).
+    """
     encoder: torch.nn.Module | None = None
     # The batch-norm statistics come from the train images, so they are part of what these features are.
     key = (f"random-init-{meta['encoder']}-{meta['stem']}-c{meta['in_chans']}-seed{seed}-"
