@@ -622,8 +622,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             probe_sec.body.append(
                 f'<p class="muted">Probes trained on {_count(sizes.get("train"))} labeled train images and scored on '
                 f'{_count(sizes.get(probe["split"]))} {_esc(probe.get("split_description", probe["split"]))} images. '
-                "Baselines: <b>raw_pixels</b> (the preprocessed images, flattened) and <b>random_init</b> (the "
-                "same architecture with random weights). Best of each row in bold.</p>")
+                "Baselines: <b>raw_pixels</b> (the images, normalised and flattened) and <b>random_init</b> (the "
+                "same architecture with random weights), both on images normalised with the labeled train "
+                "split's own mean and std. Best of each row in bold.</p>")
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
                 probe_sec.body.append('<div class="note">probe.json was measured on another encoder '
