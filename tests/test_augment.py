@@ -48,6 +48,34 @@ def test_grayscale_probability_one_gives_equal_channels_and_gray_input_skips_col
     assert gray(_images(4, 1, 16)).shape == (4, 1, 16, 16)
 
 
+@pytest.mark.parametrize("height, width, size, scale, flip_p", [
+    (32, 32, 32, (0.2, 1.0), 0.5),
+    (28, 28, 20, (0.08, 1.0), 1.0),
+    (16, 24, 12, (0.001, 0.01), 0.5),  # boxes of one or two pixels a side
+    (28, 28, 28, (1.0, 1.0), 0.0),
+])
+def test_fused_crop_and_flip_equal_kornias_two_modules_with_the_same_random_stream(
+        height: int, width: int, size: int, scale: tuple[float, float], flip_p: float) -> None:
+    import kornia.augmentation as K
+    from torch import nn
+
+    from sslkit.augment import ResizedCropFlip
+    x = torch.rand(128, 3, height, width, generator=torch.Generator().manual_seed(0))
+    fused = ResizedCropFlip((size, size), scale, (3 / 4, 4 / 3), flip_p)
+    kornia_pair = nn.Sequential(K.RandomResizedCrop((size, size), scale=scale, ratio=(3 / 4, 4 / 3), p=1.0,
+                                                    cropping_mode="resample"), K.RandomHorizontalFlip(p=flip_p))
+    torch.manual_seed(5)
+    got, state_after = fused(x), torch.get_rng_state()
+    torch.manual_seed(5)
+    want = kornia_pair(x)
+    assert torch.equal(state_after, torch.get_rng_state())  # same draws: later ops see the same random stream
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    if flip_p == 1.0:  # every view flipped: the test would also pass for a fused op that never flips otherwise
+        torch.manual_seed(5)
+        unflipped = kornia_pair[0](x)
+        assert (got - unflipped).abs().max() > 0.1
+
+
 def test_shift_hue_equals_kornias_adjust_hue() -> None:
     import math
 
@@ -101,6 +129,7 @@ def test_from_config_passes_every_recipe_key_and_the_view_size() -> None:
 
 
 def test_compiled_colour_jitter_makes_the_eager_views_and_falls_back_when_compiling_fails() -> None:
+    import kornia
     from torch._dynamo.utils import counters
 
     x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -124,8 +153,9 @@ def test_compiled_colour_jitter_makes_the_eager_views_and_falls_back_when_compil
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     fallback = make(True)
+    jitter = next(op for op in fallback.ops if isinstance(op, kornia.augmentation.ColorJitter))
     for hook in ("_brightness_fn", "_contrast_fn", "_saturation_fn", "_hue_fn"):
-        getattr(fallback.ops[2], hook).compiled = broken
+        getattr(jitter, hook).compiled = broken
     with pytest.warns(UserWarning) as caught:
         assert torch.equal(views(fallback), eager)
     assert sorted(str(w.message) for w in caught) == [
