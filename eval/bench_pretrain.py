@@ -21,6 +21,7 @@ repeat with a queue filled on another measurement's time nor run on into the nex
     python eval/bench_pretrain.py --thread-sweep 1 2   # also (a) and (b) at each torch thread count
     python eval/bench_pretrain.py --compile-optimizer  # (b) with the LARS update compiled (optim.compile)
     python eval/bench_pretrain.py --compile-optimizer --compile-augment  # and the colour jitter (augment.compile)
+    python eval/bench_pretrain.py --malloc glibc       # glibc's own malloc settings instead of sslkit's
     python eval/bench_pretrain.py --device cuda --batch 1024 --stem cifar --compile
 """
 
@@ -51,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sslkit.augment import SimCLRAugment
 from sslkit.config import OptimConfig
 from sslkit.data import load_source
+from sslkit.host_memory import keep_freed_memory
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
@@ -213,11 +215,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers for (c)")
     ap.add_argument("--no-baseline", action="store_true", help="skip (c)")
     ap.add_argument("--chunk-size", type=int, default=None, help="gradient-cache chunk (views) for (b)")
+    ap.add_argument("--malloc", default="sslkit", choices=["sslkit", "glibc"],
+                    help="sslkit: freed memory kept for reuse, as sslkit's commands do (sslkit.host_memory); "
+                         "glibc: the C library's defaults")
     ap.add_argument("--quick", action="store_true", help="1 step × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_pretrain_<device>.md)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeats = 1, 2
+    kept = keep_freed_memory() if args.malloc == "sslkit" else False  # before any tensor work, as in `sslkit`
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -346,7 +352,8 @@ def main() -> None:
         f"Python {platform.python_version()}  ",
         f"Setting: ResNet18 ({args.stem} stem), {c}×{s}×{s} ({args.data}), batch {b} images = {2 * b} views, "
         f"{precision}, channels_last, compile={args.compile}, optim.compile={args.compile_optimizer}, "
-        f"augment.compile={args.compile_augment}"
+        f"augment.compile={args.compile_augment}, host memory: "
+        + ("freed blocks kept (sslkit.host_memory)" if kept else "the C library's malloc as the environment sets it")
         + (f", (b) in gradient-cache chunks of {args.chunk_size} views" if args.chunk_size else "")
         + f"; median of {args.repeats} repeats × {args.steps} steps, interleaved  ",
         f"Baseline (c): torchvision.transforms.v2 on PIL images, DataLoader with {args.workers} persistent "

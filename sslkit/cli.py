@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sslkit`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    from sslkit.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # training and evaluation reuse the large blocks they free (glibc; see sslkit.host_memory)
     from sslkit.trainer import Interrupted, NonFiniteLoss
 
     # SIGTERM outside the training loop (which checkpoints on it) stops the command like Ctrl-C: exit 130.

@@ -37,6 +37,7 @@ from sslkit.config import Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, channel_stats, load_source, stratified_split
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
+from sslkit.host_memory import keep_freed_memory
 from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_on_images
 from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.step import make_views, simclr_backward, step_if_finite
@@ -339,6 +340,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     device = dist_device or select_device(r.train.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's memory: no page faults (glibc only)
     if info.active and r.train.sync_bn and device.type != "cuda":
         raise UserError(f"train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only, and this run is on "
                         f"{device.type} — drop --set train.sync_bn=true (each process keeps its own statistics)")
