@@ -25,6 +25,7 @@ from bench_pretrain import bench_augment  # eval/bench_pretrain.py, beside this 
 
 from sslkit.augment import shift_hue
 from sslkit.config import OptimConfig
+from sslkit.host_memory import keep_freed_memory
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
@@ -50,7 +51,11 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--malloc", default="sslkit", choices=["sslkit", "glibc"],
+                    help="sslkit: freed memory kept for reuse, as sslkit's commands do; glibc: its defaults")
     args = ap.parse_args()
+    if args.malloc == "sslkit":
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     b, c, s = args.batch, args.channels, args.size
