@@ -24,9 +24,9 @@ from pathlib import Path
 
 from machine import cpu_name, write_results  # eval/machine.py, beside this script
 
+from sslkit.host_memory import ALLOCATOR_ENV
+
 MODES = ("glibc", "sslkit", "thp")
-_ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-                  "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD", "THP_MEM_ALLOC_ENABLE")
 
 
 def child(mode: str, batch: int, channels: int, size: int, steps: int) -> dict[str, float]:
@@ -74,7 +74,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.batch, args.channels, args.size, args.steps)))
         return
 
-    clean = {k: v for k, v in os.environ.items() if k not in _ALLOCATOR_ENV}
+    clean = {k: v for k, v in os.environ.items() if k not in (*ALLOCATOR_ENV, "THP_MEM_ALLOC_ENABLE")}
     results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     for i in range(args.processes):
         for mode in MODES:

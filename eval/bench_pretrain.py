@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2 as v2
-from machine import cpu_name, write_results  # eval/machine.py, beside this script
+from machine import add_malloc_option, apply_malloc_option, cpu_name, write_results  # eval/machine.py
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -52,7 +52,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from sslkit.augment import SimCLRAugment
 from sslkit.config import OptimConfig
 from sslkit.data import load_source
-from sslkit.host_memory import keep_freed_memory
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
@@ -215,15 +214,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers for (c)")
     ap.add_argument("--no-baseline", action="store_true", help="skip (c)")
     ap.add_argument("--chunk-size", type=int, default=None, help="gradient-cache chunk (views) for (b)")
-    ap.add_argument("--malloc", default="sslkit", choices=["sslkit", "glibc"],
-                    help="sslkit: freed memory kept for reuse, as sslkit's commands do (sslkit.host_memory); "
-                         "glibc: the C library's defaults")
+    add_malloc_option(ap)
     ap.add_argument("--quick", action="store_true", help="1 step × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_pretrain_<device>.md)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeats = 1, 2
-    kept = keep_freed_memory() if args.malloc == "sslkit" else False  # before any tensor work, as in `sslkit`
+    kept = apply_malloc_option(args)  # before any tensor work, as in `sslkit`
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

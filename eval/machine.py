@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 from pathlib import Path
 
@@ -15,6 +16,20 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def add_malloc_option(ap: argparse.ArgumentParser) -> None:
+    """``--malloc sslkit|glibc``: measure with freed host memory kept for reuse, as sslkit's commands run, or not."""
+    ap.add_argument("--malloc", default="sslkit", choices=["sslkit", "glibc"],
+                    help="sslkit: freed memory kept for reuse, as sslkit's commands do (sslkit.host_memory); "
+                         "glibc: the C library's defaults")
+
+
+def apply_malloc_option(args: argparse.Namespace) -> bool:
+    """Applies ``--malloc`` (call it before any tensor work); returns whether freed memory is kept."""
+    from sslkit.host_memory import keep_freed_memory
+
+    return keep_freed_memory() if args.malloc == "sslkit" else False
 
 
 def write_results(text: str, out: str | Path | None, default_name: str, quick: bool) -> None:

@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import kornia.augmentation as K
 import torch
+from machine import add_malloc_option, apply_malloc_option  # eval/machine.py, beside this script
 from torch import nn
 
 from sslkit.augment import ResizedCropFlip, SimCLRAugment
-from sslkit.host_memory import keep_freed_memory
 
 
 def main() -> None:
@@ -35,11 +35,9 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--compile", action="store_true", help="augment.compile: the colour jitter's kernels compiled")
-    ap.add_argument("--malloc", default="sslkit", choices=["sslkit", "glibc"],
-                    help="sslkit: freed memory kept for reuse, as sslkit's commands do; glibc: its defaults")
+    add_malloc_option(ap)
     args = ap.parse_args()
-    if args.malloc == "sslkit":
-        keep_freed_memory()
+    apply_malloc_option(args)
     dev = torch.device(args.device)
     c = args.channels
     aug = SimCLRAugment(args.size, c, (0.5,) * c, (0.25,) * c, crop_scale=(0.08, 1.0), jitter_strength=0.5,

@@ -22,10 +22,10 @@ from collections.abc import Callable
 import kornia
 import torch
 from bench_pretrain import bench_augment  # eval/bench_pretrain.py, beside this script
+from machine import add_malloc_option, apply_malloc_option  # eval/machine.py
 
 from sslkit.augment import shift_hue
 from sslkit.config import OptimConfig
-from sslkit.host_memory import keep_freed_memory
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import build_optimizer
@@ -51,11 +51,9 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--malloc", default="sslkit", choices=["sslkit", "glibc"],
-                    help="sslkit: freed memory kept for reuse, as sslkit's commands do; glibc: its defaults")
+    add_malloc_option(ap)
     args = ap.parse_args()
-    if args.malloc == "sslkit":
-        keep_freed_memory()
+    apply_malloc_option(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     b, c, s = args.batch, args.channels, args.size

@@ -46,8 +46,8 @@ def shift_hue(image: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor
     r, g, b = image.unbind(dim=-3)
     top = image.amax(dim=-3)
     chroma = top - image.amin(dim=-3)
-    # Which channel is the maximum (red first, then green, on ties), as 0/1 masks: multiplying by them is several
-    # times faster than torch.where on a CPU, and the values are the same for finite images.
+    # Which channel is the maximum (red first, then green, on ties), as 0/1 masks: multiplying by them is cheaper
+    # than torch.where on a CPU, and gives the same values for finite images.
     is_r = r == top
     is_g = (g == top) & ~is_r
     is_b = ~(is_r | is_g)
@@ -56,7 +56,7 @@ def shift_hue(image: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor
     offsets = torch.tensor(_CHANNEL_OFFSETS, dtype=image.dtype, device=image.device).view(3, 1, 1)
     shift = factor * (3 / math.pi) + offsets  # (B, 3, 1, 1): the hue shift in sectors, plus each channel's offset
     k = sector.unsqueeze(-3) + shift  # (B, 3, H, W): offset_n + h + shift
-    k = k.sub_(torch.floor(k / 6.0).mul_(6.0))  # mod 6, as torch.remainder defines it, in a third of its time
+    k = k.sub_(torch.floor(k / 6.0).mul_(6.0))  # mod 6, as torch.remainder defines it, but cheaper on a CPU
     ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)  # min(k, 4 − k) = 2 − |k − 2|, clamped to [0, 1]
     return torch.addcmul(top.unsqueeze(-3), chroma.unsqueeze(-3), ramp, value=-1.0)
 
@@ -101,8 +101,8 @@ class ResizedCropFlip(nn.Module):
         (x0, y0), (x1, y1) = boxes[:, 0].unbind(-1), boxes[:, 2].unbind(-1)
         x0, x1 = torch.where(flipped, x1, x0), torch.where(flipped, x0, x1)  # a flip walks the box right to left
         # Source pixel coordinates of every view pixel, then normalised to [-1, 1] (corners aligned).
-        cols = torch.linspace(0.0, 1.0, out_w, device=x.device, dtype=x.dtype) if out_w > 1 else x.new_zeros(1)
-        rows = torch.linspace(0.0, 1.0, out_h, device=x.device, dtype=x.dtype) if out_h > 1 else x.new_zeros(1)
+        cols = torch.linspace(0.0, 1.0, out_w, device=x.device, dtype=x.dtype)  # [0.] for a one-pixel side
+        rows = torch.linspace(0.0, 1.0, out_h, device=x.device, dtype=x.dtype)
         gx = torch.addcmul(x0[:, None], (x1 - x0)[:, None], cols).mul_(2 / max(w - 1, 1)).sub_(1)  # (B, out_w)
         gy = torch.addcmul(y0[:, None], (y1 - y0)[:, None], rows).mul_(2 / max(h - 1, 1)).sub_(1)  # (B, out_h)
         grid = torch.stack([gx[:, None, :].expand(b, out_h, out_w), gy[:, :, None].expand(b, out_h, out_w)], dim=-1)

@@ -4,10 +4,10 @@ A train step on the CPU allocates and frees the same large tensors every step (a
 augmented views). glibc's ``malloc`` serves blocks above a threshold with fresh ``mmap`` pages and returns them to
 the kernel when they are freed, and trims the top of its heap back to the kernel too, so the next step faults the
 same pages in again and the kernel zeroes each of them: about 40,000 page faults per ResNet18 forward+backward at
-batch 256 on 32×32 images, 8–10 % of its time on a 2-core CPU (``eval/bench_pretrain.py --malloc``). Telling
-``malloc`` never to ``mmap``, never to trim, and to serve every thread from its one main heap (the intra-op
-threads would otherwise each get a heap of their own, which it shrinks as eagerly) makes freed blocks stay where
-the next step finds them: the process keeps its peak memory instead of shrinking between steps.
+batch 256 on 32×32 images, which cost it 11 % of its time on a 2-core CPU (7.6 % at 1×28×28;
+``eval/bench_host_memory.py``). Telling ``malloc`` never to ``mmap``, never to trim, and to serve every thread from
+its one main heap (other threads' heaps are unmapped when they empty) makes freed blocks stay where the next step
+finds them: the process keeps its peak memory instead of shrinking between steps.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
-_USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-                  "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
+ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
+"""Environment variables that choose how the process allocates; any of them set leaves ``malloc`` alone."""
 _applied: bool | None = None
 
 
@@ -33,7 +34,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if any(os.environ.get(k) for k in _USER_SETTINGS):
+    if any(os.environ.get(k) for k in ALLOCATOR_ENV):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

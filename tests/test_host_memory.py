@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sslkit.host_memory import _USER_SETTINGS
+from sslkit.host_memory import ALLOCATOR_ENV
 
 # A "step" holds two blocks above glibc's largest mmap threshold (32 MiB) at once, then frees them; the probe
 # prints the page faults of the tenth step. (Kept, the heap grows for the first few steps, as freed blocks are split
@@ -29,7 +29,7 @@ print(int(applied), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(mode: str, **env: str) -> tuple[bool, int]:
-    clean = {k: v for k, v in os.environ.items() if k not in _USER_SETTINGS}
+    clean = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
     return out[0] == "1", int(out[1])
