@@ -40,6 +40,7 @@ import kornia
 import numpy as np
 import PIL
 import timm
+import timm.optim
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -207,6 +208,9 @@ def main() -> None:
                     help="(b) with optim.compile: the LARS update fused by torch.compile")
     ap.add_argument("--compile-augment", action="store_true",
                     help="(b) with augment.compile: the colour jitter's kernels fused by torch.compile")
+    ap.add_argument("--lars", default="sslkit", choices=["sslkit", "timm"],
+                    help="(b)'s optimizer: sslkit.optim.Lars (its CPU update, the finite check on its norms) or "
+                         "timm's Lars with step_if_finite's own check (sslkit's CPU step before 2026-12-01)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--thread-sweep", type=int, nargs="*", default=[],
@@ -239,6 +243,8 @@ def main() -> None:
     model = make_model()
     forward = torch.compile(model) if args.compile else model
     optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=args.compile_optimizer), b)
+    if args.lars == "timm" and not args.compile_optimizer:
+        optimizer = timm.optim.Lars(optimizer.param_groups, **{**optimizer.defaults, "foreach": False})
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     augment = bench_augment(s, c, mean, std, compile=args.compile_augment).to(device)
     images = load_images(args.data, 10_000, c, s)
@@ -349,7 +355,10 @@ def main() -> None:
         f"Python {platform.python_version()}  ",
         f"Setting: ResNet18 ({args.stem} stem), {c}×{s}×{s} ({args.data}), batch {b} images = {2 * b} views, "
         f"{precision}, channels_last, compile={args.compile}, optim.compile={args.compile_optimizer}, "
-        f"augment.compile={args.compile_augment}, host memory: "
+        f"augment.compile={args.compile_augment}, LARS: "
+        + ("timm's, per-parameter loop, own finite check" if args.lars == "timm" and not args.compile_optimizer
+           else "compiled" if args.compile_optimizer else "sslkit.optim.Lars")
+        + ", host memory: "
         + ("freed blocks kept (sslkit.host_memory)" if kept else "the C library's malloc as the environment sets it")
         + (f", (b) in gradient-cache chunks of {args.chunk_size} views" if args.chunk_size else "")
         + f"; median of {args.repeats} repeats × {args.steps} steps, interleaved  ",

@@ -3,8 +3,8 @@
 The parts: the augmentation of 2B views (``bench_pretrain.py``'s, eager and with ``augment.compile``; for RGB
 also Kornia's HSV hue kernel against sslkit's closed-form ``shift_hue``, which Kornia's ColorJitter runs),
 NT-Xent forward+backward, the LARS step through timm's multi-tensor (``foreach``) path, through its
-per-parameter loop (sslkit's on the CPU) and compiled (``optim.compile``), and the finite check of loss and
-gradients.
+per-parameter loop, through ``sslkit.optim.Lars`` (sslkit's on the CPU) and compiled (``optim.compile``), and the
+finite check of loss and gradients: on its own pass (any other optimizer) and on the norms of ``Lars``'s update.
 ``eval/bench_pretrain.py`` measures the whole step; this script says where its overhead goes. Run:
 
     python eval/profile_step.py                          # 32×32 RGB, batch 256
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import kornia
+import timm.optim
 import torch
 from bench_pretrain import bench_augment  # eval/bench_pretrain.py, beside this script
 from machine import add_malloc_option, apply_malloc_option  # eval/machine.py
@@ -80,20 +81,26 @@ def main() -> None:
     model = SimCLR(build_encoder("resnet18", "imagenet", c), ProjectionHead(512, 512, 128))
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
-    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
-    for foreach in (True, False):  # the loop last: sslkit's optimizer on the CPU, which the finite check runs
-        for group in optimizer.param_groups:
-            group["foreach"] = foreach
-        label = "multi-tensor (foreach)" if foreach else "per-parameter loop (torch's CPU default, sslkit's)"
-        rows.append((f"LARS step, {label}", timed(optimizer.step, args.repeats)))
+    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)  # sslkit's Lars
+    optimizer.step()  # the momentum buffers, shared with timm's optimizers below (the same state)
+    for foreach in (True, False):
+        timm_lars = timm.optim.Lars(optimizer.param_groups, **{**optimizer.defaults, "foreach": foreach})
+        timm_lars.state = optimizer.state
+        label = "multi-tensor (foreach)" if foreach else "per-parameter loop (torch's CPU default)"
+        rows.append((f"LARS step, timm's {label}", timed(timm_lars.step, args.repeats)))
     t_loop = rows[-1][1]
+    rows.append(("LARS step, sslkit.optim.Lars (its CPU update)", timed(optimizer.step, args.repeats)))
     compiled = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=True), b)
     rows.append(("LARS step, compiled (optim.compile)", timed(compiled.step, args.repeats)))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = torch.tensor(1.0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)  # step_if_finite's check for any other optimizer
     with torch.no_grad():
-        t_both = timed(lambda: step_if_finite(loss, model, optimizer, scaler), args.repeats)
-    rows.append(("finite check of loss and gradients (step_if_finite − LARS step)", t_both - t_loop))
+        t_check = timed(lambda: step_if_finite(loss, model, sgd, scaler), args.repeats) - timed(sgd.step, args.repeats)
+        rows.append(("finite check, own pass (step_if_finite − step, SGD)", t_check))
+        rows.append(("  timm's loop + that check (sslkit's CPU step until 2026-12-01)", t_loop + t_check))
+        rows.append(("  sslkit.optim.Lars.step_if_finite (check on the update's norms)",
+                     timed(lambda: step_if_finite(loss, model, optimizer, scaler), args.repeats)))
 
     n = sum(p.numel() for p in model.parameters())
     print(f"ResNet18 + head ({n / 1e6:.1f} M parameters), {c}×{s}×{s}, batch {b} = {2 * b} views, "

@@ -5,8 +5,10 @@ the trust-ratio adaptation. timm's ``Lars`` adapts only parameters whose group h
 ``always_adapt``), and ``create_optimizer_v2(filter_bias_and_bn=True)`` puts every 1-D parameter (biases,
 BN/LN weights) in a group with zero weight decay, so together they give exactly that exclusion.
 
-With ``optim.compile`` the LARS update runs through ``torch.compile`` (:class:`CompiledLars`): the same timm
-functional update, fused by inductor from a dozen passes over parameters, gradients and momentum into a few.
+On the CPU the LARS step is :class:`Lars`: timm's optimizer with a leaner update there, whose gradient norms
+also serve the trainer's finite check. With ``optim.compile`` the LARS update runs through ``torch.compile``
+(:class:`CompiledLars`): the same timm functional update, fused by inductor from a dozen passes over parameters,
+gradients and momentum into a few.
 """
 
 from __future__ import annotations
@@ -38,16 +40,87 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> Opti
         kwargs = dict(momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
     elif cfg.name == "sgd":
         kwargs = dict(momentum=cfg.momentum, nesterov=False)
-    # foreach left to torch: its multi-tensor path on CUDA, the per-parameter loop on the CPU, where the loop was
-    # faster on two VMs of three (presumably as it keeps one tensor's weights, gradient and momentum in cache through
-    # its whole update, while each multi-tensor op streams all 11 M parameters again): ResNet18's LARS step took 11.4
-    # against 20.8 ms on the VM of 2026-11-28, 10.8 against 14.7 on 2026-11-27's, 13.8 against 20.4 the other way
-    # round on 2026-11-23's (eval/profile_step.py). optim.compile beats both (5–8 ms).
     optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.name if cfg.name != "sgd" else "momentum", lr=lr,
                                                weight_decay=cfg.weight_decay, filter_bias_and_bn=True, **kwargs)
-    if cfg.compile and cfg.name == "lars":
-        return CompiledLars(optimizer.param_groups, **optimizer.defaults)
+    if cfg.name == "lars":  # timm's parameter groups (weight decay off for 1-D parameters), sslkit's step
+        return (CompiledLars if cfg.compile else Lars)(optimizer.param_groups, **optimizer.defaults)
     return optimizer
+
+
+class Lars(timm.optim.Lars):
+    """timm's ``Lars`` with a leaner update on the CPU, whose gradient norms also tell whether a step is finite.
+
+    On CUDA, for a closure, for options sslkit does not set (dampening, Nesterov, LARC clipping, ``always_adapt``)
+    and on the first step (which creates the momentum buffers) this is timm's step. On the CPU otherwise: the
+    norms the update needs come from two multi-tensor norms (‖g‖ of every gradient, ‖w‖ of the adapted weights),
+    the trust ratios q = η‖w‖ / (‖g‖ + wd·‖w‖ + ε) (1 where a norm is 0) from one small tensor, and then each
+    adapted parameter gets ``buf ← m·buf + q·g + q·wd·w`` and ``w ← w − lr·buf`` in place, one parameter at a time
+    while its tensors are in cache; the parameters without weight decay (biases, norms) get timm's multi-tensor
+    momentum step. Against timm's per-parameter loop (torch's choice on the CPU) this saves the gradient copy it
+    allocates for every weight, the ten or so ops on 0-d tensors its trust ratio takes per parameter, and the
+    finite check's own pass over all gradients (``eval/profile_step.py`` times timm's two paths, this one and the
+    compiled one). Same update as timm's up to rounding, same state dict: tests hold both to a naive LARS and to
+    each other.
+    """
+
+    def _cpu_groups(self) -> list[tuple[dict, list[torch.Tensor]]] | None:
+        """Per group, its parameters with gradients, when the lean update applies; else None."""
+        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        for group, params in groups:
+            if (not group["momentum"] or group["dampening"] or group["nesterov"] or group["trust_clip"]
+                    or group["always_adapt"] or torch.is_tensor(group["lr"])):
+                return None
+            if any(p.device.type != "cpu" or "momentum_buffer" not in self.state[p] for p in params):
+                return None
+        return groups
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        groups = None if closure is not None else self._cpu_groups()
+        if groups is None:
+            return super().step(closure)
+        self._update(groups, torch._foreach_norm([p.grad for _, params in groups for p in params]))
+        return None
+
+    @torch.no_grad()
+    def step_if_finite(self, loss: torch.Tensor) -> bool:
+        """Steps unless ``loss`` or any gradient is NaN/Inf, which leaves everything as it was; returns whether it did.
+
+        The check is one host synchronisation over the gradient norms the update then uses.
+        """
+        groups = self._cpu_groups()
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        g_norms = torch._foreach_norm(grads) if grads else []
+        if not bool(torch.isfinite(torch.stack([loss.detach().float().reshape(()), *g_norms])).all()):
+            return False
+        if groups is None:
+            super().step()
+        else:
+            self._update(groups, g_norms)
+        return True
+
+    def _update(self, groups: list[tuple[dict, list[torch.Tensor]]], g_norms: list[torch.Tensor]) -> None:
+        start = 0
+        for group, params in groups:
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            norms = g_norms[start:start + len(params)]
+            start += len(params)
+            if not wd:  # timm: no trust ratio where the group has no weight decay
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_add_(params, bufs, alpha=-lr)
+                continue
+            w = torch.stack(torch._foreach_norm(params))
+            g = torch.stack(norms)
+            trust = group["trust_coeff"] * w / (g + w * wd + group["eps"])
+            trust = torch.where((w > 0) & (g > 0), trust, 1.0).tolist()
+            for p, grad, buf, q in zip(params, grads, bufs, trust, strict=True):
+                buf.mul_(momentum).add_(grad, alpha=q).add_(p, alpha=q * wd)
+                p.add_(buf, alpha=-lr)
 
 
 _HYPER = ("momentum", "dampening", "weight_decay", "nesterov", "trust_coeff", "eps", "trust_clip", "always_adapt")

@@ -18,6 +18,7 @@ from torch import nn
 
 from sslkit.augment import SimCLRAugment
 from sslkit.losses import nt_xent
+from sslkit.optim import Lars
 
 
 def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
@@ -91,9 +92,15 @@ def step_if_finite(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
                    scaler: torch.amp.GradScaler) -> bool:
     """Applies the optimizer step unless the loss or any gradient is NaN/Inf; returns whether it stepped.
 
-    One host synchronisation checks the loss and every gradient together. With the fp16 scaler enabled,
+    One host synchronisation checks the loss and every gradient together; for sslkit's :class:`~sslkit.optim.Lars`
+    it checks the gradient norms that the update then uses (no pass of its own). With the fp16 scaler enabled,
     the scaler's own overflow handling decides instead (it skips the step and lowers the scale).
     """
+    if not scaler.is_enabled() and isinstance(optimizer, Lars):  # the check shares the update's gradient norms
+        if optimizer.step_if_finite(loss):
+            return True
+        optimizer.zero_grad(set_to_none=True)
+        return False
     if not scaler.is_enabled():
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         total = loss.float() + (torch.stack(torch._foreach_norm(grads)).sum() if grads else 0.0)

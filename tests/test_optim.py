@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sslkit.config import OptimConfig
-from sslkit.optim import CompiledLars, build_optimizer, build_scheduler, scaled_lr
+from sslkit.optim import CompiledLars, Lars, build_optimizer, build_scheduler, scaled_lr
 
 
 def small_model() -> nn.Module:
@@ -102,6 +102,34 @@ def _lars_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> N
         for p in model.parameters():
             p.grad = torch.randn(p.shape, generator=g)
         opt.step()
+
+
+def test_lars_cpu_update_equals_timm_step_and_falls_back_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm.optim
+
+    cfg = OptimConfig(name="lars", lr=0.8, weight_decay=1e-3)
+    timm_model, model = small_model(), small_model()
+    reference = timm.optim.Lars(build_optimizer(timm_model, cfg, batch_size=256).param_groups, momentum=0.9,
+                                trust_coeff=0.001, foreach=False)
+    opt = build_optimizer(model, cfg, batch_size=256)
+    assert type(opt) is Lars
+    timm_steps = []
+    real_step = timm.optim.Lars.step
+    monkeypatch.setattr(timm.optim.Lars, "step", lambda self, closure=None: timm_steps.append(self) or
+                        real_step(self, closure))
+    for m, o in ((timm_model, reference), (model, opt)):
+        _lars_steps(m, o, range(1))
+        with torch.no_grad():  # a zero weight matrix: a trust ratio of 1 where a norm is 0, as timm has it
+            m[3].weight.zero_()
+        _lars_steps(m, o, range(1, 6))
+    assert sum(s is opt for s in timm_steps) == 1  # only the first step, which creates the momentum buffers
+    for (k, a), b in zip(timm_model.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=k)
+    assert reference.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+    for group in opt.param_groups:  # an option the lean update does not cover: timm's step, unchanged
+        group["nesterov"] = True
+    opt.step()
+    assert sum(s is opt for s in timm_steps) == 2
 
 
 def test_compiled_lars_equals_timm_lars_without_recompiling_per_rate() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sslkit.config import OptimConfig
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
+from sslkit.optim import Lars, build_optimizer
 from sslkit.step import simclr_backward, step_if_finite
 
 
@@ -42,13 +44,22 @@ def test_chunking_updates_batchnorm_statistics_once() -> None:
     assert int(a.encoder.bn1.num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("optim", ["sgd", "lars"])
 @pytest.mark.parametrize("where", ["loss", "gradient"])
-def test_nonfinite_step_leaves_parameters_untouched(where: str) -> None:
+def test_nonfinite_step_leaves_parameters_untouched(where: str, optim: str) -> None:
     model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     views = torch.randn(8, 1, 28, 28)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    if optim == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    else:  # sslkit's LARS after one step, so that its momentum buffers exist and its own CPU update is the one checked
+        opt = build_optimizer(model, OptimConfig(name="lars", lr=1.0, weight_decay=1e-4), batch_size=4)
+        assert isinstance(opt, Lars)
+        assert step_if_finite(simclr_backward(model, views, 0.5, None, scaler), model, opt, scaler)
+        opt.zero_grad(set_to_none=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {k: {name: v.clone() for name, v in state.items()} for k, state in opt.state_dict()["state"].items()}
+    assert len(buffers) == (0 if optim == "sgd" else len(before))
     loss = simclr_backward(model, views, 0.5, None, scaler)
     if where == "loss":
         loss = loss * float("nan")
@@ -57,6 +68,10 @@ def test_nonfinite_step_leaves_parameters_untouched(where: str) -> None:
     assert not step_if_finite(loss, model, opt, scaler)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
+    assert all(p.grad is None for p in model.parameters())
+    for k, state in buffers.items():
+        for name, value in state.items():
+            assert torch.equal(opt.state_dict()["state"][k][name], value), (k, name)
     ok = simclr_backward(model, views, 0.5, None, scaler)
     assert step_if_finite(ok, model, opt, scaler)
     assert not torch.equal(next(model.parameters()), before[next(iter(before))])
