@@ -74,12 +74,17 @@ class Lars(timm.optim.Lars):
                 return None
         return groups
 
+    def _grad_norms(self) -> list[torch.Tensor]:
+        """‖g‖ of every gradient, in ``_cpu_groups``' order."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        return torch._foreach_norm(grads) if grads else []
+
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         groups = None if closure is not None else self._cpu_groups()
         if groups is None:
             return super().step(closure)
-        self._update(groups, torch._foreach_norm([p.grad for _, params in groups for p in params]))
+        self._update(groups, self._grad_norms())
         return None
 
     @torch.no_grad()
@@ -88,11 +93,10 @@ class Lars(timm.optim.Lars):
 
         The check is one host synchronisation over the gradient norms the update then uses.
         """
-        groups = self._cpu_groups()
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        g_norms = torch._foreach_norm(grads) if grads else []
+        g_norms = self._grad_norms()
         if not bool(torch.isfinite(torch.stack([loss.detach().float().reshape(()), *g_norms])).all()):
             return False
+        groups = self._cpu_groups()
         if groups is None:
             super().step()
         else:

@@ -96,17 +96,18 @@ def step_if_finite(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     it checks the gradient norms that the update then uses (no pass of its own). With the fp16 scaler enabled,
     the scaler's own overflow handling decides instead (it skips the step and lowers the scale).
     """
-    if not scaler.is_enabled() and isinstance(optimizer, Lars):  # the check shares the update's gradient norms
-        if optimizer.step_if_finite(loss):
-            return True
-        optimizer.zero_grad(set_to_none=True)
-        return False
     if not scaler.is_enabled():
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        total = loss.float() + (torch.stack(torch._foreach_norm(grads)).sum() if grads else 0.0)
-        if not torch.isfinite(total):
+        if isinstance(optimizer, Lars):  # checks the gradient norms its update uses, then steps
+            finite = optimizer.step_if_finite(loss)
+        else:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(loss.float() + (torch.stack(torch._foreach_norm(grads)).sum() if grads
+                                                         else 0.0)))
+            if finite:
+                optimizer.step()
+        if not finite:
             optimizer.zero_grad(set_to_none=True)
-            return False
+        return finite
     scaler.step(optimizer)
     scaler.update()
     return True
