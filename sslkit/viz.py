@@ -445,11 +445,25 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
 # --- training -------------------------------------------------------------------------------------------------
 
 
+def centered_mean(values: np.ndarray, half_width: int) -> np.ndarray:
+    """Mean of each value with up to ``half_width`` neighbours on each side, the window shrunk evenly at the ends.
+
+    The window stays symmetric around every point (``min(half_width, i, n − 1 − i)`` on each side), so a curve that
+    is locally straight comes out unchanged, at its ends too, where a trailing average would sit behind it.
+    """
+    n = len(values)
+    sums = np.concatenate([[0.0], np.cumsum(values, dtype=float)])
+    i = np.arange(n)
+    h = np.minimum(half_width, np.minimum(i, n - 1 - i))
+    return (sums[i + h + 1] - sums[i - h]) / (2 * h + 1)
+
+
 def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: str = "Training") -> Path:
     """Loss, learning rate and the online k-NN top-1 against the step, from ``metrics.jsonl`` events.
 
-    The loss is drawn as logged and, with enough points, as an exponential moving average; a top axis gives
-    epochs. Panels without data say so.
+    The loss is drawn as logged and, with enough points, as a centred moving average (:func:`centered_mean`,
+    which does not lag behind a falling loss as a trailing average does); a top axis gives epochs. Panels
+    without data say so.
     """
     train = [e for e in events if "loss" in e]
     knn = [e for e in events if "knn/top1" in e]
@@ -461,11 +475,7 @@ def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: st
         ax.plot(step, loss, color="#1f77b4", alpha=0.35 if len(loss) > 20 else 1.0, lw=1, marker=None
                 if len(loss) > 20 else "o", ms=3, label="logged")
         if len(loss) > 20:
-            alpha = 2 / (min(50, len(loss) // 5) + 1)
-            smooth = np.empty_like(loss)
-            smooth[0] = loss[0]
-            for i in range(1, len(loss)):
-                smooth[i] = alpha * loss[i] + (1 - alpha) * smooth[i - 1]
+            smooth = centered_mean(loss, max(1, len(loss) // 40))
             ax.plot(step, smooth, color="#1f77b4", lw=2, label="moving average")
             ax.legend(fontsize=8)
         ax.set_title("NT-Xent loss")

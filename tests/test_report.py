@@ -231,3 +231,14 @@ def test_chromium_renders_the_report_without_console_errors(page: Path, tmp_path
     assert img.std() > 0.1, "the screenshot is not blank"
     dark = (img.mean(axis=-1) < 0.5).mean()
     assert dark > 0.05, "text, header and figures are drawn"
+
+
+def test_centered_mean_follows_a_falling_loss_without_lag_and_equals_the_naive_window():
+    """The training-curve smoother: a straight descent comes out unchanged (a trailing average sits above it),
+    and on noisy data every point is the plain mean of its symmetric, end-shrunk window."""
+    ramp = np.linspace(6.0, 1.5, 101)
+    np.testing.assert_allclose(viz.centered_mean(ramp, 7), ramp, atol=1e-12)
+    values = np.random.default_rng(0).normal(size=50)
+    naive = [values[i - h:i + h + 1].mean() for i in range(50) for h in [min(4, i, 49 - i)]]
+    np.testing.assert_allclose(viz.centered_mean(values, 4), naive, atol=1e-12)
+    assert viz.centered_mean(values, 4)[4:-4].std() < values.std() / 2  # it does smooth (9-point windows inside)
