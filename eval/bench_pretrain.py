@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 import kornia
 import numpy as np
 import PIL
+import scipy.stats
 import timm
 import timm.optim
 import torch
@@ -191,6 +192,19 @@ class Baseline:
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def median_interval(ratios: list[float], digits: int = 3) -> str:
+    """", 95 % interval a–b" of the median of per-repeat ratios (percentile bootstrap, 2,000 resamples, seeded).
+
+    A VM's speed drifts over minutes; the ratio of two measurements within one repeat shares that drift, and the
+    interval says how well their median is known from this many repeats. Empty below 5 repeats.
+    """
+    if len(ratios) < 5:
+        return ""
+    ci = scipy.stats.bootstrap((np.asarray(ratios),), np.median, n_resamples=2000, confidence_level=0.95,
+                               method="percentile", random_state=0).confidence_interval
+    return f" (95 % bootstrap interval {ci.low:.{digits}f}–{ci.high:.{digits}f})"
 
 
 def main() -> None:
@@ -362,9 +376,9 @@ def main() -> None:
         + ("freed blocks kept (sslkit.host_memory)" if kept else "the C library's malloc as the environment sets it")
         + (f", (b) in gradient-cache chunks of {args.chunk_size} views" if args.chunk_size else "")
         + f"; median of {args.repeats} repeats × {args.steps} steps, interleaved  ",
-        f"Baseline (c): torchvision.transforms.v2 on PIL images, DataLoader with {args.workers} persistent "
-        f"worker{'s' * (args.workers != 1)} (prefetch {Baseline.PREFETCH}{', pinned memory' if cuda else ''}), "
-        "two view forwards, SGD (momentum 0.9)",
+        (f"Baseline (c): torchvision.transforms.v2 on PIL images, DataLoader with {args.workers} persistent "
+         f"worker{'s' * (args.workers != 1)} (prefetch {Baseline.PREFETCH}{', pinned memory' if cuda else ''}), "
+         "two view forwards, SGD (momentum 0.9)" if base else "Baseline (c): not run (--no-baseline)"),
         "",
         "| measurement | s/step | img/s | views/s |" + (" peak GiB |" if cuda else ""),
         "|---|---:|---:|---:|" + ("---:|" if cuda else ""),
@@ -377,18 +391,20 @@ def main() -> None:
         lines.append(f"| {label} | {t:.4f} | {b / t:,.0f} | {2 * b / t:,.0f} |{mem(key)}")
     paired = [p / q for p, q in zip(t_pure, t_step, strict=True)]  # (a) and (b) of a repeat share its noise
     lines += ["", f"Ratio (b)/(a): **{mp / ms:.3f}** (1.0 = the pipeline adds nothing to the encoder's own cost); "
-              f"median of the per-repeat ratios {statistics.median(paired):.3f}, range {min(paired):.3f}–"
-              f"{max(paired):.3f}  "]
+              f"median of the per-repeat ratios {statistics.median(paired):.3f}{median_interval(paired)}, range "
+              f"{min(paired):.3f}–{max(paired):.3f}  "]
     if mc is not None:
-        lines.append(f"Ratio (b)/(c): **{mc / ms:.2f}** (sslkit's step against the common baseline)  ")
+        paired_c = [p / q for p, q in zip(t_base, t_step, strict=True)]
+        lines.append(f"Ratio (b)/(c): **{mc / ms:.2f}** (sslkit's step against the common baseline); median of the "
+                     f"per-repeat ratios {statistics.median(paired_c):.2f}{median_interval(paired_c, 2)}  ")
     if cuda:
         lines.append(f"Peak memory: GPU allocated per measurement (table); host process max RSS {main_rss:.2f} GiB  ")
     else:
         compiling = args.compile or args.compile_optimizer or args.compile_augment
         children = ", ".join(["the DataLoader workers"] * (not args.no_baseline)
                              + ["inductor's compile workers"] * compiling)
-        lines.append(f"Peak memory: main process max RSS {main_rss:.2f} GiB (all of a, b, c); largest child process "
-                     f"{worker_rss:.2f} GiB ({children or 'none'})  ")
+        lines.append(f"Peak memory: main process max RSS {main_rss:.2f} GiB (all of {'a, b, c' if base else 'a, b'}); "
+                     f"largest child process {worker_rss:.2f} GiB ({children or 'none'})  ")
     if cuda:
         lines.append(f"Implied CIFAR-10 epoch (50,000 images): {50000 / (b / ms):.2f} s")
     if sweep:
