@@ -378,7 +378,7 @@ def main() -> None:
         + f"; median of {args.repeats} repeats × {args.steps} steps, interleaved  ",
         (f"Baseline (c): torchvision.transforms.v2 on PIL images, DataLoader with {args.workers} persistent "
          f"worker{'s' * (args.workers != 1)} (prefetch {Baseline.PREFETCH}{', pinned memory' if cuda else ''}), "
-         "two view forwards, SGD (momentum 0.9)" if base else "Baseline (c): not run (--no-baseline)"),
+         "two view forwards, SGD (momentum 0.9)" if base is not None else "Baseline (c): not run (--no-baseline)"),
         "",
         "| measurement | s/step | img/s | views/s |" + (" peak GiB |" if cuda else ""),
         "|---|---:|---:|---:|" + ("---:|" if cuda else ""),
@@ -401,10 +401,11 @@ def main() -> None:
         lines.append(f"Peak memory: GPU allocated per measurement (table); host process max RSS {main_rss:.2f} GiB  ")
     else:
         compiling = args.compile or args.compile_optimizer or args.compile_augment
-        children = ", ".join(["the DataLoader workers"] * (not args.no_baseline)
+        children = ", ".join(["the DataLoader workers"] * (base is not None)
                              + ["inductor's compile workers"] * compiling)
-        lines.append(f"Peak memory: main process max RSS {main_rss:.2f} GiB (all of {'a, b, c' if base else 'a, b'}); "
-                     f"largest child process {worker_rss:.2f} GiB ({children or 'none'})  ")
+        measured = "a, b, c" if base is not None else "a, b"
+        lines.append(f"Peak memory: main process max RSS {main_rss:.2f} GiB (all of {measured}); largest child process "
+                     f"{worker_rss:.2f} GiB ({children or 'none'})  ")
     if cuda:
         lines.append(f"Implied CIFAR-10 epoch (50,000 images): {50000 / (b / ms):.2f} s")
     if sweep:
