@@ -588,7 +588,11 @@ def print_table(report: dict[str, Any], console: Console) -> None:
 
 
 def plot_finetune(report: dict[str, Any], path: Path) -> Path:
-    """Left: test top-1 per arm (mean, std error bars, each seed a dot). Right: validation top-1 per epoch."""
+    """Left: test top-1 per arm (mean ± std, each seed a dot). Right: validation top-1 per epoch.
+
+    The left panel marks each arm's mean with a point, not a bar: its y-axis is zoomed to the runs' range, where a
+    bar's length (measured from the axis floor, not from 0) would overstate the gap between arms.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -599,14 +603,22 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     means = [report["summary"][a]["test_top1.mean"] for a in arms]
     stds = [report["summary"][a]["test_top1.std"] for a in arms]
     colours = [ARM_COLOURS.get(a, "#999999") for a in arms]
-    ax1.bar(arms, means, yerr=stds, capsize=6, color=colours, alpha=0.85)
     for i, a in enumerate(arms):
         seeds = [x["test_top1"] for x in report["runs"] if x["arm"] == a]
-        ax1.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
-        top = max([means[i] + stds[i], *seeds])
-        ax1.annotate(f"{means[i]:.3f}", (i, top), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
-    lo = min(x["test_top1"] for x in report["runs"])
-    ax1.set_ylim(max(0.0, lo - 0.15), min(1.0, max(means) + max(stds) + 0.08))
+        ax1.errorbar([i], [means[i]], yerr=[stds[i]], fmt="o", markersize=10, capsize=10, elinewidth=2,
+                     color=colours[i], zorder=2)
+        offsets = torch.linspace(-0.12, 0.12, len(seeds)).tolist() if len(seeds) > 1 else [0.0]
+        ax1.scatter([i + 0.22 + o for o in offsets], seeds, color="black", s=14, zorder=3,
+                    label="one seed" if i == 0 else None)
+        ax1.annotate(f"{means[i]:.3f}", (i, means[i]), xytext=(-14, 0), textcoords="offset points", ha="right",
+                     va="center", fontsize=9)
+    values = [x["test_top1"] for x in report["runs"]] + [v for m, s in zip(means, stds, strict=True)
+                                                         for v in (m - s, m + s)]
+    pad = max(0.01, 0.25 * (max(values) - min(values)))
+    ax1.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
+    ax1.set_xlim(-0.6, len(arms) - 0.4)
+    ax1.set_xticks(range(len(arms)), arms)
+    ax1.legend(loc="lower right", fontsize=8)
     ax1.set_ylabel(f"{report['split']} top-1")
     d = report["difference"]
     ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} ± "
