@@ -7,13 +7,40 @@ Exit codes: 0 success; 2 a mistake in the input (one line on stderr says what, w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from sslkit.errors import UserError
 
 EXIT_NONFINITE = 3
+LOG_COLUMNS = 120  # rich's width when no standard stream is a terminal (its own default, 80, wraps sslkit's tables)
+
+
+@contextlib.contextmanager
+def log_width(columns: int = LOG_COLUMNS) -> Iterator[None]:
+    """Gives rich ``columns`` characters per line for the command when its output goes to files or pipes only.
+
+    Rich takes its width from a terminal on stdin, stdout or stderr, else from ``COLUMNS``, else 80, at which the
+    probe and fine-tuning tables wrap their cells in a log (``nohup sslkit … > log``). A terminal, or a ``COLUMNS``
+    the user set, is left alone; the environment is restored afterwards.
+    """
+    def is_terminal(fd: int) -> bool:  # as rich asks: file descriptors 0, 1 and 2
+        try:
+            return os.get_terminal_size(fd).columns > 0
+        except (OSError, ValueError):
+            return False
+
+    if "COLUMNS" in os.environ or any(is_terminal(fd) for fd in (0, 1, 2)):
+        yield
+        return
+    os.environ["COLUMNS"] = str(columns)
+    try:
+        yield
+    finally:
+        os.environ.pop("COLUMNS", None)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -148,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread
         old_term = None
     try:
-        return args.func(args)
+        with log_width():
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"sslkit {args.command}: interrupted; files already written are complete", file=sys.stderr)
         return 130

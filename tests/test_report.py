@@ -10,7 +10,9 @@ trains or probes.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,11 +23,12 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
+from rich.table import Table
 from test_retrieval import cached, make_run
 from threadpoolctl import threadpool_limits
 
 from sslkit import viz
-from sslkit.cli import main
+from sslkit.cli import LOG_COLUMNS, log_width, main
 from sslkit.config import load_recipe, save_recipe
 from sslkit.evaluation.probe import BASELINES, ROWS
 from sslkit.report import PREDICTIONS_FILE, build_report, run_map
@@ -242,3 +245,30 @@ def test_centered_mean_follows_a_falling_loss_without_lag_and_equals_the_naive_w
     naive = [values[i - h:i + h + 1].mean() for i in range(50) for h in [min(4, i, 49 - i)]]
     np.testing.assert_allclose(viz.centered_mean(values, 4), naive, atol=1e-12)
     assert viz.centered_mean(values, 4)[4:-4].std() < values.std() / 2  # it does smooth (9-point windows inside)
+
+
+def test_log_width_widens_rich_tables_only_when_no_stream_is_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_terminal(fd: int = 1) -> os.terminal_size:
+        raise OSError("not a terminal")
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(os, "get_terminal_size", no_terminal)
+    out = io.StringIO()
+    console = Console(file=out)
+    table = Table("arm", "test top-1 (mean ± std)", "per seed", "epochs", "seconds")
+    table.add_row("supervised", "0.8211 ± 0.0042", "0.8163 0.8232 0.8239", "50", "61")
+    assert console.width == 80
+    with log_width():
+        assert console.width == LOG_COLUMNS
+        console.print(table)
+    lines = out.getvalue().splitlines()
+    assert any("test top-1 (mean ± std)" in line for line in lines), out.getvalue()  # at 80 columns it wraps
+    assert any("supervised" in line and "0.8163 0.8232 0.8239" in line for line in lines), out.getvalue()
+    assert "COLUMNS" not in os.environ and console.width == 80  # the environment is as it was
+    monkeypatch.setenv("COLUMNS", "100")  # the user's choice wins
+    with log_width():
+        assert console.width == 100
+    monkeypatch.delenv("COLUMNS")
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=1: os.terminal_size((90, 30)))  # a terminal: its width
+    with log_width():
+        assert "COLUMNS" not in os.environ and console.width == 90
