@@ -13,9 +13,10 @@
 
 Images are the embedded Fashion-MNIST-mini training set, resized to ``--size`` and repeated to ``--channels``
 (``--data random`` uses random pixels). The measurements alternate in one process (repeats interleaved so
-machine noise hits all alike) and the median of the repeats is reported. The baseline's loader yields exactly
-the batches it is timed on, after a warm-up of workers × prefetch batches, so its workers neither start a
-repeat with a queue filled on another measurement's time nor run on into the next. Run:
+machine noise hits all alike) and the median of the repeats is reported. The baseline is timed in its steady
+state: its workers make, inside the timed window, as many batches as the window trains on (a warm-up of
+workers × prefetch batches fills the queue first, and the batches still in flight at the end are drained
+untimed), so their CPU time is counted where training pays it, and no worker runs on into (a) or (b). Run:
 
     python eval/bench_pretrain.py                      # CPU, batch 256, ImageNet stem, 32×32 RGB
     python eval/bench_pretrain.py --thread-sweep 1 2   # also (a) and (b) at each torch thread count
@@ -147,8 +148,13 @@ def torchvision_transform(size: int, channels: int, mean: tuple[float, ...], std
 class Baseline:
     """(c): the model fed by a DataLoader of per-sample PIL views, two view forwards, NT-Xent, SGD.
 
-    Each timed window gets a fresh pass of the (persistent) workers over exactly ``warm + steps`` batches; the
-    ``warm`` = workers × prefetch batches consumed first, untimed, bring the queue to its steady state.
+    Each timed window gets a fresh pass of the (persistent) workers over ``warm + steps + warm`` batches, where
+    ``warm`` = workers × prefetch, the batches the loader keeps in flight. The first ``warm`` are consumed untimed
+    (the queue fills); during the ``steps`` timed ones the workers make the batches that replace them, as they do
+    in training, so their CPU time competes with the model's inside the window; the last ``warm`` (in flight when
+    the window closes) are drained untimed, so that no worker is busy when (a) and (b) are timed. Until
+    2026-12-02 the pass ended with the timed steps: every batch they used had been made while the untimed ones
+    ran, the workers sat idle in the window, and (c) measured the model alone (about (a)).
     """
 
     PREFETCH = 2
@@ -159,7 +165,7 @@ class Baseline:
         self.encoder = torch.compile(model.encoder) if compile else model.encoder
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-6)
         self.warm = max(1, workers * self.PREFETCH)
-        sampler = RandomBatches(len(dataset), batch, self.warm + steps)
+        sampler = RandomBatches(len(dataset), batch, self.warm + steps + self.warm)
         self.loader: DataLoader | None = DataLoader(
             dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=self.PREFETCH if workers else None)
@@ -185,7 +191,9 @@ class Baseline:
             self.step()
 
     def finish(self) -> None:
-        next(self.batches, None)  # the sampler is exhausted: the workers stop here
+        """Drains the batches still in flight (untimed, not trained on): the workers are idle afterwards."""
+        for _ in self.batches:
+            pass
 
     def close(self) -> None:
         self.batches = self.loader = None

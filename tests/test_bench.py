@@ -1,0 +1,77 @@
+"""The benchmarks' own fairness: what eval/bench_pretrain.py's baseline (c) counts inside its timed window."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from bench_pretrain import Baseline  # noqa: E402  (eval/ is not a package)
+
+from sslkit.models import ProjectionHead, SimCLR  # noqa: E402
+
+STEP_SECONDS = 0.15
+
+
+class Stamped(Dataset):
+    """Tiny two-view samples; each worker appends the time it made a sample to its own file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        worker = torch.utils.data.get_worker_info()
+        with open(self.folder / f"made-{worker.id if worker else 'main'}.txt", "a") as f:
+            f.write(f"{time.time()}\n")
+        x = torch.rand(3, 8, 8)
+        return x, x.flip(-1)
+
+
+class SlowEncoder(nn.Module):
+    """A step that takes STEP_SECONDS (half per view forward), so workers are never the bottleneck."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(STEP_SECONDS / 2)
+        return self.linear(x.flatten(1))
+
+
+def made_times(folder: Path) -> list[float]:
+    return sorted(float(t) for f in folder.glob("made-*.txt") for t in f.read_text().split())
+
+
+def test_baseline_workers_make_the_timed_batches_inside_the_timed_window(tmp_path: Path) -> None:
+    batch, steps, workers = 4, 3, 2
+    model = SimCLR(SlowEncoder(), ProjectionHead(16, 16, 8))
+    base = Baseline(model, False, Stamped(tmp_path), batch, steps, workers, torch.device("cpu"),
+                    torch.contiguous_format, None)
+    try:
+        base.start()  # warm-up: the queue fills
+        t0 = time.time()
+        for _ in range(steps):
+            base.step()
+        t1 = time.time()
+        base.finish()
+        t2 = time.time()
+        time.sleep(2 * STEP_SECONDS)
+        made = made_times(tmp_path)
+        # In the window the workers make as many samples as it trains on (in steady state, as in training): the
+        # batches dispatched when each timed step takes one from the queue. Before 2026-12-02 they made none there.
+        inside = [t for t in made if t0 <= t <= t1]
+        assert len(inside) == steps * batch, (len(inside), len(made))
+        # Everything the loader dispatched is made by the time finish() returns; no worker runs on into (a)/(b).
+        assert len(made) == (base.warm + steps + base.warm) * batch
+        assert max(made) <= t2
+    finally:
+        base.close()
