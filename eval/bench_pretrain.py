@@ -195,6 +195,12 @@ class Baseline:
         for _ in self.batches:
             pass
 
+    def views_only(self) -> float:
+        """Seconds per batch of the loader alone, no model running: one whole pass, its batches dropped."""
+        t = time.perf_counter()
+        count = sum(1 for _ in self.loader)
+        return (time.perf_counter() - t) / count
+
     def close(self) -> None:
         self.batches = self.loader = None
 
@@ -336,6 +342,7 @@ def main() -> None:
               + (f"  (c) {t_base[-1]:.3f} s" if t_base else ""))
     mp, ms, ma = statistics.median(t_pure), statistics.median(t_step), statistics.median(t_aug)
     mc = statistics.median(t_base) if t_base else None
+    mv = statistics.median(base.views_only() for _ in range(3)) if base else None  # what (c)'s workers cost
 
     sweep = []
     default_threads = torch.get_num_threads()
@@ -395,6 +402,8 @@ def main() -> None:
     if mc is not None:
         rows.append(("(c) baseline: torchvision PIL + DataLoader, two forwards", mc, "c"))
     rows.append(("augmentation alone (2B views, part of b)", ma, "aug"))
+    if mv is not None:
+        rows.append((f"(c)'s views alone: its DataLoader ({args.workers} workers), no model running", mv, "views"))
     for label, t, key in rows:
         lines.append(f"| {label} | {t:.4f} | {b / t:,.0f} | {2 * b / t:,.0f} |{mem(key)}")
     paired = [p / q for p, q in zip(t_pure, t_step, strict=True)]  # (a) and (b) of a repeat share its noise
