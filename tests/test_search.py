@@ -36,6 +36,19 @@ def test_pruned_search_is_certified_and_equals_flat_on_low_rank_features() -> No
     np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
 
 
+def test_queries_the_first_candidates_do_not_certify_are_certified_by_the_next_ones_or_searched_again() -> None:
+    rows = low_rank_rows(6000, 128, 8, 1.0, 0)  # noisier: the bound is looser (88 % of the energy in 16)
+    bank, queries = rows[:5000], rows[5000:]
+    index = PrunedFlatIP(bank, rank=16)
+    sims, idx = index.search(queries, 20)
+    ref_sims, ref_idx = flat(bank, queries, 20)
+    # Some queries needed more than their first c rows; most of those were settled by the next c rows of the
+    # same bound search, the rest by a wider search; none had to be searched flat.
+    assert index.retries > 2 * index.widened > 0 and index.fallbacks == 0, (index.retries, index.widened)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+
+
 def test_pruned_search_falls_back_to_flat_when_the_bound_cannot_certify() -> None:
     g = torch.Generator().manual_seed(1)
     bank = F.normalize(torch.randn(3000, 128, generator=g), dim=1).numpy()  # flat spectrum: no useful bound
