@@ -329,20 +329,20 @@ def main() -> None:
     for _ in range(2):  # allocator, kernels, compilation
         pure()
         step()
-    if base:
+    if base is not None:
         timed_baseline()
     t_pure, t_step, t_aug, t_base = [], [], [], []
     for r in range(args.repeats):
         t_pure.append(timed("a", pure, args.steps))
         t_step.append(timed("b", step, args.steps))
         t_aug.append(timed("aug", aug_only, args.steps))
-        if base:
+        if base is not None:
             t_base.append(timed_baseline())
         print(f"repeat {r + 1}/{args.repeats}: (a) {t_pure[-1]:.3f} s  (b) {t_step[-1]:.3f} s"
               + (f"  (c) {t_base[-1]:.3f} s" if t_base else ""))
     mp, ms, ma = statistics.median(t_pure), statistics.median(t_step), statistics.median(t_aug)
     mc = statistics.median(t_base) if t_base else None
-    mv = statistics.median(base.views_only() for _ in range(3)) if base else None  # what (c)'s workers cost
+    mv = statistics.median(base.views_only() for _ in range(3)) if base is not None else None
 
     sweep = []
     default_threads = torch.get_num_threads()
@@ -358,7 +358,7 @@ def main() -> None:
         print(f"threads {n}: (a) {sweep[-1][1]:.3f} s  (b) {sweep[-1][2]:.3f} s")
     torch.set_num_threads(default_threads)
 
-    if base:
+    if base is not None:
         base.close()  # shuts the workers down, so that their peak memory is counted below
     main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
