@@ -301,15 +301,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequen
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
+#: Parts of a metric's dotted key that make it a setting, a size, a cost or a spread, where the largest value is not
+#: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``).
+_UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs"})
+
+
+def ranked(key: str) -> bool:
+    """Whether a larger value of metric ``key`` is better (accuracies, NMI, silhouette …), so that it is bolded."""
+    return not _UNRANKED_PARTS.intersection(key.split("."))
+
+
 def metrics_table(models: dict[str, dict[str, Any]], rows: Sequence[tuple[str, str]],
                   baselines: Sequence[str] = ()) -> str:
-    """Metrics as rows, models as columns, each row's best value in bold (as ``sslkit probe`` prints it)."""
+    """Metrics as rows, models as columns, each score row's best value in bold (as ``sslkit probe`` prints it);
+    rows of settings, sizes, times and spreads (see :func:`ranked`) are not bolded."""
     names = list(models)
     out = []
     for key, label in rows:
         values = [models[n].get(key) for n in names]
         finite = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-        best = max(finite) if len(finite) > 1 else None
+        best = max(finite) if len(finite) > 1 and ranked(key) else None
         cells = [f"<b>{_fmt(key, v)}</b>" if best is not None and v == best else _fmt(key, v) for v in values]
         out.append([_esc(label), *cells])
     header = ["metric", *[_esc(n) for n in names]]
@@ -624,7 +635,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 f'{_count(sizes.get(probe["split"]))} {_esc(probe.get("split_description", probe["split"]))} images. '
                 "Baselines: <b>raw_pixels</b> (the images, normalised and flattened) and <b>random_init</b> (the "
                 "same architecture with random weights), both on images normalised with the labeled train "
-                "split's own mean and std. Best of each row in bold.</p>")
+                "split's own mean and std. Best score of each row in bold.</p>")
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
                 probe_sec.body.append('<div class="note">probe.json was measured on another encoder '

@@ -31,7 +31,7 @@ from sslkit import viz
 from sslkit.cli import LOG_COLUMNS, log_width, main
 from sslkit.config import load_recipe, save_recipe
 from sslkit.evaluation.probe import BASELINES, ROWS
-from sslkit.report import PREDICTIONS_FILE, build_report, run_map
+from sslkit.report import PREDICTIONS_FILE, build_report, metrics_table, run_map
 from sslkit.viz import embed_2d, spread_points
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,3 +272,15 @@ def test_log_width_widens_rich_tables_only_when_no_stream_is_a_terminal(monkeypa
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=1: os.terminal_size((90, 30)))  # a terminal: its width
     with log_width():
         assert "COLUMNS" not in os.environ and console.width == 90
+
+
+def test_metrics_table_bolds_the_best_score_but_not_settings_sizes_times_or_spreads() -> None:
+    models = {"ssl": {"test_top1.mean": 0.854, "test_top1.std": 0.0040, "seconds.mean": 31.3, "seeds": 3,
+                      "dim": 512, "linear.weight_decay": 0.001, "fgsm.eps0.01.mean": 0.778},
+              "supervised": {"test_top1.mean": 0.821, "test_top1.std": 0.0042, "seconds.mean": 32.6, "seeds": 3,
+                             "dim": 784, "linear.weight_decay": 0.01, "fgsm.eps0.01.mean": 0.735}}
+    html = metrics_table(models, [(k, k) for k in models["ssl"]])
+    rows = {re.sub("<[^>]+>", "", r.split("</td>")[0]): r for r in html.split("<tr>")[2:]}
+    assert "<b>0.854</b>" in rows["test_top1.mean"] and "<b>0.778</b>" in rows["fgsm.eps0.01.mean"]
+    for key in ("test_top1.std", "seconds.mean", "seeds", "dim", "linear.weight_decay"):
+        assert "<b>" not in rows[key], rows[key]
