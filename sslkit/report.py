@@ -433,6 +433,19 @@ def _yaml_value(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
+def _finetune_card(finetune: dict[str, Any]) -> str:
+    """The overview's fine-tuning card: the SSL arm's test top-1 against the supervised one, from finetune.json."""
+    try:
+        arms, diff = finetune["summary"], finetune["difference"]
+        ssl, sup = arms["ssl"]["test_top1.mean"], arms["supervised"]["test_top1.mean"]
+        labels = finetune["sizes"]["labeled"]
+        return _card(f"fine-tuning ({finetune.get('split', 'test')})", f"{ssl:.1%}",
+                     f"{labels:,} labels; from scratch {sup:.1%} ({diff['test_top1.mean'] * 100:+.1f} points, ssl "
+                     f"ahead in {diff['ssl_wins']}/{diff['seeds']} seeds)")
+    except (KeyError, TypeError):  # another command's file: its layout may change
+        return _card("fine-tuning", "done", "see the last section")
+
+
 def _card(key: str, value: str, sub: str = "") -> str:
     return (f'<div class="card"><div class="k">{_esc(key)}</div><div class="v">{value}</div>'
             f'<div class="s">{sub}</div></div>')
@@ -563,7 +576,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             if enc.get("linear.top1") is not None:
                 cards.append(_card(f"linear probe ({probe['split']})", f"{enc['linear.top1']:.1%}", sub))
         if finetune:
-            cards.append(_card("fine-tuning", "done", "see the last section"))
+            cards.append(_finetune_card(finetune))
         overview.body.append(f'<div class="cards">{"".join(cards)}</div>')
         todo = []
         if probe is None:

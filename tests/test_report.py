@@ -31,7 +31,7 @@ from sslkit import viz
 from sslkit.cli import LOG_COLUMNS, log_width, main
 from sslkit.config import load_recipe, save_recipe
 from sslkit.evaluation.probe import BASELINES, ROWS
-from sslkit.report import PREDICTIONS_FILE, build_report, metrics_table, run_map
+from sslkit.report import PREDICTIONS_FILE, _finetune_card, build_report, metrics_table, run_map
 from sslkit.viz import embed_2d, spread_points
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,12 +183,17 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     run = make_run(tmp_path / "run", seed=5)
     summary = {"ssl": {"test_top1.mean": 0.8431}, "supervised": {"test_top1.mean": 0.8211}}
     runs = [{"arm": "ssl", "seed": 0, "curves": {"val_top1": [0.5, 0.8]}}]
-    (run / "finetune.json").write_text(json.dumps({"name": "ft", "summary": summary, "difference": {
-        "test_top1.mean": 0.022}, "runs": runs, "robustness": {"summary": {"ssl": {"mean": [0.8, 0.3]}}}}))
+    (run / "finetune.json").write_text(json.dumps({"name": "ft", "split": "test", "sizes": {"labeled": 5000},
+                                                   "summary": summary, "difference": {
+        "test_top1.mean": 0.022, "ssl_wins": 3, "seeds": 3}, "runs": runs,
+        "robustness": {"summary": {"ssl": {"mean": [0.8, 0.3]}}}}))
     (run / "figures").mkdir(exist_ok=True)
     _stub_figure(run / "figures" / "finetune.png")
     text = build_report(run, method="tsne", max_points=80, console=quiet()).read_text(encoding="utf-8")
-    body = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))["finetune"]
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    assert re.search(r"fine-tuning \(test\).*?84\.3%.*?5,000 labels; from scratch 82\.1% \(\+2\.2 points, ssl "
+                     r"ahead in 3/3 seeds\)", sections["overview"], re.S), "the overview card gives the result"
+    body = sections["finetune"]
     head, full = body.split("<details>", 1)
     assert head.count("<img ") == 1, "the chart sslkit finetune drew; the FGSM chart is absent and skipped"
     assert "0.8431" in head and "0.8211" in head and "0.022" in head, "the summary and difference tables lead"
@@ -284,3 +289,7 @@ def test_metrics_table_bolds_the_best_score_but_not_settings_sizes_times_or_spre
     assert "<b>0.854</b>" in rows["test_top1.mean"] and "<b>0.778</b>" in rows["fgsm.eps0.01.mean"]
     for key in ("test_top1.std", "seconds.mean", "seeds", "dim", "linear.weight_decay"):
         assert "<b>" not in rows[key], rows[key]
+
+
+def test_finetune_card_of_an_unknown_layout_says_done() -> None:
+    assert "done" in _finetune_card({"summary": {"a": {}}}) and "see the last section" in _finetune_card({})
