@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from sslkit.errors import UserError
 
 EXIT_NONFINITE = 3
-LOG_COLUMNS = 120  # rich's width when no standard stream is a terminal (its own default, 80, wraps sslkit's tables)
+LOG_COLUMNS = 160  # rich's width when no standard stream is a terminal (its default, 80, wraps sslkit's tables)
 
 
 @contextlib.contextmanager
@@ -24,8 +24,9 @@ def log_width(columns: int = LOG_COLUMNS) -> Iterator[None]:
     """Gives rich ``columns`` characters per line for the command when its output goes to files or pipes only.
 
     Rich takes its width from a terminal on stdin, stdout or stderr, else from ``COLUMNS``, else 80, at which the
-    probe and fine-tuning tables wrap their cells in a log (``nohup sslkit … > log``). A terminal, or a ``COLUMNS``
-    the user set, is left alone; the environment is restored afterwards.
+    probe and fine-tuning tables wrap their cells in a log (``nohup sslkit … > log``); the widest, the
+    fine-tuning table, needs about 150. A terminal, or a ``COLUMNS`` the user set, is left alone; the environment
+    is restored afterwards.
     """
     def is_terminal(fd: int) -> bool:  # as rich asks: file descriptors 0, 1 and 2
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 
 import sslkit.evaluation.finetune as ft
 from sslkit.checkpoint import export_encoder, load_encoder
-from sslkit.cli import main
+from sslkit.cli import LOG_COLUMNS, main
 from sslkit.config import DataConfig, MonitorConfig, Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource
 from sslkit.evaluation.finetune_config import is_finetune_recipe, load_finetune_recipe
@@ -118,6 +119,13 @@ def test_arms_get_identical_batches_and_ssl_starts_from_the_export(run_dir: Path
     assert saved["runs"][0]["fgsm"]["0"] is not None
     for png in ("finetune.png", "finetune_fgsm.png"):
         assert (tmp_path / "out" / "figures" / png).stat().st_size > 1000
+    # In a log (no terminal) the table gets sslkit.cli.LOG_COLUMNS: none of its cells wraps there.
+    printed = {}
+    for width in (LOG_COLUMNS, 400):
+        out = io.StringIO()
+        ft.print_table(saved, Console(file=out, width=width))
+        printed[width] = out.getvalue().splitlines()
+    assert len(printed[LOG_COLUMNS]) == len(printed[400]), "\n".join(printed[LOG_COLUMNS])
 
 
 def test_the_test_split_is_scored_once_and_chooses_nothing(run_dir: Path, tmp_path: Path,
