@@ -54,7 +54,7 @@ from sslkit.evaluation.clustering import kmeans
 from sslkit.evaluation.features import extract_features
 from sslkit.evaluation.knn import knn_evaluate, knn_search, unit_rows
 from sslkit.evaluation.probe import run_features
-from sslkit.evaluation.search import PrunedFlatIP, exact_index
+from sslkit.evaluation.search import PrunedFlatIP, exact_index, first_candidates
 from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -201,8 +201,8 @@ def main() -> None:
         if isinstance(searcher, PrunedFlatIP):
             how = (f"pruned by a certified rank-{searcher.basis.shape[1]} bound holding {searcher.captured:.1%} of "
                    f"the energy; {searcher.retries:,} of {args.queries:,} queries needed more than their first "
-                   f"{2 * k + 32} candidates, {searcher.widened:,} a second bound search, {searcher.fallbacks:,} "
-                   "were searched flat")
+                   f"{first_candidates(k)} candidates, {searcher.widened:,} a second bound search, "
+                   f"{searcher.fallbacks:,} were searched flat")
         else:
             how = "not pruned: FAISS IndexFlatIP"
         t_eval, acc = median_time(lambda: knn_evaluate(bank, torch.from_numpy(bank_y), queries,

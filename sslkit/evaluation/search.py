@@ -28,6 +28,11 @@ import torch
 ROUNDING_MARGIN = 1e-4
 
 
+def first_candidates(k: int) -> int:
+    """c: the rows of largest bound :class:`PrunedFlatIP` re-scores first for k neighbours (it fetches 2c + 1)."""
+    return 2 * k + 32
+
+
 def _as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -136,7 +141,7 @@ class PrunedFlatIP:
         """Like ``faiss.IndexFlatIP.search``: (Q, k) similarities, most similar first, and bank row indices."""
         q = _as_f32(queries)
         n = self.bank.shape[0]
-        c = 2 * k + 32
+        c = first_candidates(k)
         if 2 * c + 1 > n // 2:  # little to prune: the flat search is cheaper
             return self._flat_search(q, k)
         coords = self._bound_coords(torch.from_numpy(q))
@@ -162,7 +167,7 @@ def exact_index(bank: np.ndarray, queries: int, k: int, rank: int | None = None)
     n, d = bank.shape
     many = k >= 50  # many candidates to re-score: a tighter bound (fewer retries) and grouped storage pay
     rank = rank or (96 if many else 64)
-    c = 2 * k + 32  # PrunedFlatIP's first candidates; it fetches 2c + 1 bounds
+    c = first_candidates(k)  # PrunedFlatIP fetches 2c + 1 bounds
     if queries * n >= 10**8 and d >= 4 * rank and 2 * (2 * c + 1) <= n:
         pruned = PrunedFlatIP(bank, rank, groups=64 if many else 0)
         if pruned.captured >= 0.95:
