@@ -1,9 +1,10 @@
 """Time of each SimCLR augmentation op on one batch, to see where the augmentation time goes.
 
 Each op runs on the previous op's output; the ops and the whole pipeline are timed in interleaved repeats and
-the median is printed. The first row, sslkit's ``ResizedCropFlip``, is also set beside the two Kornia modules
-it replaces (``RandomResizedCrop`` in resample mode, then ``RandomHorizontalFlip``), which draw the same
-parameters and make the same views up to rounding.
+the median is printed. sslkit's two ops that compute Kornia's transforms themselves are each set beside the two
+Kornia modules whose parameters they draw, which make the same views up to rounding: ``ResizedCropFlip`` beside
+``RandomResizedCrop`` in resample mode then ``RandomHorizontalFlip``, and ``ColourDistortion`` beside
+``ColorJitter`` then ``RandomGrayscale``.
 
     python eval/profile_augment.py                      # CPU, 512 RGB 32×32 views
     python eval/profile_augment.py --channels 1 --size 28
@@ -25,6 +26,7 @@ from machine import add_malloc_option, apply_malloc_option  # eval/machine.py, b
 from torch import nn
 
 from sslkit.augment import ResizedCropFlip, SimCLRAugment
+from sslkit.colour import ColourDistortion
 
 
 def main() -> None:
@@ -48,6 +50,11 @@ def main() -> None:
     kornia_pair = nn.Sequential(
         K.RandomResizedCrop(fused.size, scale=(0.08, 1.0), cropping_mode="resample", align_corners=True, p=1.0),
         K.RandomHorizontalFlip(p=fused.flip.p)).to(dev)
+    colour = aug.ops[1]
+    assert isinstance(colour, ColourDistortion)
+    kornia_colour = nn.Sequential(  # the two Kornia modules whose parameters ColourDistortion draws
+        *([colour.jitter] if colour.jitter is not None else []),
+        *([colour.grayscale] if colour.grayscale is not None else [])).to(dev)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -61,6 +68,7 @@ def main() -> None:
     rows: list[tuple[str, Callable[[], object]]] = [
         (type(op).__name__, functools.partial(op, inp)) for op, inp in zip(aug.ops, inputs, strict=True)]
     rows.insert(1, ("  Kornia crop + flip", lambda: kornia_pair(inputs[0])))
+    rows.insert(3, ("  Kornia jitter + gray", lambda: kornia_colour(inputs[1])))
     rows.append(("whole pipeline", lambda: aug(x)))
     times: dict[str, list[float]] = {name: [] for name, _ in rows}
     for _ in range(3):

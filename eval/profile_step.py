@@ -1,7 +1,7 @@
 """Time of each part sslkit's train step adds to the encoder's forward+backward, each measured on its own.
 
 The parts: the augmentation of 2B views (``bench_pretrain.py``'s, eager and with ``augment.compile``; for RGB
-also Kornia's HSV hue kernel against sslkit's closed-form ``shift_hue``, which Kornia's ColorJitter runs),
+also Kornia's HSV hue kernel against sslkit's closed-form ``shift_hue``, which sslkit's colour jitter runs),
 NT-Xent forward+backward, the LARS step through timm's multi-tensor (``foreach``) path, through its
 per-parameter loop, through ``sslkit.optim.Lars`` (sslkit's on the CPU) and compiled (``optim.compile``), and the
 finite check of loss and gradients: on its own pass (any other optimizer) and on the norms of ``Lars``'s update.
@@ -25,7 +25,7 @@ import torch
 from bench_pretrain import bench_augment  # eval/bench_pretrain.py, beside this script
 from machine import add_malloc_option, apply_malloc_option  # eval/machine.py
 
-from sslkit.augment import shift_hue
+from sslkit.colour import shift_hue
 from sslkit.config import OptimConfig
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
@@ -71,7 +71,7 @@ def main() -> None:
         factor = (torch.rand(2 * b) * 2 - 1) * math.pi
         rows.append(("  hue: kornia.enhance.adjust_hue (HSV round trip)",
                      timed(lambda: kornia.enhance.adjust_hue(x, factor), args.repeats)))
-        rows.append(("  hue: sslkit.augment.shift_hue (what ColorJitter runs)",
+        rows.append(("  hue: sslkit.colour.shift_hue (what sslkit's jitter runs)",
                      timed(lambda: shift_hue(x, factor), args.repeats)))
 
     z1 = torch.randn(b, 128, requires_grad=True)

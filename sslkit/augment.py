@@ -3,12 +3,13 @@
 Chen et al. 2020 (§3 and appendix A): random resized crop with resize, horizontal flip, colour distortion of
 strength s (jitter applied with p=0.8: brightness, contrast, saturation 0.8·s, hue 0.2·s; grayscale with
 p=0.2) and Gaussian blur. Every probability and strength comes from the recipe; none is left to a library
-default. Each sample of a batch draws its own parameters.
+default. Each sample of a batch draws its own parameters, from Kornia's modules; the crop with its flip
+(``ResizedCropFlip``) and the colour distortion (``sslkit.colour.ColourDistortion``) compute their pixels in fewer
+passes than Kornia's kernels, with the same parameters and random stream.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,48 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslkit.compiled import CompiledOrEager
+from sslkit.colour import ColourDistortion
 
 if TYPE_CHECKING:
     from sslkit.config import AugmentConfig
-
-_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the HSV → RGB formula below
-_JITTER_HOOKS = ("_brightness_fn", "_contrast_fn", "_saturation_fn", "_hue_fn")  # Kornia ColorJitter's kernels
-
-
-def shift_hue(image: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
-    """``kornia.enhance.adjust_hue`` computed without the HSV round trip: same result, ~3× faster on a CPU.
-
-    A hue rotation in HSV keeps each pixel's maximum M and minimum m (value and saturation), so only its hue
-    sector h ∈ [0, 6) is needed: h from the maximal channel, h' = h + 6·factor/2π (mod 6), and then channel n of
-    the result is M − (M − m)·clamp(min(k, 4 − k), 0, 1) with k = (offset_n + h') mod 6 (the closed form of
-    HSV → RGB). Gray pixels (M = m) are returned unchanged. Kornia's ``ColorJitter`` runs its hue step through
-    ``_hue_fn``, a function of this signature, and SimCLRAugment puts this one there; a test holds the two equal.
-
-    Args:
-        image: RGB in [0, 1].
-        factor: hue shift in radians, in [-π, π]; a scalar or one per image.
-
-    Shape:
-        image: (B, 3, H, W), factor: () or (B,) -> (B, 3, H, W)
-    """
-    factor = torch.as_tensor(factor, dtype=image.dtype, device=image.device).reshape(-1, 1, 1, 1)
-    r, g, b = image.unbind(dim=-3)
-    top = image.amax(dim=-3)
-    chroma = top - image.amin(dim=-3)
-    # Which channel is the maximum (red first, then green, on ties), as 0/1 masks: multiplying by them is cheaper
-    # than torch.where on a CPU, and gives the same values for finite images.
-    is_r = r == top
-    is_g = (g == top) & ~is_r
-    is_b = ~(is_r | is_g)
-    numerator = torch.addcmul(torch.addcmul((g - b) * is_r, b - r + 2 * chroma, is_g), r - g + 4 * chroma, is_b)
-    sector = numerator / chroma.clamp_min(torch.finfo(image.dtype).tiny)  # gray pixels: 0 / tiny = 0
-    offsets = torch.tensor(_CHANNEL_OFFSETS, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    shift = factor * (3 / math.pi) + offsets  # (B, 3, 1, 1): the hue shift in sectors, plus each channel's offset
-    k = sector.unsqueeze(-3) + shift  # (B, 3, H, W): offset_n + h + shift
-    k = k.sub_(torch.floor(k / 6.0).mul_(6.0))  # mod 6, as torch.remainder defines it, but cheaper on a CPU
-    ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)  # min(k, 4 − k) = 2 − |k − 2|, clamped to [0, 1]
-    return torch.addcmul(top.unsqueeze(-3), chroma.unsqueeze(-3), ramp, value=-1.0)
 
 
 class ResizedCropFlip(nn.Module):
@@ -109,6 +72,24 @@ class ResizedCropFlip(nn.Module):
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+class Normalize(nn.Module):
+    """(x − mean) / std per channel, as ``kornia.augmentation.Normalize``; in place when asked.
+
+    ``SimCLRAugment`` normalises its own views in place, while they are in cache, instead of writing a new batch.
+
+    Shape:
+        (B, C, H, W) -> (B, C, H, W)
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return (x if inplace else x.clone()).sub_(self.mean).div_(self.std)
+
+
 class SimCLRAugment(nn.Module):
     """Turns a batch of uint8 images into one batch of normalised random views.
 
@@ -128,11 +109,9 @@ class SimCLRAugment(nn.Module):
         blur_p: probability of Gaussian blur.
         blur_sigma: σ range of the blur.
         blur_kernel_frac: blur kernel size as a fraction of the image side (SimCLR: 10%), rounded to odd ≥ 3.
-        compile: run the colour jitter's four kernels (brightness, contrast, saturation, hue: about forty
-            element-wise passes over the batch in eager mode) through ``torch.compile``, which fuses each kernel's
-            passes. Kornia's own ``ColorJitter.compile`` compiles the same hooks; here each falls back to the eager
-            kernel with a warning where compiling fails. Same views up to rounding; it saved 2–10 ms of 15–27 ms for
-            512 RGB 32×32 views on a 2-core CPU (eval/results/bench_pretrain_cpu.md), after seconds of compiling.
+        compile: run each of the colour jitter's four steps (brightness, contrast, saturation, hue) through
+            ``torch.compile``, which fuses each step's passes; a step falls back to the eager one with a warning
+            where compiling fails. Same views up to rounding, after seconds of compiling.
 
     Shape:
         (B, C, H, W) uint8 or float in [0, 1] -> (B, C, image_size, image_size) float32
@@ -146,23 +125,14 @@ class SimCLRAugment(nn.Module):
         super().__init__()
         s = jitter_strength
         ops: list[nn.Module] = [ResizedCropFlip((image_size, image_size), crop_scale, crop_ratio, flip_p)]
-        if jitter_p > 0 and s > 0:
-            if channels == 3:
-                jitter = K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_p)
-                jitter._hue_fn = shift_hue  # Kornia's hook for its hue kernel; its parameters, order and gating stay
-            else:
-                jitter = K.ColorJitter(0.8 * s, 0.8 * s, 0.0, 0.0, p=jitter_p)
-            if compile:
-                for hook in _JITTER_HOOKS:
-                    setattr(jitter, hook, CompiledOrEager(getattr(jitter, hook), "augment.compile: compiling the "
-                                                          f"colour jitter's {hook[1:-3]} kernel", dynamic=False))
-            ops.append(jitter)
-        if channels == 3 and grayscale_p > 0:
-            ops.append(K.RandomGrayscale(p=grayscale_p))
+        colour = ColourDistortion(channels, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, jitter_p if s > 0 else 0.0,
+                                  grayscale_p, compile=compile)
+        if colour.jitter is not None or colour.grayscale is not None:
+            ops.append(colour)
         if blur_p > 0:
             k = max(3, int(round(blur_kernel_frac * image_size)) // 2 * 2 + 1)
             ops.append(K.RandomGaussianBlur((k, k), tuple(blur_sigma), p=blur_p))
-        ops.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std), p=1.0))
+        ops.append(Normalize(mean, std))
         self.ops = nn.Sequential(*ops)
 
     @classmethod
@@ -182,7 +152,10 @@ class SimCLRAugment(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        return self.ops(x)
+        *random_ops, normalize = self.ops
+        for op in random_ops:
+            x = op(x)
+        return normalize(x, inplace=True)  # x is the pipeline's own tensor: the crop always makes a new one
 
 
 def preprocess(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

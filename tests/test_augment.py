@@ -44,7 +44,9 @@ def test_grayscale_probability_one_gives_equal_channels_and_gray_input_skips_col
     torch.testing.assert_close(v[:, 0], v[:, 1])
     gray = SimCLRAugment(16, 1, (0.0,), (1.0,), jitter_p=1.0, jitter_strength=1.0, grayscale_p=1.0, blur_p=0.5)
     names = [type(m).__name__ for m in gray.ops]
-    assert "RandomGrayscale" not in names and "RandomGaussianBlur" in names
+    assert names == ["ResizedCropFlip", "ColourDistortion", "RandomGaussianBlur", "Normalize"]
+    colour = gray.ops[1]
+    assert colour.grayscale is None and colour.active == (True, True, False, False)  # brightness, contrast only
     assert gray(_images(4, 1, 16)).shape == (4, 1, 16, 16)
 
 
@@ -81,7 +83,7 @@ def test_shift_hue_equals_kornias_adjust_hue() -> None:
 
     import kornia
 
-    from sslkit.augment import shift_hue
+    from sslkit.colour import shift_hue
     g = torch.Generator().manual_seed(0)
     x = torch.rand(64, 3, 12, 12, generator=g)
     x[:, :, :2] = x[:, :1, :2]  # gray pixels: no hue at all
@@ -94,19 +96,55 @@ def test_shift_hue_equals_kornias_adjust_hue() -> None:
         torch.testing.assert_close(shift_hue(x, factor), want, atol=1e-5, rtol=0)
 
 
-def test_simclr_colour_jitter_is_kornias_with_the_faster_hue_kernel() -> None:
+@pytest.mark.parametrize("channels, strengths, jitter_p, grayscale_p", [
+    (3, (0.8, 0.8, 0.8, 0.2), 0.8, 0.2),  # SimCLR's, at s = 1
+    (3, (0.4, 0.4, 0.4, 0.1), 1.0, 0.0),
+    (3, (0.0, 0.0, 0.8, 0.5), 0.5, 1.0),  # saturation and hue only; every sample turns gray after
+    (3, (0.8, 0.0, 0.0, 0.0), 0.0, 0.5),  # grayscale only
+    (1, (0.8, 0.8, 0.0, 0.0), 0.8, 0.0),
+])
+def test_colour_distortion_equals_kornias_jitter_and_grayscale_with_the_same_random_stream(
+        channels: int, strengths: tuple[float, ...], jitter_p: float, grayscale_p: float) -> None:
+    import kornia.augmentation as K
+    from torch import nn
+
+    from sslkit.colour import ColourDistortion
+    x = torch.rand(256, channels, 12, 12, generator=torch.Generator().manual_seed(0))
+    x[:8] = x[:8, :1]  # some gray images among the colour ones
+    before = x.clone()
+    ours = ColourDistortion(channels, *strengths, jitter_p=jitter_p, grayscale_p=grayscale_p)
+    kornias = nn.Sequential(*([K.ColorJitter(*strengths, p=jitter_p)] if jitter_p else []),  # as SimCLRAugment
+                            *([K.RandomGrayscale(p=grayscale_p)] if grayscale_p and channels == 3 else []))
+    torch.manual_seed(7)
+    got, state_after = ours(x), torch.get_rng_state()
+    torch.manual_seed(7)
+    want = kornias(x)
+    assert torch.equal(state_after, torch.get_rng_state())  # same draws: later ops see the same random stream
+    assert torch.equal(x, before)  # the input is left as it was
+    torch.testing.assert_close(got, want, atol=3e-6, rtol=0)
+    assert (got - x).abs().amax() > 0.3  # it did distort
+
+
+def test_colour_steps_are_kornias_kernels() -> None:
+    import math
+
     import kornia
 
-    from sslkit.augment import shift_hue
-    aug = SimCLRAugment(16, 3, (0.5,) * 3, (0.25,) * 3, jitter_p=1.0, jitter_strength=1.0, grayscale_p=0.0)
-    jitter = next(op for op in aug.ops if isinstance(op, kornia.augmentation.ColorJitter))
-    assert jitter._hue_fn is shift_hue
-    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
-    torch.manual_seed(3)
-    fast = aug(x)
-    jitter._hue_fn = kornia.enhance.adjust_hue  # Kornia's own kernel, same random parameters
-    torch.manual_seed(3)
-    torch.testing.assert_close(fast, aug(x), atol=1e-4, rtol=0)  # normalised by std 0.25: 4× the pixel error
+    from sslkit.colour import brightness_, contrast_, hue_, saturation_
+    x = torch.rand(32, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    f = torch.linspace(0.2, 1.8, 32).view(-1, 1, 1, 1)
+    cases = [(brightness_, f, kornia.enhance.adjust_brightness_accumulative(x, f)),
+             (contrast_, f, kornia.enhance.adjust_contrast_with_mean_subtraction(x, f)),
+             (saturation_, f, kornia.enhance.adjust_saturation_with_gray_subtraction(x, f)),
+             (hue_, f - 1, kornia.enhance.adjust_hue(x, (f - 1).flatten() * math.pi))]
+    for step, factor, want in cases:
+        y = x.clone()
+        out = step(y, factor * math.pi if step is hue_ else factor)
+        assert out.data_ptr() == y.data_ptr()  # in place
+        torch.testing.assert_close(out, want, atol=2e-6, rtol=0)
+    gray = x[:, :1]
+    want = kornia.enhance.adjust_contrast_with_mean_subtraction(gray, f)
+    torch.testing.assert_close(contrast_(gray.clone(), f), want, atol=2e-6, rtol=0)
 
 
 def test_from_config_passes_every_recipe_key_and_the_view_size() -> None:
@@ -129,7 +167,6 @@ def test_from_config_passes_every_recipe_key_and_the_view_size() -> None:
 
 
 def test_compiled_colour_jitter_makes_the_eager_views_and_falls_back_when_compiling_fails() -> None:
-    import kornia
     from torch._dynamo.utils import counters
 
     x = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -153,9 +190,8 @@ def test_compiled_colour_jitter_makes_the_eager_views_and_falls_back_when_compil
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     fallback = make(True)
-    jitter = next(op for op in fallback.ops if isinstance(op, kornia.augmentation.ColorJitter))
-    for hook in ("_brightness_fn", "_contrast_fn", "_saturation_fn", "_hue_fn"):
-        getattr(jitter, hook).compiled = broken
+    for step in fallback.ops[1].steps:
+        step.compiled = broken
     with pytest.warns(UserWarning) as caught:
         assert torch.equal(views(fallback), eager)
     assert sorted(str(w.message) for w in caught) == [
