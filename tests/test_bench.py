@@ -77,3 +77,26 @@ def test_baseline_workers_make_the_timed_batches_inside_the_timed_window(tmp_pat
         assert max(made) <= t2
     finally:
         base.close()
+
+
+def test_pool_repeats_pools_the_logged_ratios_and_refuses_a_file_without_them(tmp_path: Path, capsys,
+                                                                              monkeypatch) -> None:
+    import statistics
+
+    import pytest
+    from pool_repeats import main, ratios
+
+    one, two = tmp_path / "one.log", tmp_path / "two.log"
+    one.write_text("warm-up on cpu\nrepeat 1/2: (a) 0.400 s  (b) 0.500 s\nrepeat 2/2: (a) 0.300 s  (b) 0.300 s\n")
+    two.write_text("repeat 1/1: (a) 0.450 s  (b) 0.500 s\n(b)/(a) table lines are not repeats\n")
+    assert ratios(one) == [0.8, 1.0]
+    monkeypatch.setattr(sys, "argv", ["pool_repeats.py", f"new={one}", f"new={two}"])
+    main()
+    want = f"new: 3 repeats, per-repeat (b)/(a) median {statistics.median([0.8, 1.0, 0.9]):.3f}"
+    assert want in capsys.readouterr().out
+    bad = tmp_path / "bad.log"
+    bad.write_text("no repeats here\n")
+    monkeypatch.setattr(sys, "argv", ["pool_repeats.py", f"x={bad}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and str(bad) in capsys.readouterr().err
