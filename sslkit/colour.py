@@ -32,7 +32,6 @@ from sslkit.compiled import CompiledOrEager
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 _NEUTRAL = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue: the factors that change nothing
 _FACTORS = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")  # Kornia's order indices
-_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # R, G, B in the HSV → RGB formula of hue_
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +88,8 @@ def hue_(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
     """
     b = x.shape[0]
     factor = torch.as_tensor(factor, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(b, 1)
-    offsets = torch.tensor(_CHANNEL_OFFSETS, dtype=x.dtype, device=x.device)
+    # offset_n: 5, 3, 1 for R, G, B; made on the device (a tensor from a list would be a blocking copy on a GPU)
+    offsets = torch.arange(5.0, 0.0, -2.0, dtype=x.dtype, device=x.device)
     per_image = (factor * (3 / math.pi) + offsets).remainder_(6.0).sub_(5.0)  # (B, 3): c_n
     r, g, bl = x.unbind(dim=-3)
     top = x.amax(dim=-3)
