@@ -86,8 +86,9 @@ class AugmentConfig:
     # crop enlarges objects, evaluating at full size then sees them nearer their training size (FixRes, Touvron
     # et al. 2019). The encoder is still evaluated at data.image_size.
     view_size: int | None = _f(None, ge=8)
-    # Fuse the colour jitter's kernels with torch.compile (a few seconds to compile once; on the CPU it needs a C++
-    # compiler and falls back to eager kernels with a warning without one). eval/results/bench_pretrain_cpu.md.
+    # Fuse each colour jitter step with torch.compile (a few seconds to compile once; on the CPU it needs a C++
+    # compiler and falls back to eager kernels with a warning without one). On a CPU it no longer pays since the
+    # eager steps work in place (9.0 against 8.3 ms for 512 RGB 32×32 views): eval/results/bench_pretrain_cpu.md.
     compile: bool = False
 
 
