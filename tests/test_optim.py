@@ -132,6 +132,42 @@ def test_lars_cpu_update_equals_timm_step_and_falls_back_to_it(monkeypatch: pyte
     assert sum(s is opt for s in timm_steps) == 2
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "buffers_contiguous"])
+def test_lars_cpu_update_matches_the_reference_in_every_memory_layout(layout: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused kernel runs on flat views of weight, gradient and buffer; where their element orders differ
+    (buffers made before the model went channels_last) the update falls back to in-place ops: same result."""
+    import sslkit.optim
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 6, 1, bias=False), nn.Flatten(),
+                          nn.Linear(6 * 4 * 4, 5))
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, OptimConfig(name="lars", lr=0.8, weight_decay=1e-3), batch_size=256)
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(2)
+    grads = [{k: torch.randn(v.shape, generator=g) for k, v in start.items()} for _ in range(4)]
+    fused: list[int] = []
+    real_sgd = sslkit.optim.sgd
+    monkeypatch.setattr(sslkit.optim, "sgd", lambda params, *a, **kw: fused.append(len(params)) or
+                        real_sgd(params, *a, **kw))
+    for i, step_grads in enumerate(grads):
+        if i == 1 and layout == "buffers_contiguous":
+            model = model.to(memory_format=torch.channels_last)  # the same parameters, laid out anew
+        for k, p in model.named_parameters():  # gradients laid out like their parameters, as autograd makes them
+            p.grad = torch.empty_like(p).copy_(step_grads[k])
+        opt.step()
+    want = reference_lars(start, grads, lr=0.8, wd=1e-3, momentum=0.9, eta=0.001)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), want[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last) == (layout != "contiguous")
+    # Per step after the first (timm's): one fused call for the 1-D group, one per weight it can take flat. The
+    # 3×3 conv's contiguous buffer does not match its channels_last weight; the 1×1 conv's orders coincide.
+    per_step = 1 + (2 if layout == "buffers_contiguous" else 3)
+    assert len(fused) == 3 * per_step
+
+
 def test_compiled_lars_equals_timm_lars_without_recompiling_per_rate() -> None:
     from dataclasses import replace
 
