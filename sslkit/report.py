@@ -36,6 +36,7 @@ from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
 from sslkit.evaluation.features import atomic_save_npy, progress_bar
+from sslkit.evaluation.probe import best_score
 
 MAX_MAP_POINTS = 10_000
 MAP_THUMBNAILS = 24  # images drawn on the report's map, spread out so they do not cover each other
@@ -301,26 +302,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequen
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-#: Parts of a metric's dotted key that make it a setting, a size, a cost or a spread, where the largest value is not
-#: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``).
-_UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs"})
-
-
-def ranked(key: str) -> bool:
-    """Whether a larger value of metric ``key`` is better (accuracies, NMI, silhouette …), so that it is bolded."""
-    return not _UNRANKED_PARTS.intersection(key.split("."))
-
-
 def metrics_table(models: dict[str, dict[str, Any]], rows: Sequence[tuple[str, str]],
                   baselines: Sequence[str] = ()) -> str:
-    """Metrics as rows, models as columns, each score row's best value in bold (as ``sslkit probe`` prints it);
-    rows of settings, sizes, times and spreads (see :func:`ranked`) are not bolded."""
+    """Metrics as rows, models as columns, each score row's best value in bold by ``sslkit probe``'s rule
+    (:func:`~sslkit.evaluation.probe.best_score`: rows of settings, sizes, times and spreads are not bolded)."""
     names = list(models)
     out = []
     for key, label in rows:
         values = [models[n].get(key) for n in names]
-        finite = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-        best = max(finite) if len(finite) > 1 and ranked(key) else None
+        best = best_score(key, values)
         cells = [f"<b>{_fmt(key, v)}</b>" if best is not None and v == best else _fmt(key, v) for v in values]
         out.append([_esc(label), *cells])
     header = ["metric", *[_esc(n) for n in names]]

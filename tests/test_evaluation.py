@@ -21,7 +21,7 @@ from sslkit.evaluation import features as features_mod
 from sslkit.evaluation.clustering import cluster_metrics, hungarian_accuracy, purity
 from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search
 from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe
-from sslkit.evaluation.probe import run_probe
+from sslkit.evaluation.probe import best_score, print_table, run_probe
 from sslkit.models import build_encoder
 
 
@@ -233,3 +233,27 @@ def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["probe", str(run), "--fractions", "0", "1"]) == 2
     assert "not a fraction" in capsys.readouterr().err
     assert not (run / "probe.json").exists() and not (run / "features").exists()  # nothing computed
+
+
+def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times() -> None:
+    models = {"encoder": {"linear.top1": 0.886, "knn.k20.top1": 0.872, "kmeans.nmi": 0.65, "linear.weight_decay": 1e-4,
+                          "dim": 512, "seconds": 80.0, "label_fraction.0.01.top1": 0.82, "label_fraction.0.01.n": 600},
+              "raw pixels": {"linear.top1": 0.847, "knn.k20.top1": 0.877, "kmeans.nmi": float("nan"),
+                             "linear.weight_decay": 1e-2, "dim": 784, "seconds": 5.0,
+                             "label_fraction.0.01.top1": 0.77, "label_fraction.0.01.n": 600}}
+    report = {"models": models, "split": "test", "dataset": "d", "sizes": {"train": 60_000, "test": 10_000},
+              "fractions": [0.01, 1.0]}
+    printed = []
+    console = Console(width=200)
+    console.print = printed.append  # type: ignore[method-assign]
+    print_table(report, console)
+    table = printed[0]
+    rows = {label: [col._cells[i] for col in table.columns[1:]] for i, label in enumerate(table.columns[0]._cells)}
+    assert rows["linear top-1"] == ["[bold]0.8860[/]", "0.8470"]
+    assert rows["k-NN k=20 (weighted)"] == ["0.8720", "[bold]0.8770[/]"]  # the baseline's, when it is better
+    assert rows["k-means NMI"] == ["0.6500", "—"]  # a single finite value: nothing to compare
+    assert rows["linear top-1, 0.01 of labels (n=600)"] == ["[bold]0.8200[/]", "0.7700"]
+    assert rows["linear weight decay"] == ["0.0001", "0.01"]  # the larger is not 'best'
+    assert rows["feature dim"] == ["512", "784"] and rows["seconds"] == ["80.0", "5.0"]
+    assert best_score("test_top1.std", [0.1, 0.2]) is None and best_score("linear.top1", [0.1, True, 0.2]) == 0.2
+

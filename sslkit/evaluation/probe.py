@@ -362,8 +362,26 @@ ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Parts of a metric's dotted key that make it a setting, a size, a cost or a spread, where the largest value is not
+#: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``).
+UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs"})
+
+
+def ranked(key: str) -> bool:
+    """Whether a larger value of metric ``key`` is better (accuracies, NMI, silhouette …)."""
+    return not UNRANKED_PARTS.intersection(key.split("."))
+
+
+def best_score(key: str, values: Sequence[Any]) -> float | None:
+    """The value of a metrics-table row that is shown in bold: the largest finite number of a score row (see
+    :func:`ranked`) with at least two of them; None for rows of settings, sizes, times and spreads, and for rows
+    with nothing to compare. ``sslkit probe``'s table and the HTML report both bold by this rule."""
+    finite = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return max(finite) if len(finite) > 1 and ranked(key) else None
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
-    """Metrics as rows, models as columns (encoder first, baselines after); each row's best value in bold."""
+    """Metrics as rows, models as columns (encoder first, baselines after); each score row's best value in bold."""
     models = report["models"]
     split = report["split"]
     table = Table(title=f"{report['dataset']}: probes trained on {report['sizes']['train']:,} labeled train images, "
@@ -375,19 +393,24 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     rows = [r for r in ROWS if any(r[0] in m for m in models.values())]
     rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels (n={first[f'label_fraction.{f:g}.n']:,})")
              for f in report["fractions"] if f < 1]
+    rows += [("linear.weight_decay", "linear weight decay"), ("dim", "feature dim"), ("seconds", "seconds")]
     for key, label in rows:
         values = [m.get(key) for m in models.values()]
-        finite = [v for v in values if isinstance(v, float) and math.isfinite(v)]
-        best = max(finite) if len(finite) > 1 else None
-        cells = []
-        for v in values:
-            text = "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-            cells.append(f"[bold]{text}[/]" if v == best else text)
-        table.add_row(label, *cells)
-    table.add_row("linear weight decay", *[f"{m['linear.weight_decay']:g}" for m in models.values()])
-    table.add_row("feature dim", *[str(m["dim"]) for m in models.values()])
-    table.add_row("seconds", *[f"{m['seconds']:.1f}" for m in models.values()])
+        best = best_score(key, values)
+        table.add_row(label, *[f"[bold]{_cell(key, v)}[/]" if best is not None and v == best else _cell(key, v)
+                               for v in values])
     console.print(table)
     sil = first.get("kmeans.silhouette_n")
     if sil is not None and sil < report["sizes"][split]:
         console.print(f"silhouette on a seeded sample of {sil:,} {split} images")
+
+
+def _cell(key: str, v: Any) -> str:
+    """A value of ``print_table``'s row ``key`` as text: scores to four places, settings and sizes as they are."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if key == "linear.weight_decay":
+        return f"{v:g}"
+    if key == "seconds":
+        return f"{v:.1f}"
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else f"{v:.4f}"
