@@ -1,8 +1,8 @@
 """Markdown of a run's ``sslkit probe`` results and training record, for ``eval/results/*.md`` and the README.
 
 Reads ``RUN/probe.json`` (written by ``sslkit probe RUN``) and ``RUN/metrics.jsonl``; prints the probe table
-(best value of each row in bold), the online k-NN by epoch, and the training throughput. Nothing is computed
-here, so the published numbers are exactly the run's. Run:
+(best value of each score row in bold, by ``sslkit probe``'s rule), the online k-NN by epoch, and the training
+throughput. Nothing is computed here, so the published numbers are exactly the run's. Run:
 
     python eval/probe_table.py runs/fashion_mnist
 """
@@ -14,6 +14,8 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from sslkit.evaluation.probe import best_score
 
 ROWS = [  # (label, key, format)
     ("linear top-1", "linear.top1", "{:.4f}"),
@@ -45,8 +47,9 @@ def probe_table(report: dict[str, Any]) -> str:
         values = [models[m].get(key) for m in names]
         if all(v is None for v in values):
             continue
-        best = max(v for v in values if v is not None)
-        cells = ["—" if v is None else (f"**{fmt.format(v)}**" if v == best else fmt.format(v)) for v in values]
+        best = best_score(key, values)  # sslkit probe's rule
+        cells = ["—" if v is None else (f"**{fmt.format(v)}**" if best is not None and v == best else fmt.format(v))
+                 for v in values]
         label = label.format(silhouette_n=int(first.get("kmeans.silhouette_n", 0)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     decays = [f"{models[m].get('linear.weight_decay', float('nan')):.0e}" for m in names]

@@ -245,9 +245,10 @@ def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times(
               "fractions": [0.01, 1.0]}
     printed = []
     console = Console(width=200)
-    console.print = printed.append  # type: ignore[method-assign]
+    console.print = lambda obj, **kw: printed.append(obj)  # type: ignore[method-assign]
     print_table(report, console)
-    table = printed[0]
+    assert printed[0] == "d: probes trained on 60,000 labeled train images, scored on 10,000 test images"
+    table = printed[1]
     rows = {label: [col._cells[i] for col in table.columns[1:]] for i, label in enumerate(table.columns[0]._cells)}
     assert rows["linear top-1"] == ["[bold]0.8860[/]", "0.8470"]
     assert rows["k-NN k=20 (weighted)"] == ["0.8720", "[bold]0.8770[/]"]  # the baseline's, when it is better

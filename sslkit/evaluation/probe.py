@@ -384,8 +384,10 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     """Metrics as rows, models as columns (encoder first, baselines after); each score row's best value in bold."""
     models = report["models"]
     split = report["split"]
-    table = Table(title=f"{report['dataset']}: probes trained on {report['sizes']['train']:,} labeled train images, "
-                        f"scored on {report['sizes'][split]:,} {split} images", title_justify="left")
+    # The caption is a line of its own: as the table's title rich would wrap it to the table's width.
+    console.print(f"{report['dataset']}: probes trained on {report['sizes']['train']:,} labeled train images, "
+                  f"scored on {report['sizes'][split]:,} {split} images", highlight=False)
+    table = Table()
     table.add_column("metric")
     for name in models:
         table.add_column(name, justify="right", style="dim" if name in BASELINES else None)
