@@ -1,4 +1,5 @@
-"""The benchmarks' own fairness: what eval/bench_pretrain.py's baseline (c) counts inside its timed window."""
+"""The benchmarks' own fairness: what eval/bench_pretrain.py's baseline (c) counts inside its timed window, and that
+eval/step_phases.py clocks the trainer's own step."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
-from bench_pretrain import Baseline  # noqa: E402  (eval/ is not a package)
+from bench_pretrain import Baseline, bench_augment, bench_model  # noqa: E402  (eval/ is not a package)
+from step_phases import B_PHASES, Clock, phased_step  # noqa: E402
 
+from sslkit.config import OptimConfig  # noqa: E402
 from sslkit.models import ProjectionHead, SimCLR  # noqa: E402
+from sslkit.optim import build_optimizer  # noqa: E402
+from sslkit.step import make_views, simclr_backward, step_if_finite  # noqa: E402
 
 STEP_SECONDS = 0.15
 
@@ -100,3 +105,29 @@ def test_pool_repeats_pools_the_logged_ratios_and_refuses_a_file_without_them(tm
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and str(bad) in capsys.readouterr().err
+
+
+def test_the_phased_step_makes_the_trainers_update() -> None:
+    """step_phases.py writes the step out to clock its phases: two steps of it (the second through the fused LARS
+    update) leave the same weights, bit for bit, as sslkit.step's functions, the way the trainer calls them."""
+    fmt = torch.channels_last
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    weights, clock = [], Clock(torch.device("cpu"))
+    for phased in (False, True):
+        model = bench_model("imagenet", 3).to(memory_format=fmt)  # seeded: the same initial weights
+        optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), 6)
+        augment = bench_augment(16, 3, (0.5,) * 3, (0.25,) * 3)
+        torch.manual_seed(1)  # the views' random stream
+        for _ in range(2):
+            if phased:
+                clock.start()
+                phased_step(model, augment, optimizer, scaler, x, fmt, None, clock)
+            else:
+                views = make_views(augment, x, fmt)
+                optimizer.zero_grad(set_to_none=True)
+                assert step_if_finite(simclr_backward(model, views, 0.2, None, scaler), model, optimizer, scaler)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+    assert tuple(clock.laps) == B_PHASES and all(len(v) == 2 for v in clock.laps.values())
+
