@@ -130,4 +130,3 @@ def test_the_phased_step_makes_the_trainers_update() -> None:
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
     assert tuple(clock.laps) == B_PHASES and all(len(v) == 2 for v in clock.laps.values())
-

@@ -249,7 +249,8 @@ def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times(
     print_table(report, console)
     assert printed[0] == "d: probes trained on 60,000 labeled train images, scored on 10,000 test images"
     table = printed[1]
-    rows = {label: [col._cells[i] for col in table.columns[1:]] for i, label in enumerate(table.columns[0]._cells)}
+    columns = [list(col.cells) for col in table.columns]
+    rows = {label: [col[i] for col in columns[1:]] for i, label in enumerate(columns[0])}
     assert rows["linear top-1"] == ["[bold]0.8860[/]", "0.8470"]
     assert rows["k-NN k=20 (weighted)"] == ["0.8720", "[bold]0.8770[/]"]  # the baseline's, when it is better
     assert rows["k-means NMI"] == ["0.6500", "—"]  # a single finite value: nothing to compare
@@ -257,4 +258,3 @@ def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times(
     assert rows["linear weight decay"] == ["0.0001", "0.01"]  # the larger is not 'best'
     assert rows["feature dim"] == ["512", "784"] and rows["seconds"] == ["80.0", "5.0"]
     assert best_score("test_top1.std", [0.1, 0.2]) is None and best_score("linear.top1", [0.1, True, 0.2]) == 0.2
-
