@@ -288,7 +288,7 @@ def main() -> None:
 
     def step() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
-        views = make_views(augment, pool[idx], fmt)
+        views = make_views(augment, pool.index_select(0, idx), fmt)
         optimizer.zero_grad(set_to_none=True)
         loss = simclr_backward(forward, views, TEMPERATURE, amp, scaler, args.chunk_size)
         if not step_if_finite(loss, model, optimizer, scaler):  # the trainer's check, host sync included
@@ -296,7 +296,7 @@ def main() -> None:
 
     def aug_only() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
-        make_views(augment, pool[idx], fmt)
+        make_views(augment, pool.index_select(0, idx), fmt)
 
     # (c): its own copy of the model, plain SGD, per-sample PIL views from DataLoader workers.
     base = None if args.no_baseline else Baseline(

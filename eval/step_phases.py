@@ -119,7 +119,7 @@ def main() -> None:
 
     def step(clock: Clock) -> None:
         clock.start()
-        x = pool[torch.randint(0, pool.shape[0], (b,), generator=g).to(device)]
+        x = pool.index_select(0, torch.randint(0, pool.shape[0], (b,), generator=g).to(device))
         phased_step(model, augment, optimizer, scaler, x, fmt, amp, clock)
 
     runs: dict[str, Callable[[Clock], None]] = {"a": pure, "b": step}

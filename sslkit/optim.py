@@ -21,7 +21,6 @@ from timm.optim.lars import lars
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.sgd import sgd
 
 from sslkit.compiled import CompiledOrEager
 from sslkit.config import OptimConfig
@@ -54,7 +53,8 @@ class Lars(timm.optim.Lars):
     On CUDA, for a closure, for options sslkit does not set (dampening, Nesterov, LARC clipping, ``always_adapt``)
     and on the first step (which creates the momentum buffers) this is timm's step. On the CPU otherwise:
     ‖g‖ of every gradient and ‖w‖ of every adapted weight come from BLAS dot products (``torch.dot`` on a flat
-    view: half the time of torch's norms, which read the tensor at about half the memory bandwidth), the trust
+    view: half the time of torch's norms, which read the tensor at about half the memory bandwidth; ‖w‖ is taken
+    right after the weight's previous update, while it is still in cache, and kept until it is used), the trust
     ratios q = η‖w‖ / (‖g‖ + wd·‖w‖ + ε) (1 where a norm is 0) from one small tensor, and then every parameter
     gets one pass of torch's fused SGD kernel (``torch.optim.sgd.sgd(fused=True)``): for an adapted weight,
     ``buf ← m·buf + q·g + q·wd·w`` and ``w ← w − lr·buf`` (q enters as the kernel's gradient scale 1/q, q·wd as
@@ -70,6 +70,11 @@ class Lars(timm.optim.Lars):
     gradient or momentum buffer is laid out otherwise (say, a buffer restored from a checkpoint of a model in
     another memory format) gets the same update from four in-place ops instead.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # p -> (p._version, p.data_ptr(), ‖p‖²) right after its update
+        self._w_norms: dict[torch.Tensor, tuple[int, int, torch.Tensor]] = {}
 
     def _cpu_groups(self) -> list[tuple[dict, list[torch.Tensor]]] | None:
         """Per group, its parameters with gradients, when the lean update applies; else None."""
@@ -122,25 +127,51 @@ class Lars(timm.optim.Lars):
             start += len(params)
             # The fused kernel gets flat views: it would copy a channels_last tensor to a contiguous one and back.
             flat = [_flat_views(p, grad, buf) for p, grad, buf in zip(params, grads, bufs, strict=True)]
-            kw = dict(momentum=momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False, fused=True)
             if not wd:  # timm: no trust ratio where the group has no weight decay
                 if all(f is not None for f in flat):
-                    sgd(*(list(views) for views in zip(*flat, strict=True)), weight_decay=0.0, **kw)
+                    _fused_sgd_step(*(list(views) for views in zip(*flat, strict=True)), lr, momentum, 0.0, None)
                 else:
                     torch._foreach_mul_(bufs, momentum)
                     torch._foreach_add_(bufs, grads)
                     torch._foreach_add_(params, bufs, alpha=-lr)
                 continue
-            w = _norms(params)
+            w = self._weight_norms(params)
             trust = group["trust_coeff"] * w / (g + w * wd + group["eps"])
             trust = torch.where((w > 0) & (g > 0), trust, 1.0)
-            inverse = trust.reciprocal()  # the kernel divides the gradient by its scale
+            inverse = trust.reciprocal().unbind()  # the kernel divides the gradient by its scale
             for i, (p, grad, buf, q) in enumerate(zip(params, grads, bufs, trust.tolist(), strict=True)):
                 if flat[i] is not None:
-                    sgd(*([view] for view in flat[i]), grad_scale=inverse[i], weight_decay=q * wd, **kw)
+                    _fused_sgd_step(*([view] for view in flat[i]), lr, momentum, q * wd, inverse[i])
+                    self._w_norms[p] = (p._version, p.data_ptr(), torch.dot(flat[i][0], flat[i][0]))  # in cache
                 else:
                     buf.mul_(momentum).add_(grad, alpha=q).add_(p, alpha=q * wd)
                     p.add_(buf, alpha=-lr)
+
+    def _weight_norms(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """‖w‖ of each parameter: the square taken right after its last update, while it was in cache, where the
+        parameter has not changed since; else computed now. Unchanged means the same memory and the same version
+        counter, which every in-place write to the parameter or a view of it bumps (``load_state_dict``'s copy,
+        for one); writes through ``.data`` bypass the counter, and torch's fused SGD kernel does not bump it,
+        which is why the version is recorded after the kernel."""
+        squares = []
+        for p in params:
+            version, address, square = self._w_norms.get(p, (None, None, None))
+            kept = version == p._version and address == p.data_ptr()
+            squares.append(square if kept else _norms([p]).square()[0])
+        return torch.stack(squares).sqrt()
+
+
+def _fused_sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], lr: float,
+                    momentum: float, weight_decay: float, grad_scale: torch.Tensor | None) -> None:
+    """One call of torch's fused SGD kernel on CPU tensors with momentum buffers: for each tensor,
+    ``g ← g / grad_scale + weight_decay·w``, ``buf ← momentum·buf + g``, ``w ← w − lr·buf``.
+
+    The op that ``torch.optim.sgd.sgd(fused=True)`` runs, called directly, without the functional wrapper's
+    per-call grouping of tensors by device and dtype and its checks (about 0.15 ms over the 23 calls of a ResNet18
+    step on a 2-core CPU).
+    """
+    torch._fused_sgd_(params, grads, bufs, weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=0.0,
+                      nesterov=False, maximize=False, is_first_step=False, grad_scale=grad_scale, found_inf=None)
 
 
 def _flat_views(*tensors: torch.Tensor) -> list[torch.Tensor] | None:

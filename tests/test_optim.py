@@ -149,9 +149,9 @@ def test_lars_cpu_update_matches_the_reference_in_every_memory_layout(layout: st
     g = torch.Generator().manual_seed(2)
     grads = [{k: torch.randn(v.shape, generator=g) for k, v in start.items()} for _ in range(4)]
     fused: list[int] = []
-    real_sgd = sslkit.optim.sgd
-    monkeypatch.setattr(sslkit.optim, "sgd", lambda params, *a, **kw: fused.append(len(params)) or
-                        real_sgd(params, *a, **kw))
+    real_step = sslkit.optim._fused_sgd_step
+    monkeypatch.setattr(sslkit.optim, "_fused_sgd_step", lambda params, *a: fused.append(len(params)) or
+                        real_step(params, *a))
     for i, step_grads in enumerate(grads):
         if i == 1 and layout == "buffers_contiguous":
             model = model.to(memory_format=torch.channels_last)  # the same parameters, laid out anew
@@ -166,6 +166,34 @@ def test_lars_cpu_update_matches_the_reference_in_every_memory_layout(layout: st
     # 3×3 conv's contiguous buffer does not match its channels_last weight; the 1×1 conv's orders coincide.
     per_step = 1 + (2 if layout == "buffers_contiguous" else 3)
     assert len(fused) == 3 * per_step
+
+
+def test_lars_weight_norms_kept_from_the_last_update_are_dropped_when_a_weight_changes() -> None:
+    """The CPU update keeps each weight's norm from its last update; a weight written since (here scaled in place,
+    as a checkpoint load writes it) gets its norm anew: the step equals that of an optimizer with no kept norms."""
+    import copy
+
+    torch.manual_seed(0)
+    model = small_model()
+    opt = build_optimizer(model, OptimConfig(name="lars", lr=0.8, weight_decay=1e-3), batch_size=256)
+    g = torch.Generator().manual_seed(3)
+    grads = [{k: torch.randn(v.shape, generator=g) for k, v in model.named_parameters()} for _ in range(3)]
+    for step_grads in grads[:2]:
+        for k, p in model.named_parameters():
+            p.grad = step_grads[k].clone()
+        opt.step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    fresh_model = copy.deepcopy(model)
+    fresh = build_optimizer(fresh_model, OptimConfig(name="lars", lr=0.8, weight_decay=1e-3), batch_size=256)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))  # equal momentum buffers (copies), no kept norms
+    for m, o in ((model, opt), (fresh_model, fresh)):
+        for k, p in m.named_parameters():
+            p.grad = grads[2][k].clone()
+        o.step()
+    for (k, p), q in zip(model.named_parameters(), fresh_model.parameters(), strict=True):
+        assert torch.equal(p, q), k
 
 
 def test_compiled_lars_equals_timm_lars_without_recompiling_per_rate() -> None:
