@@ -79,6 +79,22 @@ def bench_augment(size: int, channels: int, mean: tuple[float, ...], std: tuple[
                          blur_p=0.0, compile=compile)
 
 
+def pure_forward(forward: Callable, x: torch.Tensor, amp: torch.autocast | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a)'s forward: the two halves of a batch of 2B views through encoder and head in one call, as in (b).
+
+    Shape:
+        x: (2B, C, S, S) -> (B, D), (B, D)
+    """
+    b = x.shape[0] // 2
+    with amp or contextlib.nullcontext():
+        return forward(x[:b], x[b:])
+
+
+def pure_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """(a)'s loss: the mean square of the projections, the cheapest one that back-propagates through all of them."""
+    return z1.float().square().mean() + z2.float().square().mean()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -282,9 +298,7 @@ def main() -> None:
 
     def pure() -> None:
         model.zero_grad(set_to_none=True)
-        with amp or contextlib.nullcontext():
-            z1, z2 = forward(pure_x[:b], pure_x[b:])
-        (z1.float().square().mean() + z2.float().square().mean()).backward()
+        pure_loss(*pure_forward(forward, pure_x, amp)).backward()
 
     def step() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)

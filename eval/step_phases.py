@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_pretrain import TEMPERATURE, bench_augment, bench_model, load_images, sync  # eval/, beside this script
+from bench_pretrain import TEMPERATURE, bench_augment, bench_model, load_images, pure_forward, pure_loss, sync
 from machine import add_malloc_option, apply_malloc_option, cpu_name  # eval/machine.py
 from rich.console import Console
 
@@ -109,10 +109,9 @@ def main() -> None:
     def pure(clock: Clock) -> None:  # bench_pretrain.py's (a)
         clock.start()
         model.zero_grad(set_to_none=True)
-        with amp or contextlib.nullcontext():
-            z1, z2 = model(noise[:b], noise[b:])
+        z1, z2 = pure_forward(model, noise, amp)
         clock.lap("forward")
-        loss = z1.float().square().mean() + z2.float().square().mean()
+        loss = pure_loss(z1, z2)
         clock.lap("loss")
         loss.backward()
         clock.lap("backward")
