@@ -21,6 +21,25 @@ def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return torch.cat(gathered), dist.get_rank(), dist.get_world_size()
 
 
+class _Gram(torch.autograd.Function):
+    """``q @ q.T`` with the backward of a Gram matrix: ``(G + Gᵀ) @ q``, one matrix product where autograd's
+    backward of ``q @ q.T`` makes two (one for each factor), then adds them.
+
+    Shape:
+        (N, D) -> (N, N)
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q)
+        return q @ q.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (q,) = ctx.saved_tensors
+        return (grad + grad.T) @ q
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:
     """Mean NT-Xent loss over all 2B anchors of a batch of positive pairs.
 
@@ -54,8 +73,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     else:
         k1, k2, rank, world = q1, q2, 0, 1
     queries = torch.cat([q1, q2])  # (2B, D)
-    keys = torch.cat([k1, k2])  # (2WB, D): all first views of every rank, then all second views
-    logits = queries @ keys.T / temperature  # (2B, 2WB)
+    if world == 1:  # the keys are the queries
+        logits = _Gram.apply(queries) / temperature  # (2B, 2B)
+    else:
+        keys = torch.cat([k1, k2])  # (2WB, D): all first views of every rank, then all second views
+        logits = queries @ keys.T / temperature  # (2B, 2WB)
     local = torch.arange(b, device=z1.device) + rank * b
     self_idx = torch.cat([local, local + world * b])
     pos_idx = torch.cat([local + world * b, local])
