@@ -73,11 +73,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     else:
         k1, k2, rank, world = q1, q2, 0, 1
     queries = torch.cat([q1, q2])  # (2B, D)
-    if world == 1:  # the keys are the queries
-        logits = _Gram.apply(queries) / temperature  # (2B, 2B)
-    else:
-        keys = torch.cat([k1, k2])  # (2WB, D): all first views of every rank, then all second views
-        logits = queries @ keys.T / temperature  # (2B, 2WB)
+    with torch.autocast(z1.device.type, enabled=False):  # float32 logits under an enclosing autocast too
+        if world == 1:  # the keys are the queries
+            logits = _Gram.apply(queries) / temperature  # (2B, 2B)
+        else:
+            keys = torch.cat([k1, k2])  # (2WB, D): all first views of every rank, then all second views
+            logits = queries @ keys.T / temperature  # (2B, 2WB)
     local = torch.arange(b, device=z1.device) + rank * b
     self_idx = torch.cat([local, local + world * b])
     pos_idx = torch.cat([local + world * b, local])

@@ -79,6 +79,22 @@ def test_gradients_match_the_naive_form() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_float32_with_its_gradient_under_an_enclosing_autocast() -> None:
+    """Called inside a bf16 autocast region, the loss and its gradient are those computed without one."""
+    g = torch.Generator().manual_seed(4)
+    z1 = torch.randn(6, 5, generator=g, requires_grad=True)
+    z2 = torch.randn(6, 5, generator=g, requires_grad=True)
+    plain = nt_xent(z1, z2, 0.2)
+    want = torch.autograd.grad(plain, (z1, z2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = nt_xent(z1, z2, 0.2)
+    got = torch.autograd.grad(cast, (z1, z2))
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="same shape"):
         nt_xent(torch.randn(4, 8), torch.randn(5, 8))
