@@ -95,6 +95,24 @@ def pure_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     return z1.float().square().mean() + z2.float().square().mean()
 
 
+def sslkit_step(forward: Callable, model: SimCLR, augment: SimCLRAugment, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, pool: torch.Tensor, batch: int, generator: torch.Generator,
+                fmt: torch.memory_format, amp: torch.autocast | None,
+                chunk_size: int | None = None) -> Callable[[], None]:
+    """(b): one of sslkit's train steps per call, on ``batch`` random images of the uint8 ``pool`` (on the device),
+    with the trainer's calls: index, both views, forward, NT-Xent, backward, the finite check and LARS."""
+
+    def step() -> None:
+        idx = torch.randint(0, pool.shape[0], (batch,), generator=generator).to(pool.device)
+        views = make_views(augment, pool.index_select(0, idx), fmt)
+        optimizer.zero_grad(set_to_none=True)
+        loss = simclr_backward(forward, views, TEMPERATURE, amp, scaler, chunk_size)
+        if not step_if_finite(loss, model, optimizer, scaler):  # the trainer's check, host sync included
+            raise RuntimeError("non-finite loss")
+
+    return step
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -300,13 +318,7 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         pure_loss(*pure_forward(forward, pure_x, amp)).backward()
 
-    def step() -> None:
-        idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
-        views = make_views(augment, pool.index_select(0, idx), fmt)
-        optimizer.zero_grad(set_to_none=True)
-        loss = simclr_backward(forward, views, TEMPERATURE, amp, scaler, args.chunk_size)
-        if not step_if_finite(loss, model, optimizer, scaler):  # the trainer's check, host sync included
-            raise RuntimeError("non-finite loss")
+    step = sslkit_step(forward, model, augment, optimizer, scaler, pool, b, g, fmt, amp, args.chunk_size)
 
     def aug_only() -> None:
         idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)

@@ -215,6 +215,23 @@ def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.auto
                     temperature=r.monitor.temperature)
 
 
+PROGRESS_REFRESH_PER_SECOND = 1.0
+"""How often a live progress bar redraws in a terminal. At rich's default of 10 a second, the drawing thread took
+0.6–0.8 % of a train step on a 2-core CPU (CPU time and the GIL taken from the step; ``eval/bench_progress.py``);
+once a second, nothing measurable. The bar's counts move with every step whatever the rate."""
+
+
+def progress_bar(console: Console, refresh_per_second: float = PROGRESS_REFRESH_PER_SECOND) -> Progress:
+    """The pretraining loop's live bar: epoch, steps, loss, learning rate, img/s, elapsed and remaining time.
+
+    Its task takes the fields ``epoch``, ``loss``, ``lr`` and ``ips``.
+    """
+    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.3g}  {task.fields[ips]:,.0f} img/s"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=False, refresh_per_second=refresh_per_second)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of the pool for one epoch: a pure function of (seed, epoch), so resume needs no state."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -435,10 +452,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     start_step = step
     t_start = time.perf_counter()
     window_t, window_imgs, img_per_s = time.perf_counter(), 0, float("nan")
-    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.3g}  {task.fields[ips]:,.0f} img/s"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with _SignalCatcher() as signals, Progress(*columns, console=console, transient=False) as progress:
+    with _SignalCatcher() as signals, progress_bar(console) as progress:
         task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1),
                                  loss=float("nan"), lr=0.0, ips=0.0)
         order_epoch, order = -1, None

@@ -58,7 +58,14 @@ from sslkit.evaluation.finetune_config import (
 )
 from sslkit.models import build_encoder
 from sslkit.optim import build_scheduler, scaled_lr
-from sslkit.trainer import NonFiniteLoss, epoch_order, resolve_precision, select_device, split_train
+from sslkit.trainer import (
+    PROGRESS_REFRESH_PER_SECOND,
+    NonFiniteLoss,
+    epoch_order,
+    resolve_precision,
+    select_device,
+    split_train,
+)
 
 ARM_COLOURS = {"ssl": "#1f77b4", "supervised": "#7f7f7f", "linear": "#2ca02c"}
 ARM_INIT = {"ssl": "SSL encoder, fine-tuned", "supervised": "random init", "linear": "SSL encoder, frozen"}
@@ -469,7 +476,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.3f}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
     total = len(r.seed_list) * len(r.arms) * r.train.epochs * steps_per_epoch
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False,
+                  refresh_per_second=PROGRESS_REFRESH_PER_SECOND) as progress:
         task = progress.add_task("finetune", total=total, loss=float("nan"), val=float("nan"))
         for seed in r.seed_list:
             for arm in r.arms:
