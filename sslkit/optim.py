@@ -56,7 +56,7 @@ class Lars(timm.optim.Lars):
     view: half the time of torch's norms, which read the tensor at about half the memory bandwidth; ‖w‖ is taken
     right after the weight's previous update, while it is still in cache, and kept until it is used), the trust
     ratios q = η‖w‖ / (‖g‖ + wd·‖w‖ + ε) (1 where a norm is 0) from one small tensor, and then every parameter
-    gets one pass of torch's fused SGD kernel (``torch.optim.sgd.sgd(fused=True)``): for an adapted weight,
+    gets one pass of torch's fused SGD kernel (the op of ``torch.optim.sgd.sgd(fused=True)``): for an adapted weight,
     ``buf ← m·buf + q·g + q·wd·w`` and ``w ← w − lr·buf`` (q enters as the kernel's gradient scale 1/q, q·wd as
     its weight decay); for the parameters without weight decay (biases, norms) plain momentum SGD, as timm has
     it. Against timm's per-parameter loop (torch's choice on the CPU) this reads and writes each tensor once
