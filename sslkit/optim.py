@@ -56,19 +56,19 @@ class Lars(timm.optim.Lars):
     view: half the time of torch's norms, which read the tensor at about half the memory bandwidth; ‖w‖ is taken
     right after the weight's previous update, while it is still in cache, and kept until it is used), the trust
     ratios q = η‖w‖ / (‖g‖ + wd·‖w‖ + ε) (1 where a norm is 0) from one small tensor, and then every parameter
-    gets one pass of torch's fused SGD kernel (the op of ``torch.optim.sgd.sgd(fused=True)``): for an adapted weight,
-    ``buf ← m·buf + q·g + q·wd·w`` and ``w ← w − lr·buf`` (q enters as the kernel's gradient scale 1/q, q·wd as
-    its weight decay); for the parameters without weight decay (biases, norms) plain momentum SGD, as timm has
-    it. Against timm's per-parameter loop (torch's choice on the CPU) this reads and writes each tensor once
-    instead of about five times, allocates no gradient copies, skips the ten or so ops on 0-d tensors its trust
-    ratio takes per parameter, and gives the finite check its norms (``eval/profile_step.py`` times timm's two
-    paths, this one and the compiled one). Same update as timm's up to rounding, same state dict: tests hold both
-    to a naive LARS and to each other.
+    gets one pass of torch's fused SGD kernel (the op of ``torch.optim.sgd.sgd(fused=True)``): for an adapted
+    weight, ``buf ← m·buf + q·(g + wd·w)`` and ``w ← w − lr·buf`` (q enters as the kernel's dampening 1 − q, wd
+    as its weight decay); for the parameters without weight decay (biases, norms) plain momentum SGD, as timm has
+    it. Against timm's per-parameter loop (torch's choice on the CPU) this reads each tensor once and writes the
+    weight and its buffer once, instead of about five times each, allocates no gradient copies, skips the ten or
+    so ops on 0-d tensors its trust ratio takes per parameter, and gives the finite check its norms
+    (``eval/profile_step.py`` times timm's two paths, this one and the compiled one). Same update as timm's up to
+    rounding, same state dict: tests hold both to a naive LARS and to each other.
 
-    The fused kernel unscales gradients in place, so after a step each adapted weight's ``.grad`` holds q·g.
-    The kernel runs on flat views of the three tensors, which must share one element order: a parameter whose
-    gradient or momentum buffer is laid out otherwise (say, a buffer restored from a checkpoint of a model in
-    another memory format) gets the same update from four in-place ops instead.
+    Gradients are only read: after a step they hold what the backward made. The kernel runs on flat views of the
+    three tensors, which must share one element order: a parameter whose gradient or momentum buffer is laid out
+    otherwise (say, a buffer restored from a checkpoint of a model in another memory format) gets the same update
+    from four in-place ops instead.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -129,7 +129,7 @@ class Lars(timm.optim.Lars):
             flat = [_flat_views(p, grad, buf) for p, grad, buf in zip(params, grads, bufs, strict=True)]
             if not wd:  # timm: no trust ratio where the group has no weight decay
                 if all(f is not None for f in flat):
-                    _fused_sgd_step(*(list(views) for views in zip(*flat, strict=True)), lr, momentum, 0.0, None)
+                    _fused_sgd_step(*(list(views) for views in zip(*flat, strict=True)), lr, momentum, 0.0, 1.0)
                 else:
                     torch._foreach_mul_(bufs, momentum)
                     torch._foreach_add_(bufs, grads)
@@ -138,10 +138,9 @@ class Lars(timm.optim.Lars):
             w = self._weight_norms(params)
             trust = group["trust_coeff"] * w / (g + w * wd + group["eps"])
             trust = torch.where((w > 0) & (g > 0), trust, 1.0)
-            inverse = trust.reciprocal().unbind()  # the kernel divides the gradient by its scale
             for i, (p, grad, buf, q) in enumerate(zip(params, grads, bufs, trust.tolist(), strict=True)):
                 if flat[i] is not None:
-                    _fused_sgd_step(*([view] for view in flat[i]), lr, momentum, q * wd, inverse[i])
+                    _fused_sgd_step(*([view] for view in flat[i]), lr, momentum, wd, q)
                     self._w_norms[p] = (p._version, p.data_ptr(), torch.dot(flat[i][0], flat[i][0]))  # in cache
                 else:
                     buf.mul_(momentum).add_(grad, alpha=q).add_(p, alpha=q * wd)
@@ -162,16 +161,18 @@ class Lars(timm.optim.Lars):
 
 
 def _fused_sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], lr: float,
-                    momentum: float, weight_decay: float, grad_scale: torch.Tensor | None) -> None:
+                    momentum: float, weight_decay: float, scale: float) -> None:
     """One call of torch's fused SGD kernel on CPU tensors with momentum buffers: for each tensor,
-    ``g ← g / grad_scale + weight_decay·w``, ``buf ← momentum·buf + g``, ``w ← w − lr·buf``.
+    ``buf ← momentum·buf + scale·(g + weight_decay·w)`` and ``w ← w − lr·buf``; the gradient is only read.
 
-    The op that ``torch.optim.sgd.sgd(fused=True)`` runs, called directly, without the functional wrapper's
-    per-call grouping of tensors by device and dtype and its checks (about 0.15 ms over the 23 calls of a ResNet18
-    step on a 2-core CPU).
+    ``scale`` enters as the kernel's dampening, 1 − scale: the LARS trust ratio applied without the kernel's gradient
+    scale, which would write the scaled gradient back (a pass of stores over every gradient). The op is the one of
+    ``torch.optim.sgd.sgd(fused=True)``, called directly, without the functional wrapper's per-call grouping of
+    tensors by device and dtype and its checks.
     """
-    torch._fused_sgd_(params, grads, bufs, weight_decay=weight_decay, momentum=momentum, lr=lr, dampening=0.0,
-                      nesterov=False, maximize=False, is_first_step=False, grad_scale=grad_scale, found_inf=None)
+    torch._fused_sgd_(params, grads, bufs, weight_decay=weight_decay, momentum=momentum, lr=lr,
+                      dampening=1.0 - scale, nesterov=False, maximize=False, is_first_step=False, grad_scale=None,
+                      found_inf=None)
 
 
 def _flat_views(*tensors: torch.Tensor) -> list[torch.Tensor] | None:

@@ -136,7 +136,8 @@ def test_lars_cpu_update_equals_timm_step_and_falls_back_to_it(monkeypatch: pyte
 def test_lars_cpu_update_matches_the_reference_in_every_memory_layout(layout: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused kernel runs on flat views of weight, gradient and buffer; where their element orders differ
-    (buffers made before the model went channels_last) the update falls back to in-place ops: same result."""
+    (buffers made before the model went channels_last) the update falls back to in-place ops: same result, and the
+    gradients are left as they were."""
     import sslkit.optim
 
     torch.manual_seed(0)
@@ -158,6 +159,8 @@ def test_lars_cpu_update_matches_the_reference_in_every_memory_layout(layout: st
         for k, p in model.named_parameters():  # gradients laid out like their parameters, as autograd makes them
             p.grad = torch.empty_like(p).copy_(step_grads[k])
         opt.step()
+        for k, p in model.named_parameters():  # the update only reads the gradients
+            assert torch.equal(p.grad, step_grads[k]), k
     want = reference_lars(start, grads, lr=0.8, wd=1e-3, momentum=0.9, eta=0.001)
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach().double(), want[k], rtol=1e-5, atol=1e-7, msg=k)
