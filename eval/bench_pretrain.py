@@ -79,6 +79,18 @@ def bench_augment(size: int, channels: int, mean: tuple[float, ...], std: tuple[
                          blur_p=0.0, compile=compile)
 
 
+def bench_trainee(channels: int, size: int, batch: int,
+                  device: torch.device) -> tuple[SimCLR, torch.optim.Optimizer, torch.amp.GradScaler, SimCLRAugment]:
+    """What (b) trains, with sslkit's defaults: the model (channels_last) on ``device``, sslkit's LARS, a disabled
+    loss scaler and the view generator, as ``step_phases.py``, ``bench_progress.py`` and ``overlap_augment.py`` use
+    them (``main`` here builds its own, for its compile and optimizer options)."""
+    model = bench_model("imagenet", channels).to(device, memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), batch)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    augment = bench_augment(size, channels, (0.5,) * channels, (0.25,) * channels).to(device)
+    return model, optimizer, scaler, augment
+
+
 def pure_forward(forward: Callable, x: torch.Tensor, amp: torch.autocast | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(a)'s forward: the two halves of a batch of 2B views through encoder and head in one call, as in (b).
 

@@ -20,12 +20,10 @@ import statistics
 import time
 
 import torch
-from bench_pretrain import bench_augment, bench_model, load_images, median_interval, sslkit_step
+from bench_pretrain import bench_trainee, load_images, median_interval, sslkit_step
 from machine import add_malloc_option, apply_malloc_option, cpu_name, write_results  # eval/machine.py
 from rich.console import Console
 
-from sslkit.config import OptimConfig
-from sslkit.optim import build_optimizer
 from sslkit.trainer import PROGRESS_REFRESH_PER_SECOND, progress_bar, resolve_precision
 
 RICH_DEFAULT = 10.0  # rich.progress.Progress's refresh_per_second
@@ -51,10 +49,7 @@ def main() -> None:
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else None
     b, c, s = args.batch, args.channels, args.size
     fmt = torch.channels_last
-    model = bench_model("imagenet", c).to(memory_format=fmt)
-    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    augment = bench_augment(s, c, (0.5,) * c, (0.25,) * c)
+    model, optimizer, scaler, augment = bench_trainee(c, s, b, device)
     pool = load_images("fashion-mnist-mini", 10_000, c, s)
     step = sslkit_step(model, model, augment, optimizer, scaler, pool, b, torch.Generator().manual_seed(0), fmt, amp)
     sink = open(os.devnull, "w")  # the bar draws here for the whole run

@@ -18,10 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from bench_pretrain import TEMPERATURE, bench_augment, bench_model  # eval/bench_pretrain.py, beside this script
+from bench_pretrain import TEMPERATURE, bench_trainee  # eval/bench_pretrain.py, beside this script
 
-from sslkit.config import OptimConfig
-from sslkit.optim import build_optimizer
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
 
@@ -36,10 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     c, s, b = args.channels, args.size, args.batch
     fmt = torch.channels_last
-    model = bench_model("imagenet", c).to(memory_format=fmt)
-    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    augment = bench_augment(s, c, (0.5,) * c, (0.25,) * c)
+    model, optimizer, scaler, augment = bench_trainee(c, s, b, torch.device("cpu"))
     pool = torch.randint(0, 256, (10_000, c, s, s), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(2 * b, c, s, s).contiguous(memory_format=fmt)

@@ -21,15 +21,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_pretrain import TEMPERATURE, bench_augment, bench_model, load_images, pure_forward, pure_loss, sync
+from bench_pretrain import TEMPERATURE, bench_trainee, load_images, pure_forward, pure_loss, sync
 from machine import add_malloc_option, apply_malloc_option, cpu_name  # eval/machine.py
 from rich.console import Console
 
 from sslkit.augment import SimCLRAugment
-from sslkit.config import OptimConfig
 from sslkit.losses import nt_xent
 from sslkit.models import SimCLR
-from sslkit.optim import build_optimizer
 from sslkit.step import make_views, step_if_finite
 from sslkit.trainer import resolve_precision
 
@@ -97,10 +95,7 @@ def main() -> None:
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
     b, c, s = args.batch, args.channels, args.size
     fmt = torch.channels_last
-    model = bench_model("imagenet", c).to(device, memory_format=fmt)
-    optimizer = build_optimizer(model, OptimConfig(name="lars", lr=0.3), b)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    augment = bench_augment(s, c, (0.5,) * c, (0.25,) * c).to(device)
+    model, optimizer, scaler, augment = bench_trainee(c, s, b, device)
     pool = load_images("fashion-mnist-mini", 10_000, c, s).to(device)
     noise = torch.randn(2 * b, c, s, s, device=device).contiguous(memory_format=fmt)
     g = torch.Generator().manual_seed(0)
