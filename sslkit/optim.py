@@ -141,7 +141,7 @@ class Lars(timm.optim.Lars):
             for i, (p, grad, buf, q) in enumerate(zip(params, grads, bufs, trust.tolist(), strict=True)):
                 if flat[i] is not None:
                     _fused_sgd_step(*([view] for view in flat[i]), lr, momentum, wd, q)
-                    self._w_norms[p] = (p._version, p.data_ptr(), torch.dot(flat[i][0], flat[i][0]))  # in cache
+                    self._w_norms[p] = (p._version, p.data_ptr(), _square_norm(p))  # while p is in cache
                 else:
                     buf.mul_(momentum).add_(grad, alpha=q).add_(p, alpha=q * wd)
                     p.add_(buf, alpha=-lr)
@@ -156,7 +156,7 @@ class Lars(timm.optim.Lars):
         for p in params:
             version, address, square = self._w_norms.get(p, (None, None, None))
             kept = version == p._version and address == p.data_ptr()
-            squares.append(square if kept else _norms([p]).square()[0])
+            squares.append(square if kept else _square_norm(p))
         return torch.stack(squares).sqrt()
 
 
@@ -188,15 +188,17 @@ def _flat_views(*tensors: torch.Tensor) -> list[torch.Tensor] | None:
     return None
 
 
+def _square_norm(t: torch.Tensor) -> torch.Tensor:
+    """‖t‖² (a 0-d tensor), from a BLAS dot product over the tensor's flat view where it has one."""
+    flat = _flat_views(t)
+    return torch.linalg.vector_norm(t).square() if flat is None else torch.dot(flat[0], flat[0])
+
+
 def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """‖t‖ of each tensor as a 1-D tensor, from a BLAS dot product over its flat view where it has one."""
+    """‖t‖ of each tensor as a 1-D tensor (see :func:`_square_norm`)."""
     if not tensors:
         return torch.zeros(0)
-    squares = []
-    for t in tensors:
-        flat = _flat_views(t)
-        squares.append(torch.linalg.vector_norm(t).square() if flat is None else torch.dot(flat[0], flat[0]))
-    return torch.stack(squares).sqrt()
+    return torch.stack([_square_norm(t) for t in tensors]).sqrt()
 
 
 _HYPER = ("momentum", "dampening", "weight_decay", "nesterov", "trust_coeff", "eps", "trust_clip", "always_adapt")
