@@ -26,6 +26,7 @@ peak puts the full 60k × 10k × 512 product (0.6 TFLOP) above 2 s. Run:
     python eval/bench_eval.py --run runs/fashion_mnist   # real features; writes eval/results/bench_eval_<device>.md
     python eval/bench_eval.py                  # synthetic features of the same sizes
     python eval/bench_eval.py --quick          # small sizes, one repeat: a smoke run in under a minute
+    python eval/bench_eval.py --malloc glibc   # glibc's own malloc settings instead of sslkit's (sslkit.host_memory)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
 from sslkit.data import load_source
+from sslkit.errors import UserError
 from sslkit.evaluation.clustering import kmeans
 from sslkit.evaluation.features import extract_features
 from sslkit.evaluation.knn import knn_evaluate, knn_search, unit_rows
@@ -59,7 +61,7 @@ from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import clustered_features  # noqa: E402  (a sibling script, not a package)
-from machine import cpu_name, write_results  # noqa: E402  (eval/machine.py, beside this script)
+from machine import add_malloc_option, apply_malloc_option, cpu_name, write_results  # noqa: E402
 
 KNN_KS = (20, 200)  # sslkit probe's k values
 KMEANS_RESTARTS, KMEANS_ITERS = 5, 50  # sslkit probe's k-means settings
@@ -159,7 +161,9 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["knn", "kmeans", "umap", "extract"])
     ap.add_argument("--quick", action="store_true", help="10k bank, 2k queries, 2k UMAP points, 1 repeat")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_eval_<device>.md)")
+    add_malloc_option(ap)
     args = ap.parse_args()
+    kept = apply_malloc_option(args)  # before any tensor work, as `sslkit probe` does
     if args.quick:
         args.bank, args.queries, args.umap_points = 10_000, 2_000, 2_000
         args.extract_split, args.repeats = "test", 1
@@ -239,10 +243,11 @@ def main() -> None:
                   f"majority votes at k = {', '.join(map(str, KNN_KS))}): **{t_eval:.3f} s** ({accs}).  ",
                   "Lists differ from FAISS's only among neighbours tied with the k-th (asserted)."]
         sections.append("\n".join(lines))
-        ok = t_faiss <= 2.0 and t_sk / t_faiss >= 5
-        summary.append(f"k-NN target (≤ 2 s and ≥ 5× scikit-learn): sslkit `knn_search` (k = {k}) {t_faiss:.2f} s, "
-                       f"{t_sk / t_faiss:.1f}× scikit-learn — {'met' if ok else 'NOT met'}; the whole k-NN evaluation "
-                       f"(k = {max(KNN_KS)} search, 4 votes) {t_eval:.2f} s — {'met' if t_eval <= 2.0 else 'NOT met'}")
+        summary.append(f"Issue 7's k-NN target (≤ 2 s): sslkit `knn_search` (k = {k}) {t_faiss:.2f} s — "
+                       f"{'met' if t_faiss <= 2.0 else 'NOT met'}; the whole k-NN evaluation (k = {max(KNN_KS)} "
+                       f"search, 4 votes) {t_eval:.2f} s — {'met' if t_eval <= 2.0 else 'NOT met'}. "
+                       f"{t_sk / t_faiss:.1f}× scikit-learn's brute force in this process, with its allocator "
+                       f"({'freed blocks kept, as sslkit runs' if kept else 'the C library defaults'}).")
 
     if "kmeans" not in args.skip:
         print("k-means: 10 clusters")
@@ -320,11 +325,14 @@ def main() -> None:
         (" --quick" if args.quick else "") + \
         (f" --device {args.device}" if device.type != "cpu" else "") + \
         (f" --threads {args.threads}" if args.threads else "") + \
+        (f" --malloc {args.malloc}" if args.malloc != "sslkit" else "") + \
         (f" --repeats {r}" if r != 3 and not args.quick else "")
     header = [
         f"# Evaluation speed — {device.type}", "",
         f"Command: `{cmd}`  ",
-        f"Machine: {name}; {torch.get_num_threads()} torch/FAISS threads on {os.cpu_count()} cores  ",
+        f"Machine: {name}; {torch.get_num_threads()} torch/FAISS threads on {os.cpu_count()} cores; host memory: "
+        + ("freed blocks kept (sslkit.host_memory, as `sslkit` runs)" if kept
+           else "the C library's malloc as the environment sets it") + "  ",
         f"Versions: torch {torch.__version__}, faiss {faiss.__version__}, scikit-learn {sklearn.__version__}, "
         f"numpy {np.__version__}, Python {platform.python_version()}  ",
         f"Times: median of {r} run(s), wall clock. {features_line}", ""]
@@ -344,4 +352,8 @@ def numba_threads() -> int:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:  # a bad --run: the one line sslkit's commands print, exit code 2
+        print(f"bench_eval.py: {err}", file=sys.stderr)
+        sys.exit(2)
