@@ -5,6 +5,9 @@ also Kornia's HSV hue kernel against sslkit's closed-form ``shift_hue``, which s
 NT-Xent forward+backward, the LARS step through timm's multi-tensor (``foreach``) path, through its
 per-parameter loop, through ``sslkit.optim.Lars`` (sslkit's on the CPU) and compiled (``optim.compile``), and the
 finite check of loss and gradients: on its own pass (any other optimizer) and on the norms of ``Lars``'s update.
+``Lars`` is also timed with the caches flushed before each step, as it finds them after a backward, beside the
+memory traffic it cannot avoid, timed the same way: a dot product over every gradient and weight (the norms) and
+one fused SGD pass over all parameters (the update), with no Python between them.
 ``eval/bench_pretrain.py`` measures the whole step; this script says where its overhead goes. Run:
 
     python eval/profile_step.py                          # 32×32 RGB, batch 256
@@ -33,16 +36,24 @@ from sslkit.optim import build_optimizer
 from sslkit.step import make_views, step_if_finite
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls after two warm-up calls."""
-    fn()
-    fn()
+def timed(fn: Callable[[], object], repeats: int, before: Callable[[], object] | None = None) -> float:
+    """Median milliseconds of ``repeats`` calls after two warm-up calls; ``before`` runs untimed ahead of each."""
     times = []
-    for _ in range(repeats):
+    for i in range(repeats + 2):
+        if before is not None:
+            before()
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
+        if i >= 2:
+            times.append(time.perf_counter() - t)
     return statistics.median(times) * 1e3
+
+
+def cache_flusher(mib: int = 128) -> Callable[[], None]:
+    """A call that writes ``mib`` MiB, evicting the caches: what the optimizer finds after a backward, whose
+    hundreds of MiB of activations and gradients pass through the caches before it runs."""
+    junk = torch.empty(mib << 18)
+    return lambda: junk.fill_(1.0)
 
 
 def main() -> None:
@@ -90,6 +101,21 @@ def main() -> None:
         rows.append((f"LARS step, timm's {label}", timed(timm_lars.step, args.repeats)))
     t_loop = rows[-1][1]
     rows.append(("LARS step, sslkit.optim.Lars (its CPU update)", timed(optimizer.step, args.repeats)))
+    flush = cache_flusher()
+    rows.append(("  the same, caches flushed before each step (as after a backward)",
+                 timed(optimizer.step, args.repeats, before=flush)))
+    params = [p for p in model.parameters()]
+    grads, bufs = [p.grad for p in params], [optimizer.state[p]["momentum_buffer"] for p in params]
+
+    def floor() -> None:  # the update's memory traffic and no more: ‖g‖², ‖w‖² by one dot each, one fused SGD pass
+        for t in grads + params:
+            torch.dot(t.view(-1), t.view(-1))
+        torch._fused_sgd_(params, grads, bufs, weight_decay=1e-6, momentum=0.9, lr=1e-9, dampening=0.5,
+                          nesterov=False, maximize=False, is_first_step=False, grad_scale=None, found_inf=None)
+
+    with torch.no_grad():
+        rows.append(("  its memory floor, flushed: a dot per g and per w, one fused SGD pass",
+                     timed(floor, args.repeats, before=flush)))
     compiled = build_optimizer(model, OptimConfig(name="lars", lr=0.3, compile=True), b)
     rows.append(("LARS step, compiled (optim.compile)", timed(compiled.step, args.repeats)))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
