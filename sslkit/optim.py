@@ -76,27 +76,35 @@ class Lars(timm.optim.Lars):
         # p -> (p._version, p.data_ptr(), ‖p‖²) right after its update
         self._w_norms: dict[torch.Tensor, tuple[int, int, torch.Tensor]] = {}
 
-    def _cpu_groups(self) -> list[tuple[dict, list[torch.Tensor]]] | None:
-        """Per group, its parameters with gradients, when the lean update applies; else None."""
-        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
-        for group, params in groups:
+    def _cpu_work(self) -> list[tuple[dict, list[torch.Tensor], list[list[torch.Tensor] | None]]] | None:
+        """Per group, its parameters with gradients and the flat views of each one's weight, gradient and momentum
+        buffer (:func:`_flat_views`; None where their layouts differ), when the lean update applies; else None.
+        Made once a step: the gradient norms, the update and the kept weight norms all use these views."""
+        work = []
+        for group in self.param_groups:
             if (not group["momentum"] or group["dampening"] or group["nesterov"] or group["trust_clip"]
                     or group["always_adapt"] or torch.is_tensor(group["lr"])):
                 return None
+            params = [p for p in group["params"] if p.grad is not None]
             if any(p.device.type != "cpu" or "momentum_buffer" not in self.state[p] for p in params):
                 return None
-        return groups
+            work.append((group, params, [_flat_views(p, p.grad, self.state[p]["momentum_buffer"]) for p in params]))
+        return work
 
-    def _grad_norms(self) -> torch.Tensor:
-        """‖g‖ of every gradient, in ``_cpu_groups``' order (a 1-D tensor)."""
-        return _norms([p.grad for g in self.param_groups for p in g["params"] if p.grad is not None])
+    def _grad_norms(self, work: list | None = None) -> torch.Tensor:
+        """‖g‖ of every gradient, in parameter-group order (a 1-D tensor), on ``work``'s flat views where given."""
+        if work is None:
+            return _norms([p.grad for g in self.param_groups for p in g["params"] if p.grad is not None])
+        squares = [torch.dot(f[1], f[1]) if f is not None else _square_norm(p.grad)
+                   for _, params, flat in work for p, f in zip(params, flat, strict=True)]
+        return torch.stack(squares).sqrt() if squares else torch.zeros(0)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        groups = None if closure is not None else self._cpu_groups()
-        if groups is None:
+        work = None if closure is not None else self._cpu_work()
+        if work is None:
             return super().step(closure)
-        self._update(groups, self._grad_norms())
+        self._update(work, self._grad_norms(work))
         return None
 
     @torch.no_grad()
@@ -105,45 +113,45 @@ class Lars(timm.optim.Lars):
 
         The check is one host synchronisation over the gradient norms the update then uses.
         """
-        g_norms = self._grad_norms()
+        work = self._cpu_work()
+        g_norms = self._grad_norms(work)
         if not bool(torch.isfinite(torch.cat([loss.detach().float().reshape(1), g_norms.to(loss.device)])).all()):
             return False
-        groups = self._cpu_groups()
-        if groups is None:
+        if work is None:
             super().step()
         else:
-            self._update(groups, g_norms)
+            self._update(work, g_norms)
         return True
 
-    def _update(self, groups: list[tuple[dict, list[torch.Tensor]]], g_norms: torch.Tensor) -> None:
+    def _update(self, work: list[tuple[dict, list[torch.Tensor], list[list[torch.Tensor] | None]]],
+                g_norms: torch.Tensor) -> None:
         start = 0
-        for group, params in groups:
+        for group, params, flat in work:
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            bufs = [self.state[p]["momentum_buffer"] for p in params]
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
             g = g_norms[start:start + len(params)]
             start += len(params)
             # The fused kernel gets flat views: it would copy a channels_last tensor to a contiguous one and back.
-            flat = [_flat_views(p, grad, buf) for p, grad, buf in zip(params, grads, bufs, strict=True)]
             if not wd:  # timm: no trust ratio where the group has no weight decay
                 if all(f is not None for f in flat):
                     _fused_sgd_step(*(list(views) for views in zip(*flat, strict=True)), lr, momentum, 0.0, 1.0)
                 else:
+                    bufs = [self.state[p]["momentum_buffer"] for p in params]
                     torch._foreach_mul_(bufs, momentum)
-                    torch._foreach_add_(bufs, grads)
+                    torch._foreach_add_(bufs, [p.grad for p in params])
                     torch._foreach_add_(params, bufs, alpha=-lr)
                 continue
             w = self._weight_norms(params)
             trust = group["trust_coeff"] * w / (g + w * wd + group["eps"])
             trust = torch.where((w > 0) & (g > 0), trust, 1.0)
-            for i, (p, grad, buf, q) in enumerate(zip(params, grads, bufs, trust.tolist(), strict=True)):
-                if flat[i] is not None:
-                    _fused_sgd_step(*([view] for view in flat[i]), lr, momentum, wd, q)
-                    self._w_norms[p] = (p._version, p.data_ptr(), _square_norm(p))  # while p is in cache
+            for p, f, q in zip(params, flat, trust.tolist(), strict=True):
+                if f is not None:
+                    _fused_sgd_step(*([view] for view in f), lr, momentum, wd, q)
+                    self._w_norms[p] = (p._version, p.data_ptr(), torch.dot(f[0], f[0]))  # while p is in cache
                 else:
-                    buf.mul_(momentum).add_(grad, alpha=q).add_(p, alpha=q * wd)
+                    buf = self.state[p]["momentum_buffer"]
+                    buf.mul_(momentum).add_(p.grad, alpha=q).add_(p, alpha=q * wd)
                     p.add_(buf, alpha=-lr)
 
     def _weight_norms(self, params: list[torch.Tensor]) -> torch.Tensor:
