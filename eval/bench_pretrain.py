@@ -107,6 +107,13 @@ def pure_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     return z1.float().square().mean() + z2.float().square().mean()
 
 
+def random_batch(pool: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch`` images of ``pool`` drawn with replacement by ``generator`` (a CPU one), gathered on ``pool``'s device
+    with ``index_select``, as the trainer gathers its batches."""
+    idx = torch.randint(0, pool.shape[0], (batch,), generator=generator).to(pool.device)
+    return pool.index_select(0, idx)
+
+
 def sslkit_step(forward: Callable, model: SimCLR, augment: SimCLRAugment, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, pool: torch.Tensor, batch: int, generator: torch.Generator,
                 fmt: torch.memory_format, amp: torch.autocast | None,
@@ -115,8 +122,7 @@ def sslkit_step(forward: Callable, model: SimCLR, augment: SimCLRAugment, optimi
     with the trainer's calls: index, both views, forward, NT-Xent, backward, the finite check and LARS."""
 
     def step() -> None:
-        idx = torch.randint(0, pool.shape[0], (batch,), generator=generator).to(pool.device)
-        views = make_views(augment, pool.index_select(0, idx), fmt)
+        views = make_views(augment, random_batch(pool, batch, generator), fmt)
         optimizer.zero_grad(set_to_none=True)
         loss = simclr_backward(forward, views, TEMPERATURE, amp, scaler, chunk_size)
         if not step_if_finite(loss, model, optimizer, scaler):  # the trainer's check, host sync included
@@ -333,8 +339,7 @@ def main() -> None:
     step = sslkit_step(forward, model, augment, optimizer, scaler, pool, b, g, fmt, amp, args.chunk_size)
 
     def aug_only() -> None:
-        idx = torch.randint(0, pool.shape[0], (b,), generator=g).to(device)
-        make_views(augment, pool.index_select(0, idx), fmt)
+        make_views(augment, random_batch(pool, b, g), fmt)
 
     # (c): its own copy of the model, plain SGD, per-sample PIL views from DataLoader workers.
     base = None if args.no_baseline else Baseline(

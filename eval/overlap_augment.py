@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from bench_pretrain import TEMPERATURE, bench_trainee  # eval/bench_pretrain.py, beside this script
+from bench_pretrain import TEMPERATURE, bench_trainee, random_batch  # eval/bench_pretrain.py, beside this script
 
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
@@ -43,7 +43,7 @@ def main() -> None:
         side.submit(torch.set_num_threads, args.side_threads).result()
 
     def batch() -> torch.Tensor:
-        return pool[torch.randint(0, len(pool), (b,), generator=g)]
+        return random_batch(pool, b, g)
 
     def train(views: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_pretrain import TEMPERATURE, bench_trainee, load_images, pure_forward, pure_loss, sync
+from bench_pretrain import TEMPERATURE, bench_trainee, load_images, pure_forward, pure_loss, random_batch, sync
 from machine import add_malloc_option, apply_malloc_option, cpu_name  # eval/machine.py
 from rich.console import Console
 
@@ -113,7 +113,7 @@ def main() -> None:
 
     def step(clock: Clock) -> None:
         clock.start()
-        x = pool.index_select(0, torch.randint(0, pool.shape[0], (b,), generator=g).to(device))
+        x = random_batch(pool, b, g)
         phased_step(model, augment, optimizer, scaler, x, fmt, amp, clock)
 
     runs: dict[str, Callable[[Clock], None]] = {"a": pure, "b": step}
