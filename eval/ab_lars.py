@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import statistics
 import time
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -56,6 +57,8 @@ def main() -> None:
     ap.add_argument("--swap", action="store_true", help="build this checkout's model first")
     add_malloc_option(ap)
     args = ap.parse_args()
+    if not Path(args.other).is_file():
+        ap.error(f"{args.other}: no such file; give another checkout's sslkit/optim.py (git worktree add /tmp/old REV)")
     apply_malloc_option(args)
     versions = [("other", load_module(args.other)), ("this", sslkit.optim)]
     built = {name: lars_with_gradients(module, args.channels) for name, module in
