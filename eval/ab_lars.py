@@ -22,6 +22,7 @@ from types import ModuleType
 
 import torch
 from machine import add_malloc_option, apply_malloc_option, cpu_name  # eval/machine.py
+from profile_step import cache_flusher  # eval/profile_step.py
 
 import sslkit.optim
 from sslkit.config import OptimConfig
@@ -63,12 +64,12 @@ def main() -> None:
     versions = [("other", load_module(args.other)), ("this", sslkit.optim)]
     built = {name: lars_with_gradients(module, args.channels) for name, module in
              (reversed(versions) if args.swap else versions)}
-    junk = torch.empty(128 << 18)  # 128 MiB written before each step: evicts the caches
+    flush = cache_flusher()
     loss = torch.tensor(1.0)
     times: dict[str, list[float]] = {name: [] for name, _ in versions}
     for _ in range(args.repeats):
         for name, _ in versions:
-            junk.fill_(1.0)
+            flush()
             t = time.perf_counter()
             built[name].step_if_finite(loss)
             times[name].append(time.perf_counter() - t)

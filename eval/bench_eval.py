@@ -337,8 +337,6 @@ def main() -> None:
         f"numpy {np.__version__}, Python {platform.python_version()}  ",
         f"Times: median of {r} run(s), wall clock. {features_line}", ""]
     text = "\n".join(header + [s + "\n" for s in summary] + [""] * bool(summary) + [s + "\n" for s in sections])
-    print()
-    print(text)
     write_results(text, args.out, f"bench_eval_{device.type}.md", args.quick)
 
 

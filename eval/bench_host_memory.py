@@ -112,8 +112,6 @@ def main() -> None:
                  cell(mode, "user_ms", ".0f"), cell(mode, "rss_gib", ".2f")]
         lines.append(f"| {label[mode]} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    print()
-    print(text)
     write_results(text, args.out, "bench_host_memory_cpu.md", False)
 
 

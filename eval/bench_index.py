@@ -210,8 +210,6 @@ def main() -> None:
               "graph; RSS growth is the resident memory the process gained while building it (training buffers "
               "included, freed memory the allocator kept included)."]
     text = "\n".join(lines) + "\n"
-    print()
-    print(text)
     write_results(text, args.out, "bench_index_cpu.md", args.quick)
 
 

@@ -478,8 +478,6 @@ def main() -> None:
         for n, tp, ts in sweep:
             lines.append(f"| {n} | {tp:.4f} | {b / tp:,.0f} | {ts:.4f} | {b / ts:,.0f} | {tp / ts:.3f} |")
     text = "\n".join(lines) + "\n"
-    print()
-    print(text)
     write_results(text, args.out, f"bench_pretrain_{device.type}.md", args.quick)
 
 

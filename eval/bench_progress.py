@@ -96,8 +96,6 @@ def main() -> None:
         rel = "—" if t is base else f"{statistics.median(paired):.3f}{median_interval(paired)}"
         lines.append(f"| {name} | {statistics.median(t):.4f} | {rel} |")
     text = "\n".join(lines) + "\n"
-    print()
-    print(text)
     write_results(text, args.out, "bench_progress_cpu.md", args.quick)
 
 

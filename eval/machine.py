@@ -33,7 +33,10 @@ def apply_malloc_option(args: argparse.Namespace) -> bool:
 
 
 def write_results(text: str, out: str | Path | None, default_name: str, quick: bool) -> None:
-    """Writes a results table to ``out`` (default ``eval/results/<default_name>``), except for an unnamed quick run."""
+    """Prints a results table after a blank line, then writes it to ``out`` (default
+    ``eval/results/<default_name>``), except for an unnamed quick run."""
+    print()
+    print(text)
     path = Path(out or Path(__file__).resolve().parent / "results" / default_name)
     if not quick or out:
         path.parent.mkdir(parents=True, exist_ok=True)

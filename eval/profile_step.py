@@ -32,7 +32,7 @@ from sslkit.colour import shift_hue
 from sslkit.config import OptimConfig
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
-from sslkit.optim import build_optimizer
+from sslkit.optim import _fused_sgd_step, build_optimizer
 from sslkit.step import make_views, step_if_finite
 
 
@@ -110,8 +110,7 @@ def main() -> None:
     def floor() -> None:  # the update's memory traffic and no more: ‖g‖², ‖w‖² by one dot each, one fused SGD pass
         for t in grads + params:
             torch.dot(t.view(-1), t.view(-1))
-        torch._fused_sgd_(params, grads, bufs, weight_decay=1e-6, momentum=0.9, lr=1e-9, dampening=0.5,
-                          nesterov=False, maximize=False, is_first_step=False, grad_scale=None, found_inf=None)
+        _fused_sgd_step(params, grads, bufs, lr=1e-9, momentum=0.9, weight_decay=1e-6, scale=0.5)
 
     with torch.no_grad():
         rows.append(("  its memory floor, flushed: a dot per g and per w, one fused SGD pass",
