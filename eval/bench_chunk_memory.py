@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_name  # eval/machine.py, beside this script
+from machine import check_device, cpu_name  # eval/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: eval/results/bench_chunk_memory_<device>.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_device(parser, args.device)
     if args.child is not None:
         chunk = int(args.child) or None
         print(json.dumps(one_step(args.batch, chunk, args.stem, args.device)))

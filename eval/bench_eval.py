@@ -51,7 +51,6 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
 from sslkit.data import load_source
-from sslkit.errors import UserError
 from sslkit.evaluation.clustering import kmeans
 from sslkit.evaluation.features import extract_features
 from sslkit.evaluation.knn import knn_evaluate, knn_search, unit_rows
@@ -61,7 +60,7 @@ from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import clustered_features  # noqa: E402  (a sibling script, not a package)
-from machine import add_malloc_option, apply_malloc_option, cpu_name, write_results  # noqa: E402
+from machine import add_malloc_option, apply_malloc_option, check_device, cpu_name, run_main, write_results  # noqa: E402
 
 KNN_KS = (20, 200)  # sslkit probe's k values
 KMEANS_RESTARTS, KMEANS_ITERS = 5, 50  # sslkit probe's k-means settings
@@ -163,6 +162,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_eval_<device>.md)")
     add_malloc_option(ap)
     args = ap.parse_args()
+    check_device(ap, args.device)
     kept = apply_malloc_option(args)  # before any tensor work, as `sslkit probe` does
     if args.quick:
         args.bank, args.queries, args.umap_points = 10_000, 2_000, 2_000
@@ -350,8 +350,4 @@ def numba_threads() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:  # a bad --run: the one line sslkit's commands print, exit code 2
-        print(f"bench_eval.py: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, "bench_eval.py")  # a bad --run: one line, exit code 2

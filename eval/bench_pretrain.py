@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2 as v2
-from machine import add_malloc_option, apply_malloc_option, cpu_name, write_results  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, check_device, cpu_name, write_results  # eval/machine.py
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -302,6 +302,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 step × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_pretrain_<device>.md)")
     args = ap.parse_args()
+    check_device(ap, args.device)
     if args.quick:
         args.steps, args.repeats = 1, 2
     kept = apply_malloc_option(args)  # before any tensor work, as in `sslkit`

@@ -20,10 +20,12 @@ import argparse
 from pathlib import Path
 
 import torch
+from machine import run_main  # eval/machine.py, beside this script
 from rich.console import Console
 
 from sslkit.checkpoint import load_checkpoint, read_encoder_meta
-from sslkit.config import load_recipe
+from sslkit.config import Recipe, load_recipe
+from sslkit.errors import UserError
 from sslkit.evaluation.features import extract_features, progress_bar
 from sslkit.evaluation.probe import evaluate_features, load_splits
 from sslkit.models import build_encoder
@@ -33,20 +35,32 @@ METRICS = [("linear.top1", "linear"), ("knn.k20.top1", "k-NN k=20"), ("knn.k200.
            ("label_fraction.0.01.top1", "linear, 1 % of labels")]
 
 
+def checked_recipe(run: Path, images: int | None) -> Recipe:
+    """``run``'s recipe with ``--images`` applied, once the run has what the comparison reads (recipe, exported
+    encoder, last checkpoint) and calibration images to take; else a ``UserError`` naming what is wrong."""
+    if not (run / "recipe.yaml").is_file():
+        raise UserError(f"{run / 'recipe.yaml'} not found — give run folders made by `sslkit pretrain`")
+    recipe = load_recipe(run / "recipe.yaml")
+    if images is not None:
+        recipe = recipe.replace(**{"train.bn_calibration": images})
+    if not recipe.train.bn_calibration:
+        raise UserError(f"{run}/recipe.yaml has train.bn_calibration 0 — give --images N (N ≥ 1) calibration "
+                        "images to compare with")
+    read_encoder_meta(run)
+    if not (run / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{run}/checkpoints/last.pt not found — the comparison needs the run's last checkpoint")
+    return recipe
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--images", type=int, default=None, help="calibration images (default: the recipe's)")
     args = ap.parse_args()
     console = Console(stderr=True)
+    recipes = [checked_recipe(run, args.images) for run in args.runs]  # every run checked before any compute
     rows = []
-    for run in args.runs:
-        recipe = load_recipe(run / "recipe.yaml")
-        if args.images is not None:
-            recipe = recipe.replace(**{"train.bn_calibration": args.images})
-        if not recipe.train.bn_calibration:
-            raise SystemExit(f"eval/bn_calibration.py: error: {run}/recipe.yaml has train.bn_calibration 0 — give "
-                             "--images N (N ≥ 1) calibration images to compare with")
+    for run, recipe in zip(args.runs, recipes, strict=True):
         state = load_checkpoint(run / "checkpoints" / "last.pt")
         meta, _ = read_encoder_meta(run)
         trained = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
@@ -76,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "bn_calibration.py")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -16,6 +18,28 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def check_device(ap: argparse.ArgumentParser, name: str) -> None:
+    """A ``--device`` naming CUDA where torch sees no CUDA device is an argparse error (one line, exit code 2),
+    before any work; elsewhere torch would fail at the first tensor with a traceback."""
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {name}: torch sees no CUDA device on this machine — run it where one is "
+                 "(eval/gpu_checks.sh runs the GPU checks) or give --device cpu")
+
+
+def run_main(main: Callable[[], None], script: str) -> None:
+    """Runs a script's ``main``; a ``sslkit.errors.UserError`` (a bad run folder, recipe or file) becomes the one
+    line sslkit's commands print for it, with exit code 2, not a traceback."""
+    from sslkit.errors import UserError
+
+    try:
+        main()
+    except UserError as err:
+        print(f"{script}: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def add_malloc_option(ap: argparse.ArgumentParser) -> None:

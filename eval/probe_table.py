@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("run")
     args = ap.parse_args()
     run = Path(args.run)
+    if not (run / "probe.json").is_file():
+        ap.error(f"{run / 'probe.json'} not found — run `sslkit probe {run}` first"
+                 + ("" if run.is_dir() else f" ({run} is not a folder)"))
     report = json.loads((run / "probe.json").read_text())
     sizes = ", ".join(f"{k} {v:,}" for k, v in report["sizes"].items())
     print(f"Probe of `{run}` on {report['dataset']} ({sizes}); encoder sha256 `{report['checkpoint_sha256'][:16]}…`; "

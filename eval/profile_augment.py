@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import kornia.augmentation as K
 import torch
-from machine import add_malloc_option, apply_malloc_option  # eval/machine.py, beside this script
+from machine import add_malloc_option, apply_malloc_option, check_device  # eval/machine.py, beside this script
 from torch import nn
 
 from sslkit.augment import ResizedCropFlip, SimCLRAugment
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="augment.compile: the colour jitter's kernels compiled")
     add_malloc_option(ap)
     args = ap.parse_args()
+    check_device(ap, args.device)
     apply_malloc_option(args)
     dev = torch.device(args.device)
     c = args.channels

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 from bench_pretrain import TEMPERATURE, bench_trainee, load_images, pure_forward, pure_loss, random_batch, sync
-from machine import add_malloc_option, apply_malloc_option, cpu_name  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, check_device, cpu_name  # eval/machine.py
 from rich.console import Console
 
 from sslkit.augment import SimCLRAugment
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="blocks of each")
     add_malloc_option(ap)
     args = ap.parse_args()
+    check_device(ap, args.device)
     apply_malloc_option(args)
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device, Console(stderr=True))

@@ -130,3 +130,48 @@ def test_the_phased_step_makes_the_trainers_update() -> None:
         weights.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
     assert tuple(clock.laps) == B_PHASES and all(len(v) == 2 for v in clock.laps.values())
+
+
+def test_eval_scripts_refuse_bad_input_in_one_line_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A CUDA --device without CUDA, a folder that is not a run, a run without probe.json: one line naming the bad
+    argument, exit code 2, and nothing computed (the second of two runs is checked before the first is read)."""
+    import bench_pretrain
+    import bn_calibration
+    import probe_table
+    import pytest
+    from machine import run_main
+
+    def exits_2(main, script: str, *argv: str) -> str:
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main, script)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "Traceback" not in err
+        return err.splitlines()[-1]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device cuda:1: torch sees no CUDA device" in exits_2(bench_pretrain.main, "bench_pretrain.py",
+                                                                   "--device", "cuda:1", "--quick")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml").read_text())
+    not_a_run = tmp_path / "elsewhere"
+    not_a_run.mkdir()
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a checkpoint was read before every run was checked")
+
+    monkeypatch.setattr(bn_calibration, "load_checkpoint", no_compute)
+    err = exits_2(bn_calibration.main, "bn_calibration.py", str(run), str(not_a_run))
+    assert err.startswith("bn_calibration.py: error: ") and "train.bn_calibration 0 — give --images N" in err
+    err = exits_2(bn_calibration.main, "bn_calibration.py", str(run), str(not_a_run), "--images", "64")
+    assert "has no exported encoder" in err
+    (run / "encoder.json").write_text("{}")
+    (run / "encoder.safetensors").write_bytes(b"")
+    err = exits_2(bn_calibration.main, "bn_calibration.py", str(run), str(not_a_run), "--images", "64")
+    assert f"{run}/checkpoints/last.pt not found" in err
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    err = exits_2(bn_calibration.main, "bn_calibration.py", str(run), str(not_a_run), "--images", "64")
+    assert f"{not_a_run / 'recipe.yaml'} not found" in err
+    err = exits_2(probe_table.main, "probe_table.py", str(run))
+    assert f"{run / 'probe.json'} not found — run `sslkit probe {run}` first" in err
