@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from machine import add_malloc_option, apply_malloc_option, cpu_name  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, at_least, cpu_name  # eval/machine.py
 from profile_step import cache_flusher  # eval/profile_step.py
 
 import sslkit.optim
@@ -53,8 +53,8 @@ def lars_with_gradients(optim: ModuleType, channels: int) -> torch.optim.Optimiz
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("other", help="the other version's sslkit/optim.py")
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--repeats", type=at_least(1), default=200)
     ap.add_argument("--swap", action="store_true", help="build this checkout's model first")
     add_malloc_option(ap)
     args = ap.parse_args()

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import check_device, cpu_name  # eval/machine.py, beside this script
+from machine import at_least, check_device, cpu_name  # eval/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +57,8 @@ def one_step(batch: int, chunk: int | None, stem: str, device: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=4096, help="images per step (views: twice that)")
-    parser.add_argument("--chunks", type=int, nargs="*", default=[256, 1024], help="chunk sizes (views) to try")
+    parser.add_argument("--batch", type=at_least(2), default=4096, help="images per step (views: twice that)")
+    parser.add_argument("--chunks", type=at_least(2), nargs="*", default=[256, 1024], help="chunk sizes (views) to try")
     parser.add_argument("--stem", choices=("imagenet", "cifar"), default="imagenet")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-full", action="store_true", help="skip the unchunked step (e.g. when it cannot fit)")

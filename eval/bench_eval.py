@@ -60,7 +60,7 @@ from sslkit.models import build_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import clustered_features  # noqa: E402  (a sibling script, not a package)
-from machine import add_malloc_option, apply_malloc_option, check_device, cpu_name, run_main, write_results  # noqa: E402
+from machine import add_malloc_option, apply_malloc_option, at_least, check_device, cpu_name, run_main, write_results  # noqa: E402
 
 KNN_KS = (20, 200)  # sslkit probe's k values
 KMEANS_RESTARTS, KMEANS_ITERS = 5, 50  # sslkit probe's k-means settings
@@ -148,15 +148,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="for the torch k-NN and feature extraction (FAISS, scikit-learn and UMAP run on the CPU)")
     ap.add_argument("--run", default=None, help="use this run's encoder features (train: bank, test: queries)")
-    ap.add_argument("--bank", type=int, default=60_000)
-    ap.add_argument("--queries", type=int, default=10_000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--umap-points", type=int, default=10_000)
+    ap.add_argument("--bank", type=at_least(1), default=60_000)
+    ap.add_argument("--queries", type=at_least(1), default=10_000)
+    ap.add_argument("--dim", type=at_least(1), default=512)
+    ap.add_argument("--k", type=at_least(1), default=20)
+    ap.add_argument("--umap-points", type=at_least(0), default=10_000)
     ap.add_argument("--extract-split", default="train", choices=["train", "test"],
                     help="fashion-mnist-mini split to embed (10,000 / 2,000 images)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: torch's)")
+    ap.add_argument("--repeats", type=at_least(1), default=3)
+    ap.add_argument("--threads", type=at_least(1), default=None, help="torch/FAISS threads (default: torch's)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["knn", "kmeans", "umap", "extract"])
     ap.add_argument("--quick", action="store_true", help="10k bank, 2k queries, 2k UMAP points, 1 repeat")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_eval_<device>.md)")

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_name, write_results  # eval/machine.py, beside this script
+from machine import at_least, cpu_name, write_results  # eval/machine.py, beside this script
 
 from sslkit.host_memory import ALLOCATOR_ENV
 
@@ -62,11 +62,11 @@ def child(mode: str, batch: int, channels: int, size: int, steps: int) -> dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=256, help="images per step (2× views)")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=12, help="timed steps per process")
-    ap.add_argument("--processes", type=int, default=6, help="processes per setting")
+    ap.add_argument("--batch", type=at_least(2), default=256, help="images per step (2× views)")
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--steps", type=at_least(1), default=12, help="timed steps per process")
+    ap.add_argument("--processes", type=at_least(1), default=6, help="processes per setting")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_host_memory_cpu.md)")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()

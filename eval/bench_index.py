@@ -29,7 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from machine import cpu_name, write_results  # eval/machine.py, beside this script
+from machine import at_least, cpu_name, write_results  # eval/machine.py, beside this script
 
 from sslkit.evaluation.index import INDEX_KINDS, build_index, default_pq_m, save_index, search
 
@@ -113,16 +113,16 @@ def describe(index: faiss.Index) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=1_000_000, help="bank rows")
-    ap.add_argument("--d", type=int, default=512)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--clusters", type=int, default=100)
+    ap.add_argument("--n", type=at_least(1), default=1_000_000, help="bank rows")
+    ap.add_argument("--d", type=at_least(1), default=512)
+    ap.add_argument("--queries", type=at_least(1), default=1000)
+    ap.add_argument("--k", type=at_least(1), default=10)
+    ap.add_argument("--clusters", type=at_least(1), default=100)
     ap.add_argument("--kinds", nargs="+", default=["ivf-flat", "hnsw", "ivf-pq", "ivf-pq-half"],
                     help=f"approximate kinds to compare with flat ({', '.join(INDEX_KINDS[2:])}; ivf-pq-half is "
                          "ivf-pq with half the sub-quantisers: D/4-byte codes)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed searches per setting (median)")
-    ap.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: torch's)")
+    ap.add_argument("--repeats", type=at_least(1), default=3, help="timed searches per setting (median)")
+    ap.add_argument("--threads", type=at_least(1), default=None, help="torch/FAISS threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-sweep", action="store_true", help="skip the nprobe / efSearch sweep")
     ap.add_argument("--quick", action="store_true", help="--n 20000, 1 repeat (a smoke run)")

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.v2 as v2
-from machine import add_malloc_option, apply_malloc_option, check_device, cpu_name, write_results  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, at_least, check_device, cpu_name, write_results
 from PIL import Image
 from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -276,13 +276,13 @@ def median_interval(ratios: list[float], digits: int = 3) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=256, help="images per step (2× views)")
+    ap.add_argument("--batch", type=at_least(2), default=256, help="images per step (2× views)")
     ap.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"])
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
     ap.add_argument("--data", default="fashion-mnist-mini", choices=["fashion-mnist-mini", "random"])
-    ap.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=at_least(1), default=3, help="steps per timed repeat")
+    ap.add_argument("--repeats", type=at_least(1), default=5)
     ap.add_argument("--compile", action="store_true", help="torch.compile the models")
     ap.add_argument("--compile-optimizer", action="store_true",
                     help="(b) with optim.compile: the LARS update fused by torch.compile")
@@ -292,12 +292,13 @@ def main() -> None:
                     help="(b)'s optimizer: sslkit.optim.Lars (its CPU update, the finite check on its norms) or "
                          "timm's Lars with step_if_finite's own check (sslkit's CPU step before 2026-12-01)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--thread-sweep", type=int, nargs="*", default=[],
+    ap.add_argument("--threads", type=at_least(1), default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--thread-sweep", type=at_least(1), nargs="*", default=[],
                     help="also time (a) and (b) at each of these torch thread counts")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers for (c)")
+    ap.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
+                    help="DataLoader workers for (c)")
     ap.add_argument("--no-baseline", action="store_true", help="skip (c)")
-    ap.add_argument("--chunk-size", type=int, default=None, help="gradient-cache chunk (views) for (b)")
+    ap.add_argument("--chunk-size", type=at_least(2), default=None, help="gradient-cache chunk (views) for (b)")
     add_malloc_option(ap)
     ap.add_argument("--quick", action="store_true", help="1 step × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_pretrain_<device>.md)")

@@ -21,7 +21,7 @@ import time
 
 import torch
 from bench_pretrain import bench_trainee, load_images, median_interval, sslkit_step
-from machine import add_malloc_option, apply_malloc_option, cpu_name, write_results  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, at_least, cpu_name, write_results  # eval/machine.py
 from rich.console import Console
 
 from sslkit.trainer import PROGRESS_REFRESH_PER_SECOND, progress_bar, resolve_precision
@@ -31,12 +31,12 @@ RICH_DEFAULT = 10.0  # rich.progress.Progress's refresh_per_second
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=256, help="images per step (2× views)")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--batch", type=at_least(2), default=256, help="images per step (2× views)")
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--steps", type=int, default=6, help="steps per block")
-    ap.add_argument("--repeats", type=int, default=10, help="blocks of each setting")
+    ap.add_argument("--steps", type=at_least(1), default=6, help="steps per block")
+    ap.add_argument("--repeats", type=at_least(1), default=10, help="blocks of each setting")
     add_malloc_option(ap)
     ap.add_argument("--quick", action="store_true", help="2 steps × 2 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="results file (default eval/results/bench_progress_cpu.md)")

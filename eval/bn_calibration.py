@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from machine import run_main  # eval/machine.py, beside this script
+from machine import at_least, run_main  # eval/machine.py, beside this script
 from rich.console import Console
 
 from sslkit.checkpoint import load_checkpoint, read_encoder_meta
@@ -55,7 +55,7 @@ def checked_recipe(run: Path, images: int | None) -> Recipe:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--images", type=int, default=None, help="calibration images (default: the recipe's)")
+    ap.add_argument("--images", type=at_least(1), default=None, help="calibration images (default: the recipe's)")
     args = ap.parse_args()
     console = Console(stderr=True)
     recipes = [checked_recipe(run, args.images) for run in args.runs]  # every run checked before any compute

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from machine import cpu_name  # eval/machine.py, beside this script
+from machine import at_least, cpu_name  # eval/machine.py, beside this script
 from safetensors.torch import load_file
 
 from sslkit.checkpoint import TMP_PREFIX, load_checkpoint, step_checkpoints
@@ -498,8 +498,8 @@ def write_report(path: Path, command: str, st: KillStats, trials: list[SignalTri
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kills", type=int, default=50, help="SIGKILLs to deliver (default: 50)")
-    ap.add_argument("--signals", type=int, default=6, help="SIGTERM/SIGINT trials inside the loop (default: 6)")
+    ap.add_argument("--kills", type=at_least(0), default=50, help="SIGKILLs to deliver (default: 50)")
+    ap.add_argument("--signals", type=at_least(0), default=6, help="SIGTERM/SIGINT trials inside the loop (default: 6)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, help="scratch folder (default: a new temporary folder, removed at the end)")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "fault_injection.md")

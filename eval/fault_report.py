@@ -23,6 +23,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from machine import at_least  # eval/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # (kind as reported, pytest node-id pattern): each test that matches is one fault of that kind, tried.
@@ -75,8 +77,8 @@ def run_kills(kills: int, signals: int, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kills", type=int, default=50)
-    ap.add_argument("--signals", type=int, default=6)
+    ap.add_argument("--kills", type=at_least(0), default=50)
+    ap.add_argument("--signals", type=at_least(0), default=6)
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "reliability.md")
     ap.add_argument("--reuse-kills", action="store_true",
                     help="take the process-fault table from an existing fault_injection.md instead of rerunning it")

@@ -20,6 +20,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ≥ ``low``, else a one-line usage error naming the option (exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
+
+
 def check_device(ap: argparse.ArgumentParser, name: str) -> None:
     """A ``--device`` naming CUDA where torch sees no CUDA device is an argparse error (one line, exit code 2),
     before any work; elsewhere torch would fail at the first tensor with a traceback."""

@@ -19,18 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from bench_pretrain import TEMPERATURE, bench_trainee, random_batch  # eval/bench_pretrain.py, beside this script
+from machine import at_least  # eval/machine.py
 
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--side-threads", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
-    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--batch", type=at_least(2), default=256)
+    ap.add_argument("--side-threads", type=at_least(0), default=0)
+    ap.add_argument("--steps", type=at_least(1), default=3, help="steps per timed repeat")
+    ap.add_argument("--repeats", type=at_least(1), default=8)
     args = ap.parse_args()
     c, s, b = args.channels, args.size, args.batch
     fmt = torch.channels_last

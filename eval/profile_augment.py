@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import kornia.augmentation as K
 import torch
-from machine import add_malloc_option, apply_malloc_option, check_device  # eval/machine.py, beside this script
+from machine import add_malloc_option, apply_malloc_option, at_least, check_device  # eval/machine.py
 from torch import nn
 
 from sslkit.augment import ResizedCropFlip, SimCLRAugment
@@ -32,10 +32,10 @@ from sslkit.colour import ColourDistortion
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--batch", type=at_least(2), default=512)
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--repeats", type=at_least(1), default=30)
     ap.add_argument("--compile", action="store_true", help="augment.compile: the colour jitter's kernels compiled")
     add_malloc_option(ap)
     args = ap.parse_args()

@@ -26,7 +26,7 @@ import kornia
 import timm.optim
 import torch
 from bench_pretrain import bench_augment  # eval/bench_pretrain.py, beside this script
-from machine import add_malloc_option, apply_malloc_option  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, at_least  # eval/machine.py
 
 from sslkit.colour import shift_hue
 from sslkit.config import OptimConfig
@@ -58,11 +58,11 @@ def cache_flusher(mib: int = 128) -> Callable[[], None]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=256, help="images per step (2× views)")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=at_least(2), default=256, help="images per step (2× views)")
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    ap.add_argument("--repeats", type=at_least(1), default=20)
+    ap.add_argument("--threads", type=at_least(1), default=None)
     add_malloc_option(ap)
     args = ap.parse_args()
     apply_malloc_option(args)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 from bench_pretrain import TEMPERATURE, bench_trainee, load_images, pure_forward, pure_loss, random_batch, sync
-from machine import add_malloc_option, apply_malloc_option, check_device, cpu_name  # eval/machine.py
+from machine import add_malloc_option, apply_malloc_option, at_least, check_device, cpu_name  # eval/machine.py
 from rich.console import Console
 
 from sslkit.augment import SimCLRAugment
@@ -81,12 +81,12 @@ def phased_step(model: SimCLR, augment: SimCLRAugment, optimizer: torch.optim.Op
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=256, help="images per step (2× views)")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--batch", type=at_least(2), default=256, help="images per step (2× views)")
+    ap.add_argument("--size", type=at_least(8), default=32)
+    ap.add_argument("--channels", type=int, choices=(1, 3), default=3)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--steps", type=int, default=3, help="steps per block; blocks of (a) and (b) alternate")
-    ap.add_argument("--repeats", type=int, default=15, help="blocks of each")
+    ap.add_argument("--steps", type=at_least(1), default=3, help="steps per block; blocks of (a) and (b) alternate")
+    ap.add_argument("--repeats", type=at_least(1), default=15, help="blocks of each")
     add_malloc_option(ap)
     args = ap.parse_args()
     check_device(ap, args.device)
