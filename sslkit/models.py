@@ -97,8 +97,11 @@ class SimCLR(nn.Module):
     One forward over the concatenated views keeps batch-norm statistics shared between the views, as in the
     reference implementation, and is faster than two forwards.
 
+    Called with one batch of views it returns that batch's projections: the gradient cache embeds its chunks so,
+    through the DDP wrapper's forward, which arranges the all-reduce of the gradients.
+
     Shape:
-        v1, v2: (B, C, H, W) -> z1, z2: (B, out_dim)
+        v1, v2: (B, C, H, W) -> z1, z2: (B, out_dim); v1 alone: (N, C, H, W) -> (N, out_dim)
     """
 
     def __init__(self, encoder: nn.Module, head: ProjectionHead) -> None:
@@ -106,7 +109,10 @@ class SimCLR(nn.Module):
         self.encoder = encoder
         self.head = head
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, v1: torch.Tensor,
+                v2: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if v2 is None:
+            return self.head(self.encoder(v1))
         z = self.head(self.encoder(torch.cat([v1, v2])))
         return z[: v1.shape[0]], z[v1.shape[0]:]
 

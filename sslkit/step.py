@@ -31,9 +31,10 @@ def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format
 
 
 def _project(model: nn.Module, views: torch.Tensor) -> torch.Tensor:
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    inner = getattr(inner, "_orig_mod", inner)
-    return inner.head(inner.encoder(views))
+    """One chunk's projections, through DDP's forward where the model is wrapped by DDP (its forward arranges the
+    all-reduce of the gradients; the modules inside it would leave each process with its own), and past
+    ``torch.compile``'s wrapper (chunks are embedded eagerly)."""
+    return getattr(model, "_orig_mod", model)(views)
 
 
 @contextlib.contextmanager
@@ -58,7 +59,8 @@ def simclr_backward(model: nn.Module, views: torch.Tensor, temperature: float, a
         temperature: τ of NT-Xent.
         amp: autocast context or None.
         scaler: the fp16 loss scaler (a no-op when disabled).
-        chunk_size: views per chunk for the gradient cache; None or ≥ 2B runs the batch at once.
+        chunk_size: most views per chunk for the gradient cache (the views are spread evenly over
+            ⌈2B / chunk_size⌉ chunks); None or ≥ 2B runs the batch at once.
 
     Shape:
         views: (2B, C, H, W) -> ()
@@ -71,14 +73,15 @@ def simclr_backward(model: nn.Module, views: torch.Tensor, temperature: float, a
         loss = nt_xent(z1, z2, temperature)
         scaler.scale(loss).backward()
         return loss.detach()
-    chunks = views.split(chunk_size)
+    # As even as possible, none over chunk_size: a last chunk of one view would fail in training-mode batch norm.
+    chunks = views.tensor_split(-(-views.shape[0] // chunk_size))
     with torch.no_grad(), _frozen_norm_buffers(model), autocast:
         z = torch.cat([_project(model, c).float() for c in chunks])
     z.requires_grad_(True)
     loss = nt_xent(z[:b], z[b:], temperature)
     (grad_z,) = torch.autograd.grad(scaler.scale(loss), z)
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    for i, (c, g) in enumerate(zip(chunks, grad_z.split(chunk_size), strict=True)):
+    for i, (c, g) in enumerate(zip(chunks, grad_z.split([c.shape[0] for c in chunks]), strict=True)):
         # Under DDP gradients are all-reduced once, with the last chunk.
         sync = contextlib.nullcontext() if not ddp or i == len(chunks) - 1 else model.no_sync()
         with sync:

@@ -133,8 +133,9 @@ def test_the_phased_step_makes_the_trainers_update() -> None:
 
 
 def test_eval_scripts_refuse_bad_input_in_one_line_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
-    """A count below its least value, a CUDA --device without CUDA, a folder that is not a run, a run without probe.json: one line naming the bad
-    argument, exit code 2, and nothing computed (the second of two runs is checked before the first is read)."""
+    """A count below its least value, a CUDA --device without CUDA, a folder that is not a run, a run without
+    probe.json: one line naming the bad argument, exit code 2, and nothing computed (the second of two runs is
+    checked before the first is read)."""
     import bench_pretrain
     import bn_calibration
     import probe_table

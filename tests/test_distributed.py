@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from sslkit.checkpoint import load_checkpoint, load_encoder
 from sslkit.losses import nt_xent
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
+from sslkit.step import simclr_backward
 
 ROOT = Path(__file__).resolve().parent.parent
 B, WORLD = 6, 2
@@ -31,16 +32,15 @@ def _views() -> torch.Tensor:
     return torch.randn(2 * B, 1, 28, 28, generator=torch.Generator().manual_seed(5))
 
 
-def _rank_main(rank: int, init_file: str, out: str) -> None:
+def _rank_main(rank: int, init_file: str, out: str, chunk_size: int | None) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     model = torch.nn.parallel.DistributedDataParallel(_model())
     v = _views()
     b = B // WORLD
     mine = slice(rank * b, (rank + 1) * b)  # this rank's images: its slice of both view blocks
-    z1, z2 = model(v[:B][mine], v[B:][mine])
-    loss = nt_xent(z1, z2, 0.2)
-    loss.backward()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = simclr_backward(model, torch.cat([v[:B][mine], v[B:][mine]]), 0.2, None, scaler, chunk_size)
     total = loss.detach().clone()
     dist.all_reduce(total)
     if rank == 0:
@@ -48,9 +48,10 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk_size", [None, 4])  # 4: the gradient cache, two chunks of 3 views per rank
+def test_two_ranks_equal_one_process(tmp_path: Path, chunk_size: int | None) -> None:
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_rank_main, args=(str(tmp_path / "pg"), out), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(str(tmp_path / "pg"), out, chunk_size), nprocs=WORLD, join=True)
     got = torch.load(out, weights_only=True)
     model = _model()
     v = _views()

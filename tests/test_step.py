@@ -44,6 +44,23 @@ def test_chunking_updates_batchnorm_statistics_once() -> None:
     assert int(a.encoder.bn1.num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize(("views", "chunk", "sizes"), [(12, 11, [6, 6]), (10, 3, [3, 3, 2, 2]), (8, 4, [4, 4])])
+def test_chunks_are_even_and_never_one_view(monkeypatch, views: int, chunk: int, sizes: list[int]) -> None:
+    """12 views in chunks of 11 were 11 + 1, and a one-view chunk fails in training-mode batch norm."""
+    model = _model().train()
+    seen: list[int] = []
+    forward = SimCLR.forward
+
+    def counting(self, v1, v2=None):
+        if v2 is None and torch.is_grad_enabled():
+            seen.append(v1.shape[0])
+        return forward(self, v1, v2)
+
+    monkeypatch.setattr(SimCLR, "forward", counting)
+    loss, grads = _grads(model, torch.randn(views, 1, 28, 28, generator=torch.Generator().manual_seed(3)), chunk)
+    assert seen == sizes and torch.isfinite(torch.tensor(loss)) and len(grads) > 50
+
+
 @pytest.mark.parametrize("optim", ["sgd", "lars"])
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_nonfinite_step_leaves_parameters_untouched(where: str, optim: str) -> None:
