@@ -1,9 +1,11 @@
 """Optimizer and learning-rate schedule from the recipe, built from timm's parts.
 
 LARS (You et al. 2017) as used by SimCLR: biases and normalisation parameters get neither weight decay nor
-the trust-ratio adaptation. timm's ``Lars`` adapts only parameters whose group has weight decay (unless
-``always_adapt``), and ``create_optimizer_v2(filter_bias_and_bn=True)`` puts every 1-D parameter (biases,
-BN/LN weights) in a group with zero weight decay, so together they give exactly that exclusion.
+the trust-ratio adaptation; every other weight gets both, the adaptation whatever the weight decay. timm's ``Lars``
+adapts a group that has weight decay or ``always_adapt``, so :func:`lars_param_groups` makes two groups: the 1-D
+parameters (biases, BN/LN weights) without either, the rest with the recipe's weight decay and ``always_adapt``.
+(timm's ``create_optimizer_v2(filter_bias_and_bn=True)`` makes the two groups only for a non-zero weight decay, and
+with one group at weight decay 0 its LARS would adapt nothing: plain momentum SGD at LARS's learning rates.)
 
 On the CPU the LARS step is :class:`Lars`: timm's optimizer with a leaner update there (one pass of torch's fused
 SGD kernel per parameter), whose gradient norms also serve the trainer's finite check. With ``optim.compile``
@@ -35,22 +37,31 @@ def scaled_lr(cfg: OptimConfig, batch_size: int) -> float:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> Optimizer:
     """LARS, SGD (momentum) or AdamW over ``model``'s parameters, weight decay off for 1-D parameters."""
     lr = scaled_lr(cfg, batch_size)
-    kwargs = {}
     if cfg.name == "lars":
-        kwargs = dict(momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
-    elif cfg.name == "sgd":
-        kwargs = dict(momentum=cfg.momentum, nesterov=False)
-    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.name if cfg.name != "sgd" else "momentum", lr=lr,
-                                               weight_decay=cfg.weight_decay, filter_bias_and_bn=True, **kwargs)
-    if cfg.name == "lars":  # timm's parameter groups (weight decay off for 1-D parameters), sslkit's step
-        return (CompiledLars if cfg.compile else Lars)(optimizer.param_groups, **optimizer.defaults)
-    return optimizer
+        return (CompiledLars if cfg.compile else Lars)(lars_param_groups(model, cfg.weight_decay), lr=lr,
+                                                       momentum=cfg.momentum, trust_coeff=cfg.trust_coeff)
+    kwargs = dict(momentum=cfg.momentum, nesterov=False) if cfg.name == "sgd" else {}
+    return timm.optim.create_optimizer_v2(model, opt=cfg.name if cfg.name != "sgd" else "momentum", lr=lr,
+                                          weight_decay=cfg.weight_decay, filter_bias_and_bn=True, **kwargs)
+
+
+def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """LARS's two groups, in timm's order: the 1-D parameters and biases (timm's ``filter_bias_and_bn`` rule), with
+    neither weight decay nor the trust ratio; every other parameter, with ``weight_decay`` and the trust ratio
+    (``always_adapt``, so that it applies at weight decay 0 too)."""
+    excluded, adapted = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (excluded if p.ndim <= 1 or name.endswith(".bias") else adapted).append(p)
+    return [group for group in ({"params": excluded, "weight_decay": 0.0, "always_adapt": False},
+                                {"params": adapted, "weight_decay": weight_decay, "always_adapt": True})
+            if group["params"]]
 
 
 class Lars(timm.optim.Lars):
     """timm's ``Lars`` with a leaner update on the CPU, whose gradient norms also tell whether a step is finite.
 
-    On CUDA, for a closure, for options sslkit does not set (dampening, Nesterov, LARC clipping, ``always_adapt``)
+    On CUDA, for a closure, for options sslkit does not set (dampening, Nesterov, LARC clipping)
     and on the first step (which creates the momentum buffers) this is timm's step. On the CPU otherwise:
     ‖g‖ of every gradient and ‖w‖ of every adapted weight come from BLAS dot products (``torch.dot`` on a flat
     view: half the time of torch's norms, which read the tensor at about half the memory bandwidth; ‖w‖ is taken
@@ -83,7 +94,7 @@ class Lars(timm.optim.Lars):
         work = []
         for group in self.param_groups:
             if (not group["momentum"] or group["dampening"] or group["nesterov"] or group["trust_clip"]
-                    or group["always_adapt"] or torch.is_tensor(group["lr"])):
+                    or torch.is_tensor(group["lr"])):
                 return None
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.device.type != "cpu" or "momentum_buffer" not in self.state[p] for p in params):
@@ -133,7 +144,7 @@ class Lars(timm.optim.Lars):
             g = g_norms[start:start + len(params)]
             start += len(params)
             # The fused kernel gets flat views: it would copy a channels_last tensor to a contiguous one and back.
-            if not wd:  # timm: no trust ratio where the group has no weight decay
+            if not wd and not group["always_adapt"]:  # timm: a trust ratio only with weight decay or always_adapt
                 if all(f is not None for f in flat):
                     _fused_sgd_step(*(list(views) for views in zip(*flat, strict=True)), lr, momentum, 0.0, 1.0)
                 else:

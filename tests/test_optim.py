@@ -35,9 +35,10 @@ def reference_lars(params: dict[str, torch.Tensor], grads: list[dict[str, torch.
     return w
 
 
-def test_lars_step_matches_the_reference_and_excludes_biases_and_norms() -> None:
+@pytest.mark.parametrize("wd", [1e-3, 0.0])  # at weight decay 0 the weights still get the trust ratio
+def test_lars_step_matches_the_reference_and_excludes_biases_and_norms(wd: float) -> None:
     model = small_model()
-    cfg = OptimConfig(name="lars", lr=0.8, weight_decay=1e-3, momentum=0.9, trust_coeff=0.001)
+    cfg = OptimConfig(name="lars", lr=0.8, weight_decay=wd, momentum=0.9, trust_coeff=0.001)
     opt = build_optimizer(model, cfg, batch_size=512)  # linear scaling: lr 1.6
     assert opt.param_groups[0]["lr"] == pytest.approx(1.6)
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -47,15 +48,15 @@ def test_lars_step_matches_the_reference_and_excludes_biases_and_norms() -> None
         for k, p in model.named_parameters():
             p.grad = step_grads[k].clone()
         opt.step()
-    want = reference_lars(start, grads, lr=1.6, wd=1e-3, momentum=0.9, eta=0.001)
+    want = reference_lars(start, grads, lr=1.6, wd=wd, momentum=0.9, eta=0.001)
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach().double(), want[k], rtol=1e-5, atol=1e-7, msg=k)
     # The exclusion is real: a 1-D parameter moved by lr × momentum-SGD of its raw gradients, far more than the
     # trust ratio (η = 0.001) lets a weight matrix move.
     moved = {k: (p.detach() - start[k]).norm() / start[k].norm().clamp_min(1e-12) for k, p in model.named_parameters()}
     assert moved["1.weight"] > 100 * moved["0.weight"]
-    decays = {len(group["params"]): group["weight_decay"] for group in opt.param_groups}
-    assert sorted(decays.values()) == [0.0, 1e-3]
+    groups = [(len(group["params"]), group["weight_decay"], group["always_adapt"]) for group in opt.param_groups]
+    assert groups == [(3, 0.0, False), (2, wd, True)]  # BN weight and bias, linear bias; conv and linear weights
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
