@@ -467,7 +467,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             views = make_views(augment, data.pool.images.index_select(0, idx), fmt)
             optimizer.zero_grad(set_to_none=True)
             loss = simclr_backward(forward, views, r.loss.temperature, amp, scaler, r.train.chunk_size)
-            if not step_if_finite(loss, model, optimizer, scaler):  # gradients are all-reduced: all ranks agree
+            stepped = step_if_finite(loss, model, optimizer, scaler)  # gradients are all-reduced: ranks agree
+            if not stepped:
                 skipped += 1
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
@@ -475,13 +476,13 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                                         "lower optim.lr, raise loss.temperature, or use train.precision: fp32")
                 console.print(f"[yellow]step {step + 1}: non-finite loss or gradients, step skipped "
                               f"({skipped}/{r.train.max_skips})")
-                step += 1
-                continue
             step += 1
             window_imgs += batch
 
+            # A skipped step logs no loss (it has none), but the epoch's evaluation, checkpoint and signal check
+            # below happen as after any other step.
             end_of_epoch = step % steps_per_epoch == 0
-            if step % r.train.log_every == 0 or end_of_epoch or step == stop_at:
+            if stepped and (step % r.train.log_every == 0 or end_of_epoch or step == stop_at):
                 loss_value = mean_across(loss, info).item()
                 now = time.perf_counter()
                 img_per_s = window_imgs / max(now - window_t, 1e-9)
@@ -502,20 +503,21 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                     log.write(step=step, epoch=epoch + 1, **{"knn/top1": knn_last})
                     progress.console.print(f"epoch {epoch + 1}: k-NN top-1 {knn_last:.4f}")
                 window_t = time.perf_counter()  # evaluation time is not training throughput
-            if (r.train.checkpoint_every and step % r.train.checkpoint_every == 0) or end_of_epoch:
+            # The last step is checkpointed here, before the final evaluation: a signal during that evaluation
+            # (outside the catcher) loses no training.
+            if (r.train.checkpoint_every and step % r.train.checkpoint_every == 0) or end_of_epoch or step == stop_at:
                 checkpoint()
             if any_across(signals.signum is not None, info, device):  # every rank stops at the same step
                 checkpoint()
                 raise Interrupted(signals.signum or signal.SIGTERM, step)
 
-    # --- the end: final evaluation, checkpoint, encoder export ---------------------------------------------
+    # --- the end: final evaluation, encoder export (the last step's checkpoint is written) -------------------
     seconds = time.perf_counter() - t_start
     final = evaluated_encoder(encoder, data, r) if info.is_main else None
     knn_end = monitor(lambda: final)
     if knn_end is not None:
         log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
         knn_last = knn_end
-    checkpoint()
     if info.is_main:
         export_encoder(unwrap(final), run, dict(encoder_meta, bn_calibration=(
             0 if data.calibration is None else int(data.calibration.shape[0]))))

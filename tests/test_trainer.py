@@ -127,6 +127,38 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pyt
     calls["n"] = 0
     summary = pretrain(tiny_recipe("train.nonfinite=skip"), tmp_path / "skip", console=quiet())
     assert summary["steps"] == 8 and 3 not in [s for s, _ in losses(tmp_path / "skip")]
+    # A skipped last step of an epoch (step 4 of 4) still ends the epoch: its checkpoint and k-NN are written.
+    calls["n"] = -1
+    skip4 = tmp_path / "skip4"
+    pretrain(tiny_recipe("train.nonfinite=skip", "train.keep_last=3"), skip4, console=quiet())
+    events = [json.loads(line) for line in (skip4 / "metrics.jsonl").read_text().splitlines()]
+    assert 4 not in [s for s, _ in losses(skip4)]
+    assert [e["step"] for e in events if "knn/top1" in e] == [0, 4, 8]
+    assert sorted(p.name for p in (skip4 / "checkpoints").glob("step-*.pt")) == ["step-4.pt", "step-8.pt"]
+
+
+def test_a_signal_during_the_final_evaluation_loses_no_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last step (5, mid-epoch) is checkpointed before the final k-NN; Ctrl-C there keeps it, and a resume
+    only evaluates and exports."""
+    import sslkit.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.knn_monitor
+
+    def interrupted_at_the_end(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 0, end of epoch 1, then the final evaluation
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "knn_monitor", interrupted_at_the_end)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_recipe("train.max_steps=5"), out, console=quiet())
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 5
+    assert not (out / "encoder.safetensors").exists()
+    summary = pretrain(tiny_recipe("train.max_steps=5"), out, resume=True, console=quiet())
+    assert summary["steps"] == 5 and (out / "encoder.safetensors").is_file()
 
 
 def test_cli_bad_override_exits_2_and_computes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
