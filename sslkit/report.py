@@ -115,7 +115,7 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
         raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
     if thumbnails < 0:
         raise UserError(f"--thumbnails {thumbnails}: give a number of thumbnails ≥ 0")
-    source = retrieval.load_split(meta, split, seed)
+    source = retrieval.load_split(meta, split)
     feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
     rows = _subsample(len(source), max_points, seed)
     t0 = time.perf_counter()
@@ -200,25 +200,27 @@ class Predictions:
 
 def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], console: Console | None = None
                       ) -> Predictions:
-    """The full linear probe's evaluation-split predictions: the probe's saved file when it matches, else
+    """The full linear probe's evaluation-split predictions: the probe's saved file when it was made for this
+    encoder (its sha256, or for a file from before the hash was saved, probe.json's) and these labels, else
     recomputed with :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features."""
     from sslkit.evaluation.probe import VAL_FRACTION, load_splits
 
     split = probe.get("split", "test")
     seed = int(probe.get("seed", 0))
-    source = retrieval.load_split(meta, split, seed)
+    source = retrieval.load_split(meta, split)
     labeled = source.subset(torch.nonzero(source.labels >= 0).flatten())
     saved = run / "figures" / PREDICTIONS_FILE
     if saved.is_file():
         try:
             data = torch.load(saved, weights_only=True)
-            if torch.equal(data["labels"].long(), labeled.labels.long()):
+            encoder = data.get("sha256", probe.get("checkpoint_sha256"))
+            if encoder == meta["sha256"] and torch.equal(data["labels"].long(), labeled.labels.long()):
                 return Predictions(split, labeled, labeled.labels, data["predictions"].long(), False)
         except Exception:  # noqa: BLE001 — an unreadable or foreign file is recomputed, never trusted
             pass
     from sslkit.evaluation.linear import linear_probe
 
-    train, evaluation, _ = load_splits(meta, split, seed)
+    train, evaluation, _ = load_splits(meta, split)
     train_x, _ = retrieval.split_features(run, meta, train, "train", console=console)
     test_x, _ = retrieval.split_features(run, meta, evaluation, split, console=console)
     result = linear_probe(train_x, train.labels, test_x, evaluation.labels, len(train.classes),
@@ -523,7 +525,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
     probe = _read_json(run / "probe.json")
     finetune = _read_json(run / "finetune.json")
-    source = retrieval.load_split(meta, split, seed)
+    source = retrieval.load_split(meta, split)
     figures = run / "figures"
     events = read_events(run)
     sections: list[Section] = []
@@ -564,6 +566,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             base = {b: probe["models"][b].get("linear.top1") for b in BASELINES if b in probe["models"]}
             sub = ", ".join(f"{b.replace('_', ' ')} {v:.1%}" for b, v in base.items() if v is not None)
             if enc.get("linear.top1") is not None:
+                if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
+                    sub = f"of another encoder than the run's — re-run {_cmd(f'sslkit probe {run}')}"
                 cards.append(_card(f"linear probe ({probe['split']})", f"{enc['linear.top1']:.1%}", sub))
         if finetune:
             cards.append(_finetune_card(finetune))
@@ -722,7 +726,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         mis = Section("misclassified", "Misclassified examples")
         if probe:
             pred = probe_predictions(run, meta, probe, console)
-            how = " (recomputed here: the probe's prediction file was missing)" if pred.computed else ""
+            how = " (recomputed here for the run's encoder)" if pred.computed else ""
             path = plot_confusion(pred.labels, pred.predictions, pred.source.classes, figures / "confusion_matrix.png",
                                   title=f"Linear probe on {pred.split}{how}")
             conf.body.append(_img(path, "confusion matrix"))

@@ -293,3 +293,46 @@ def test_metrics_table_bolds_the_best_score_but_not_settings_sizes_times_or_spre
 
 def test_finetune_card_of_an_unknown_layout_says_done() -> None:
     assert "done" in _finetune_card({"summary": {"a": {}}}) and "see the last section" in _finetune_card({})
+
+
+def test_saved_probe_predictions_are_used_only_for_the_encoder_they_were_made_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prediction file names its encoder's sha256 (a file without one goes by probe.json's); a new encoder's
+    report recomputes them, and its overview card says the probe.json figure is of another encoder."""
+    import types
+
+    from sslkit import report
+    from sslkit.evaluation import linear
+
+    run = make_run(tmp_path / "run")
+    labels = cached(run)[1]
+    saved = write_probe(run, labels)
+    meta = json.loads((run / "encoder.json").read_text())
+    probe = json.loads((run / "probe.json").read_text())
+    monkeypatch.setattr(report.retrieval, "split_features", lambda run, meta, source, split, console=None:
+                        (torch.zeros(len(source), 4), run / "features"))
+    fits = []
+
+    def linear_probe(*args, **kwargs):
+        fits.append(1)
+        return types.SimpleNamespace(predictions=torch.zeros(len(labels), dtype=torch.long))
+
+    monkeypatch.setattr(linear, "linear_probe", linear_probe)
+    pred = report.probe_predictions(run, meta, probe)  # a file from before the hash, for probe.json's encoder
+    assert not pred.computed and torch.equal(pred.predictions, saved)
+    torch.save({"labels": labels, "predictions": saved, "sha256": meta["sha256"]}, run / "figures" / PREDICTIONS_FILE)
+    assert not report.probe_predictions(run, meta, probe).computed
+    new = dict(meta, sha256="0" * 64)  # the run's encoder changed since the probe
+    pred = report.probe_predictions(run, new, probe)
+    assert pred.computed and not pred.predictions.any() and len(fits) == 1
+    # The page of a run probed with another encoder, with a prediction file from before the hash.
+    (run / "probe.json").write_text(json.dumps(dict(probe, checkpoint_sha256="0" * 64)))
+    torch.save({"labels": labels, "predictions": saved}, run / "figures" / PREDICTIONS_FILE)
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    page = build_report(run, max_points=80, console=quiet()).read_text(encoding="utf-8")
+    overview = re.search(r'<section id="overview">(.*?)</section>', page, re.S).group(1)
+    assert "of another encoder than the run" in overview
+    assert len(fits) == 2, "the report fitted the probe anew for the run's encoder"

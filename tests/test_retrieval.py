@@ -260,3 +260,34 @@ def test_approximate_index_kinds_answer_too(run: Path, tmp_path: Path) -> None:
     assert 3 not in hnsw.idx[0].tolist() and 17 not in hnsw.idx[1].tolist()
     overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(exact.idx, hnsw.idx, strict=True)])
     assert overlap >= 0.8
+
+
+def test_an_image_folders_held_out_part_is_the_probes_whatever_the_seed(tmp_path: Path, monkeypatch) -> None:
+    """`neighbors --seed` seeds random:N only: the test split of an image folder is the probe's for every seed (it
+    was re-drawn by the seed, so a query index named another image and the split held the probe's train images)."""
+    from PIL import Image
+
+    from sslkit.evaluation.probe import load_splits
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    meta = {"dataset": "imagefolder", "data_root": str(root), "image_size": 16, "in_chans": 3}
+    train, test, _ = load_splits(meta, "test")
+    assert torch.equal(retrieval.load_split(meta, "test").images, test.images)
+    assert torch.equal(retrieval.load_split(meta, "train").images, train.images)
+    seen = []
+
+    def features(run, meta, source, split, console=None):
+        seen.append(source.images)
+        raise UserError("stop here")  # the split is what this test is about
+
+    monkeypatch.setattr(retrieval, "read_meta", lambda run: meta)
+    monkeypatch.setattr(retrieval, "split_features", features)
+    for seed in (0, 1):
+        with pytest.raises(UserError, match="stop here"):
+            retrieval.find_neighbors(tmp_path, ["3", "random:2"], k=2, seed=seed)
+    assert len(seen) == 2 and torch.equal(seen[0], test.images) and torch.equal(seen[1], test.images)

@@ -58,14 +58,23 @@ VAL_FRACTION = 0.1
 KMEANS_RESTARTS = 5
 SILHOUETTE_SAMPLE = 10_000
 IMAGEFOLDER_TEST_FRACTION = 0.2
+IMAGEFOLDER_SPLIT_SEED = 0  # the held-out part of an image folder is the same for every command and every --seed
 BASELINES = ("raw_pixels", "random_init")
 
 
-def load_splits(meta: dict[str, Any], split: str, seed: int = 0) -> tuple[ImageSource, ImageSource, str]:
+def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
+    """An image folder's (train, test) parts: test is a stratified ``IMAGEFOLDER_TEST_FRACTION`` of the pool drawn
+    with ``IMAGEFOLDER_SPLIT_SEED``, whatever a command's ``--seed``, so that every command (probe, neighbors, map,
+    report) and every seed of the probe holds out the same images."""
+    test_idx, train_idx = stratified_split(pool.labels, IMAGEFOLDER_TEST_FRACTION, IMAGEFOLDER_SPLIT_SEED)
+    return pool.subset(train_idx), pool.subset(test_idx)
+
+
+def load_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, str]:
     """The labeled train split (what the probes learn from) and the labeled evaluation split of the run's data.
 
-    An image folder is one pool of images: its evaluation split is a stratified, seeded
-    ``IMAGEFOLDER_TEST_FRACTION`` of it and the probes train on the rest.
+    An image folder is one pool of images: its evaluation split is the held-out part of :func:`imagefolder_split`
+    and the probes train on the rest.
 
     Returns:
         ``(train, evaluation, description of the evaluation split)``.
@@ -73,10 +82,8 @@ def load_splits(meta: dict[str, Any], split: str, seed: int = 0) -> tuple[ImageS
     kwargs = {"root": meta.get("data_root"), "image_size": int(meta["image_size"]),
               "channels": int(meta["in_chans"])}
     if meta["dataset"] == "imagefolder":
-        pool = load_source("imagefolder", "train", **kwargs)
-        test_idx, train_idx = stratified_split(pool.labels, IMAGEFOLDER_TEST_FRACTION, seed)
-        train, evaluation = pool.subset(train_idx), pool.subset(test_idx)
-        described = f"{IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder held out (seed {seed})"
+        train, evaluation = imagefolder_split(load_source("imagefolder", "train", **kwargs))
+        described = f"{IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder held out"
     else:
         train = load_source(meta["dataset"], "train", **kwargs)
         evaluation = load_source(meta["dataset"], split, **kwargs)
@@ -226,7 +233,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
                             "runs of the same data")
     names = _model_names(run, others)
 
-    train, test, described = load_splits(meta, split, seed)
+    train, test, described = load_splits(meta, split)
     num_classes = len(train.classes)
     device = default_device()
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
@@ -271,7 +278,8 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     figures = run / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     tmp = figures / f".tmp-probe_predictions.{os.getpid()}.pt"
-    torch.save({"labels": test.labels, "predictions": predictions}, tmp)  # for a confusion matrix in reports
+    # for a confusion matrix in reports, which use it only for this encoder
+    torch.save({"labels": test.labels, "predictions": predictions, "sha256": meta["sha256"]}, tmp)
     os.replace(tmp, figures / ".probe_predictions.pt")
     from sslkit.viz import plot_label_efficiency
 

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
-from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.data import ImageSource, load_source
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
 from sslkit.evaluation.features import (
@@ -48,11 +48,11 @@ _RANDOM_RE = re.compile(r"^random:(\d+)$")
 # --- the run's split and its features ------------------------------------------------------------------------
 
 
-def load_split(meta: dict[str, Any], split: str, seed: int = 0) -> ImageSource:
+def load_split(meta: dict[str, Any], split: str) -> ImageSource:
     """One split of the run's data, every image in its file order; indices given to the commands point here.
 
-    An image folder is one pool of images; as in ``sslkit probe``, its ``test`` split is the stratified, seeded
-    held-out part (``IMAGEFOLDER_TEST_FRACTION``) and ``train`` the rest.
+    An image folder is one pool of images; as in ``sslkit probe``, its ``test`` split is the held-out part of
+    :func:`~sslkit.evaluation.probe.imagefolder_split` (the same for every seed) and ``train`` the rest.
 
     Raises:
         UserError: an unknown split or missing data files.
@@ -60,13 +60,12 @@ def load_split(meta: dict[str, Any], split: str, seed: int = 0) -> ImageSource:
     kwargs = {"root": meta.get("data_root"), "image_size": int(meta["image_size"]),
               "channels": int(meta["in_chans"])}
     if meta["dataset"] == "imagefolder":
-        from sslkit.evaluation.probe import IMAGEFOLDER_TEST_FRACTION
+        from sslkit.evaluation.probe import imagefolder_split
 
         if split not in ("train", "test"):
             raise UserError(f"an image folder has the splits train and test (a held-out part), not {split!r}")
-        pool = load_source("imagefolder", "train", **kwargs)
-        test_idx, train_idx = stratified_split(pool.labels, IMAGEFOLDER_TEST_FRACTION, seed)
-        return pool.subset(test_idx if split == "test" else train_idx)
+        train, test = imagefolder_split(load_source("imagefolder", "train", **kwargs))
+        return test if split == "test" else train
     return load_source(meta["dataset"], split, **kwargs)
 
 
@@ -312,7 +311,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         raise UserError(f"--index {index!r} is not an index kind — use one of: {', '.join(INDEX_KINDS)}")
     if k < 1:
         check_k(k, 2, split)
-    source = load_split(meta, split, seed)
+    source = load_split(meta, split)
     picked = parse_queries(queries, len(source), split, seed)
     check_k(k, len(source), split)
 
