@@ -504,7 +504,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             ``probe.json`` / ``finetune.json``.
     """
     from sslkit.evaluation.clustering import kmeans
-    from sslkit.evaluation.probe import BASELINES, ROWS
+    from sslkit.evaluation.probe import BASELINES, ROWS, score_rows
     from sslkit.viz import (
         MAP_METHODS,
         plot_clusters,
@@ -630,7 +630,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         eff = Section("label-efficiency", "Label efficiency")
         if probe:
             models = probe["models"]
-            rows = [r for r in ROWS if any(r[0] in m for m in models.values())]
+            rows = score_rows(models)
             fr = [f for f in probe.get("fractions", []) if f < 1]
             first = next(iter(models.values()))
             rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels "

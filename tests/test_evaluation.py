@@ -21,7 +21,7 @@ from sslkit.evaluation import features as features_mod
 from sslkit.evaluation.clustering import cluster_metrics, hungarian_accuracy, purity
 from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search
 from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe
-from sslkit.evaluation.probe import best_score, print_table, run_probe
+from sslkit.evaluation.probe import best_score, evaluate_features, print_table, run_probe, score_rows
 from sslkit.models import build_encoder
 
 
@@ -258,3 +258,16 @@ def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times(
     assert rows["linear weight decay"] == ["0.0001", "0.01"]  # the larger is not 'best'
     assert rows["feature dim"] == ["512", "784"] and rows["seconds"] == ["80.0", "5.0"]
     assert best_score("test_top1.std", [0.1, 0.2]) is None and best_score("linear.top1", [0.1, True, 0.2]) == 0.2
+
+
+def test_a_k_larger_than_the_train_split_is_recorded_and_named_in_the_rows() -> None:
+    """With 40 labeled train images, k = 200 votes with all 40: probe.json says so (knn.k200.k) and the row's label
+    names the k used; k = 20 is not clipped and its row is unchanged."""
+    train_x, train_y = blobs(10, 4, 8, 5.0, 1)
+    test_x, test_y = blobs(5, 4, 8, 5.0, 2)
+    metrics, _ = evaluate_features(train_x, train_y, test_x, test_y, 4, fractions=(1.0,))
+    assert metrics["knn.k200.k"] == 40 and "knn.k20.k" not in metrics
+    labels = dict(score_rows({"encoder": metrics}))
+    assert labels["knn.k200.majority.top1"] == "k-NN k=200 (majority), k = 40: the whole train split"
+    assert labels["knn.k20.top1"] == "k-NN k=20 (weighted)"
+    assert best_score("knn.k200.k", [40, 72]) is None  # a setting, never bold

@@ -146,6 +146,7 @@ def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
     knn = knn_evaluate(train_x, train_y, test_x, test_y, ks=KNN_KS, temperature=KNN_TEMPERATURE,
                        num_classes=num_classes)
     out.update({f"knn.{key}": value for key, value in knn.items()})
+    out.update({f"knn.k{k}.k": len(train_x) for k in KNN_KS if k > len(train_x)})  # k clipped to the bank
     step()
     km = cluster_metrics(test_x, test_y, k=num_classes, seed=seed, restarts=KMEANS_RESTARTS,
                          silhouette_sample=SILHOUETTE_SAMPLE)
@@ -372,7 +373,21 @@ ROWS: tuple[tuple[str, str], ...] = (
 
 #: Parts of a metric's dotted key that make it a setting, a size, a cost or a spread, where the largest value is not
 #: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``).
-UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs"})
+UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs", "k"})
+
+
+def score_rows(models: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """The rows of ``ROWS`` that some model has, as (key, label); a k-NN row whose k was more than the labeled
+    train split (the bank) says the k it used: every query's vote then takes the whole bank."""
+    rows = []
+    for key, label in ROWS:
+        if not any(key in m for m in models.values()):
+            continue
+        used = {m.get(".".join(key.split(".")[:2]) + ".k") for m in models.values()} - {None}  # knn.k200.k
+        if key.startswith("knn.") and used:
+            label += f", k = {min(used)}: the whole train split"
+        rows.append((key, label))
+    return rows
 
 
 def ranked(key: str) -> bool:
@@ -400,7 +415,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     for name in models:
         table.add_column(name, justify="right", style="dim" if name in BASELINES else None)
     first = next(iter(models.values()))
-    rows = [r for r in ROWS if any(r[0] in m for m in models.values())]
+    rows = score_rows(models)
     rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels (n={first[f'label_fraction.{f:g}.n']:,})")
              for f in report["fractions"] if f < 1]
     rows += [("linear.weight_decay", "linear weight decay"), ("dim", "feature dim"), ("seconds", "seconds")]
