@@ -180,6 +180,21 @@ def test_random_queries_are_seeded_and_reproducible(run: Path, tmp_path: Path) -
     r2 = retrieval.find_neighbors(run, ["random:5"], k=4, console=quiet(), out=tmp_path / "b.png")
     assert r1.queries == r2.queries == a and torch.equal(r1.idx, r2.idx)
     assert retrieval.default_output(run, "test", ["random:5"], a, 4).name == "test-random5-k4.png"
+    # Grids of other draws or other indexes get names of their own (they overwrote the seed-0, flat grid).
+    assert retrieval.default_output(run, "test", ["random:5"], a, 4, seed=1).name == "test-random5-k4-seed1.png"
+    assert retrieval.default_output(run, "test", ["3"], [3], 4, seed=1).name == "test-3-k4.png"
+    assert retrieval.default_output(run, "test", ["3"], [3], 4, index="ivf-pq").name == "test-3-k4-ivf-pq.png"
+
+
+def test_an_approximate_index_shows_exact_cosines_in_exact_order(run: Path, tmp_path: Path) -> None:
+    features = cached(run)[0]
+    result = retrieval.find_neighbors(run, ["3", "17", "42"], k=6, index="ivf-pq", console=quiet(),
+                                      out=tmp_path / "pq.png")
+    f = torch.nn.functional.normalize(features.double(), dim=1)
+    for row, q in enumerate(result.queries):
+        exact = (f[result.idx[row]] @ f[q]).float()
+        torch.testing.assert_close(result.sims[row], exact, atol=1e-5, rtol=0)
+        assert bool((result.sims[row][:-1] >= result.sims[row][1:]).all())
 
 
 def test_table_lists_every_neighbour(run: Path, tmp_path: Path) -> None:

@@ -182,7 +182,24 @@ def search_neighbors(index: faiss.Index, features: torch.Tensor | np.ndarray, qu
         raise UserError(f"the approximate index found fewer than {k} neighbours for query {int(q_idx[short[0]])} "
                         "— use --index flat (exact)")
     sims, idx = sims[keep].reshape(len(q_idx), k), idx[keep].reshape(len(q_idx), k)
-    return torch.from_numpy(np.ascontiguousarray(sims)), torch.from_numpy(np.ascontiguousarray(idx)).long()
+    sims, idx = torch.from_numpy(np.ascontiguousarray(sims)), torch.from_numpy(np.ascontiguousarray(idx)).long()
+    if isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)):
+        # PQ codes give approximate scores: the neighbours found get their exact cosines, and their order
+        sims, idx = _exact_order(torch.as_tensor(features), q_idx, idx)
+    return sims, idx
+
+
+def _exact_order(features: torch.Tensor, q_idx: np.ndarray, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact cosines of each query's found rows, most similar first.
+
+    Shape:
+        features: (N, D), idx: (Q, k) -> sims (Q, k) float32, idx (Q, k) int64
+    """
+    queries = torch.nn.functional.normalize(features[torch.from_numpy(q_idx)].float(), dim=1)
+    found = torch.nn.functional.normalize(features[idx].float(), dim=-1)
+    exact = torch.einsum("qd,qkd->qk", queries, found)
+    order = exact.argsort(dim=1, descending=True, stable=True)
+    return exact.gather(1, order), idx.gather(1, order)
 
 
 # --- arguments -----------------------------------------------------------------------------------------------------
@@ -231,12 +248,17 @@ def check_k(k: int, n: int, split: str = "test") -> None:
                         f"neighbours besides the query — use -k {max(n - 1, 1)} or less")
 
 
-def default_output(run: Path, split: str, tokens: Sequence[str | int], queries: Sequence[int], k: int) -> Path:
-    """``RUN/neighbors/<split>-<queries>-k<k>.png``: the queries as given (``3-17``, ``random8``)."""
+def default_output(run: Path, split: str, tokens: Sequence[str | int], queries: Sequence[int], k: int,
+                   seed: int = 0, index: str = DEFAULT_INDEX) -> Path:
+    """``RUN/neighbors/<split>-<queries>-k<k>[-seed<S>][-<index>].png``: the queries as given (``3-17``,
+    ``random8``), the seed where a ``random:N`` token drew with another seed than 0, the index kind where it is not
+    the default, so that no other command's grid is overwritten."""
     label = "-".join(str(t).strip().replace(":", "") for t in tokens)
     if len(label) > 60 or not re.fullmatch(r"[A-Za-z0-9_-]+", label):
         label = f"{len(queries)}q-{hashlib.sha256(repr(list(queries)).encode()).hexdigest()[:8]}"
-    return run / "neighbors" / f"{split}-{label}-k{k}.png"
+    drawn = seed != 0 and any(_RANDOM_RE.match(str(t).strip()) for t in tokens)
+    return run / "neighbors" / (f"{split}-{label}-k{k}{f'-seed{seed}' if drawn else ''}"
+                                f"{f'-{index}' if index != DEFAULT_INDEX else ''}.png")
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
@@ -289,7 +311,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         queries: indices into the split, or ``random:N`` tokens (N seeded picks).
         k: neighbours per query, the query excluded.
         split: which split of the run's data to search (``test`` by default).
-        out: the PNG to write; ``RUN/neighbors/<split>-<queries>-k<k>.png`` by default.
+        out: the PNG to write; ``RUN/neighbors/<split>-<queries>-k<k>.png`` by default (see :func:`default_output`).
         seed: seeds ``random:N``.
         index: one of :data:`INDEX_KINDS`; ``flat`` (exact) by default.
         console: where the table goes.
@@ -317,7 +339,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
 
     feats, feats_path = split_features(run, meta, source, split, console=console)
     sims, idx = search_neighbors(open_index(feats, feats_path, index), feats, picked, k)
-    path = Path(out) if out else default_output(run, split, queries, picked, k)
+    path = Path(out) if out else default_output(run, split, queries, picked, k, seed, index)
     result = NeighborResult(split, picked, idx, sims, source.labels.cpu().long(), tuple(source.classes), path)
     title = f"{run.name}: the {k} nearest {split} images to each query by cosine similarity of its {meta['encoder']} " \
             f"features"
