@@ -37,6 +37,7 @@ from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
 from sslkit.evaluation.features import atomic_save_npy, progress_bar
 from sslkit.evaluation.probe import best_score
+from sslkit.outputs import FIGURE_SUFFIXES, check_output
 
 MAX_MAP_POINTS = 10_000
 MAP_THUMBNAILS = 24  # images drawn on the report's map, spread out so they do not cover each other
@@ -115,12 +116,12 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
         raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
     if thumbnails < 0:
         raise UserError(f"--thumbnails {thumbnails}: give a number of thumbnails ≥ 0")
+    path = check_output(out, "--out", FIGURE_SUFFIXES, run) if out else run / "figures" / f"{method}-{split}.png"
     source = retrieval.load_split(meta, split)
     feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
     rows = _subsample(len(source), max_points, seed)
     t0 = time.perf_counter()
     xy = map_coordinates(feats, feats_path, rows, method, seed)
-    path = Path(out) if out else run / "figures" / f"{method}-{split}.png"
     name = "UMAP" if method == "umap" else "t-SNE"
     shown = f"{len(rows):,} of {len(source):,}" if len(rows) < len(source) else f"{len(rows):,}"
     title = f"{name} of {run.name}'s {meta['encoder']} features: {shown} {split} images (seed {seed})"
@@ -523,6 +524,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
     if max_points < 5:
         raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
+    out_path = check_output(out, "--out", (".html", ".htm"), run, own="report.html") if out else run / "report.html"
     probe = _read_json(run / "probe.json")
     finetune = _read_json(run / "finetune.json")
     source = retrieval.load_split(meta, split)
@@ -766,7 +768,6 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         sections.append(ft)
         done("fine-tuning")
 
-    out_path = Path(out) if out else run / "report.html"
     stamp = time.strftime("%Y-%m-%d %H:%M")
     subtitle = (f"{_esc(meta['dataset'])} · {_esc(meta['encoder'])} ({_esc(meta['stem'])} stem) · figures on the "
                 f"{_esc(split)} split · made {stamp}")

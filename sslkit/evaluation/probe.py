@@ -50,6 +50,7 @@ from sslkit.evaluation.features import (
 )
 from sslkit.evaluation.knn import knn_evaluate
 from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
+from sslkit.outputs import check_output
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
 KNN_KS: tuple[int, ...] = (20, 200)
@@ -219,6 +220,8 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     console = console or Console()
     run = Path(run_dir)
     meta = read_run_meta(run)  # a run without an exported encoder fails here, before any data is read
+    if json_path:
+        json_path = check_output(json_path, "--json", (".json",), run, own="probe.json")
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")
@@ -275,7 +278,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     print_table(report, console)
     write_json(report, run / "probe.json")
     if json_path:
-        write_json(report, Path(json_path))
+        write_json(report, json_path)
     figures = run / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     tmp = figures / f".tmp-probe_predictions.{os.getpid()}.pt"

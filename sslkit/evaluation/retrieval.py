@@ -39,6 +39,7 @@ from sslkit.evaluation.features import (
     progress_bar,
 )
 from sslkit.evaluation.features import read_run_meta as read_meta
+from sslkit.outputs import FIGURE_SUFFIXES, check_output
 
 INDEX_KINDS: tuple[str, ...] = faiss_index.INDEX_KINDS
 DEFAULT_INDEX = "flat"  # exact: a split of a few hundred thousand images is searched in well under a second
@@ -331,6 +332,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     meta = read_meta(run)
     if index not in INDEX_KINDS:
         raise UserError(f"--index {index!r} is not an index kind — use one of: {', '.join(INDEX_KINDS)}")
+    if out:
+        out = check_output(out, "--out", FIGURE_SUFFIXES, run)
     if k < 1:
         check_k(k, 2, split)
     source = load_split(meta, split)

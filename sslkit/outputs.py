@@ -1,0 +1,58 @@
+"""Files the user names with ``--out`` or ``--json``: checked before any work, so that a bad name costs nothing.
+
+A command that has computed for minutes must not then fail on a folder given as a file name or an extension that
+cannot be written, and must never write over a file of the run that another command made (a report written over
+``encoder.json`` would break the run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sslkit.errors import UserError
+
+#: What ``sslkit pretrain``, ``probe`` and ``finetune`` leave in a run directory, which other commands read.
+RUN_FILES = frozenset({"encoder.safetensors", "encoder.json", "recipe.yaml", "metrics.jsonl", "probe.json",
+                       "finetune.json", "report.html"})
+#: Folders of a run that hold files of its own (checkpoints, cached features and indexes).
+RUN_FOLDERS = ("checkpoints", "features")
+#: The figure formats the commands write (matplotlib picks the format from the extension).
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: str | Path | None = None,
+                 own: str | None = None) -> Path:
+    """``path`` as a file the command may write, else a ``UserError`` saying what is wrong and what to give instead.
+
+    Args:
+        path: the name the user gave.
+        option: the option that named it (``--out``), for the message.
+        suffixes: the extensions the command can write, the usual one first.
+        run: the run directory the command reads; its files (:data:`RUN_FILES`, except ``own``) and folders
+            (:data:`RUN_FOLDERS`) are refused.
+        own: the run file this command itself writes by default (writing it again is what the user asked for).
+
+    Returns:
+        The path, with ``~`` expanded.
+    """
+    p = Path(path).expanduser()
+    example = p / f"out{suffixes[0]}" if p.is_dir() else p.with_suffix(suffixes[0])
+    if p.is_dir():
+        raise UserError(f"{option} {path} is a folder — give a file name, such as {example}")
+    if p.suffix.lower() not in suffixes:
+        got = f"the extension {p.suffix!r}" if p.suffix else "no extension"
+        kinds = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+        raise UserError(f"{option} {path} has {got} — give a {kinds} file, such as {example}")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option} {path}: {parent} is a file, not a folder — give another path")
+            break
+    if run is not None:
+        folder, where = Path(run).resolve(), p.resolve()
+        if where.parent == folder and where.name in RUN_FILES - {own}:
+            raise UserError(f"{option} {path} would overwrite the run's own {where.name} — give another name")
+        if any(folder / sub in where.parents for sub in RUN_FOLDERS):
+            raise UserError(f"{option} {path} is inside the run's {where.relative_to(folder).parts[0]}/ folder, "
+                            "which holds the run's own files — give another path")
+    return p

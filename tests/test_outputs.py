@@ -1,0 +1,62 @@
+"""Files named with --out / --json: a folder, a wrong extension, a run's own file or folder, a file as a parent folder
+are one line and exit code 2 before any work (a probe that ran for minutes then failed on them, a report overwrote
+encoder.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_retrieval import make_run
+
+from sslkit.cli import main
+from sslkit.errors import UserError
+from sslkit.evaluation import probe
+from sslkit.outputs import FIGURE_SUFFIXES, check_output
+
+
+def test_check_output_accepts_a_file_name_and_refuses_what_would_fail_or_destroy(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "a-file").write_text("")
+    assert check_output(tmp_path / "new" / "grid.PNG", "--out", FIGURE_SUFFIXES, run) == tmp_path / "new" / "grid.PNG"
+    assert check_output(run / "probe.json", "--json", (".json",), run, own="probe.json") == run / "probe.json"
+    refusals = [
+        ((tmp_path, "--out", (".html",)), f"--out {tmp_path} is a folder — give a file name, such as "
+                                          f"{tmp_path / 'out.html'}"),
+        ((tmp_path / "grid.txt", "--out", FIGURE_SUFFIXES), "has the extension '.txt' — give a .png, .pdf, .svg, "
+                                                            ".jpg or .jpeg file"),
+        ((tmp_path / "grid", "--out", FIGURE_SUFFIXES), f"has no extension — give a .png, .pdf, .svg, .jpg or .jpeg "
+                                                        f"file, such as {tmp_path / 'grid.png'}"),
+        ((tmp_path / "a-file" / "x.png", "--out", FIGURE_SUFFIXES), f"{tmp_path / 'a-file'} is a file, not a folder"),
+        ((run / "encoder.json", "--json", (".json",), run, "probe.json"), "would overwrite the run's own encoder.json"),
+        ((run / "report.html", "--out", (".html",), run), "would overwrite the run's own report.html"),
+        ((run / "checkpoints" / "x.png", "--out", FIGURE_SUFFIXES, run), "inside the run's checkpoints/ folder"),
+    ]
+    for args, message in refusals:
+        with pytest.raises(UserError) as info:
+            check_output(*args)
+        assert message in str(info.value), (args, str(info.value))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["probe", "{run}", "--json", "{tmp}"], "--json {tmp} is a folder"),
+    (["neighbors", "{run}", "--query", "3", "--out", "grid.txt"], "--out grid.txt has the extension '.txt'"),
+    (["umap", "{run}", "--out", "{run}/features/map.png"], "inside the run's features/ folder"),
+    (["report", "{run}", "--out", "{run}/encoder.json"], "has the extension '.json' — give a .html or .htm file"),
+])
+def test_commands_refuse_a_bad_output_before_reading_any_data(tmp_path: Path, capsys, monkeypatch, argv: list[str],
+                                                              message: str) -> None:
+    run = make_run(tmp_path / "run")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data were read before the output was checked")
+
+    monkeypatch.setattr(probe, "load_splits", no_data)
+    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    fill = {"run": str(run), "tmp": str(tmp_path)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(**fill) in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
