@@ -165,12 +165,18 @@ class MonitorConfig:
     temperature: float = _f(0.07, gt=0)
 
 
+SEED_STRIDE = 1_000_003  # trainer.py seeds epoch e's data order with seed * SEED_STRIDE + e, rank k's views with … + k
+# The largest |seed|: every seed derived from it (seed + 3, seed * SEED_STRIDE + an epoch or rank below 2**32) stays in
+# the signed 64-bit range that torch and numpy seeds take.
+SEED_MAX = (2**63 - 1 - 2**32) // SEED_STRIDE
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A whole pretraining recipe."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = _f(0, ge=-SEED_MAX, le=SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,15 +205,20 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> list[str]:
+    """Sets ``raw[a][b]… = value`` for ``key`` ``a.b…``; returns the dotted sections it had to create."""
     node = raw
     parts = key.split(".")
-    for part in parts[:-1]:
+    created = []
+    for i, part in enumerate(parts[:-1]):
+        if part not in node:
+            created.append(".".join(parts[:i + 1]))
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise UserError(f"{where}: cannot set {key!r}: {part!r} is not a section")
         node = child
     node[parts[-1]] = value
+    return created
 
 
 def _type_name(tp: Any) -> str:
@@ -267,11 +278,15 @@ def _check_range(value: Any, checks: dict[str, float]) -> str | None:
     values = value if isinstance(value, tuple) else (value,)
     bounds = {"gt": (">", lambda v, b: v > b), "ge": ("≥", lambda v, b: v >= b),
               "lt": ("<", lambda v, b: v < b), "le": ("≤", lambda v, b: v <= b)}
+
+    def show(x: float) -> str:  # integers in full: a seed bound must not print as 9.22334e+12
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     for name, bound in checks.items():
         sym, ok = bounds[name]
         for v in values:
             if not ok(v, bound):
-                return f"must be {sym} {bound:g}, got {v:g}"
+                return f"must be {sym} {show(bound)}, got {show(v)}"
     return None
 
 
@@ -432,8 +447,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     lines = _key_lines(text)
     for text_override in overrides:
         key, value = parse_override(text_override)
-        _set_dotted(raw, key, value, f"--set {text_override}")
-        lines[key] = f"--set {text_override}"  # errors about this key name the override, not the file
+        # Errors about this key, or about a section only it made (a misspelt 'Train'), name the override, not the file.
+        for dotted in (*_set_dotted(raw, key, value, f"--set {text_override}"), key):
+            lines[dotted] = f"--set {text_override}"
     return recipe_from_dict(raw, str(path), lines)
 
 

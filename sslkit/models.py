@@ -63,6 +63,27 @@ def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int 
     return model
 
 
+@torch.no_grad()
+def input_size_problem(encoder: nn.Module, shape: Sequence[int]) -> str | None:
+    """Why ``encoder`` cannot embed images of ``shape`` (C, H, W), or None when it can.
+
+    One eval-mode forward of two zero images on the encoder's device: it draws no random numbers and leaves the
+    weights, batch-norm statistics and training mode as they were.
+
+    Returns:
+        None, or the first line of the error the forward raised, without its full stop.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        encoder(torch.zeros(2, *shape, device=next(encoder.parameters()).device))
+    except (AssertionError, RuntimeError, ValueError) as e:  # timm asserts fixed sizes; torch raises on too small
+        return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+    finally:
+        encoder.train(was_training)
+    return None
+
+
 class ProjectionHead(nn.Module):
     """The SimCLR projection MLP g(·): Linear → [BN] → ReLU repeated, then a final Linear.
 

@@ -33,12 +33,12 @@ from sslkit.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from sslkit.config import Recipe, load_recipe, save_recipe
+from sslkit.config import SEED_STRIDE, Recipe, load_recipe, save_recipe
 from sslkit.data import ImageSource, channel_stats, load_source, stratified_split
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
 from sslkit.host_memory import keep_freed_memory
-from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_on_images
+from sslkit.models import ProjectionHead, SimCLR, build_encoder, input_size_problem, recalibrate_on_images
 from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
@@ -215,6 +215,30 @@ def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.auto
                     temperature=r.monitor.temperature)
 
 
+def check_input_size(encoder: torch.nn.Module, r: Recipe, image_shape: tuple[int, ...]) -> None:
+    """Refuses an encoder that cannot embed the data's images (evaluation) or the training views.
+
+    A model built for one input size (``vit_tiny_patch16_224``: 224×224) would otherwise fail in the step-0
+    k-NN; this costs one forward of two images per size.
+
+    Raises:
+        UserError: naming ``model.encoder``, the size it does not take, and how to fix the recipe.
+    """
+    c, h, w = image_shape
+    view = r.augment.view_size
+    sizes = [((c, h, w), f"the data's {h}×{w} images")]
+    if view and (view, view) != (h, w):
+        sizes.append(((c, view, view), f"{view}×{view} training views (augment.view_size)"))
+    for shape, what in sizes:
+        problem = input_size_problem(encoder, shape)
+        if problem:
+            size = (getattr(encoder, "pretrained_cfg", None) or {}).get("input_size")
+            built = f" (it is built for {'×'.join(map(str, size[1:]))})" if size else ""
+            raise UserError(f"model.encoder {r.model.encoder!r} does not take {what} ({problem}) — choose an encoder "
+                            f"that takes any size (a convolutional one such as resnet18), or set data.image_size "
+                            f"and augment.view_size to a size it takes{built}")
+
+
 PROGRESS_REFRESH_PER_SECOND = 1.0
 """How often a live progress bar redraws in a terminal. At rich's default of 10 a second, the drawing thread took
 0.6–0.8 % of a train step on a 2-core CPU (CPU time and the GIL taken from the step; ``eval/bench_progress.py``);
@@ -234,7 +258,7 @@ def progress_bar(console: Console, refresh_per_second: float = PROGRESS_REFRESH_
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of the pool for one epoch: a pure function of (seed, epoch), so resume needs no state."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)
     return torch.randperm(n, generator=g)
 
 
@@ -333,6 +357,11 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         console = Console(quiet=True)
     run = Path(out)
     ckpt_dir = run / "checkpoints"
+    blocker = next((p for p in (run, *run.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        inside = "" if blocker == run else f" lies inside {str(blocker)!r}, which"
+        raise UserError(f"--out {str(run)!r}{inside} is a file, not a folder — choose another --out for the run "
+                        "directory")
     state = None
     if resume:
         found = load_latest(ckpt_dir) if ckpt_dir.is_dir() else None
@@ -348,7 +377,6 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                         f"— use a multiple of {info.world}")
     barrier(info)  # every rank has checked the folder before rank 0 writes into it
     if info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
         for folder in (run, ckpt_dir):  # what a process killed mid-write left behind
             clean_temp_files(folder)
 
@@ -377,6 +405,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     augment = SimCLRAugment.from_config(r.augment, data.pool.image_size, data.pool.channels, data.mean,
                                         data.std).to(device)
     encoder = build_encoder(r.model.encoder, r.model.stem, data.pool.channels)
+    check_input_size(encoder, r, tuple(data.pool.images.shape[1:]))
     head = ProjectionHead(encoder.num_features, r.model.proj_hidden, r.model.proj_out, r.model.proj_layers,
                           r.model.proj_bn)
     model = SimCLR(encoder, head)
@@ -387,7 +416,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if info.active:
-        torch.manual_seed(r.seed * 1_000_003 + info.rank)  # same weights everywhere, different views per rank
+        torch.manual_seed(r.seed * SEED_STRIDE + info.rank)  # same weights everywhere, different views per rank
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -409,7 +438,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None) if info.active else model
     forward = torch.compile(ddp) if r.train.compile else ddp
-    if info.is_main:
+    if info.is_main:  # the folder is made only now: input refused above leaves no trace of the run
+        run.mkdir(parents=True, exist_ok=True)
         save_recipe(r, run / "recipe.yaml")
     log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslkit.config import Recipe, load_recipe, recipe_from_dict, save_recipe
+from sslkit.config import SEED_MAX, Recipe, load_recipe, recipe_from_dict, save_recipe
 from sslkit.errors import UserError
 from sslkit.evaluation.finetune_config import is_finetune_recipe
 
@@ -41,6 +41,32 @@ def test_override_applies_and_types_are_checked(tmp_path: Path) -> None:
         load_recipe(p, ["optim.lrr=1"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         load_recipe(p, ["optim.lr"])
+
+
+@pytest.mark.parametrize(("override", "pattern"), [
+    ("Train.epochs=2", r"^--set Train\.epochs=2: unknown key 'Train' — did you mean 'train'\?$"),
+    ("train..epochs=2", r"^--set train\.\.epochs=2: unknown key 'train\.' — did you mean 'train\.epochs'\?$"),
+    ("monitor.kk=3", r"^--set monitor\.kk=3: unknown key 'monitor\.kk' — did you mean 'monitor\.k'\?$"),
+])
+def test_bad_override_keys_name_the_override(tmp_path: Path, override: str, pattern: str) -> None:
+    # 'Train' and 'train.' are sections the override made, not keys of the file.
+    with pytest.raises(UserError, match=pattern):
+        load_recipe(write(tmp_path, "train:\n  epochs: 1\n"), [override])
+
+
+def test_a_bad_key_of_the_file_still_names_the_file_under_overrides(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^\S*r\.yaml:2: unknown key 'train\.epohcs' — did you mean 'train\.epochs'"):
+        load_recipe(write(tmp_path, "train:\n  epohcs: 1\n"), ["train.batch_size=8", "Optim.lr=1"])
+
+
+def test_seed_is_bounded_so_every_derived_seed_fits(tmp_path: Path) -> None:
+    p = write(tmp_path, "seed: 3\n")
+    with pytest.raises(UserError, match=rf"^--set seed=100000000000000: seed must be ≤ {SEED_MAX}, "
+                                        r"got 100000000000000$"):
+        load_recipe(p, ["seed=100000000000000"])
+    with pytest.raises(UserError, match=rf"r\.yaml:1: seed must be ≥ -{SEED_MAX}, got -{SEED_MAX + 1}$"):
+        load_recipe(write(tmp_path, f"seed: {-SEED_MAX - 1}\n"))
+    assert load_recipe(p, [f"seed={SEED_MAX}"]).seed == SEED_MAX and load_recipe(p, ["seed=-3"]).seed == -3
 
 
 def test_exponent_floats_are_numbers(tmp_path: Path) -> None:

@@ -208,6 +208,13 @@ BAD_RECIPES = [  # (kind, recipe text or --set override, what the one line must 
     ("unknown model", "model:\n  encoder: resnet-18\n",
      r"r\.yaml:2: unknown model 'resnet-18' \(model\.encoder\) — did you mean 'resnet18'\?"),
     ("float for int", "--set train.batch_size=64.5", r"train\.batch_size must be an integer, got 64\.5 \(float\)"),
+    ("seed too large", "--set seed=100000000000000",  # seed * 1_000_003 overflowed torch's 64-bit seed in epoch 0
+     r"--set seed=100000000000000: seed must be ≤ \d+, got 100000000000000$"),
+    ("misspelt section via --set", "--set Train.epochs=2",
+     r"--set Train\.epochs=2: unknown key 'Train' — did you mean 'train'\?"),
+    ("empty key part via --set", "--set train..epochs=2", r"--set train\.\.epochs=2: unknown key 'train\.'"),
+    ("unknown model via --set", "--set model.encoder=not_a_model",
+     r"--set model\.encoder=not_a_model: unknown model 'not_a_model' \(model\.encoder\) — see timm\.list_models"),
 ]
 
 
@@ -238,6 +245,38 @@ def test_python_tag_in_a_recipe_is_refused_through_the_cli(tmp_path: Path, capsy
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert re.search(r"evil\.yaml:3: YAML tag .*python/object/new:subprocess\.Popen.* is not allowed", err), err
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["a-file", "inside-a-file"])
+def test_out_that_is_a_file_exits_2_and_keeps_the_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       no_compute: None, inside: bool) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    out = notes / "run" if inside else notes
+    for resume in ([], ["--resume"]):
+        code = main(["pretrain", str(RECIPE), "--out", str(out), *resume])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--out {str(out)!r}" in err and "is a file, not a folder — choose another --out" in err, err
+    assert notes.read_text() == "keep me\n"
+
+
+def test_encoder_that_cannot_take_the_image_size_exits_2_before_the_run_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslkit.trainer as trainer
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before refusing the encoder")
+
+    monkeypatch.setattr(trainer, "knn_monitor", refuse)
+    out = tmp_path / "run"
+    sets = [a for s in [*SETS, "model.encoder=vit_tiny_patch16_224"] for a in ("--set", s)]
+    code = main(["pretrain", str(RECIPE), "--out", str(out), *sets])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"model\.encoder 'vit_tiny_patch16_224' does not take the data's 28×28 images .* set data\."
+                     r"image_size and augment\.view_size to a size it takes \(it is built for 224×224\)", err), err
+    assert not out.exists()  # no recipe.yaml or empty metrics.jsonl left behind
 
 
 # --- checkpoints from elsewhere, and nothing already written is lost ---------------------------------------------

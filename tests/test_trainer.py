@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
 
 from sslkit.checkpoint import load_checkpoint, load_encoder
 from sslkit.cli import main
-from sslkit.config import load_recipe
+from sslkit.config import SEED_MAX, SEED_STRIDE, Recipe, load_recipe
 from sslkit.errors import UserError
-from sslkit.trainer import NonFiniteLoss, prepare_data, pretrain
+from sslkit.models import build_encoder
+from sslkit.trainer import (
+    NonFiniteLoss,
+    check_input_size,
+    epoch_order,
+    prepare_data,
+    pretrain,
+    seed_everything,
+    split_train,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.pool_size=64", "monitor.val_size=40", "monitor.bank_size=80", "monitor.every=1", "train.batch_size=16",
@@ -214,3 +225,35 @@ def test_compiled_lars_and_jitter_run_resumes_bitwise(tmp_path: Path) -> None:
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.parametrize("seed", [SEED_MAX, -SEED_MAX], ids=["max", "min"])
+def test_every_seed_derived_from_the_extreme_recipe_seeds_fits(seed: int) -> None:
+    r = tiny_recipe(f"seed={seed}")
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(r.seed)
+        torch.manual_seed(r.seed * SEED_STRIDE + 2**32 - 1)  # the per-rank seed under torchrun
+        assert sorted(epoch_order(5, r.seed, 2**32 - 1).tolist()) == list(range(5))
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    labels = torch.arange(200) % 10
+    labels[::7] = -1  # unlabeled images: the pool subset is then drawn with its own generator
+    val, pool, bank = split_train(r, labels)
+    assert len(val) == 40 and len(pool) == 64 and len(bank) == 80
+
+
+def test_encoder_input_size_check_names_the_size_and_changes_nothing() -> None:
+    r = Recipe().replace(**{"model.encoder": "vit_tiny_patch16_224"})
+    vit = build_encoder(r.model.encoder, in_chans=1)
+    with pytest.raises(UserError, match=r"^model\.encoder 'vit_tiny_patch16_224' does not take the data's 28×28 "
+                                        r"images \(.*224.*\) — choose an encoder .* \(it is built for 224×224\)$"):
+        check_input_size(vit, r, (1, 28, 28))
+    with pytest.raises(UserError, match=r"does not take 16×16 training views \(augment\.view_size\)"):
+        check_input_size(vit, r.replace(**{"augment.view_size": 16}), (1, 224, 224))
+    resnet = build_encoder("resnet18", in_chans=1)
+    before = {k: v.clone() for k, v in resnet.state_dict().items()}
+    rng = torch.get_rng_state()
+    check_input_size(resnet, Recipe().replace(**{"augment.view_size": 16}), (1, 28, 28))  # takes both sizes
+    assert resnet.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in resnet.state_dict().items())
