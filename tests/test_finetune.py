@@ -234,6 +234,9 @@ def test_fgsm_at_zero_is_clean_accuracy_and_never_helps(tmp_path: Path) -> None:
     ("labeled:\n  size: 1.5\n", [], r"labeled\.size as a fraction must be < 1"),
     ("robustness:\n  epsilons: [0, 2]\n", [], r"robustness\.epsilons must be ≤ 1, got 2"),
     ("data:\n  test_split: extra\n  dataset: cifar100\n", [], r"cifar100 has no split 'extra' \(data\.test_split\)"),
+    ("", ["Labeled.size=600"], r"--set Labeled\.size=600: unknown key 'Labeled' — did you mean 'labeled'"),
+    ("", ["seed=9223372036854775"], r"--set seed=9223372036854775: seed must be ≤ 9223344361526, got"),
+    ("seeds: 5000\n", [], r"ft\.yaml:3: seeds must be ≤ 1000, got 5000"),
 ])
 def test_bad_recipes_exit_2_naming_the_key(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            text: str, sets: list[str], pattern: str) -> None:

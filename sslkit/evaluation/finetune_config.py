@@ -19,7 +19,17 @@ from typing import Any, Literal
 
 import yaml
 
-from sslkit.config import _build_section, _f, _key_lines, _loc, _plain, _set_dotted, parse_override, safe_load
+from sslkit.config import (
+    SEED_MAX,
+    _build_section,
+    _f,
+    _key_lines,
+    _loc,
+    _plain,
+    _set_dotted,
+    parse_override,
+    safe_load,
+)
 from sslkit.errors import UserError
 
 
@@ -40,7 +50,7 @@ class LabeledConfig:
     size: int | float | None = _f(None, gt=0)  # a count, or a fraction of the labeled train split; None: all candidates
     disjoint_from_pool: bool = True  # draw only from train images outside the run's pretraining pool
     val_size: int | float = _f(0.1, gt=0)  # held out of the labeled subset: per-epoch validation curves
-    seed: int = 0  # seeds the subset and its validation part (the same for every arm and training seed)
+    seed: int = _f(0, ge=-SEED_MAX, le=SEED_MAX)  # seeds the subset and its validation part (every arm, every seed)
     imbalance_ratio: float = _f(1.0, ge=1)  # > 1: long-tailed subset, class c keeps ratio^(-c/(K-1)) of its share
     balance: Literal["none", "sampler", "loss_weights"] = "none"  # class-balanced sampling or loss weights
 
@@ -98,8 +108,9 @@ class FinetuneRecipe:
 
     name: str = "finetune"
     run: str | None = None  # the pretrained run directory (or its encoder.safetensors)
-    seed: int = 0  # first training seed; seeds are seed, seed+1, …
-    seeds: int = _f(3, ge=1)  # how many training seeds per arm
+    # first training seed; seeds are seed, seed+1, … (bounded so that every seed derived from them fits int64)
+    seed: int = _f(0, ge=-SEED_MAX, le=SEED_MAX - 1000)
+    seeds: int = _f(3, ge=1, le=1000)  # how many training seeds per arm
     linear_arm: bool = False  # also train a linear head on the frozen pretrained encoder
     data: FinetuneData = field(default_factory=FinetuneData)
     labeled: LabeledConfig = field(default_factory=LabeledConfig)
@@ -238,6 +249,7 @@ def load_finetune_recipe(path: str | Path, overrides: list[str] | tuple[str, ...
         where = str(p)
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(raw, key, value, f"--set {text}")
-        lines[key] = f"--set {text}"  # errors about this key name the override, not the file
+        # Errors about this key, or about a section only it made (a misspelt 'Labeled'), name the override.
+        for dotted in (*_set_dotted(raw, key, value, f"--set {text}"), key):
+            lines[dotted] = f"--set {text}"
     return finetune_recipe_from_dict(raw, where, lines)
