@@ -77,7 +77,7 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = _f((0.75, 4 / 3), gt=0)
     flip_p: float = _f(0.5, ge=0, le=1)
     jitter_p: float = _f(0.8, ge=0, le=1)
-    jitter_strength: float = _f(1.0, ge=0)
+    jitter_strength: float = _f(1.0, ge=0, le=2.5)  # hue 0.2·s: Kornia takes hue shifts up to half a turn
     grayscale_p: float = _f(0.2, ge=0, le=1)
     blur_p: float = _f(0.0, ge=0, le=1)
     blur_sigma: tuple[float, float] = _f((0.1, 2.0), gt=0)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import warnings
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ SPLITS: dict[str, tuple[str, ...]] = {
     # part out with stratified_split instead.
     "imagefolder": ("train",),
 }
+
+
+def scored_splits(dataset: str) -> tuple[str, ...]:
+    """The splits of ``dataset`` a model trained on its train split can be scored on: labeled and disjoint from
+    train (STL-10's ``train+unlabeled`` holds the train images, its ``unlabeled`` has no labels)."""
+    return tuple(s for s in SPLITS[dataset] if "train" not in s.split("+") and s != "unlabeled")
 # Where data goes when data.root is unset. Absolute, so that `pretrain` and a later `probe` run from another
 # working directory find the same files.
 DEFAULT_ROOT = Path("~/.cache/sslkit/data").expanduser()
@@ -182,7 +189,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             raw = f.read()
-    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError on damaged files
+    except (OSError, EOFError, zlib.error) as e:  # gzip: BadGzipFile (an OSError), EOFError or zlib.error
         raise UserError(f"{path} is unreadable ({_one_line(e)}) — delete it and re-download or reinstall it") from None
     # Magic number: two zero bytes, the element type, then the number of dimensions.
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UINT8 or raw[3] == 0:

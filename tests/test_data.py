@@ -159,6 +159,13 @@ def test_idx_reader_and_its_errors(tmp_path: Path) -> None:
     (tmp_path / "notgzip.gz").write_bytes(b"plain text")
     with pytest.raises(UserError, match=r"notgzip\.gz is unreadable"):
         read_idx(tmp_path / "notgzip.gz")
+    big = (np.random.default_rng(0).integers(0, 16, (40, 28, 28)) * 16).astype(np.uint8)  # compressible, as images
+    write_idx(tmp_path / "damaged.gz", big)
+    raw = bytearray((tmp_path / "damaged.gz").read_bytes())
+    raw[200:600] = bytes(b ^ 0xFF for b in raw[200:600])  # bad deflate data, intact gzip header: zlib.error
+    (tmp_path / "damaged.gz").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"damaged\.gz is unreadable \(.*\) — delete it and re-download"):
+        read_idx(tmp_path / "damaged.gz")
 
 
 def test_fashion_mnist_search_order_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,6 +237,11 @@ def test_fgsm_at_zero_is_clean_accuracy_and_never_helps(tmp_path: Path) -> None:
     ("", ["Labeled.size=600"], r"--set Labeled\.size=600: unknown key 'Labeled' — did you mean 'labeled'"),
     ("", ["seed=9223372036854775"], r"--set seed=9223372036854775: seed must be ≤ 9223344361526, got"),
     ("seeds: 5000\n", [], r"ft\.yaml:3: seeds must be ≤ 1000, got 5000"),
+    ("data:\n  dataset: stl10\n  test_split: train+unlabeled\n", [],
+     r"'train\+unlabeled' of stl10 holds the train images the labeled subset is drawn from — use test"),
+    ("data:\n  dataset: stl10\n  test_split: unlabeled\n", [], r"'unlabeled' of stl10 has no labels — use test"),
+    ("data:\n  dataset: svhn\n  test_split: trian\n", [],
+     r"svhn has no split 'trian' \(data\.test_split\) — use test, extra"),
 ])
 def test_bad_recipes_exit_2_naming_the_key(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            text: str, sets: list[str], pattern: str) -> None:

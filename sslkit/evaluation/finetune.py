@@ -45,7 +45,7 @@ from torch import nn
 from sslkit.augment import preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta
 from sslkit.config import load_recipe
-from sslkit.data import ImageSource, load_source, stratified_split
+from sslkit.data import ImageSource, load_source, scored_splits, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
 from sslkit.evaluation.features import read_run_meta
@@ -55,6 +55,7 @@ from sslkit.evaluation.finetune_config import (
     FinetuneRecipe,
     load_finetune_recipe,
     run_dir_of,
+    test_split_problem,
 )
 from sslkit.models import build_encoder
 from sslkit.optim import build_scheduler, scaled_lr
@@ -120,6 +121,8 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     """
     d, lab = r.data, r.labeled
     dataset = d.dataset or meta["dataset"]
+    if dataset != "imagefolder" and d.test_split not in scored_splits(dataset):  # the run's data set: checked here
+        raise UserError(test_split_problem(dataset, d.test_split))
     root = d.root if d.root is not None else meta.get("data_root")
     kwargs: dict[str, Any] = dict(root=root, download=d.download, image_size=int(meta["image_size"]))
     if dataset == "imagefolder":
@@ -146,6 +149,14 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         candidates = torch.nonzero(labeled_mask).flatten()
 
     if dataset == "imagefolder":
+        if len(candidates) < 2 and lab.disjoint_from_pool:  # nothing to hold a test part out of
+            raise UserError(f"labeled.disjoint_from_pool: the run pretrained on {n_labeled - len(candidates):,} of "
+                            f"the folder's {n_labeled:,} labeled images, which leaves {len(candidates)} outside its "
+                            "pool to fine-tune and test on — set labeled.disjoint_from_pool: false, or pretrain "
+                            "with a monitor hold-out (monitor.val_size)")
+        if len(candidates) < 2:
+            raise UserError(f"the image folder has {len(candidates)} labeled image(s): too few to hold a test part "
+                            "out — add labeled images (one subfolder per class)")
         test_pos, rest = stratified_split(labels[candidates], IMAGEFOLDER_TEST_FRACTION, lab.seed + 1000)
         test = train.subset(candidates[test_pos])
         candidates = candidates[rest]

@@ -166,9 +166,21 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int | str]]:
     return raw or {}, _key_lines(text)
 
 
+def test_split_problem(dataset: str, split: str) -> str:
+    """Why ``split`` of ``dataset`` cannot be the fine-tune's test split (where it is not one of
+    :func:`sslkit.data.scored_splits`), and which splits can."""
+    from sslkit.data import SPLITS, scored_splits
+
+    usable = ", ".join(scored_splits(dataset))
+    if split not in SPLITS[dataset]:
+        return f"{dataset} has no split {split!r} (data.test_split) — use {usable}"
+    why = "has no labels" if split == "unlabeled" else "holds the train images the labeled subset is drawn from"
+    return f"data.test_split {split!r} of {dataset} {why} — use {usable}"
+
+
 def _check_semantics(r: FinetuneRecipe, where: str, lines: dict[str, int | str]) -> None:
     """Checks that need no data: the run exists and is complete, names are known, fractions are fractions."""
-    from sslkit.data import DATASETS, SPLITS
+    from sslkit.data import DATASETS, scored_splits
 
     def loc(key: str) -> str:
         return _loc(where, lines, key)
@@ -195,9 +207,8 @@ def _check_semantics(r: FinetuneRecipe, where: str, lines: dict[str, int | str])
     if d.root and not d.download and not Path(d.root).expanduser().is_dir():
         raise UserError(f"{loc('data.root')}: data.root {d.root!r} is not a folder — fix the path or set "
                         "data.download: true")
-    if d.dataset is not None and d.dataset != "imagefolder" and d.test_split not in SPLITS[d.dataset]:
-        raise UserError(f"{loc('data.test_split')}: {d.dataset} has no split {d.test_split!r} (data.test_split) — "
-                        f"use one of {', '.join(s for s in SPLITS[d.dataset] if s != 'train')}")
+    if d.dataset is not None and d.dataset != "imagefolder" and d.test_split not in scored_splits(d.dataset):
+        raise UserError(f"{loc('data.test_split')}: {test_split_problem(d.dataset, d.test_split)}")
     if d.test_split == "train":
         raise UserError(f"{loc('data.test_split')}: data.test_split cannot be 'train' — the labeled subset comes "
                         "from train; use test (an image folder holds its own test part out automatically)")
