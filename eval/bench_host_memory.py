@@ -24,7 +24,7 @@ from pathlib import Path
 
 from machine import at_least, cpu_name, write_results  # eval/machine.py, beside this script
 
-from sslkit.host_memory import ALLOCATOR_ENV
+from sslkit.host_memory import chooses_allocator
 
 MODES = ("glibc", "sslkit", "thp")
 
@@ -74,7 +74,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.batch, args.channels, args.size, args.steps)))
         return
 
-    clean = {k: v for k, v in os.environ.items() if k not in (*ALLOCATOR_ENV, "THP_MEM_ALLOC_ENABLE")}
+    clean = {k: v for k, v in os.environ.items() if not chooses_allocator(k) and k != "THP_MEM_ALLOC_ENABLE"}
     results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     for i in range(args.processes):
         for mode in MODES:

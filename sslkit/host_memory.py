@@ -17,9 +17,10 @@ import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
-ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
-                 "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
-"""Environment variables that choose how the process allocates; any of them set leaves ``malloc`` alone."""
+def chooses_allocator(name: str) -> bool:
+    """Whether the environment variable ``name`` chooses how the process allocates (any ``MALLOC_*``,
+    ``GLIBC_TUNABLES``, ``LD_PRELOAD``); any of them set leaves ``malloc`` alone."""
+    return name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "LD_PRELOAD")
 _applied: bool | None = None
 
 
@@ -34,7 +35,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if any(os.environ.get(k) for k in ALLOCATOR_ENV):
+    if any(value and chooses_allocator(name) for name, value in os.environ.items()):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -387,7 +387,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     device = dist_device or select_device(r.train.device)
     if device.type == "cpu":
         keep_freed_memory()  # each step's large tensors reuse the last step's memory: no page faults (glibc only)
-    if info.active and r.train.sync_bn and device.type != "cuda":
+    if r.train.sync_bn and device.type != "cuda":  # in one process too: the setting would do nothing
         raise UserError(f"train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only, and this run is on "
                         f"{device.type} — drop --set train.sync_bn=true (each process keeps its own statistics)")
     precision = resolve_precision(r.train.precision, device, console)
@@ -464,10 +464,12 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         barrier(info)
         return value
 
+    steps = f"{stop_at:,} of {total_steps:,} steps (train.max_steps)" if stop_at < total_steps else \
+        f"{total_steps:,} steps"
     console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset} — {len(data.pool):,} images for "
                   f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}"
                   f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
-                  f"{total_steps:,} steps")
+                  f"{steps}{f', resumed at step {step:,}' if state is not None else ''}")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
         knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sslkit.host_memory import ALLOCATOR_ENV
+from sslkit.host_memory import chooses_allocator
 
 # A "step" holds two blocks above glibc's largest mmap threshold (32 MiB) at once, then frees them; the probe
 # prints the median page faults of steps 10-14. (Kept, the heap grows for the first few steps, as freed blocks are
@@ -33,7 +33,7 @@ print(int(applied), int(statistics.median(faults)))
 
 
 def _faults(mode: str, **env: str) -> tuple[bool, int]:
-    clean = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    clean = {k: v for k, v in os.environ.items() if not chooses_allocator(k)}
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
     return out[0] == "1", int(out[1])
@@ -48,3 +48,4 @@ def test_freed_memory_is_reused_without_page_faults_and_a_users_malloc_setting_w
     assert kept < 1_000  # kept in the heap: the next step finds its pages mapped
     applied, _ = _faults("keep", MALLOC_ARENA_MAX="2")  # the user's own malloc setting: left alone
     assert not applied
+    assert not _faults("keep", MALLOC_PERTURB_="0")[0]  # any MALLOC_* variable, as the README says

@@ -215,6 +215,8 @@ BAD_RECIPES = [  # (kind, recipe text or --set override, what the one line must 
     ("empty key part via --set", "--set train..epochs=2", r"--set train\.\.epochs=2: unknown key 'train\.'"),
     ("colour strength whose hue Kornia refuses", "--set augment.jitter_strength=3",  # hue 0.2·s > 0.5 failed late
      r"--set augment\.jitter_strength=3: augment\.jitter_strength must be ≤ 2\.5, got 3"),
+    ("sync_bn on the CPU", "--set train.sync_bn=true",  # was refused under torchrun only, ignored in one process
+     r"train\.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only, and this run is on cpu"),
     ("unknown model via --set", "--set model.encoder=not_a_model",
      r"--set model\.encoder=not_a_model: unknown model 'not_a_model' \(model\.encoder\) — see timm\.list_models"),
 ]
