@@ -13,18 +13,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Recipe", "UserError", "build_encoder", "export_encoder", "load_encoder", "load_recipe", "load_source",
-           "nt_xent", "pretrain"]
+__all__ = ["Recipe", "UserError", "build_encoder", "export_encoder", "extract_features", "load_encoder",
+           "load_recipe", "load_source", "nt_xent", "pretrain"]
 
 _WHERE = {"Recipe": "sslkit.config", "load_recipe": "sslkit.config", "UserError": "sslkit.errors",
           "build_encoder": "sslkit.models", "load_encoder": "sslkit.checkpoint", "export_encoder": "sslkit.checkpoint",
-          "load_source": "sslkit.data", "nt_xent": "sslkit.losses", "pretrain": "sslkit.trainer"}
+          "load_source": "sslkit.data", "nt_xent": "sslkit.losses", "pretrain": "sslkit.trainer",
+          "extract_features": "sslkit.evaluation.features"}
 
 if TYPE_CHECKING:
     from sslkit.checkpoint import export_encoder, load_encoder
     from sslkit.config import Recipe, load_recipe
     from sslkit.data import load_source
     from sslkit.errors import UserError
+    from sslkit.evaluation.features import extract_features
     from sslkit.losses import nt_xent
     from sslkit.models import build_encoder
     from sslkit.trainer import pretrain

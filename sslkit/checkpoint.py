@@ -108,7 +108,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 — any failure to unpickle means the file cannot be trusted
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # A pickled object: torch names its global ("Unsupported global", or "unsupported GLOBAL" for an old-style
+        # pickle). "weights_only" is in every message of torch's fallback path, a file of junk bytes included.
+        if "unsupported global" in str(e).lower():
             raise UserError(f"checkpoint {str(path)!r} holds objects other than tensors and plain data; refused "
                             "to unpickle it (only load checkpoints you trust, re-saved as plain state dicts)") from None
         raise UserError(f"checkpoint {str(path)!r} is unreadable ({first[:120]}) — it is truncated or "
@@ -203,15 +205,23 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     meta, weights = read_encoder_meta(run_or_file)
     try:
         encoder = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
+        size, mean, std = int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"])
     except KeyError as e:
         raise UserError(f"encoder.json of {str(run_or_file)!r} lacks the key {e.args[0]!r}") from None
-    state = load_file(str(weights))
+    actual = sha256_file(weights)
+    if meta.get("sha256") and meta["sha256"] != actual:
+        raise UserError(f"{weights} has sha256 {actual[:16]}… but encoder.json records {meta['sha256'][:16]}… — the "
+                        "weights were changed after the export, or the export was interrupted; export them again")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
+        raise UserError(f"{weights} is not a readable safetensors file ({str(e).strip()[:120]}) — export the "
+                        "encoder again") from None
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{weights} does not match a {meta['encoder']} ({meta['stem']} stem): "
                         f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
-    size = int(meta["image_size"])
     encoder.pretrained_cfg = dict(encoder.pretrained_cfg, input_size=(int(meta["in_chans"]), size, size),
-                                  mean=tuple(meta["mean"]), std=tuple(meta["std"]), num_classes=0)
+                                  mean=mean, std=std, num_classes=0)
     encoder.sslkit_meta = meta
     return encoder.to(device).eval()

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sslkit.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,6 +40,9 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
     if world <= 1:
         return DistInfo(), None
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name.startswith("cuda") and not torch.cuda.is_available():  # as one process refuses it
+        raise UserError(f"train.device is {device_name!r} but no CUDA device is available — use train.device: "
+                        "auto or cpu")
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")

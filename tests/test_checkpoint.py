@@ -96,3 +96,33 @@ def test_run_without_encoder_is_a_user_error(tmp_path: Path) -> None:
         load_encoder(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
         load_encoder(tmp_path / "nope")
+
+
+def test_load_encoder_refuses_changed_damaged_or_incomplete_exports_in_one_line(tmp_path: Path) -> None:
+    """Weights that are not the ones encoder.json hashes, a damaged safetensors file, a record without image_size,
+    a checkpoint of junk bytes: each a UserError naming the file, never a load of the wrong weights or a
+    traceback of safetensors, KeyError or torch."""
+    from safetensors.torch import load_file, save_file
+
+    enc = build_encoder("resnet18", "cifar", 1).eval()
+    meta = dict(encoder="resnet18", stem="cifar", in_chans=1, num_features=512, image_size=28, mean=[0.3],
+                std=[0.35], dataset="fashion-mnist-mini", data_root=None)
+    export_encoder(enc, tmp_path, meta)
+    weights = tmp_path / "encoder.safetensors"
+    state = load_file(str(weights))
+    state["conv1.weight"] = state["conv1.weight"] + 1
+    save_file(state, str(weights))
+    with pytest.raises(UserError, match=r"encoder\.safetensors has sha256 .* but encoder\.json records"):
+        load_encoder(tmp_path)
+    weights.write_bytes(bytes(20))
+    record = json.loads((tmp_path / "encoder.json").read_text())
+    (tmp_path / "encoder.json").write_text(json.dumps(dict(record, sha256=None)))
+    with pytest.raises(UserError, match=r"encoder\.safetensors is not a readable safetensors file"):
+        load_encoder(tmp_path)
+    del record["image_size"]
+    (tmp_path / "encoder.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"lacks the key 'image_size'"):
+        load_encoder(tmp_path)
+    (tmp_path / "junk.pt").write_bytes(bytes(range(256)) + bytes(44))
+    with pytest.raises(UserError, match=r"junk\.pt' is unreadable .* truncated or corrupt"):
+        load_checkpoint(tmp_path / "junk.pt")

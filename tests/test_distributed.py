@@ -106,3 +106,15 @@ def test_torchrun_calibrated_export_and_sync_bn_refused_on_cpu(tmp_path: Path) -
     assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr  # each rank: a UserError, exit 2
     assert "error: train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only" in refused.stderr
     assert not (tmp_path / "sync" / "checkpoints").exists()
+
+
+def test_torchrun_asking_for_cuda_without_it_is_refused_not_run_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslkit.distributed import init_distributed
+    from sslkit.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"train\.device is 'cuda' but no CUDA device is available"):
+        init_distributed("cuda")
+    assert not dist.is_initialized()
