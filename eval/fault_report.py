@@ -16,14 +16,17 @@ Run (about 15-25 minutes on a 2-core CPU; ``--kills 5 --signals 2`` for a quick 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import re
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from importlib.metadata import version
 from pathlib import Path
 
-from machine import at_least  # eval/machine.py, beside this script
+from machine import at_least, cpu_name  # eval/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +98,10 @@ def main() -> None:
 
     lines = ["# Reliability: faults tried and survived", "",
              f"Command: `python eval/fault_report.py --kills {args.kills} --signals {args.signals}`"
-             + (" (process faults from the last fault_injection.py run: `--reuse-kills`)" if args.reuse_kills else ""),
+             + (" (process faults from the last fault_injection.py run: `--reuse-kills`)" if args.reuse_kills else "")
+             + "  ",
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {version('torch')}, "
+             f"Python {platform.python_version()}",
              "",
              "## Process faults (SIGKILL, SIGTERM, SIGINT)", "",
              f"From `eval/fault_injection.py` (full table and every trial in `{kills_md.name}`):", ""]
