@@ -245,15 +245,18 @@ PROGRESS_REFRESH_PER_SECOND = 1.0
 once a second, nothing measurable. The bar's counts move with every step whatever the rate."""
 
 
-def progress_bar(console: Console, refresh_per_second: float = PROGRESS_REFRESH_PER_SECOND) -> Progress:
+def progress_bar(console: Console, refresh_per_second: float = PROGRESS_REFRESH_PER_SECOND,
+                 disable: bool = False) -> Progress:
     """The pretraining loop's live bar: epoch, steps, loss, learning rate, img/s, elapsed and remaining time.
 
-    Its task takes the fields ``epoch``, ``loss``, ``lr`` and ``ips``.
+    Its task takes the fields ``epoch``, ``loss``, ``lr`` and ``ips``; ``disable`` draws nothing (a resumed run
+    with no step left).
     """
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.3g}  {task.fields[ips]:,.0f} img/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    return Progress(*columns, console=console, transient=False, refresh_per_second=refresh_per_second)
+    return Progress(*columns, console=console, transient=False, refresh_per_second=refresh_per_second,
+                    disable=disable)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -484,7 +487,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     start_step = step
     t_start = time.perf_counter()
     window_t, window_imgs, img_per_s = time.perf_counter(), 0, float("nan")
-    with _SignalCatcher() as signals, progress_bar(console) as progress:
+    if step >= stop_at:
+        console.print(f"all {stop_at:,} steps were done before: the final evaluation and the export only")
+    with _SignalCatcher() as signals, progress_bar(console, disable=step >= stop_at) as progress:
         task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1),
                                  loss=float("nan"), lr=0.0, ips=0.0)
         order_epoch, order = -1, None

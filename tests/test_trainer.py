@@ -168,8 +168,11 @@ def test_a_signal_during_the_final_evaluation_loses_no_step(tmp_path: Path, monk
         pretrain(tiny_recipe("train.max_steps=5"), out, console=quiet())
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 5
     assert not (out / "encoder.safetensors").exists()
-    summary = pretrain(tiny_recipe("train.max_steps=5"), out, resume=True, console=quiet())
+    console = Console(record=True, width=200)
+    summary = pretrain(tiny_recipe("train.max_steps=5"), out, resume=True, console=console)
     assert summary["steps"] == 5 and (out / "encoder.safetensors").is_file()
+    text = console.export_text()
+    assert "all 5 steps were done before" in text and "loss nan" not in text  # no empty progress bar
 
 
 def test_cli_bad_override_exits_2_and_computes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
