@@ -35,9 +35,10 @@ METRICS = [("linear.top1", "linear"), ("knn.k20.top1", "k-NN k=20"), ("knn.k200.
            ("label_fraction.0.01.top1", "linear, 1 % of labels")]
 
 
-def checked_recipe(run: Path, images: int | None) -> Recipe:
-    """``run``'s recipe with ``--images`` applied, once the run has what the comparison reads (recipe, exported
-    encoder, last checkpoint) and calibration images to take; else a ``UserError`` naming what is wrong."""
+def checked_run(run: Path, images: int | None) -> tuple[Recipe, dict]:
+    """``run``'s recipe with ``--images`` applied and its encoder record, once the run has what the comparison reads
+    (recipe, exported encoder, last checkpoint) and calibration images to take; else a ``UserError`` naming what
+    is wrong."""
     if not (run / "recipe.yaml").is_file():
         raise UserError(f"{run / 'recipe.yaml'} not found — give run folders made by `sslkit pretrain`")
     recipe = load_recipe(run / "recipe.yaml")
@@ -46,10 +47,10 @@ def checked_recipe(run: Path, images: int | None) -> Recipe:
     if not recipe.train.bn_calibration:
         raise UserError(f"{run}/recipe.yaml has train.bn_calibration 0 — give --images N (N ≥ 1) calibration "
                         "images to compare with")
-    read_encoder_meta(run)
+    meta, _ = read_encoder_meta(run)
     if not (run / "checkpoints" / "last.pt").is_file():
         raise UserError(f"{run}/checkpoints/last.pt not found — the comparison needs the run's last checkpoint")
-    return recipe
+    return recipe, meta
 
 
 def main() -> None:
@@ -58,11 +59,10 @@ def main() -> None:
     ap.add_argument("--images", type=at_least(1), default=None, help="calibration images (default: the recipe's)")
     args = ap.parse_args()
     console = Console(stderr=True)
-    recipes = [checked_recipe(run, args.images) for run in args.runs]  # every run checked before any compute
+    checked = [checked_run(run, args.images) for run in args.runs]  # every run checked before any compute
     rows = []
-    for run, recipe in zip(args.runs, recipes, strict=True):
+    for run, (recipe, meta) in zip(args.runs, checked, strict=True):
         state = load_checkpoint(run / "checkpoints" / "last.pt")
-        meta, _ = read_encoder_meta(run)
         trained = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
         trained.load_state_dict({k.removeprefix("encoder."): v for k, v in state["model"].items()
                                  if k.startswith("encoder.")})

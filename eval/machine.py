@@ -55,7 +55,7 @@ def run_main(main: Callable[[], None], script: str) -> None:
         main()
     except UserError as err:
         print(f"{script}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 def add_malloc_option(ap: argparse.ArgumentParser) -> None:

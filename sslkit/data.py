@@ -45,6 +45,8 @@ def scored_splits(dataset: str) -> tuple[str, ...]:
     """The splits of ``dataset`` a model trained on its train split can be scored on: labeled and disjoint from
     train (STL-10's ``train+unlabeled`` holds the train images, its ``unlabeled`` has no labels)."""
     return tuple(s for s in SPLITS[dataset] if "train" not in s.split("+") and s != "unlabeled")
+
+
 # Where data goes when data.root is unset. Absolute, so that `pretrain` and a later `probe` run from another
 # working directory find the same files.
 DEFAULT_ROOT = Path("~/.cache/sslkit/data").expanduser()

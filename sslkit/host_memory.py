@@ -17,11 +17,13 @@ import ctypes.util
 import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
+_applied: bool | None = None
+
+
 def chooses_allocator(name: str) -> bool:
     """Whether the environment variable ``name`` chooses how the process allocates (any ``MALLOC_*``,
     ``GLIBC_TUNABLES``, ``LD_PRELOAD``); any of them set leaves ``malloc`` alone."""
     return name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "LD_PRELOAD")
-_applied: bool | None = None
 
 
 def keep_freed_memory() -> bool:

@@ -46,16 +46,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> Opti
 
 
 def lars_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """LARS's two groups, in timm's order: the 1-D parameters and biases (timm's ``filter_bias_and_bn`` rule), with
-    neither weight decay nor the trust ratio; every other parameter, with ``weight_decay`` and the trust ratio
-    (``always_adapt``, so that it applies at weight decay 0 too)."""
-    excluded, adapted = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (excluded if p.ndim <= 1 or name.endswith(".bias") else adapted).append(p)
-    return [group for group in ({"params": excluded, "weight_decay": 0.0, "always_adapt": False},
-                                {"params": adapted, "weight_decay": weight_decay, "always_adapt": True})
-            if group["params"]]
+    """LARS's two groups, split by timm's ``param_groups_weight_decay`` (its ``filter_bias_and_bn`` rule): the 1-D
+    parameters and biases with neither weight decay nor the trust ratio; every other parameter with
+    ``weight_decay`` and the trust ratio (``always_adapt``, so that it applies at weight decay 0 too). timm's
+    function is asked for a decay of 1, a marker: at 0 it would not split the parameters at all."""
+    groups = timm.optim.param_groups_weight_decay(model, weight_decay=1.0)
+    for group in groups:
+        adapted = group["weight_decay"] != 0
+        group.update(weight_decay=weight_decay if adapted else 0.0, always_adapt=adapted)
+    return groups
 
 
 class Lars(timm.optim.Lars):

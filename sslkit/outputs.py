@@ -20,6 +20,12 @@ RUN_FOLDERS = ("checkpoints", "features")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The first of ``folder`` and the folders above it that exists as something other than a folder (a file
+    where a folder must be made), or None."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: str | Path | None = None,
                  own: str | None = None) -> Path:
     """``path`` as a file the command may write, else a ``UserError`` saying what is wrong and what to give instead.
@@ -43,11 +49,9 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
         got = f"the extension {p.suffix!r}" if p.suffix else "no extension"
         kinds = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
         raise UserError(f"{option} {path} has {got} — give a {kinds} file, such as {example}")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{option} {path}: {parent} is a file, not a folder — give another path")
-            break
+    blocker = file_in_the_way(p.parent)
+    if blocker is not None:
+        raise UserError(f"{option} {path}: {blocker} is a file, not a folder — give another path")
     if run is not None:
         folder, where = Path(run).resolve(), p.resolve()
         if where.parent == folder and where.name in RUN_FILES - {own}:

@@ -40,6 +40,7 @@ from sslkit.errors import UserError
 from sslkit.host_memory import keep_freed_memory
 from sslkit.models import ProjectionHead, SimCLR, build_encoder, input_size_problem, recalibrate_on_images
 from sslkit.optim import build_optimizer, build_scheduler
+from sslkit.outputs import file_in_the_way
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
@@ -360,7 +361,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         console = Console(quiet=True)
     run = Path(out)
     ckpt_dir = run / "checkpoints"
-    blocker = next((p for p in (run, *run.parents) if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(run)
     if blocker is not None:
         inside = "" if blocker == run else f" lies inside {str(blocker)!r}, which"
         raise UserError(f"--out {str(run)!r}{inside} is a file, not a folder — choose another --out for the run "
@@ -542,10 +543,13 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                 window_t = time.perf_counter()  # evaluation time is not training throughput
             # The last step is checkpointed here, before the final evaluation: a signal during that evaluation
             # (outside the catcher) loses no training.
-            if (r.train.checkpoint_every and step % r.train.checkpoint_every == 0) or end_of_epoch or step == stop_at:
+            due = bool(r.train.checkpoint_every and step % r.train.checkpoint_every == 0) or end_of_epoch \
+                or step == stop_at
+            if due:
                 checkpoint()
             if any_across(signals.signum is not None, info, device):  # every rank stops at the same step
-                checkpoint()
+                if not due:  # (this step's checkpoint is already written)
+                    checkpoint()
                 raise Interrupted(signals.signum or signal.SIGTERM, step)
 
     # --- the end: final evaluation, encoder export (the last step's checkpoint is written) -------------------
