@@ -60,6 +60,7 @@ class DataConfig:
     """Where the images come from and how they are held out for monitoring."""
 
     dataset: str = "fashion-mnist-mini"
+    split: str = "train"  # the split pretrained on: e.g. STL-10's train+unlabeled or unlabeled, SVHN's extra
     root: str | None = None  # searched first; required for imagefolder
     download: bool = False  # let torchvision download when the files are missing
     image_size: int | None = _f(None, ge=8)  # resize once at load; None keeps the native size
@@ -156,7 +157,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The online k-NN monitor: a held-out validation part of train, classified against a labeled bank."""
+    """The online k-NN monitor: a held-out part of the pretraining split, classified against a labeled bank."""
 
     every: int = _f(1, ge=0)  # epochs between evaluations; 0 = only at the start and the end
     val_size: int = _f(1000, ge=1)  # held out of pretraining (stratified)
@@ -348,13 +349,15 @@ def _key_lines(text: str) -> dict[str, int | str]:
 
 def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None:
     """Cross-field checks that need no data: names that must exist, paths that must be there."""
-    from sslkit.data import DATASETS  # the registry's names only; nothing is loaded
+    from sslkit.data import DATASETS, pretraining_splits, split_problem  # the registry's names; nothing is loaded
 
     d = r.data
     if d.dataset not in DATASETS:
         close = difflib.get_close_matches(d.dataset, DATASETS, n=1)
         hint = f" — did you mean {close[0]!r}?" if close else f" — use one of {', '.join(DATASETS)}"
         raise UserError(f"{_loc(where, lines, 'data.dataset')}: unknown data set {d.dataset!r} (data.dataset){hint}")
+    if d.split not in pretraining_splits(d.dataset):
+        raise UserError(f"{_loc(where, lines, 'data.split')}: {split_problem(d.dataset, d.split)}")
     if d.dataset == "imagefolder" and not d.root:
         raise UserError(f"{_loc(where, lines, 'data.dataset')}: data.dataset 'imagefolder' needs data.root, the "
                         "folder of class subfolders")

@@ -47,6 +47,22 @@ def scored_splits(dataset: str) -> tuple[str, ...]:
     return tuple(s for s in SPLITS[dataset] if "train" not in s.split("+") and s != "unlabeled")
 
 
+def pretraining_splits(dataset: str) -> tuple[str, ...]:
+    """The splits of ``dataset`` a run can pretrain on (``data.split``): all but those the probes score on, so no
+    score is of images the encoder was trained on."""
+    return tuple(s for s in SPLITS[dataset] if s not in scored_splits(dataset))
+
+
+def split_problem(dataset: str, split: str) -> str:
+    """Why ``split`` cannot be the pretraining split of ``dataset`` (``data.split``), and which splits can."""
+    usable = ", ".join(pretraining_splits(dataset))
+    if split in SPLITS[dataset]:
+        return (f"data.split {split!r} of {dataset} is where the probes score the encoder, so pretraining on it "
+                f"would inflate every score — use {usable}")
+    hint = _did_you_mean(split, SPLITS[dataset]) if len(pretraining_splits(dataset)) > 1 else ""
+    return f"{dataset} has no split {split!r} (data.split){hint} — use {usable}"
+
+
 # Where data goes when data.root is unset. Absolute, so that `pretrain` and a later `probe` run from another
 # working directory find the same files.
 DEFAULT_ROOT = Path("~/.cache/sslkit/data").expanduser()
@@ -269,6 +285,29 @@ def _fashion_mnist_mini(split: str) -> ImageSource:
 # --- CIFAR, STL-10, SVHN through torchvision --------------------------------------------------------------
 
 
+def split_length(dataset: str, split: str, root: str | None) -> int:
+    """How many images a split holds, from its file's size, without reading them. STL-10's unlabeled split only
+    (2.7 GB): a run pretrained on ``train+unlabeled`` needs the count to recompute which train images it took.
+
+    Raises:
+        UserError: the file is missing or holds no whole number of images.
+    """
+    if (dataset, split) != ("stl10", "unlabeled"):
+        raise ValueError(f"the length of {dataset}/{split} is only known by loading it")
+    base = Path(root).expanduser() if root else DEFAULT_ROOT
+    path = base / _torchvision_class("stl10").base_folder / "unlabeled_X.bin"
+    image_bytes = 3 * 96 * 96
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {_one_line(e)}) — put STL-10's unlabeled "
+                        "images there, or point data.root at them") from None
+    if size == 0 or size % image_bytes:
+        raise UserError(f"{path} holds {size:,} bytes, not a whole number of 96×96 RGB images ({image_bytes:,} bytes "
+                        "each) — delete it and set data.download: true, or put the intact file there")
+    return size // image_bytes
+
+
 def _torchvision_class(dataset: str) -> type:
     from torchvision import datasets as tvd
 
@@ -276,10 +315,13 @@ def _torchvision_class(dataset: str) -> type:
 
 
 def _expected_files(cls: type, root: Path, split: str) -> list[Path]:
-    """The files torchvision's reader ``cls`` opens under ``root`` (for SVHN: of this split only)."""
+    """The files torchvision's reader ``cls`` opens under ``root`` (for SVHN and STL-10: of this split only)."""
     if hasattr(cls, "split_list"):  # SVHN: one .mat file per split, {split: [url, filename, md5]}
         return [root / cls.split_list[split][1]]
-    files = [root / cls.base_folder / name for name, _ in cls.train_list + cls.test_list]
+    names = [name for name, _ in cls.train_list + cls.test_list]
+    if cls.base_folder == "stl10_binary":  # train_X.bin, train_y.bin, unlabeled_X.bin, ...: train and test need
+        names = [n for n in names if n.split("_")[0] in split.split("+")]  # no 2.7 GB unlabeled file
+    files = [root / cls.base_folder / name for name in names]
     if hasattr(cls, "meta"):  # CIFAR's pickled class names
         files.append(root / cls.base_folder / cls.meta["filename"])
     return files

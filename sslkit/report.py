@@ -157,7 +157,7 @@ def figure_augmentations(run: Path, meta: dict[str, Any], path: Path, n_images: 
 
     r = load_recipe(Path(run) / "recipe.yaml")
     d, a = r.data, r.augment
-    source = load_source(d.dataset, "train", root=d.root, image_size=d.image_size, channels=d.channels)
+    source = load_source(d.dataset, d.split, root=d.root, image_size=d.image_size, channels=d.channels)
     _, pool_idx, _ = split_train(r, source.labels)
     g = torch.Generator().manual_seed(seed)
     picked = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_images]].sort().values
@@ -549,7 +549,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
 
         # overview
         overview = Section("overview", "Overview")
-        cards = [_card("data", _esc(meta["dataset"]), f"{meta['image_size']}px, {meta['in_chans']} channel(s)"),
+        pretrained_on = meta.get("split", "train")  # runs from before data.split pretrained on train
+        data_line = f"{meta['image_size']}px, {meta['in_chans']} channel(s)"
+        cards = [_card("data", _esc(meta["dataset"]),
+                       data_line if pretrained_on == "train" else f"{_esc(pretrained_on)} split, {data_line}"),
                  _card("encoder", _esc(meta["encoder"]), f"{_esc(meta['stem'])} stem, sha256 {meta['sha256'][:12]}")]
         train_events = [e for e in events if "loss" in e]
         knn_events = [e for e in events if "knn/top1" in e]

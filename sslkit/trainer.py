@@ -34,7 +34,7 @@ from sslkit.checkpoint import (
     unwrap,
 )
 from sslkit.config import SEED_STRIDE, Recipe, load_recipe, save_recipe
-from sslkit.data import ImageSource, channel_stats, load_source, stratified_split
+from sslkit.data import ImageSource, channel_stats, load_source, split_length, stratified_split
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
 from sslkit.host_memory import keep_freed_memory
@@ -104,7 +104,7 @@ def seed_everything(seed: int) -> None:
 
 
 def split_train(r: Recipe, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """Indices into the train split: (monitor validation, pretraining pool, monitor k-NN bank).
+    """Indices into the pretraining split (``data.split``): (monitor validation, pretraining pool, monitor k-NN bank).
 
     A pure function of the recipe and the labels, so other commands (fine-tuning on images outside the
     pool, say) can recompute exactly which images a run pretrained on. Validation and bank are None when there
@@ -122,8 +122,8 @@ def split_train(r: Recipe, labels: torch.Tensor) -> tuple[torch.Tensor | None, t
     size = r.data.pool_size
     if size is not None:
         if isinstance(size, int) and size > len(pool_idx):
-            raise UserError(f"data.pool_size is {size} but only {len(pool_idx)} train images are left after "
-                            f"holding out monitor.val_size={r.monitor.val_size} — lower one of them")
+            raise UserError(f"data.pool_size is {size} but only {len(pool_idx)} images of the {r.data.split} split "
+                            f"are left after holding out monitor.val_size={r.monitor.val_size} — lower one of them")
         pool_labels = labels[pool_idx]
         if bool((pool_labels >= 0).all()):
             pool_idx = pool_idx[stratified_split(pool_labels, size, r.seed + 2)[0]]
@@ -133,10 +133,32 @@ def split_train(r: Recipe, labels: torch.Tensor) -> tuple[torch.Tensor | None, t
     return val_idx, pool_idx, bank_idx
 
 
+def train_images_in_pool(r: Recipe, train_labels: torch.Tensor, root: str | None) -> tuple[torch.Tensor, int | None]:
+    """Which images of the train split the run of recipe ``r`` pretrained on, and how many its pool held in all.
+
+    For fine-tuning on labeled images outside the pool. A pretraining split without the train images (STL-10's
+    unlabeled, SVHN's extra) took none of them; its pool size is then None (known only by loading it). STL-10's
+    train+unlabeled is the train images followed by the unlabeled ones, whose count comes from the file's size.
+
+    Args:
+        r: the run's recipe. train_labels: the labels of the data set's train split. root: where its files are.
+
+    Returns:
+        ``(indices into the train split, pool size)``.
+    """
+    parts = r.data.split.split("+")
+    if "train" not in parts:
+        return torch.empty(0, dtype=torch.long), None
+    extra = sum(split_length(r.data.dataset, part, root) for part in parts if part != "train")
+    labels = torch.cat([train_labels, torch.full((extra,), -1, dtype=train_labels.dtype)])
+    _, pool_idx, _ = split_train(r, labels)
+    return pool_idx[pool_idx < len(train_labels)], len(pool_idx)
+
+
 def prepare_data(r: Recipe, device: torch.device) -> Data:
-    """Loads the train split, holds out a stratified validation part, and picks the k-NN bank."""
+    """Loads the pretraining split, holds out a stratified validation part, and picks the k-NN bank."""
     d = r.data
-    source = load_source(d.dataset, "train", root=d.root, download=d.download, image_size=d.image_size,
+    source = load_source(d.dataset, d.split, root=d.root, download=d.download, image_size=d.image_size,
                          channels=d.channels)
     val_idx, pool_idx, bank_idx = split_train(r, source.labels)
     pool = source.subset(pool_idx)
@@ -394,6 +416,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     if r.train.sync_bn and device.type != "cuda":  # in one process too: the setting would do nothing
         raise UserError(f"train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only, and this run is on "
                         f"{device.type} — drop --set train.sync_bn=true (each process keeps its own statistics)")
+    if r.train.sync_bn and not info.active:
+        console.print("[yellow]train.sync_bn: one process, so batch norm already sees the whole batch — the setting "
+                      "changes nothing without torchrun")
     precision = resolve_precision(r.train.precision, device, console)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else None
@@ -448,7 +473,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
                         num_features=encoder.num_features, image_size=data.pool.image_size, mean=list(data.mean),
-                        std=list(data.std), dataset=r.data.dataset, data_root=r.data.root, recipe=r.name)
+                        std=list(data.std), dataset=r.data.dataset, split=r.data.split, data_root=r.data.root,
+                        recipe=r.name)
 
     def checkpoint() -> None:
         rng = {"torch": torch.get_rng_state()}
@@ -470,10 +496,16 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
 
     steps = f"{stop_at:,} of {total_steps:,} steps (train.max_steps)" if stop_at < total_steps else \
         f"{total_steps:,} steps"
-    console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset} — {len(data.pool):,} images for "
+    split = "" if r.data.split == "train" else f" ({r.data.split})"
+    console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset}{split} — {len(data.pool):,} images for "
                   f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}"
                   f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
                   f"{steps}{f', resumed at step {step:,}' if state is not None else ''}")
+    if data.monitor_bank is None:
+        labeled = int((data.pool.labels >= 0).sum())
+        console.print(f"[yellow]no k-NN monitor: the {r.data.split} split has {labeled:,} labeled image(s), too few "
+                      f"to hold out monitor.val_size={r.monitor.val_size} — lower it, or pretrain on a split with "
+                      "more labels")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
         knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))

@@ -42,3 +42,24 @@ def write_cifar(root: Path, kind: str = "cifar10", per_batch: int = 20, seed: in
     with open(folder / meta_name, "wb") as f:
         pickle.dump(meta, f, protocol=2)
     return out
+
+
+def stl10_bytes(x: np.ndarray) -> bytes:
+    """STL-10's .bin layout: per image, per channel, the 96×96 pixels in column-major order (x outer, y inner)."""
+    return np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tobytes()
+
+
+def write_stl10(root: Path, n_train: int = 20, n_test: int = 20, n_unlabeled: int = 10, seed: int = 0
+                ) -> dict[str, np.ndarray]:
+    """Writes ``stl10_binary`` as torchvision reads it (column-major .bin images, 1-based uint8 labels, 10 classes
+    in turn) and returns the images (N, 3, 96, 96) per split."""
+    rng = np.random.default_rng(seed)
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test), ("unlabeled", n_unlabeled)):
+        out[split] = rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)
+        (folder / f"{split}_X.bin").write_bytes(stl10_bytes(out[split]))
+        if split != "unlabeled":
+            (folder / f"{split}_y.bin").write_bytes(bytes(1 + i % 10 for i in range(n)))
+    return out

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import stl10_bytes, write_stl10
 from PIL import Image
 
 import sslkit.data as data
@@ -97,18 +98,6 @@ def write_cifar(root: Path, kind: str, per_file: int = 3) -> dict[str, np.ndarra
         dump_py2({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
                   b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}, folder / "meta")
     return out
-
-
-def stl10_bytes(x: np.ndarray) -> bytes:
-    """STL-10's .bin layout: per image, per channel, the 96×96 pixels in column-major order (x outer, y inner)."""
-    n = x.shape[0]
-    flat = np.empty(n * 3 * 96 * 96, np.uint8)
-    for i in range(n):
-        for c in range(3):
-            start = (i * 3 + c) * 9216
-            for col in range(96):
-                flat[start + col * 96: start + (col + 1) * 96] = x[i, c, :, col]
-    return flat.tobytes()
 
 
 # --- Fashion-MNIST ----------------------------------------------------------------------------------------
@@ -265,6 +254,24 @@ def test_stl10_on_disk_format(tmp_path: Path) -> None:
     assert stratified_split(both.labels, 3, seed=0)[0].tolist() == [0, 1, 2]  # the unlabeled are never picked
     (folder / "class_names.txt").unlink()  # optional in the format: the standard names are used
     assert load_source("stl10", "test", image_size=32, root=str(tmp_path)).classes[0] == "airplane"
+
+
+def test_stl10_unlabeled_count_comes_from_the_file_size(tmp_path: Path) -> None:
+    write_stl10(tmp_path, n_unlabeled=7)
+    assert data.split_length("stl10", "unlabeled", str(tmp_path)) == 7
+    assert len(load_source("stl10", "unlabeled", root=str(tmp_path))) == 7
+    path = tmp_path / "stl10_binary" / "unlabeled_X.bin"
+    path.write_bytes(bytes(27649))
+    with pytest.raises(UserError, match=r"unlabeled_X\.bin holds 27,649 bytes, not a whole number of 96×96 RGB "
+                                        r"images \(27,648 bytes each\) — delete it"):
+        data.split_length("stl10", "unlabeled", str(tmp_path))
+    path.unlink()
+    assert len(load_source("stl10", "train", root=str(tmp_path))) == 20  # train and test need no unlabeled file
+    with pytest.raises(UserError, match=r"missing \S*unlabeled_X\.bin\) — set data\.download"):
+        load_source("stl10", "train+unlabeled", root=str(tmp_path))
+    with pytest.raises(UserError, match=r"unlabeled_X\.bin cannot be read \(FileNotFoundError: .*\) — put STL-10's "
+                                        "unlabeled images there"):
+        data.split_length("stl10", "unlabeled", str(tmp_path))
 
 
 def test_svhn_on_disk_format(tmp_path: Path) -> None:

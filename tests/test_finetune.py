@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import write_cifar
+from fakes import write_cifar, write_stl10
 from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
@@ -20,11 +20,12 @@ import sslkit.evaluation.finetune as ft
 from sslkit.checkpoint import export_encoder, load_encoder
 from sslkit.cli import LOG_COLUMNS, main
 from sslkit.config import DataConfig, MonitorConfig, Recipe, load_recipe, save_recipe
-from sslkit.data import ImageSource
+from sslkit.data import ImageSource, load_source
+from sslkit.errors import UserError
 from sslkit.evaluation.finetune_config import is_finetune_recipe, load_finetune_recipe
 from sslkit.evaluation.robustness import fgsm_accuracy
 from sslkit.models import build_encoder
-from sslkit.trainer import pretrain, split_train
+from sslkit.trainer import pretrain, split_train, train_images_in_pool
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FINETUNE_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if is_finetune_recipe(p))
@@ -305,3 +306,57 @@ def test_fashion_mnist_recipe_runs_on_a_tiny_run(run_dir: Path, tmp_path: Path) 
                                    overrides=(f"run={run_dir}", *TINY, "labeled.size=30", "labeled.val_size=10",
                                               "train.epochs=1", "seeds=1"))
     assert report["sizes"]["labeled"] == 30 and report["labeled"]["disjoint_from_pool"]
+
+
+def test_stl10_runs_pretrain_on_their_split_and_the_finetune_leaves_that_pool_out(tmp_path: Path) -> None:
+    """data.split: train+unlabeled pretrains on both (train first, as torchvision orders them); the fine-tune's
+    disjoint labeled subset then avoids exactly the train images of that pool, whose draw depends on the unlabeled
+    count (data.pool_size), read from the file's size. A run on unlabeled alone took no train image."""
+    root = tmp_path / "data"
+    write_stl10(root, n_train=60, n_test=20, n_unlabeled=30)
+    log = io.StringIO()
+    r = load_recipe(RECIPES / "quickstart.yaml", [
+        "data.dataset=stl10", f"data.root={root}", "data.split=train+unlabeled", "data.image_size=32",
+        "data.pool_size=50", "monitor.val_size=20", "monitor.bank_size=40", "train.batch_size=16", "train.epochs=1",
+        "train.threads=1"])
+    summary = pretrain(r, tmp_path / "run", console=Console(file=log, width=200))
+    assert "stl10 (train+unlabeled) — 50 images for pretraining" in log.getvalue()
+    assert summary["steps"] == 3 and summary["knn_start"] is not None
+    both = load_source("stl10", "train+unlabeled", root=str(root))
+    _, pool, _ = split_train(r, both.labels)
+    assert len(pool) == 50 and 0 < int((pool >= 60).sum()) < 30  # unlabeled images in the pool, and train ones
+    in_train, size = train_images_in_pool(r, load_source("stl10", "train", root=str(root)).labels, str(root))
+    assert torch.equal(in_train, pool[pool < 60]) and size == 50
+    one_fewer = split_train(r, both.labels[:-1])[1]  # the unlabeled count matters
+    assert not torch.equal(one_fewer[one_fewer < 60], in_train)
+
+    ft_path = tmp_path / "ft.yaml"
+    ft_path.write_text(f"name: t\nrun: {tmp_path / 'run'}\n")
+    extra = [*TINY, "labeled.size=12", "labeled.val_size=4"]
+    meta = load_encoder(tmp_path / "run").sslkit_meta
+    assert meta["split"] == "train+unlabeled"
+    data = ft.prepare_data(load_finetune_recipe(ft_path, extra), meta, torch.device("cpu"))
+    assert data.info["pool"] == 50 and data.info["candidates"] == 60 - len(in_train)
+    assert not set(data.info["labeled_indices"]) & set(in_train.tolist())
+
+    save_recipe(r.replace(**{"data.split": "unlabeled"}), tmp_path / "run" / "recipe.yaml")
+    data = ft.prepare_data(load_finetune_recipe(ft_path, extra), meta, torch.device("cpu"))
+    assert data.info["pool"] is None and data.info["candidates"] == 60
+
+    (root / "stl10_binary" / "unlabeled_X.bin").unlink()  # the count cannot be known: one line, no guess
+    save_recipe(r, tmp_path / "run" / "recipe.yaml")
+    with pytest.raises(UserError, match=r"unlabeled_X\.bin cannot be read"):
+        ft.prepare_data(load_finetune_recipe(ft_path, extra), meta, torch.device("cpu"))
+
+
+def test_a_split_without_labels_pretrains_without_a_monitor_and_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_stl10(root, n_train=4, n_test=4, n_unlabeled=20)
+    log = io.StringIO()
+    r = load_recipe(RECIPES / "quickstart.yaml", [
+        "data.dataset=stl10", f"data.root={root}", "data.split=unlabeled", "data.image_size=32", "train.batch_size=8",
+        "train.max_steps=1", "train.threads=1"])
+    summary = pretrain(r, tmp_path / "run", console=Console(file=log, width=200))
+    assert summary["steps"] == 1 and summary["knn_start"] is None
+    assert ("no k-NN monitor: the unlabeled split has 0 labeled image(s), too few to hold out monitor.val_size=1000"
+            in log.getvalue())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import write_cifar
+from fakes import write_cifar, write_stl10
 from rich.console import Console
 
 import sslkit.data as data
@@ -26,6 +26,9 @@ def test_recipe_smoke_run(path: Path, tmp_path: Path) -> None:
     extra = []
     if recipe.data.dataset in ("cifar10", "cifar100"):
         write_cifar(tmp_path / "data", recipe.data.dataset, per_batch=20)
+        extra = [f"data.root={tmp_path / 'data'}", "data.download=false"]
+    elif recipe.data.dataset == "stl10":
+        write_stl10(tmp_path / "data", n_train=60, n_test=20, n_unlabeled=40)
         extra = [f"data.root={tmp_path / 'data'}", "data.download=false"]
     elif recipe.data.dataset == "fashion-mnist":
         if not data.FASHION_MNIST_SYSTEM_DIR.is_dir():

@@ -12,8 +12,8 @@ the same order (a pure function of seed and epoch) and the same augmentation of 
 forked and seeded from seed and step), the same optimizer, schedule and number of steps.
 
 Data: a labeled subset of the train split (a count or a fraction of the labels, stratified, seeded; by default
-only images outside the run's pretraining pool, which :func:`sslkit.trainer.split_train` recomputes from the
-run's recipe), of which a stratified part is held out for per-epoch validation. The test split is scored once
+only images outside the run's pretraining pool, which :func:`sslkit.trainer.train_images_in_pool` recomputes
+from the run's recipe), of which a stratified part is held out for per-epoch validation. The test split is scored once
 per arm and seed, by the final (or best-validation) model, after training; nothing is chosen with it. FGSM
 robustness (:mod:`sslkit.evaluation.robustness`) is measured then too, on a seeded subset of the test split.
 
@@ -65,7 +65,7 @@ from sslkit.trainer import (
     epoch_order,
     resolve_precision,
     select_device,
-    split_train,
+    train_images_in_pool,
 )
 
 ARM_COLOURS = {"ssl": "#1f77b4", "supervised": "#7f7f7f", "linear": "#2ca02c"}
@@ -134,16 +134,16 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     labels = train.labels
     labeled_mask = labels >= 0
     n_labeled = int(labeled_mask.sum())
-    pool_size = None
+    pool_size = pretraining_split = None
     if lab.disjoint_from_pool:
         run_recipe = load_recipe(run_dir_of(r.run) / "recipe.yaml")
         if run_recipe.data.dataset != dataset:
             raise UserError(f"data.dataset is {dataset} but the run pretrained on {run_recipe.data.dataset}, so its "
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
-        _, pool_idx, _ = split_train(run_recipe, labels)
+        pool_idx, pool_size = train_images_in_pool(run_recipe, labels, root)
+        pretraining_split = run_recipe.data.split
         in_pool = torch.zeros(len(labels), dtype=torch.bool)
         in_pool[pool_idx] = True
-        pool_size = len(pool_idx)
         candidates = torch.nonzero(labeled_mask & ~in_pool).flatten()
     else:
         candidates = torch.nonzero(labeled_mask).flatten()
@@ -192,8 +192,9 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     fit_idx, val_idx = picked[fit_pos], picked[val_pos]
     counts = torch.bincount(labels[picked], minlength=num_classes)
     info = dict(dataset=dataset, test_split=test_name, n_labeled_train_split=n_labeled, pool=pool_size,
-                candidates=len(candidates), disjoint_from_pool=lab.disjoint_from_pool, labeled=n, train=len(fit_idx),
-                val=len(val_idx), test=len(test), attack=len(attack) if attack is not None else 0,
+                pretraining_split=pretraining_split, candidates=len(candidates),
+                disjoint_from_pool=lab.disjoint_from_pool, labeled=n, train=len(fit_idx), val=len(val_idx),
+                test=len(test), attack=len(attack) if attack is not None else 0,
                 class_counts=counts.tolist(), labeled_indices=picked.tolist(), val_indices=val_idx.tolist())
     return LabeledData(to_dev(train.subset(fit_idx)), to_dev(train.subset(val_idx)), test, attack, num_classes,
                        tuple(meta["mean"]), tuple(meta["std"]), info)
@@ -475,7 +476,10 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     batch = min(r.train.batch_size, len(data.train))
     steps_per_epoch = math.ceil(len(data.train) / batch)
     counts = [c for c in info["class_counts"] if c > 0]
-    pool = (f" outside the {info['pool']:,}-image pretraining pool" if info.get("disjoint_from_pool") else "")
+    pool = ""
+    if info.get("disjoint_from_pool"):
+        pool = (f" outside the {info['pool']:,}-image pretraining pool" if info["pool"] is not None else
+                f" (the run pretrained on {info['dataset']}'s {info['pretraining_split']} split, none of them)")
     console.print(f"[bold]sslkit finetune[/] {r.name}: {meta['encoder']} ({meta['stem']} stem) from {r.run} on "
                   f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
