@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from sslkit.trainer import pretrain
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))  # the lazy names too, for completion in IPython and editors
+
+
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `import sslkit` stays fast (torch, timm and kornia load lazily).
     if name in _WHERE:

@@ -161,9 +161,15 @@ class SimCLRAugment(nn.Module):
 def preprocess(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Deterministic evaluation preprocessing: uint8 → float in [0, 1] → normalised.
 
+    Raises:
+        ValueError: ``x`` is not uint8: floats already in [0, 1] would be divided by 255 again, into a blank image.
+
     Shape:
         (B, C, H, W) uint8 -> (B, C, H, W) float32
     """
+    if x.dtype != torch.uint8:
+        raise ValueError(f"preprocess takes uint8 images in 0..255, got {x.dtype} — convert floats in [0, 1] with "
+                         "(x * 255).round().to(torch.uint8)")
     m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x.float() / 255 - m) / s

@@ -46,6 +46,9 @@ def atomic_write(path: Path, write: Any) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() makes files: safetensors makes them readable by the owner only
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -160,8 +163,25 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+ENCODER_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std")  # what load_encoder needs
+
+
 def export_encoder(encoder: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
-    """Writes ``RUN/encoder.safetensors`` and ``RUN/encoder.json`` (``meta`` plus the weights' sha256)."""
+    """Writes ``RUN/encoder.safetensors`` and ``RUN/encoder.json`` (``meta`` plus the weights' sha256).
+
+    Args:
+        encoder: the module to export (a DDP or compiled wrapper is unwrapped).
+        run_dir: the folder to write to.
+        meta: the record :func:`load_encoder` rebuilds the encoder from: at least ``encoder`` (the timm name),
+            ``stem``, ``in_chans``, ``image_size``, ``mean`` and ``std``; other keys are kept as they are.
+
+    Raises:
+        ValueError: ``meta`` lacks one of those keys (nothing is written).
+    """
+    missing = [k for k in ENCODER_META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"export_encoder: meta lacks {', '.join(missing)} — load_encoder needs "
+                         f"{', '.join(ENCODER_META_KEYS)}")
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(encoder).state_dict().items()}
     atomic_write(run_dir / "encoder.safetensors", lambda tmp: save_file(state, str(tmp)))
@@ -183,6 +203,9 @@ def read_encoder_meta(run_or_file: str | Path) -> tuple[dict[str, Any], Path]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{meta_path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path} holds a JSON {type(meta).__name__}, not the object `sslkit pretrain` writes — "
+                        "export the encoder again")
     return meta, weights
 
 
@@ -203,11 +226,21 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     from sslkit.models import build_encoder
 
     meta, weights = read_encoder_meta(run_or_file)
+    missing = [k for k in ENCODER_META_KEYS if k not in meta]
+    if missing:
+        raise UserError(f"encoder.json of {str(run_or_file)!r} lacks the key {missing[0]!r}")
     try:
-        encoder = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
-        size, mean, std = int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"])
-    except KeyError as e:
-        raise UserError(f"encoder.json of {str(run_or_file)!r} lacks the key {e.args[0]!r}") from None
+        in_chans, size = int(meta["in_chans"]), int(meta["image_size"])
+        mean, std = tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"encoder.json of {str(run_or_file)!r} has a malformed in_chans, image_size, mean or std "
+                        f"({e}) — export the encoder again") from None
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise UserError(f"encoder.json of {str(run_or_file)!r} gives {len(mean)} mean and {len(std)} std values for "
+                        f"{in_chans} channel(s) — export the encoder again")
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for, but no CUDA device is available — use device='cpu'")
+    encoder = build_encoder(str(meta["encoder"]), str(meta["stem"]), in_chans)
     actual = sha256_file(weights)
     if meta.get("sha256") and meta["sha256"] != actual:
         raise UserError(f"{weights} has sha256 {actual[:16]}… but encoder.json records {meta['sha256'][:16]}… — the "
@@ -217,11 +250,20 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
         raise UserError(f"{weights} is not a readable safetensors file ({str(e).strip()[:120]}) — export the "
                         "encoder again") from None
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{weights} does not match a {meta['encoder']} ({meta['stem']} stem): "
-                        f"{len(missing)} missing and {len(unexpected)} unexpected tensors")
-    encoder.pretrained_cfg = dict(encoder.pretrained_cfg, input_size=(int(meta["in_chans"]), size, size),
-                                  mean=mean, std=std, num_classes=0)
+    own = encoder.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        raise UserError(f"{weights} does not match a {meta['encoder']} ({meta['stem']} stem, {in_chans} channel(s)) "
+                        f"as encoder.json describes it: {len(missing)} missing, {len(unexpected)} unexpected and "
+                        f"{len(shapes)} differently shaped tensors{f' (first: {shapes[0]})' if shapes else ''}")
+    encoder.load_state_dict(state)
+    # timm's ImageNet entries (hub id, weights url, test size, crop fraction) describe other weights: dropped, so
+    # timm's resolve_data_config gives sslkit's own preprocessing (the whole image, this size and statistics).
+    cfg = {k: v for k, v in encoder.pretrained_cfg.items()
+           if k not in ("hf_hub_id", "url", "test_input_size", "test_crop_pct", "file", "hf_hub_filename")}
+    encoder.pretrained_cfg = dict(cfg, input_size=(in_chans, size, size), mean=mean, std=std, num_classes=0,
+                                  crop_pct=1.0, crop_mode="center", fixed_input_size=False)
+    encoder.default_cfg = encoder.pretrained_cfg
     encoder.sslkit_meta = meta
     return encoder.to(device).eval()

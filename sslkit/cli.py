@@ -92,6 +92,9 @@ def _finetune(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description="Self-supervised pretraining (SimCLR) and "
                                      "honest evaluation of the encoder.")
+    from sslkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"sslkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="pretrain an encoder from a recipe", description="Pretrain an encoder "
@@ -103,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("probe", help="linear probe, k-NN and k-means of a run's encoder against baselines")
+    p = sub.add_parser("probe", help="linear probe, k-NN and k-means of a run's encoder against baselines",
+                       description="Score a run's frozen encoder against raw pixels and a random encoder: linear "
+                       "probe (all labels and fractions), weighted and majority k-NN, k-means (silhouette, NMI, ARI). "
+                       "Writes RUN/probe.json and RUN/figures/.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
     p.add_argument("--split", default="test", help="evaluation split (default: test)")
     p.add_argument("--compare", action="append", metavar="RUN2", help="another run to put in the table")
     p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="labeled fractions for the label-efficiency probe (default: 0.01 0.1 1.0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the validation split, label fractions and k-means (default: 0)")
     p.set_defaults(func=_probe)
 
     p = sub.add_parser("neighbors", help="nearest-neighbour grid of query images in a run's feature space",
@@ -129,24 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random:N (default: 0)")
     p.set_defaults(func=_neighbors)
 
-    p = sub.add_parser("umap", help="2-D UMAP or t-SNE map of a run's features, coloured by class")
+    p = sub.add_parser("umap", help="2-D UMAP or t-SNE map of a run's features, coloured by class",
+                       description="Map a split's encoder features to 2-D with UMAP or t-SNE (cosine distances) "
+                       "and draw them coloured by class, optionally with image thumbnails.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
-    p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="default: umap")
+    p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--split", default="test", help="split to map (default: test)")
     p.add_argument("--out", metavar="PNG", help="default: RUN/figures/<method>-<split>.png")
     p.add_argument("--thumbnails", type=int, default=0, metavar="N", help="draw N image thumbnails on the map")
     p.add_argument("--max-points", type=int, default=10_000, metavar="N",
                    help="map a seeded subset of N images when the split is larger (default: 10000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the map and of the subset (default: 0)")
     p.set_defaults(func=_umap)
 
-    p = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)")
+    p = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
+                       description="Gather a run's recipe, training curves, augmentations, probe results, map, "
+                       "neighbours, clusters and fine-tuning into one HTML page with the figures inlined.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
     p.add_argument("--split", default="test", help="split for the map, neighbours and clusters (default: test)")
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--out", metavar="HTML", help="default: RUN/report.html")
-    p.add_argument("--max-points", type=int, default=10_000, metavar="N", help="most images on the map")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-points", type=int, default=10_000, metavar="N",
+                   help="most images on the map (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the map, neighbours and clusters (default: 0)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("finetune", help="fine-tune the SSL encoder against a supervised baseline on the same labels",

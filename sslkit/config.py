@@ -60,7 +60,7 @@ class DataConfig:
     """Where the images come from and how they are held out for monitoring."""
 
     dataset: str = "fashion-mnist-mini"
-    split: str = "train"  # the split pretrained on: e.g. STL-10's train+unlabeled or unlabeled, SVHN's extra
+    split: str = "train"  # the split pretrained on: train, or STL-10's train+unlabeled or unlabeled
     root: str | None = None  # searched first; required for imagefolder
     download: bool = False  # let torchvision download when the files are missing
     image_size: int | None = _f(None, ge=8)  # resize once at load; None keeps the native size
@@ -424,7 +424,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
     Raises:
         UserError: a missing file, YAML that is not plain data, or any bad key or value (one line each).
+        TypeError: ``overrides`` is one string instead of a list of them.
     """
+    if isinstance(overrides, str):
+        raise TypeError(f"overrides must be a list of KEY=VALUE strings, e.g. [{overrides!r}], not one string")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file {str(path)!r} not found — check the path (recipes live in recipes/)")

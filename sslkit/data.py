@@ -59,8 +59,19 @@ def split_problem(dataset: str, split: str) -> str:
     if split in SPLITS[dataset]:
         return (f"data.split {split!r} of {dataset} is where the probes score the encoder, so pretraining on it "
                 f"would inflate every score — use {usable}")
-    hint = _did_you_mean(split, SPLITS[dataset]) if len(pretraining_splits(dataset)) > 1 else ""
+    hint = _did_you_mean(split, SPLITS[dataset], usable=pretraining_splits(dataset))
     return f"{dataset} has no split {split!r} (data.split){hint} — use {usable}"
+
+
+def scored_split_problem(dataset: str, split: str, option: str, fitted: str) -> str:
+    """Why ``split`` of ``dataset``, given as ``option``, cannot score a model fitted on the train split (where it is
+    not one of :func:`scored_splits`), and which splits can. ``fitted`` says what was fitted on the train images."""
+    usable = ", ".join(scored_splits(dataset))
+    if split not in SPLITS[dataset]:
+        hint = _did_you_mean(split, SPLITS[dataset], usable=scored_splits(dataset))
+        return f"{dataset} has no split {split!r} ({option}){hint} — use {usable}"
+    why = "has no labels" if split == "unlabeled" else f"holds the train images {fitted}"
+    return f"{option} {split!r} of {dataset} {why} — use {usable}"
 
 
 # Where data goes when data.root is unset. Absolute, so that `pretrain` and a later `probe` run from another
@@ -618,9 +629,13 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
     return source
 
 
-def _did_you_mean(value: str, valid: tuple[str, ...]) -> str:
+def _did_you_mean(value: str, valid: tuple[str, ...], usable: tuple[str, ...] | None = None) -> str:
+    """A hint naming the closest of ``valid``; none when that one is not ``usable`` here, or is the only usable one
+    (which the message names anyway)."""
     close = difflib.get_close_matches(value, valid, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    if not close or (usable is not None and (close[0] not in usable or len(usable) == 1)):
+        return ""
+    return f" (did you mean {close[0]!r}?)"
 
 
 def _one_line(e: BaseException) -> str:

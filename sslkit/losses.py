@@ -61,9 +61,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     Shape:
         z1, z2: (B, D) -> ()
     """
-    if z1.shape != z2.shape or z1.ndim != 2:
-        raise ValueError(f"nt_xent needs two (B, D) tensors of the same shape, got {tuple(z1.shape)} and "
-                         f"{tuple(z2.shape)}")
+    if z1.shape != z2.shape or z1.ndim != 2 or z1.shape[0] < 1:
+        raise ValueError(f"nt_xent needs two (B, D) tensors of the same shape with B ≥ 1, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    if not temperature > 0:  # also NaN
+        raise ValueError(f"nt_xent needs a temperature τ > 0, got {temperature}")
     b = z1.shape[0]
     q1 = F.normalize(z1.float(), dim=1)
     q2 = F.normalize(z2.float(), dim=1)

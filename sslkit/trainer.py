@@ -69,6 +69,7 @@ class Data:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     calibration: torch.Tensor | None = None  # clean pool images for the batch-norm statistics (train.bn_calibration)
+    labeled: int = 0  # labeled images in the pretraining split (the monitor needs monitor.val_size + 1)
 
 
 def select_device(name: str) -> torch.device:
@@ -137,7 +138,7 @@ def train_images_in_pool(r: Recipe, train_labels: torch.Tensor, root: str | None
     """Which images of the train split the run of recipe ``r`` pretrained on, and how many its pool held in all.
 
     For fine-tuning on labeled images outside the pool. A pretraining split without the train images (STL-10's
-    unlabeled, SVHN's extra) took none of them; its pool size is then None (known only by loading it). STL-10's
+    unlabeled) took none of them; its pool size is then None (known only by loading it). STL-10's
     train+unlabeled is the train images followed by the unlabeled ones, whose count comes from the file's size.
 
     Args:
@@ -178,7 +179,8 @@ def prepare_data(r: Recipe, device: torch.device) -> Data:
     if n:
         chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(r.seed + 3))[:n]
         calibration = pool.images[chosen.sort().values].to(device)
-    return Data(to_dev(pool), to_dev(bank), to_dev(val), tuple(mean), tuple(std), calibration)
+    return Data(to_dev(pool), to_dev(bank), to_dev(val), tuple(mean), tuple(std), calibration,
+                int((source.labels >= 0).sum()))
 
 
 @torch.no_grad()
@@ -346,10 +348,10 @@ class _SignalCatcher:
 
 
 def _check_resume_recipe(saved: dict[str, Any], recipe: Recipe) -> None:
-    now = recipe.to_dict()
-    diffs = [f"{sec}.{k}" for sec, vals in now.items() if isinstance(vals, dict)
-             for k, v in vals.items() if saved.get(sec, {}).get(k) != v and f"{sec}.{k}" != "train.max_steps"]
-    diffs += [k for k, v in now.items() if not isinstance(v, dict) and saved.get(k) != v]
+    now, default = recipe.to_dict(), Recipe().to_dict()  # a key newer than the run: its default, the old behaviour
+    diffs = [f"{sec}.{k}" for sec, vals in now.items() if isinstance(vals, dict) for k, v in vals.items()
+             if saved.get(sec, {}).get(k, default[sec][k]) != v and f"{sec}.{k}" != "train.max_steps"]
+    diffs += [k for k, v in now.items() if not isinstance(v, dict) and saved.get(k, default[k]) != v]
     if diffs:
         raise UserError(f"--resume: the recipe differs from the run's in {', '.join(diffs)} — resume with the run's "
                         "own recipe (sslkit pretrain RUN --resume) or start a new --out")
@@ -376,6 +378,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
         NonFiniteLoss: when the loss or a gradient is not finite and ``train.nonfinite`` says stop.
     """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"pretrain takes a Recipe, e.g. sslkit.load_recipe('recipes/quickstart.yaml'), not a "
+                        f"{type(recipe).__name__}")
     r = recipe
     info, dist_device = init_distributed(r.train.device)
     console = console or Console()
@@ -397,7 +402,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         _check_resume_recipe(state["recipe"], r)
         console.print(f"resuming from {ckpt_path} (step {state['step']})")
     elif _holds_checkpoints(ckpt_dir) or (run / "encoder.safetensors").exists():
-        raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it, or choose another --out")
+        raise UserError(f"{str(run)!r} already holds a run — add --resume (resume=True) to continue it, or choose "
+                        "another --out")
     if r.train.batch_size % info.world:
         raise UserError(f"train.batch_size {r.train.batch_size} does not split evenly over {info.world} processes "
                         f"— use a multiple of {info.world}")
@@ -502,10 +508,10 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                   f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
                   f"{steps}{f', resumed at step {step:,}' if state is not None else ''}")
     if data.monitor_bank is None:
-        labeled = int((data.pool.labels >= 0).sum())
-        console.print(f"[yellow]no k-NN monitor: the {r.data.split} split has {labeled:,} labeled image(s), too few "
-                      f"to hold out monitor.val_size={r.monitor.val_size} — lower it, or pretrain on a split with "
-                      "more labels")
+        console.print(f"[yellow]no k-NN monitor: the {r.data.split} split has no labels — pretrain on one with "
+                      "labeled images (STL-10: train+unlabeled) to follow the k-NN accuracy" if not data.labeled else
+                      f"[yellow]no k-NN monitor: the {r.data.split} split has {data.labeled:,} labeled image(s), too "
+                      f"few to hold out monitor.val_size={r.monitor.val_size} — lower it")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
         knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))

@@ -116,6 +116,7 @@ def test_safe_load_is_yaml_safe_load_plus_exponent_floats(tmp_path: Path) -> Non
     ("data:\n  dataset: stl10\n  split: unlabelled\n", r"r\.yaml:3: stl10 has no split 'unlabelled' \(data\.split\) "
      r"\(did you mean 'unlabeled'\?\) — use train, unlabeled, train\+unlabeled$"),
     ("data:\n  split: extra\n", r"fashion-mnist-mini has no split 'extra' \(data\.split\) — use train$"),
+    ("data:\n  dataset: stl10\n  split: tests\n", r"stl10 has no split 'tests' \(data\.split\) — use train, "),
     ("model:\n  encoder: resnet19\n", r"unknown model 'resnet19' \(model\.encoder\) — did you mean"),
     ("model:\n  stem: tiny\n", r"model\.stem must be one of 'imagenet', 'cifar'"),
     ("train:\n  precision: fp8\n", r"train\.precision must be one of"),

@@ -230,6 +230,8 @@ def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "no exported encoder" in capsys.readouterr().err
     run = tiny_run(tmp_path)
     assert main(["probe", str(run), "--split", "train"]) == 2
+    assert main(["probe", str(run), "--split", "tset"]) == 2
+    assert "an image folder is scored on its held-out part, --split test, not 'tset'" in capsys.readouterr().err
     assert main(["probe", str(run), "--fractions", "0", "1"]) == 2
     assert "not a fraction" in capsys.readouterr().err
     assert not (run / "probe.json").exists() and not (run / "features").exists()  # nothing computed

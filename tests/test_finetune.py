@@ -308,7 +308,8 @@ def test_fashion_mnist_recipe_runs_on_a_tiny_run(run_dir: Path, tmp_path: Path) 
     assert report["sizes"]["labeled"] == 30 and report["labeled"]["disjoint_from_pool"]
 
 
-def test_stl10_runs_pretrain_on_their_split_and_the_finetune_leaves_that_pool_out(tmp_path: Path) -> None:
+def test_stl10_runs_pretrain_on_their_split_and_the_finetune_leaves_that_pool_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """data.split: train+unlabeled pretrains on both (train first, as torchvision orders them); the fine-tune's
     disjoint labeled subset then avoids exactly the train images of that pool, whose draw depends on the unlabeled
     count (data.pool_size), read from the file's size. A run on unlabeled alone took no train image."""
@@ -330,6 +331,19 @@ def test_stl10_runs_pretrain_on_their_split_and_the_finetune_leaves_that_pool_ou
     one_fewer = split_train(r, both.labels[:-1])[1]  # the unlabeled count matters
     assert not torch.equal(one_fewer[one_fewer < 60], in_train)
 
+    import sslkit.report as report
+    import sslkit.viz as viz
+
+    shown: list[torch.Tensor] = []  # the report's augmentation preview shows images of the run's own pool
+    monkeypatch.setattr(viz, "plot_augmentations", lambda x, views, path, title: shown.append(x) or path)
+    report.figure_augmentations(tmp_path / "run", load_encoder(tmp_path / "run").sslkit_meta, tmp_path / "a.png")
+    both32 = load_source("stl10", "train+unlabeled", root=str(root), image_size=32)
+    positions = [next(i for i in pool.tolist() if torch.equal(both32.images[i], x)) for x in shown[0]]
+    assert len(positions) == 6 and any(i >= 60 for i in positions)
+    assert main(["probe", str(tmp_path / "run"), "--split", "train+unlabeled"]) == 2  # probes fitted on train
+    assert "--split 'train+unlabeled' of stl10 holds the train images the probes are fitted on — use test" in \
+        capsys.readouterr().err
+
     ft_path = tmp_path / "ft.yaml"
     ft_path.write_text(f"name: t\nrun: {tmp_path / 'run'}\n")
     extra = [*TINY, "labeled.size=12", "labeled.val_size=4"]
@@ -341,7 +355,7 @@ def test_stl10_runs_pretrain_on_their_split_and_the_finetune_leaves_that_pool_ou
 
     save_recipe(r.replace(**{"data.split": "unlabeled"}), tmp_path / "run" / "recipe.yaml")
     data = ft.prepare_data(load_finetune_recipe(ft_path, extra), meta, torch.device("cpu"))
-    assert data.info["pool"] is None and data.info["candidates"] == 60
+    assert data.info["pool"] is None and data.info["candidates"] == 60 and data.info["pretraining_split"] == "unlabeled"
 
     (root / "stl10_binary" / "unlabeled_X.bin").unlink()  # the count cannot be known: one line, no guess
     save_recipe(r, tmp_path / "run" / "recipe.yaml")
@@ -358,5 +372,9 @@ def test_a_split_without_labels_pretrains_without_a_monitor_and_says_so(tmp_path
         "train.max_steps=1", "train.threads=1"])
     summary = pretrain(r, tmp_path / "run", console=Console(file=log, width=200))
     assert summary["steps"] == 1 and summary["knn_start"] is None
-    assert ("no k-NN monitor: the unlabeled split has 0 labeled image(s), too few to hold out monitor.val_size=1000"
-            in log.getvalue())
+    assert "no k-NN monitor: the unlabeled split has no labels — pretrain on one with labeled images" in log.getvalue()
+    log = io.StringIO()
+    r = r.replace(**{"data.split": "train+unlabeled", "monitor.val_size": 4})  # 4 labeled: none left to monitor
+    pretrain(r, tmp_path / "run2", console=Console(file=log, width=200))
+    assert ("no k-NN monitor: the train+unlabeled split has 4 labeled image(s), too few to hold out "
+            "monitor.val_size=4 — lower it") in log.getvalue()

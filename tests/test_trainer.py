@@ -118,6 +118,12 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path:
         pretrain(tiny_recipe(), tmp_path / "empty", resume=True, console=quiet())
     with pytest.raises(UserError, match=r"differs from the run's in loss\.temperature"):
         pretrain(tiny_recipe("loss.temperature=0.9"), out, resume=True, console=quiet())
+    for ckpt in (out / "checkpoints").glob("*.pt"):  # a run from before data.split: no such key in its recipe
+        state = load_checkpoint(ckpt)
+        state["recipe"]["data"].pop("split", None)  # (step-N.pt and last.pt may be one file)
+        torch.save(state, ckpt)
+    assert "split" not in load_checkpoint(out / "checkpoints" / "last.pt")["recipe"]["data"]
+    assert pretrain(tiny_recipe("train.max_steps=2"), out, resume=True, console=quiet())["steps"] == 2
 
 
 def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

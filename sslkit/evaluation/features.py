@@ -80,6 +80,27 @@ def progress_bar(console: Console | None = None, transient: bool = True) -> Prog
                     TimeRemainingColumn(), console=console, transient=transient)
 
 
+def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``images`` as a uint8 (N, C, H, W) tensor that fits ``encoder``, ``mean`` and ``std``, or one clear error."""
+    x = images.images if isinstance(images, ImageSource) else images
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise UserError(f"extract_features takes images as a uint8 tensor or array (N, C, H, W), or an ImageSource, "
+                        f"not a {type(images).__name__}")
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise UserError(f"extract_features takes uint8 images (N, C, H, W) in 0..255, got {x.dtype} of shape "
+                        f"{tuple(x.shape)} — convert floats in [0, 1] with (x * 255).round().to(torch.uint8), and "
+                        "put channels first")
+    c = x.shape[1]
+    conv = next((m for m in encoder.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and conv.in_channels != c:
+        raise UserError(f"the images have {c} channel(s) but the encoder takes {conv.in_channels}")
+    if len(mean) != c or len(std) != c:
+        raise UserError(f"the images have {c} channel(s) but mean and std have {len(mean)} and {len(std)} values")
+    return x
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mean: Sequence[float] | None = None,
                      std: Sequence[float] | None = None, batch_size: int = 500,
@@ -100,18 +121,23 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
         Features on the CPU.
 
     Raises:
-        UserError: when the features contain NaN or Inf.
+        UserError: images that are not uint8 (N, C, H, W) (a numpy array is taken as it is), whose channels differ
+            from the encoder's or from mean and std; a CUDA device without CUDA; features with NaN or Inf.
 
     Shape:
         (N, C, H, W) uint8 -> (N, D) float32
     """
-    x_all = images.images if isinstance(images, ImageSource) else images
     if mean is None or std is None:
         cfg = getattr(encoder, "pretrained_cfg", None) or {}
         if "mean" not in cfg or "std" not in cfg:
             raise ValueError("pass mean and std: the encoder's pretrained_cfg does not give them")
         mean, std = cfg["mean"], cfg["std"]
+    x_all = _checked_images(encoder, images, mean, std)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r} was asked for, but no CUDA device is available — use device='cpu'")
     was_training = encoder.training
     encoder = encoder.to(device).eval()
     out = []

@@ -479,12 +479,14 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     pool = ""
     if info.get("disjoint_from_pool"):
         pool = (f" outside the {info['pool']:,}-image pretraining pool" if info["pool"] is not None else
-                f" (the run pretrained on {info['dataset']}'s {info['pretraining_split']} split, none of them)")
-    console.print(f"[bold]sslkit finetune[/] {r.name}: {meta['encoder']} ({meta['stem']} stem) from {r.run} on "
+                f", none of which the run pretrained on (its split: {info['pretraining_split']})")
+    named = "" if r.name == "finetune" else f" {r.name}"  # the default recipe's name says nothing new
+    epochs = f"{r.train.epochs} epoch{'s' if r.train.epochs != 1 else ''}"
+    console.print(f"[bold]sslkit finetune[/]{named}: {meta['encoder']} ({meta['stem']} stem) from {r.run} on "
                   f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
-                  f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {r.train.epochs} "
-                  f"epochs × {steps_per_epoch} steps of batch ≤{batch} on {device}")
+                  f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
+                  f"{steps_per_epoch} steps of batch ≤{batch} on {device}")
 
     runs: list[dict[str, Any]] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -558,7 +560,7 @@ def _report(r: FinetuneRecipe, meta: dict[str, Any], sha: str, data: LabeledData
         "name": r.name, "run": str(r.run), "dataset": info["dataset"], "split": info["test_split"],
         "encoder": meta["encoder"], "stem": meta["stem"], "encoder_sha256": sha, "image_size": meta["image_size"],
         "sizes": {k: info[k] for k in ("labeled", "train", "val", "test", "attack", "candidates")}
-        | {"pool": info["pool"]},
+        | {"pool": info["pool"], "pretraining_split": info["pretraining_split"]},
         "labeled": {"size": r.labeled.size, "disjoint_from_pool": r.labeled.disjoint_from_pool,
                     "imbalance_ratio": r.labeled.imbalance_ratio, "balance": r.labeled.balance,
                     "class_counts_min": min(c for c in info["class_counts"] if c > 0),

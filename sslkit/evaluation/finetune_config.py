@@ -169,13 +169,9 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int | str]]:
 def test_split_problem(dataset: str, split: str) -> str:
     """Why ``split`` of ``dataset`` cannot be the fine-tune's test split (where it is not one of
     :func:`sslkit.data.scored_splits`), and which splits can."""
-    from sslkit.data import SPLITS, scored_splits
+    from sslkit.data import scored_split_problem
 
-    usable = ", ".join(scored_splits(dataset))
-    if split not in SPLITS[dataset]:
-        return f"{dataset} has no split {split!r} (data.test_split) — use {usable}"
-    why = "has no labels" if split == "unlabeled" else "holds the train images the labeled subset is drawn from"
-    return f"data.test_split {split!r} of {dataset} {why} — use {usable}"
+    return scored_split_problem(dataset, split, "data.test_split", "the labeled subset is drawn from")
 
 
 def _check_semantics(r: FinetuneRecipe, where: str, lines: dict[str, int | str]) -> None:

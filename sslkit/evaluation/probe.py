@@ -34,7 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
-from sslkit.data import ImageSource, channel_stats, load_source, stratified_split
+from sslkit.data import ImageSource, channel_stats, load_source, scored_split_problem, scored_splits, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation.clustering import cluster_metrics
 from sslkit.evaluation.features import (
@@ -225,6 +225,10 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")
+    if meta["dataset"] == "imagefolder" and split != "test":
+        raise UserError(f"an image folder is scored on its held-out part, --split test, not {split!r}")
+    if meta["dataset"] != "imagefolder" and split not in scored_splits(meta["dataset"]):
+        raise UserError(scored_split_problem(meta["dataset"], split, "--split", "the probes are fitted on"))
     fractions = _check_fractions(fractions)
     others = [Path(c) for c in compare]
     other_meta = [read_run_meta(other) for other in others]

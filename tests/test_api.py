@@ -1,0 +1,139 @@
+"""The public Python API as a user's own code meets it: wrong inputs get one clear error, and what load_encoder
+returns describes sslkit's preprocessing, not timm's ImageNet weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sslkit
+from sslkit import UserError, export_encoder, extract_features, load_encoder, load_recipe, nt_xent, pretrain
+from sslkit.augment import preprocess
+from sslkit.cli import main
+from sslkit.models import build_encoder
+
+ROOT = Path(__file__).resolve().parent.parent
+META = dict(encoder="resnet18", stem="imagenet", in_chans=1, num_features=512, image_size=28, mean=[0.3],
+            std=[0.35], dataset="fashion-mnist-mini")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    export_encoder(build_encoder("resnet18", "imagenet", 1), folder, META)
+    return folder
+
+
+def images(n: int = 4, c: int = 1, size: int = 28) -> torch.Tensor:
+    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def test_extract_features_takes_uint8_tensors_and_arrays_and_refuses_the_rest(run: Path) -> None:
+    encoder = load_encoder(run)
+    x = images()
+    features = extract_features(encoder, x, device="cpu")
+    assert features.shape == (4, 512) and not features.requires_grad
+    torch.testing.assert_close(extract_features(encoder, x.numpy(), device="cpu"), features, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(preprocess(x, [0.3], [0.35])), features)
+    for bad, pattern in [
+        (x.float() / 255, r"takes uint8 images \(N, C, H, W\) in 0\.\.255, got torch\.float32 of shape \(4, 1, 28, 28\)"
+                          r" — convert floats in \[0, 1\] with \(x \* 255\)\.round\(\)\.to\(torch\.uint8\)"),
+        (x[0], r"got torch\.uint8 of shape \(1, 28, 28\)"),
+        ([x[0], x[1]], r"takes images as a uint8 tensor or array \(N, C, H, W\), or an ImageSource, not a list"),
+        (x.repeat(1, 3, 1, 1), r"^the images have 3 channel\(s\) but the encoder takes 1$"),
+    ]:
+        with pytest.raises(UserError, match=pattern):
+            extract_features(encoder, bad, device="cpu")
+    with pytest.raises(UserError, match=r"^the images have 1 channel\(s\) but mean and std have 3 and 3 values$"):
+        extract_features(encoder, x, mean=[0.5] * 3, std=[0.2] * 3, device="cpu")
+    with pytest.raises(ValueError, match="batch_size must be ≥ 1, got 0"):
+        extract_features(encoder, x, batch_size=0, device="cpu")
+    with pytest.raises(ValueError, match="preprocess takes uint8 images in 0..255, got torch.float32"):
+        preprocess(x.float(), [0.3], [0.35])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(run: Path) -> None:
+    with pytest.raises(UserError, match=r"^device 'cuda' was asked for, but no CUDA device is available — use "):
+        load_encoder(run, device="cuda")
+    with pytest.raises(UserError, match=r"^device 'cuda' was asked for"):
+        extract_features(load_encoder(run), images(), device="cuda")
+
+
+def test_load_encoder_describes_sslkits_preprocessing_to_timm(run: Path) -> None:
+    from timm.data import create_transform, resolve_model_data_config
+
+    encoder = load_encoder(run)
+    for use_test_size in (False, True):
+        cfg = resolve_model_data_config(encoder, use_test_size=use_test_size)
+        assert cfg["input_size"] == (1, 28, 28) and cfg["crop_pct"] == 1.0
+        assert cfg["mean"] == (0.3,) and cfg["std"] == (0.35,)
+    assert encoder.default_cfg["input_size"] == (1, 28, 28)
+    assert not {"hf_hub_id", "url", "test_input_size"} & set(encoder.pretrained_cfg)
+    transform = create_transform(**resolve_model_data_config(encoder))
+    from PIL import Image
+
+    picture = Image.fromarray(images(1)[0, 0].numpy())
+    assert tuple(transform(picture).shape) == (1, 28, 28)  # no resize to 29 and crop back: the whole image
+
+
+def test_damaged_or_mismatched_records_are_one_line(run: Path, tmp_path: Path) -> None:
+    record = json.loads((run / "encoder.json").read_text())
+    (tmp_path / "encoder.safetensors").write_bytes((run / "encoder.safetensors").read_bytes())
+    for change, pattern in [
+        ([1, 2], r"holds a JSON list, not the object `sslkit pretrain` writes"),
+        (dict(record, image_size="abc"), r"has a malformed in_chans, image_size, mean or std"),
+        (dict(record, in_chans=3, mean=[0.3] * 3, std=[0.35] * 3),
+         r"does not match a resnet18 \(imagenet stem, 3 channel\(s\)\) as encoder\.json describes it: 0 missing, 0 "
+         r"unexpected and 1 differently shaped tensors \(first: conv1\.weight\)"),
+        (dict(record, mean=[0.3, 0.3]), r"gives 2 mean and 1 std values for 1 channel\(s\)"),
+    ]:
+        (tmp_path / "encoder.json").write_text(json.dumps(change))
+        with pytest.raises(UserError, match=pattern):
+            load_encoder(tmp_path)
+
+
+def test_export_needs_the_keys_load_encoder_reads_and_writes_readable_files(tmp_path: Path) -> None:
+    encoder = build_encoder("resnet18", "imagenet", 1)
+    with pytest.raises(ValueError, match=r"meta lacks stem, image_size — load_encoder needs encoder, stem"):
+        export_encoder(encoder, tmp_path / "a", {k: v for k, v in META.items() if k not in ("stem", "image_size")})
+    assert not (tmp_path / "a").exists()
+    old = os.umask(0o022)
+    try:
+        export_encoder(encoder, tmp_path / "b", META)
+    finally:
+        os.umask(old)
+    for name in ("encoder.safetensors", "encoder.json"):  # safetensors alone would make the weights 0600
+        assert stat.S_IMODE((tmp_path / "b" / name).stat().st_mode) == 0o644, name
+
+
+def test_misused_entry_points_say_what_they_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    with pytest.raises(TypeError, match=r"pretrain takes a Recipe, e\.g\. sslkit\.load_recipe\(.*\), not a str"):
+        pretrain(str(recipe), tmp_path / "run")
+    with pytest.raises(TypeError, match=r"overrides must be a list of KEY=VALUE strings, e\.g\. \['train\.epochs=1'\]"):
+        load_recipe(recipe, "train.epochs=1")
+    z = torch.randn(4, 8)
+    for t in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="needs a temperature τ > 0"):
+            nt_xent(z, z, t)
+    with pytest.raises(ValueError, match="with B ≥ 1"):
+        nt_xent(z[:0], z[:0])
+    assert {"load_encoder", "extract_features", "pretrain"} <= set(dir(sslkit))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"sslkit {sslkit.__version__}"
+
+
+def test_numpy_images_of_the_wrong_layout_are_refused(run: Path) -> None:
+    hwc = np.zeros((4, 28, 28, 1), np.uint8)  # as PIL or matplotlib hold them: channels last
+    with pytest.raises(UserError, match=r"the images have 28 channel\(s\) but the encoder takes 1"):
+        extract_features(load_encoder(run), hwc, device="cpu")
