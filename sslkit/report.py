@@ -271,13 +271,21 @@ def _esc(x: Any) -> str:
 FINETUNE_FIGURES = ("finetune.png", "finetune_fgsm.png")  # written by sslkit finetune into RUN/figures/
 
 
-def _img(path: Path, alt: str) -> str:
+def _img(path: Path, alt: str, page: Path | None = None) -> str:
+    """A figure embedded in the page; with ``page`` (where the page will be), it links to the PNG file beside it,
+    to open at full size (the embedded copy shows wherever the page is moved)."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></figure>'
+    img = f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+    if page is not None:
+        href = Path(os.path.relpath(Path(path).resolve(), Path(page).resolve().parent)).as_posix()
+        img = f'<a href="{_esc(href)}" title="open the figure at full size">{img}</a>'
+    return f"<figure>{img}</figure>"
 
 
 def _is_rate(key: str) -> bool:
-    return key.endswith(("top1", "top5", "purity", "hungarian_acc", "accuracy", "acc"))
+    """Whether ``key`` is an accuracy-like share (shown as a percentage), its mean and spread over seeds included."""
+    key = key.removesuffix(".mean").removesuffix(".std")
+    return key.endswith(("top1", "top5", "purity", "hungarian_acc", "accuracy", "acc")) or key.startswith("fgsm.eps")
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -290,8 +298,10 @@ def _fmt(key: str, v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "—"
-        if _is_rate(key) and 0 <= v <= 1:
-            return f"{v:.1%}"
+        if _is_rate(key) and -1 <= v <= 1:
+            return f"{v:.2%}" if key.endswith(".std") else f"{v:.1%}"
+        if 1e-3 <= abs(v) < 1:
+            return f"{v:.4f}"  # scores of a row (silhouette, NMI) with the same decimals
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     return _esc(v)
 
@@ -325,6 +335,17 @@ def _flat_table(d: dict[str, Any]) -> str:
     return _table(["key", "value"], [[_esc(k), _fmt(k, v)] for k, v in d.items()], ["", "num"])
 
 
+def _cell(key: str, v: Any) -> str:
+    """One table cell: a scalar formatted; a mapping of scalars as ``key value`` lines; anything deeper only named
+    (it stays in the JSON file)."""
+    if not isinstance(v, (dict, list)):
+        return _fmt(key, v)
+    if isinstance(v, dict) and all(not isinstance(x, (dict, list)) for x in v.values()):
+        return "<br>".join(f"{_esc(k)} {_fmt(f'{key}.{k}', x)}" for k, x in v.items())
+    size = f"{len(v)} entries" if isinstance(v, dict) else f"{len(v)} items"
+    return f'<span class="muted">{size} (in the JSON file)</span>'
+
+
 def generic_tables(obj: Any, title: str = "") -> list[str]:
     """HTML tables for a JSON document of unknown layout (``finetune.json`` is another command's file).
 
@@ -345,8 +366,7 @@ def generic_tables(obj: Any, title: str = "") -> list[str]:
                 out.append(f"<h3>{_esc(k)}</h3>" + _flat_table(v))
             elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
                 keys = list(dict.fromkeys(key for x in v for key in x))
-                rows = [[_fmt(key, x.get(key)) if not isinstance(x.get(key), (dict, list))
-                         else f"<code>{_esc(json.dumps(x.get(key)))}</code>" for key in keys] for x in v]
+                rows = [[_cell(key, x.get(key)) for key in keys] for x in v]
                 out.append(f"<h3>{_esc(k)}</h3>" + _table([_esc(key) for key in keys], rows))
             elif isinstance(v, (dict, list)):
                 out.append(f"<h3>{_esc(k)}</h3><pre>{_esc(json.dumps(v, indent=2))}</pre>")
@@ -368,7 +388,8 @@ nav { position:sticky; top:0; background:white; border-bottom:1px solid var(--li
 nav .wrap { display:flex; flex-wrap:wrap; gap:4px 16px; padding-top:8px; padding-bottom:8px; font-size:13px; }
 nav a { color:var(--accent); text-decoration:none; white-space:nowrap; }
 nav a.off { color:var(--muted); }
-section { background:white; border:1px solid var(--line); border-radius:8px; margin:22px 0; padding:6px 24px 18px; }
+section { background:white; border:1px solid var(--line); border-radius:8px; margin:22px 0; padding:6px 24px 18px;
+          scroll-margin-top:120px; }
 h2 { font-size:20px; margin:16px 0 10px; }
 h3 { font-size:15px; margin:16px 0 6px; color:var(--muted); }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(190px, 1fr)); gap:12px; margin:14px 0 4px; }
@@ -399,6 +420,10 @@ details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
 .kv td:last-child { text-align:right; color:var(--ink); }
 .kv tbody tr:nth-child(even), .kv tr:nth-child(even) { background:none; }
 footer { color:var(--muted); font-size:12px; padding:10px 0 30px; }
+@media (max-width:760px) {
+  .wrap { padding:0 10px; } section { padding:4px 12px 12px; }
+  figure { overflow-x:auto; } figure img { max-width:none; width:720px; }
+}
 """
 
 
@@ -462,6 +487,16 @@ def render_html(title: str, subtitle: str, sections: Sequence[Section], footer: 
 
 
 # --- the report ------------------------------------------------------------------------------------------------
+
+
+def _monitor_text(recipe_path: Path) -> str:
+    """What the online k-NN monitor scored, from the run's recipe (k and image counts); generic without one."""
+    try:
+        monitor = (safe_load(recipe_path.read_text()) or {}).get("monitor") or {}
+        return (f"k={int(monitor['k'])}, {int(monitor['val_size']):,} held-out images, bank of "
+                f"{int(monitor['bank_size']):,}")
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
+        return "held-out images"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -533,6 +568,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     sections: list[Section] = []
     quiet = Console(quiet=True)
 
+    def img(path: Path, alt: str) -> str:
+        return _img(path, alt, page=out_path)
+
     def attempt(section: Section, make: Callable[[], None]) -> None:
         # A figure that cannot be made (data moved, an old recipe) becomes a note on the page, not a failed report.
         try:
@@ -562,7 +600,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             cards.append(_card("training", f"{last['step']:,} steps",
                                f"{last.get('epoch', 0):.2f} epochs, median {np.median(ips):,.0f} img/s" if ips
                                else f"{last.get('epoch', 0):.2f} epochs"))
-            cards.append(_card("final loss", f"{last['loss']:.3f}", f"first logged {train_events[0]['loss']:.3f}"))
+            tail = [e["loss"] for e in train_events[-10:]]
+            cards.append(_card("final loss", f"{float(np.mean(tail)):.3f}",
+                               f"mean of the last {len(tail)} logs (last {last['loss']:.3f}); first logged "
+                               f"{train_events[0]['loss']:.3f}"))
         if knn_events:
             cards.append(_card("online k-NN top-1", f"{knn_events[-1]['knn/top1']:.1%}",
                                f"from {knn_events[0]['knn/top1']:.1%} at step {knn_events[0]['step']}"))
@@ -593,7 +634,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         if recipe_path.is_file():
             text = recipe_path.read_text()
             recipe.body.append(f'<p class="muted">{_esc(recipe_path)}, every default written out; '
-                               f"{_cmd(f'sslkit pretrain {recipe_path}')} repeats the run.</p>"
+                               f"{_cmd(f'sslkit pretrain {recipe_path} --out NEW_RUN')} repeats the run.</p>"
                                + recipe_html(text)
                                + f"<details><summary>recipe.yaml as written</summary><pre>{_esc(text)}</pre>"
                                "</details>")
@@ -607,9 +648,11 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         # training curves
         curves = Section("training", "Training curves")
         if events:
+            steps_done = train_events[-1]["step"] if train_events else 0
             path = plot_training_curves(events, figures / "training_curves.png",
-                                        title=f"{run.name}: pretraining ({len(train_events)} logged steps)")
-            curves.body.append(_img(path, "training curves"))
+                                        title=f"{run.name}: pretraining, {steps_done:,} steps (loss logged "
+                                              f"{len(train_events):,} times)", knn_what=_monitor_text(recipe_path))
+            curves.body.append(img(path, "training curves"))
         else:
             curves.missing = f"No metrics.jsonl events in {_esc(run)}."
         sections.append(curves)
@@ -623,7 +666,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         def make_augment() -> None:
             if not recipe_path.is_file():
                 raise UserError("the run has no recipe.yaml")
-            augment.body.append(_img(figure_augmentations(run, meta, figures / "augmentations.png", seed=seed),
+            augment.body.append(img(figure_augmentations(run, meta, figures / "augmentations.png", seed=seed),
                                      "augmentation preview"))
 
         attempt(augment, make_augment)
@@ -638,7 +681,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             rows = score_rows(models)
             fr = [f for f in probe.get("fractions", []) if f < 1]
             first = next(iter(models.values()))
-            rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels "
+            rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {100 * f:g}% of labels "
                       f"(n={_count(first.get(f'label_fraction.{f:g}.n'))})") for f in fr]
             rows += [("linear.weight_decay", "linear weight decay (chosen on train)"), ("dim", "feature dim")]
             sizes = probe.get("sizes", {})
@@ -656,11 +699,11 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             efficiency_png = figures / "label_efficiency.png"
             if probe.get("fractions"):
                 plot_label_efficiency(probe, efficiency_png)
-                eff.body.append(_img(efficiency_png, "label efficiency"))
+                eff.body.append(img(efficiency_png, "label efficiency"))
                 eff_rows = []
                 for f in probe["fractions"]:
                     key = f"label_fraction.{f:g}"
-                    eff_rows.append((f"{key}.top1", f"{f:g} of labels (n={_count(first.get(f'{key}.n'))})"))
+                    eff_rows.append((f"{key}.top1", f"{100 * f:g}% of labels (n={_count(first.get(f'{key}.n'))})"))
                 eff.body.append(metrics_table(models, eff_rows, BASELINES))
             else:
                 eff.missing = "probe.json holds no label fractions."
@@ -690,8 +733,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         assign = kmeans(feats, k, seed=seed)
         path = plot_clusters(source.images, assign, source.labels, source.classes, figures / "kmeans_clusters.png",
                              seed=seed, title=f"k-means (k={k}) on {len(source):,} {split} images: random members, "
-                                              "green = the cluster's majority class")
-        clusters.body.append(_img(path, "k-means cluster samples"))
+                                              "green = the cluster's majority class, red = another (named)")
+        clusters.body.append(img(path, "k-means cluster samples"))
         sections.append(clusters)
         done("k-means")
 
@@ -700,11 +743,11 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         rows_idx = _subsample(len(source), max_points, seed)
         xy = map_coordinates(feats, feats_path, rows_idx, method, seed)
         shown = f"{len(rows_idx):,} of {len(source):,}" if len(rows_idx) < len(source) else f"{len(rows_idx):,}"
-        path = plot_map(xy, source.labels[rows_idx], source.classes, figures / f"{method}-{split}.png",
+        path = plot_map(xy, source.labels[rows_idx], source.classes, figures / f"report-{method}-{split}.png",
                         f"{name} of {shown} {split} images (cosine, seed {seed})", method,
                         images=source.images[rows_idx], thumbnails=min(MAP_THUMBNAILS, len(rows_idx) // 20),
                         seed=seed)
-        map_sec.body.append(_img(path, f"{name} map"))
+        map_sec.body.append(img(path, f"{name} map"))
         sections.append(map_sec)
         done(f"{name} map")
 
@@ -718,12 +761,12 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             own = retrieval.find_neighbors(run, [f"random:{n_q}"], k=k_nn, split=split, seed=seed, console=quiet,
                                            show_table=False, out=figures / f"neighbors-{split}.png")
             nn_sec.body.append(f"<h3>{n_q} random {_esc(split)} images (seed {seed})</h3>"
-                               + _img(own.path, "nearest neighbours of random queries"))
+                               + img(own.path, "nearest neighbours of random queries"))
         else:
             nn_sec.missing = "The split is too small for a neighbour search."
         for g in user_grids(run):
             nn_sec.body.append(f"<h3>{_esc(g.name)} (from <code>sslkit neighbors</code>)</h3>"
-                               + _img(g, f"neighbours {g.name}"))
+                               + img(g, f"neighbours {g.name}"))
         sections.append(nn_sec)
         done("neighbours")
 
@@ -734,7 +777,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             how = " (recomputed here for the run's encoder)" if pred.computed else ""
             path = plot_confusion(pred.labels, pred.predictions, pred.source.classes, figures / "confusion_matrix.png",
                                   title=f"Linear probe on {pred.split}{how}")
-            conf.body.append(_img(path, "confusion matrix"))
+            conf.body.append(img(path, "confusion matrix"))
             wrong = misclassified_indices(pred.labels, pred.predictions, 32, seed)
             n_wrong = int((pred.labels != pred.predictions).sum())
             path = plot_misclassified(pred.source.images, pred.labels, pred.predictions, pred.source.classes, wrong,
@@ -742,7 +785,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                                       title=f"{len(wrong)} of the {n_wrong:,} {pred.split} images the linear probe "
                                             f"gets wrong (random, seed {seed})")
             mis.body.append('<p class="muted">Indices refer to the labeled images of the split, in file order.</p>')
-            mis.body.append(_img(path, "misclassified examples"))
+            mis.body.append(img(path, "misclassified examples"))
         else:
             conf.missing = f"Needs the linear probe's predictions: run {_cmd(f'sslkit probe {run}')}."
             mis.missing = conf.missing
@@ -750,7 +793,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         done("confusion matrix")
 
         kern = Section("kernels", "First-layer kernels")
-        attempt(kern, lambda: kern.body.append(_img(figure_kernels(run, figures / "kernels.png"), "kernels")))
+        attempt(kern, lambda: kern.body.append(img(figure_kernels(run, figures / "kernels.png"), "kernels")))
         sections.append(kern)
         done("kernels")
 
@@ -760,10 +803,11 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                            "trained on the same labels).</p>")
             # The charts sslkit finetune drew beside finetune.json, then its headline tables; the whole document
             # (per-seed runs with their epoch curves, FGSM, the recipe) stays one click away.
-            ft.body += [_img(figures / name, name) for name in FINETUNE_FIGURES if (figures / name).is_file()]
+            ft.body += [img(figures / name, name) for name in FINETUNE_FIGURES if (figures / name).is_file()]
             ft.body += generic_tables({k: finetune[k] for k in ("summary", "difference") if k in finetune})
-            ft.body.append("<details><summary>finetune.json in full</summary>" + "".join(generic_tables(finetune))
-                           + "</details>")
+            rest = {k: v for k, v in finetune.items() if k not in ("summary", "difference")}
+            ft.body.append("<details><summary>the rest of finetune.json (per-seed runs, sizes, protocol, recipe)"
+                           "</summary>" + "".join(generic_tables(rest)) + "</details>")
         else:
             ft.missing = (f"{_cmd(f'sslkit finetune {run}')} has not been run for this run: it fine-tunes the "
                           "encoder and a supervised model from scratch on the same labels and writes "

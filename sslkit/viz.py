@@ -98,7 +98,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
         report: what ``sslkit probe`` writes to ``probe.json`` (``models``, ``fractions``, ``split``, ``dataset``).
         path: the PNG.
     """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     # A perfect score has no place on a log axis: it is drawn at half an error (annotated with its true value).
@@ -110,7 +110,8 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
         if not points:
             continue
         ns, err = zip(*points, strict=True)
-        ax.plot(ns, [max(e, floor) for e in err], marker="o", label=name, color=COLOURS.get(name, f"C{i + 2}"),
+        ax.plot(ns, [max(e, floor) for e in err], marker="o", label=name.replace("_", " "),
+                color=COLOURS.get(name, f"C{i + 2}"),
                 linestyle="--" if name in ("raw_pixels", "random_init") else "-")
         for n, e in points:
             ax.annotate(f"{e:.1%}", (n, max(e, floor)), textcoords="offset points", xytext=(5, 3), fontsize=7)
@@ -118,8 +119,15 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     ax.set_yscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the last points
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    # Errors often span less than a decade (11–35 %): there the ticks are evenly spaced round values (10 %, 15 %,
+    # …), so that every curve has labels beside it; over wider ranges 1, 2, 3, 5 × 10^k keep the labels apart.
+    low, high = ax.get_ylim()
+    if high / max(low, 1e-12) > 8:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    else:
+        ticks = [v for v in MaxNLocator(nbins=6).tick_values(low, high) if low <= v <= high and v > 0]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("labeled training images")
     ax.set_ylabel(f"{report['split']} error of the linear probe")
@@ -146,7 +154,7 @@ def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Seq
     rows = counts.sum(1, keepdim=True).clamp_min(1)
     share = (counts.double() / rows).numpy()
     side = max(4.5, 0.55 * c + 2)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig, ax = plt.subplots(figsize=(side + 2, side), layout="constrained")  # room for the labels of both sides
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     if c <= 30:
         for i in range(c):
@@ -161,9 +169,9 @@ def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Seq
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (images)")
     accuracy = float((y == p).float().mean()) if len(y) else float("nan")
-    ax.set_title(f"{title}\n{len(y):,} images, accuracy {accuracy:.1%}", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=matplotlib.ticker.PercentFormatter(1.0))
-    fig.tight_layout()
+    ax.set_title(f"{title}\n{len(y):,} images, accuracy {accuracy:.1%}, row-normalised", fontsize=10)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=matplotlib.ticker.PercentFormatter(1.0))
+    bar.set_label("share of the true class's images (rows sum to 100 %)", fontsize=8)
     return _save(fig, path)
 
 
@@ -331,9 +339,13 @@ def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     return _save(fig, path)
 
 
-def spread_points(xy: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Up to ``n`` row numbers of points spread over a 2-D map: one seeded point from each of ``n`` seeded
-    occupied cells of a grid over the map, so thumbnails drawn at them rarely overlap.
+def spread_points(xy: np.ndarray, n: int, seed: int = 0, min_gap: float = 0.08) -> np.ndarray:
+    """Up to ``n`` row numbers of points spread over a 2-D map, for thumbnails that do not overlap.
+
+    One seeded point is drawn from each occupied cell of a grid over the map; in a seeded order, a point is kept
+    when it is at least ``min_gap`` of the map's extent away from every kept one along x or along y (so that the
+    square thumbnails drawn at them, each a little less than ``min_gap`` wide, cannot cover each other). Fewer
+    than ``n`` come back when the map has no room for more.
 
     Shape:
         xy: (N, 2) -> (≤ n,) int64, sorted
@@ -343,14 +355,20 @@ def spread_points(xy: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     side = max(1, math.ceil(math.sqrt(3 * n)))
     lo, span = xy.min(axis=0), np.ptp(xy, axis=0)
-    cell = np.minimum((side * (xy - lo) / np.where(span > 0, span, 1)).astype(np.int64), side - 1)
+    unit = (xy - lo) / np.where(span > 0, span, 1)  # the map in [0, 1]²
+    cell = np.minimum((side * unit).astype(np.int64), side - 1)
     key = cell[:, 0] * side + cell[:, 1]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(xy))
     _, first = np.unique(key[order], return_index=True)  # one random point per occupied cell
-    picks = order[first]
-    picks = picks[rng.permutation(len(picks))[:n]]
-    return np.sort(picks)
+    candidates = order[first][rng.permutation(len(first))]
+    kept: list[int] = []
+    for i in candidates:
+        if len(kept) == n:
+            break
+        if not kept or np.abs(unit[kept] - unit[i]).max(axis=1).min() >= min_gap:
+            kept.append(int(i))
+    return np.sort(np.asarray(kept, dtype=np.int64))
 
 
 def embed_2d(features: torch.Tensor | np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
@@ -428,7 +446,7 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
             box.get_children()[0].set_clim(0, 255)
             colour = colours[y[i]] if y[i] >= 0 else NEUTRAL
             ax.add_artist(AnnotationBbox(box, xy[i], frameon=True, pad=0.1,
-                                         bboxprops={"edgecolor": colour, "linewidth": 1.5}))
+                                         bboxprops={"edgecolor": colour, "linewidth": 2.5}))
     label = "UMAP" if method == "umap" else "t-SNE"
     ax.set_xlabel(f"{label} 1")
     ax.set_ylabel(f"{label} 2")
@@ -458,8 +476,11 @@ def centered_mean(values: np.ndarray, half_width: int) -> np.ndarray:
     return (sums[i + h + 1] - sums[i - h]) / (2 * h + 1)
 
 
-def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: str = "Training") -> Path:
+def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: str = "Training",
+                         knn_what: str = "held-out images") -> Path:
     """Loss, learning rate and the online k-NN top-1 against the step, from ``metrics.jsonl`` events.
+
+    ``knn_what`` says what the monitor scored (its k and images, from the recipe) in that panel's title.
 
     The loss is drawn as logged and, with enough points, as a centred moving average (:func:`centered_mean`,
     which does not lag behind a falling loss as a trailing average does); a top axis gives epochs. Panels
@@ -492,7 +513,7 @@ def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: st
                              ha="right", fontsize=8)
         axes[2].margins(y=0.12)
         axes[2].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-        axes[2].set_title("online k-NN top-1 (held-out images)")
+        axes[2].set_title(f"online k-NN top-1\n({knn_what})", fontsize=10)
     else:
         axes[2].text(0.5, 0.5, "no online k-NN\n(monitor off or too few labels)", ha="center", va="center",
                      transform=axes[2].transAxes, color="#555555")
@@ -502,8 +523,11 @@ def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: st
             ax.text(0.5, 0.5, "no training steps logged", ha="center", va="center", transform=ax.transAxes,
                     color="#555555")
     ratio = [e["epoch"] / e["step"] for e in train if e["step"] > 0 and e.get("epoch")]
+    last = max([e["step"] for e in train + knn], default=0)
     for ax in axes:
         ax.set_xlabel("step")
+        if last > 0 and ax.has_data():
+            ax.set_xlim(-0.02 * last, 1.02 * last)  # the same range in every panel: their epoch axes line up
         ax.grid(True, alpha=0.3)
         if ratio and ax.has_data():
             r = float(np.median(ratio))
@@ -560,7 +584,8 @@ def plot_kernels(weight: torch.Tensor, path: Path, title: str = "First-layer ker
             m = k.mean(0)
             ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-float(m.abs().max()), vmax=float(m.abs().max()),
                       interpolation="nearest")
-    fig.suptitle(f"{title} ({o} × {w.shape[1]} × {w.shape[2]} × {w.shape[3]})", fontsize=10)
+    fig.suptitle(f"{title} ({o} × {w.shape[1]} × {w.shape[2]} × {w.shape[3]}); each kernel scaled to its own range",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -572,7 +597,7 @@ def plot_clusters(images: torch.Tensor, clusters: torch.Tensor, labels: torch.Te
                   path: Path, per_cluster: int = 10, seed: int = 0,
                   title: str = "k-means clusters: random members") -> Path:
     """One row per cluster (largest first): its size, majority class and share, then seeded random members
-    framed green when they are of the majority class and red when not.
+    framed green when they are of the majority class and red, with their own class above, when not.
 
     Shape:
         images: (N, C, H, W), clusters: (N,), labels: (N,)
@@ -602,6 +627,8 @@ def plot_clusters(images: torch.Tensor, clusters: torch.Tensor, labels: torch.Te
                 i = int(shown[j])
                 frame = NEUTRAL if top < 0 or y[i] < 0 else (MATCH if int(y[i]) == top else MISMATCH)
                 _show(ax, images[i], frame=frame, width=2)
+                if frame == MISMATCH:  # what the impurity is: the member's own class
+                    ax.set_title(_short(_name(int(y[i]), classes), 12), fontsize=7, color=MISMATCH, pad=2)
             else:
                 ax.axis("off")
     fig.suptitle(title, fontsize=10)

@@ -256,7 +256,7 @@ def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times(
     assert rows["linear top-1"] == ["[bold]0.8860[/]", "0.8470"]
     assert rows["k-NN k=20 (weighted)"] == ["0.8720", "[bold]0.8770[/]"]  # the baseline's, when it is better
     assert rows["k-means NMI"] == ["0.6500", "—"]  # a single finite value: nothing to compare
-    assert rows["linear top-1, 0.01 of labels (n=600)"] == ["[bold]0.8200[/]", "0.7700"]
+    assert rows["linear top-1, 1% of labels (n=600)"] == ["[bold]0.8200[/]", "0.7700"]
     assert rows["linear weight decay"] == ["0.0001", "0.01"]  # the larger is not 'best'
     assert rows["feature dim"] == ["512", "784"] and rows["seconds"] == ["80.0", "5.0"]
     assert best_score("test_top1.std", [0.1, 0.2]) is None and best_score("linear.top1", [0.1, True, 0.2]) == 0.2

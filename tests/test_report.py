@@ -107,6 +107,12 @@ def test_map_is_seeded_and_reproducible(run: Path) -> None:
     np.testing.assert_array_equal(t, embed_2d(x[:100], "tsne", seed=0))
 
 
+def test_report_leaves_the_umap_command_figure_alone(run: Path, page: Path) -> None:
+    # `sslkit umap RUN` writes figures/umap-test.png; the report draws its own map (with thumbnails) beside it.
+    assert (run / "figures" / "report-umap-test.png").is_file()
+    assert not (run / "figures" / "umap-test.png").exists(), "the umap command's default file is not the report's"
+
+
 def test_umap_command_writes_the_map_and_reuses_its_coordinates(run: Path, tmp_path: Path) -> None:
     path = run_map(run, out=tmp_path / "map.png", max_points=MAX_POINTS, thumbnails=5, console=quiet())
     assert path == tmp_path / "map.png" and matplotlib.image.imread(path).shape[2] in (3, 4)
@@ -125,6 +131,13 @@ def test_thumbnails_are_spread_over_the_map() -> None:
     random = np.random.default_rng(1).choice(2000, 20, replace=False)
     random_gaps = np.linalg.norm(xy[random][:, None] - xy[random][None], axis=-1) + np.eye(20) * 1e9
     assert gaps.min() > random_gaps.min(), "spread picks keep further apart than random ones"
+    unit = (xy - xy.min(0)) / np.ptp(xy, axis=0)
+    apart = np.abs(unit[picks][:, None] - unit[picks][None]).max(-1) + np.eye(20)
+    assert apart.min() >= 0.08, "no two thumbnails closer than the gap along both axes: they cannot overlap"
+    line = np.zeros((50, 2)) + np.arange(50)[:, None] * 1e-3
+    crowded = spread_points(line, 20, seed=0, min_gap=0.3)
+    assert 2 <= len(crowded) <= 4, "fewer than asked where the map has no room: a line holds at most 4 picks 0.3 apart"
+    assert np.diff(np.sort(crowded)).min() >= 0.3 * 49
 
 
 def test_report_is_one_self_contained_page(run: Path, page: Path) -> None:
@@ -145,9 +158,11 @@ def test_report_is_one_self_contained_page(run: Path, page: Path) -> None:
     assert "sslkit finetune" in bodies["finetune"]
     assert "80.0%" in text, "the probe's linear top-1 is in the page"
     assert "temperature" in text and "quickstart" in text, "the recipe is in the page"
-    for name in ("training_curves", "augmentations", "kmeans_clusters", "umap-test", "neighbors-test",
+    for name in ("training_curves", "augmentations", "kmeans_clusters", "report-umap-test", "neighbors-test",
                  "confusion_matrix", "misclassified", "kernels", "label_efficiency"):
         assert (run / "figures" / f"{name}.png").is_file(), name
+    links = re.findall(r'<a href="([^"#][^"]*)"[^>]*><img ', text)
+    assert len(links) == 9 and all((page.parent / href).is_file() for href in links), "each figure links its PNG"
 
 
 def _stub_figure(*args: object, **kwargs: object) -> Path:
@@ -196,9 +211,10 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     body = sections["finetune"]
     head, full = body.split("<details>", 1)
     assert head.count("<img ") == 1, "the chart sslkit finetune drew; the FGSM chart is absent and skipped"
-    assert "0.8431" in head and "0.8211" in head and "0.022" in head, "the summary and difference tables lead"
+    assert "84.3%" in head and "82.1%" in head and "2.2%" in head, "the summary and difference tables lead, as %"
     assert "val_top1" not in head and "robustness" not in head, "per-epoch curves and FGSM only in the full view"
-    assert "val_top1" in full and "robustness" in full and "0.8431" in full
+    assert "robustness" in full and "84.3%" not in full, "the rest of the document, without the tables above"
+    assert "curves" in full and "val_top1" not in full, "nested per-epoch curves are named, not dumped as JSON"
 
 
 @pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])
@@ -281,13 +297,16 @@ def test_log_width_widens_rich_tables_only_when_no_stream_is_a_terminal(monkeypa
 
 def test_metrics_table_bolds_the_best_score_but_not_settings_sizes_times_or_spreads() -> None:
     models = {"ssl": {"test_top1.mean": 0.854, "test_top1.std": 0.0040, "seconds.mean": 31.3, "seeds": 3,
-                      "dim": 512, "linear.weight_decay": 0.001, "fgsm.eps0.01.mean": 0.778},
+                      "dim": 512, "linear.weight_decay": 0.001, "fgsm.eps0.01.mean": 0.778, "kmeans.silhouette": 0.25},
               "supervised": {"test_top1.mean": 0.821, "test_top1.std": 0.0042, "seconds.mean": 32.6, "seeds": 3,
-                             "dim": 784, "linear.weight_decay": 0.01, "fgsm.eps0.01.mean": 0.735}}
+                             "dim": 784, "linear.weight_decay": 0.01, "fgsm.eps0.01.mean": 0.735,
+                             "kmeans.silhouette": 0.29}}
     html = metrics_table(models, [(k, k) for k in models["ssl"]])
     rows = {re.sub("<[^>]+>", "", r.split("</td>")[0]): r for r in html.split("<tr>")[2:]}
-    assert "<b>0.854</b>" in rows["test_top1.mean"] and "<b>0.778</b>" in rows["fgsm.eps0.01.mean"]
-    for key in ("test_top1.std", "seconds.mean", "seeds", "dim", "linear.weight_decay"):
+    assert "<b>85.4%</b>" in rows["test_top1.mean"] and "<b>77.8%</b>" in rows["fgsm.eps0.01.mean"]
+    assert "0.40%" in rows["test_top1.std"], "a rate's spread over seeds is a percentage too, to 2 decimals"
+    assert "0.2500" in rows["kmeans.silhouette"], "scores of a row keep 4 decimals"
+    for key in ("test_top1.std", "seconds.mean", "seeds", "dim", "linear.weight_decay", "kmeans.silhouette"):
         assert "<b>" not in rows[key], rows[key]
 
 

@@ -530,7 +530,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     written = [json_path, figures / "finetune.png"]
     if fgsm_summary:
         written.append(robustness.plot_robustness(fgsm_summary, figures / "finetune_fgsm.png", ARM_COLOURS,
-                                                  f"{info['dataset']}: FGSM, {info['labeled']:,} labels"))
+                                                  f"{info['dataset']}: FGSM, {info['labeled']:,} labels",
+                                                  n_images=info["attack"], seeds=r.seeds))
     console.print(f"wrote {', '.join(str(p) for p in written)} ({report['seconds']:.0f} s)")
     return report
 
@@ -647,7 +648,8 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     ax1.set_ylabel(f"{report['split']} top-1")
     d = report["difference"]
     ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} ± "
-                  f"{d['test_top1.std']:.3f}")
+                  f"{d['test_top1.std']:.3f}\n(mean ± std of the per-seed differences, {d['seeds']} seeds)",
+                  fontsize=10)
     ax1.grid(axis="y", alpha=0.3)
     for a in arms:
         curves = torch.tensor([x["curves"]["val_top1"] for x in report["runs"] if x["arm"] == a], dtype=torch.float64)

@@ -379,8 +379,10 @@ ROWS: tuple[tuple[str, str], ...] = (
 
 
 #: Parts of a metric's dotted key that make it a setting, a size, a cost or a spread, where the largest value is not
-#: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``).
-UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs", "k"})
+#: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``), or a score that
+#: does not compare across feature spaces (``kmeans.silhouette``: raw pixels' tight clusters can score higher while
+#: agreeing less with the classes).
+UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs", "k", "silhouette"})
 
 
 def score_rows(models: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
@@ -423,7 +425,8 @@ def print_table(report: dict[str, Any], console: Console) -> None:
         table.add_column(name, justify="right", style="dim" if name in BASELINES else None)
     first = next(iter(models.values()))
     rows = score_rows(models)
-    rows += [(f"label_fraction.{f:g}.top1", f"linear top-1, {f:g} of labels (n={first[f'label_fraction.{f:g}.n']:,})")
+    rows += [(f"label_fraction.{f:g}.top1",
+              f"linear top-1, {100 * f:g}% of labels (n={first[f'label_fraction.{f:g}.n']:,})")
              for f in report["fractions"] if f < 1]
     rows += [("linear.weight_decay", "linear weight decay"), ("dim", "feature dim"), ("seconds", "seconds")]
     for key, label in rows:

@@ -115,8 +115,13 @@ def print_robustness_table(summary: dict[str, dict[str, list[float]]], n_images:
 
 
 def plot_robustness(summary: dict[str, dict[str, list[float]]], path: str | Path,
-                    colours: dict[str, str] | None = None, title: str = "") -> Path:
-    """Accuracy against ε per arm, error bars = std over seeds; writes a PNG and returns its path."""
+                    colours: dict[str, str] | None = None, title: str = "", n_images: int | None = None,
+                    seeds: int | None = None) -> Path:
+    """Accuracy against ε per arm, error bars = std over seeds; writes a PNG and returns its path.
+
+    ``n_images`` (the attacked subset's size) and ``seeds`` are named on the axis and in the title: the accuracy at
+    ε = 0 is that subset's, not the whole test split's.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,11 +132,12 @@ def plot_robustness(summary: dict[str, dict[str, list[float]]], path: str | Path
     for arm, s in summary.items():
         ax.errorbar(s["eps"], s["mean"], yerr=s["std"], marker="o", capsize=3, label=arm, color=colours.get(arm))
     ax.set_xlabel("FGSM ε (pixel units in [0, 1])")
-    ax.set_ylabel("test top-1")
+    ax.set_ylabel(f"top-1 on the {n_images:,} attacked test images" if n_images else "top-1 on the attacked images")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(title or "Accuracy under FGSM")
+    spread = f"mean ± std over {seeds} seeds" if seeds and seeds > 1 else ""
+    ax.set_title("\n".join(x for x in (title or "Accuracy under FGSM", spread) if x), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, facecolor="white")
