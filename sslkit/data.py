@@ -35,10 +35,12 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "svhn": ("train", "test", "extra"),
-    # An image folder is one pool: a test split would silently be the training images again. Callers hold a
-    # part out with stratified_split instead.
-    "imagefolder": ("train",),
+    # An image folder is one pool of images, split once: test is a fixed stratified part held out of everything a
+    # run trains on (imagefolder_split), train is the rest.
+    "imagefolder": ("train", "test"),
 }
+IMAGEFOLDER_TEST_FRACTION = 0.2
+IMAGEFOLDER_SPLIT_SEED = 0  # the same held-out part for every command, every seed and every recipe
 
 
 def scored_splits(dataset: str) -> tuple[str, ...]:
@@ -145,6 +147,23 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     mean = s / n
     std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
+    """An image folder's (train, test) splits: test is a stratified ``IMAGEFOLDER_TEST_FRACTION`` of the folder (at
+    least one image) drawn with ``IMAGEFOLDER_SPLIT_SEED``, whatever a recipe's or command's seed, so that
+    pretraining never sees it and every command (probe, finetune, neighbors, map, report) scores on the same
+    images.
+
+    Raises:
+        UserError: a folder of fewer than 2 images (nothing to hold out).
+    """
+    if len(pool) < 2:
+        raise UserError(f"{pool.name} holds {len(pool)} image(s): an image folder needs at least 2, one of them held "
+                        "out as its test split — add images")
+    n_test = max(1, round(IMAGEFOLDER_TEST_FRACTION * len(pool)))
+    test_idx, train_idx = stratified_split(pool.labels, n_test, IMAGEFOLDER_SPLIT_SEED)
+    return pool.subset(train_idx), pool.subset(test_idx)
 
 
 def stratified_split(labels: torch.Tensor, size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,8 +499,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _imagefolder(root: str | None, image_size: int | None, channels: int | None) -> ImageSource:
-    """``root/<class>/<image>``: decoded, EXIF-rotated, resized and centre-cropped once, then cached."""
+def imagefolder_pool(root: str | None, image_size: int | None = None, channels: int | None = None) -> ImageSource:
+    """Every image of ``root/<class>/<image>``: decoded, EXIF-rotated, resized and centre-cropped once, then cached
+    (``load_source`` splits it into train and test)."""
     from numpy.lib.format import open_memmap
 
     if not root:
@@ -587,8 +607,9 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
 
     Args:
         dataset: one of ``DATASETS``.
-        split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``, SVHN also ``extra``; an
-            image folder only ``train`` (hold a part out with ``stratified_split``).
+        split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``, SVHN also ``extra``. An
+            image folder's test split is a fixed part of it (:func:`imagefolder_split`), its train split the rest;
+            :func:`imagefolder_pool` reads the whole folder.
         root: where the files are: searched first for Fashion-MNIST, required for an image folder, the download
             folder for torchvision's data sets (``~/.cache/sslkit/data`` when None).
         download: let torchvision download missing files (with its checksums).
@@ -614,7 +635,8 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
         raise UserError(f"data.image_size must be a positive whole number of pixels, got {image_size!r}")
 
     if dataset == "imagefolder":
-        return _imagefolder(root, image_size, channels)  # resized while decoding
+        train, test = imagefolder_split(imagefolder_pool(root, image_size, channels))  # resized while decoding
+        return train if split == "train" else test
     if dataset == "fashion-mnist":
         source = _fashion_mnist(split, root, download)
     elif dataset == "fashion-mnist-mini":

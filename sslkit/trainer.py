@@ -34,7 +34,14 @@ from sslkit.checkpoint import (
     unwrap,
 )
 from sslkit.config import SEED_STRIDE, Recipe, load_recipe, save_recipe
-from sslkit.data import ImageSource, channel_stats, load_source, split_length, stratified_split
+from sslkit.data import (
+    IMAGEFOLDER_TEST_FRACTION,
+    ImageSource,
+    channel_stats,
+    load_source,
+    split_length,
+    stratified_split,
+)
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
 from sslkit.host_memory import keep_freed_memory
@@ -481,6 +488,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                         num_features=encoder.num_features, image_size=data.pool.image_size, mean=list(data.mean),
                         std=list(data.std), dataset=r.data.dataset, split=r.data.split, data_root=r.data.root,
                         recipe=r.name)
+    if r.data.dataset == "imagefolder":  # runs without it pretrained on the whole folder, its test part included
+        encoder_meta["imagefolder_test_held_out"] = IMAGEFOLDER_TEST_FRACTION
 
     def checkpoint() -> None:
         rng = {"torch": torch.get_rng_state()}

@@ -17,7 +17,7 @@ from fakes import stl10_bytes, write_stl10
 from PIL import Image
 
 import sslkit.data as data
-from sslkit.data import DATASETS, ImageSource, load_source, read_idx, resize, stratified_split
+from sslkit.data import DATASETS, ImageSource, imagefolder_pool, load_source, read_idx, resize, stratified_split
 from sslkit.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,7 +313,7 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
     (root / "dogs" / "notes.txt").write_text("not an image, not counted")
 
     with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\) of 6 .*c_corrupt\.png.*d_empty\.jpg"):
-        src = load_source("imagefolder", "train", root=str(root), image_size=8)
+        src = imagefolder_pool(root=str(root), image_size=8)
     assert src.images.shape == (4, 3, 8, 8) and src.images.dtype == torch.uint8
     assert src.classes == ("cats", "dogs") and src.labels.tolist() == [0, 0, 1, 1]
     red, gray, clear, green = src.images.float()
@@ -324,16 +324,16 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
     assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]  # no temporary files left
 
     forbid_decoding(monkeypatch)
-    again = load_source("imagefolder", "train", root=str(root), image_size=8)
+    again = imagefolder_pool(root=str(root), image_size=8)
     assert torch.equal(again.images, src.images) and torch.equal(again.labels, src.labels)
     assert again.classes == src.classes and again.name == "imagefolder/imgs"
     again.images[0] = 0  # copy-on-write: a stray write changes neither the cache nor the next load
-    assert torch.equal(load_source("imagefolder", "train", root=str(root), image_size=8).images, src.images)
+    assert torch.equal(imagefolder_pool(root=str(root), image_size=8).images, src.images)
     monkeypatch.undo()
 
     Image.new("RGB", (9, 9), (0, 0, 0)).save(root / "cats" / "c_black.png")  # a new file: a new cache key
     with pytest.warns(UserWarning, match="skipped 2"):
-        grown = load_source("imagefolder", "train", root=str(root), image_size=8, channels=1)
+        grown = imagefolder_pool(root=str(root), image_size=8, channels=1)
     assert grown.images.shape == (5, 1, 8, 8) and grown.labels.tolist() == [0, 0, 0, 1, 1]
     assert int(grown.images[2].max()) == 0
 
@@ -352,7 +352,7 @@ def test_imagefolder_orientation_and_centre_crop(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(tall).save(tmp_path / "b" / "rotated.png", exif=exif)
-    src = load_source("imagefolder", "train", root=str(tmp_path), image_size=10)
+    src = imagefolder_pool(root=str(tmp_path), image_size=10)
     crop = src.images[0].float()
     assert crop[1].min() > 250 and crop[[0, 2]].max() < 5
     viewed = src.images[1, 0].float()
@@ -365,28 +365,51 @@ def test_imagefolder_skips_decompression_bombs(tmp_path: Path, monkeypatch: pyte
     Image.new("RGB", (40, 40)).save(tmp_path / "a" / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40×40 is over it; Pillow would only warn up to 2000
     with pytest.warns(UserWarning, match=r"skipped 1 .*huge\.png \(40x40 pixels"):
-        src = load_source("imagefolder", "train", root=str(tmp_path), image_size=8)
+        src = imagefolder_pool(root=str(tmp_path), image_size=8)
     assert len(src) == 1 and src.images[0, :, 0, 0].tolist() == [1, 2, 3]
 
 
 def test_imagefolder_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="imagefolder needs data.root"):
-        load_source("imagefolder", "train")
+        imagefolder_pool(None)
     with pytest.raises(UserError, match="is not a folder"):
-        load_source("imagefolder", "train", root=str(tmp_path / "missing"))
+        imagefolder_pool(root=str(tmp_path / "missing"))
     with pytest.raises(UserError, match="holds no images in class subfolders"):
-        load_source("imagefolder", "train", root=str(tmp_path))
+        imagefolder_pool(root=str(tmp_path))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
     (tmp_path / "b" / "broken.jpg").write_bytes(b"nope")
     with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(UserError, match=r"class folder\(s\) b in .* "
                                                                       "hold no readable image"):
-        load_source("imagefolder", "train", root=str(tmp_path), image_size=8)
+        imagefolder_pool(root=str(tmp_path), image_size=8)
     with pytest.raises(UserError, match="data.channels is 2"):
-        load_source("imagefolder", "train", root=str(tmp_path), channels=2)
-    with pytest.raises(UserError, match="imagefolder has no split 'test' — use one of: train"):
-        load_source("imagefolder", "test", root=str(tmp_path))
+        imagefolder_pool(root=str(tmp_path), channels=2)
+    with pytest.raises(UserError, match="imagefolder has no split 'val' — use one of: train, test"):
+        load_source("imagefolder", "val", root=str(tmp_path))
+
+
+def test_imagefolder_test_split_is_a_fixed_stratified_part_held_out_of_train(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for c, n in (("a", 10), ("b", 20)):
+        (tmp_path / c).mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    pool = imagefolder_pool(str(tmp_path), image_size=8)
+    train = load_source("imagefolder", "train", root=str(tmp_path), image_size=8)
+    test = load_source("imagefolder", "test", root=str(tmp_path), image_size=8)
+    assert (len(train), len(test)) == (24, 6) and test.labels.tolist().count(0) == 2, "20 %, stratified: 2 a + 4 b"
+    rows = {bytes(x.numpy()) for x in pool.images}
+    assert len(rows) == 30 and {bytes(x.numpy()) for x in train.images} | {bytes(x.numpy()) for x in test.images} \
+        == rows, "together the whole folder"
+    assert not {bytes(x.numpy()) for x in train.images} & {bytes(x.numpy()) for x in test.images}, "disjoint"
+    again = load_source("imagefolder", "test", root=str(tmp_path), image_size=8)
+    assert torch.equal(again.images, test.images), "the same part every time, whatever the command's seed"
+    one = tmp_path / "one"
+    (one / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(one / "a" / "x.png")
+    with pytest.raises(UserError, match=r"holds 1 image\(s\): an image folder needs at least 2"):
+        load_source("imagefolder", "train", root=str(one))
 
 
 # --- splits and names -------------------------------------------------------------------------------------

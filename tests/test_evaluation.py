@@ -18,9 +18,11 @@ from sslkit.checkpoint import export_encoder
 from sslkit.cli import main
 from sslkit.errors import UserError
 from sslkit.evaluation import features as features_mod
+from sslkit.evaluation import linear as linear_mod
 from sslkit.evaluation.clustering import cluster_metrics, hungarian_accuracy, purity
+from sslkit.evaluation.features import pretraining_overlap_note
 from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search
-from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe
+from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe, spectrum
 from sslkit.evaluation.probe import best_score, evaluate_features, print_table, run_probe, score_rows
 from sslkit.models import build_encoder
 
@@ -127,6 +129,33 @@ def test_logistic_fit_reaches_the_sklearn_optimum() -> None:
     torch.testing.assert_close(w.double(), w_ref, atol=2e-3, rtol=0)  # strictly convex in W: one minimiser
 
 
+@pytest.mark.parametrize("wide", ["gram", "randomised"])
+def test_wide_features_reach_the_same_optimum_through_a_thin_preconditioner(
+        wide: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Raw pixels of larger images: D ≫ N. P is then kept as thin eigenpairs (from the Gram matrix, or a
+    # randomised SVD when N is large too); a preconditioner changes the path, never the minimiser.
+    x, y = blobs(40, 3, 12, 6.0, 21)
+    x = torch.cat([x, torch.randn(len(x), 288, generator=torch.Generator().manual_seed(5))], 1)  # D = 300 > N
+    xs = Standardiser(x)(x)
+    lam = 1e-2
+    dense = spectrum(xs)
+    assert dense[1].shape == (300, 300)
+    monkeypatch.setattr(linear_mod, "DENSE_SPECTRUM_MAX", 100)
+    monkeypatch.setattr(linear_mod, "SPECTRUM_RANK", 200 if wide == "gram" else 30)
+    thin = spectrum(xs)
+    assert thin[1].shape[0] == 300 and thin[1].shape[1] <= (len(xs) if wide == "gram" else 30)
+
+    def objective(w: torch.Tensor, b: torch.Tensor) -> float:
+        logits = xs.double() @ w.double().T + b.double()
+        return float(F.cross_entropy(logits, y) + 0.5 * lam * w.double().square().sum())
+
+    ref = LogisticRegression(C=1 / (lam * len(y)), tol=1e-10, max_iter=10_000).fit(xs.numpy(), y.numpy())
+    best = objective(torch.from_numpy(ref.coef_), torch.from_numpy(ref.intercept_))
+    for eig in (dense, thin):
+        w, b = fit_logistic(xs, y, 3, lam, eig=eig)
+        assert objective(w, b) <= best + 5e-5, (objective(w, b), best)
+
+
 def test_test_labels_never_influence_the_probe() -> None:
     x, y = blobs(60, 4, 16, 9.0, 11)
     xt, yt = blobs(30, 4, 16, 9.0, 12)
@@ -168,7 +197,7 @@ def tiny_run(tmp_path: Path, name: str = "run", mean: float = 0.5, std: float = 
     torch.manual_seed(0)
     encoder = build_encoder("resnet18", "cifar", 3)
     meta = dict(encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=16, mean=[mean] * 3,
-                std=[std] * 3, dataset="imagefolder", data_root=str(root), recipe="tiny")
+                std=[std] * 3, dataset="imagefolder", data_root=str(root), recipe="tiny", imagefolder_test_held_out=0.2)
     export_encoder(encoder, run, meta)
     return run
 
@@ -231,10 +260,21 @@ def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     run = tiny_run(tmp_path)
     assert main(["probe", str(run), "--split", "train"]) == 2
     assert main(["probe", str(run), "--split", "tset"]) == 2
-    assert "an image folder is scored on its held-out part, --split test, not 'tset'" in capsys.readouterr().err
+    assert "imagefolder has no split 'tset' (--split) — use test" in capsys.readouterr().err
     assert main(["probe", str(run), "--fractions", "0", "1"]) == 2
     assert "not a fraction" in capsys.readouterr().err
     assert not (run / "probe.json").exists() and not (run / "features").exists()  # nothing computed
+
+
+def test_an_image_folder_run_that_pretrained_on_its_test_split_is_flagged(tmp_path: Path) -> None:
+    run = tiny_run(tmp_path)
+    meta = json.loads((run / "encoder.json").read_text())
+    assert pretraining_overlap_note(meta) is None, "runs that held the test split out need no note"
+    del meta["imagefolder_test_held_out"]  # as runs made before sslkit held it out
+    (run / "encoder.json").write_text(json.dumps(meta))
+    console = Console(record=True, width=300)
+    run_probe(run, fractions=(1.0,), console=console)
+    assert "pretrained on the whole image folder, its test split included" in console.export_text()
 
 
 def test_probe_table_bolds_each_score_rows_best_but_not_settings_sizes_or_times() -> None:

@@ -278,6 +278,16 @@ def test_too_many_labels_stop_before_training(run_dir: Path, tmp_path: Path,
     assert not (tmp_path / "o").exists()
 
 
+def test_an_out_that_is_a_file_stops_before_training(run_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("the user's notes")
+    assert main(["finetune", str(run_dir), "--out", str(blocker / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {str(blocker / 'ft')!r} lies inside {str(blocker)!r}, which is a file" in err
+    assert err.count("\n") == 1 and blocker.read_text() == "the user's notes", "one line, no training, nothing lost"
+
+
 def test_shipped_recipes_are_finetune_recipes() -> None:
     names = {p.name for p in FINETUNE_RECIPES}
     assert {"cifar100_seed003.yaml", "fashion_mnist_finetune.yaml"} <= names

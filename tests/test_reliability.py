@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from sslkit.checkpoint import TMP_PREFIX, load_checkpoint, step_checkpoints
 from sslkit.cli import main
 from sslkit.config import load_recipe
-from sslkit.data import load_source
+from sslkit.data import imagefolder_pool
 from sslkit.errors import UserError
 from sslkit.trainer import pretrain
 
@@ -388,7 +388,7 @@ def test_imagefolder_bad_and_unusual_images(tmp_path: Path) -> None:
     Image.new("RGB", (10, 10), (7, 8, 9)).save(odd / "d_fine.png")
 
     with pytest.warns(UserWarning) as caught:
-        src = load_source("imagefolder", "train", root=str(root), image_size=8)
+        src = imagefolder_pool(str(root), image_size=8)
     msg = " ".join(str(w.message) for w in caught)
     assert re.search(r"skipped 3 unreadable image\(s\) of 12", msg), msg
     for name in ("a_truncated.jpg", "b_text.jpg", "c_bomb.png"):
@@ -414,5 +414,5 @@ def test_imagefolder_with_only_bad_images_is_one_clear_error(tmp_path: Path) -> 
     (tmp_path / "b" / "y.png").write_text("<html>not found</html>")
     with pytest.warns(UserWarning, match=r"skipped 2 .*x\.jpg.*y\.png"), \
             pytest.raises(UserError, match=r"class folder\(s\) a, b in .* hold no readable image") as info:
-        load_source("imagefolder", "train", root=str(tmp_path))
+        imagefolder_pool(str(tmp_path))
     assert "\n" not in str(info.value)

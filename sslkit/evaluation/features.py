@@ -57,6 +57,18 @@ def read_run_meta(run: str | Path) -> dict[str, Any]:
     return dict(meta, sha256=actual)
 
 
+def pretraining_overlap_note(meta: dict[str, Any]) -> str | None:
+    """A warning for a run whose pretraining saw the images its scores are measured on, or None.
+
+    Image-folder runs made before sslkit held the folder's test split out of pretraining (their ``encoder.json``
+    lacks ``imagefolder_test_held_out``) pretrained on the whole folder.
+    """
+    if meta.get("dataset") == "imagefolder" and "imagefolder_test_held_out" not in meta:
+        return ("this run pretrained on the whole image folder, its test split included (made before sslkit held "
+                "that part out), so its test scores are optimistic — pretrain it again for honest ones")
+    return None
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

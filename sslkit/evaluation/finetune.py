@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,10 +46,10 @@ from torch import nn
 from sslkit.augment import preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta
 from sslkit.config import load_recipe
-from sslkit.data import ImageSource, load_source, scored_splits, stratified_split
+from sslkit.data import IMAGEFOLDER_TEST_FRACTION, ImageSource, load_source, scored_splits, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
-from sslkit.evaluation.features import read_run_meta
+from sslkit.evaluation.features import pretraining_overlap_note, read_run_meta
 from sslkit.evaluation.finetune_config import (
     FinetuneAugment,
     FinetuneOptim,
@@ -59,6 +60,7 @@ from sslkit.evaluation.finetune_config import (
 )
 from sslkit.models import build_encoder
 from sslkit.optim import build_scheduler, scaled_lr
+from sslkit.outputs import file_in_the_way
 from sslkit.trainer import (
     PROGRESS_REFRESH_PER_SECOND,
     NonFiniteLoss,
@@ -70,7 +72,6 @@ from sslkit.trainer import (
 
 ARM_COLOURS = {"ssl": "#1f77b4", "supervised": "#7f7f7f", "linear": "#2ca02c"}
 ARM_INIT = {"ssl": "SSL encoder, fine-tuned", "supervised": "random init", "linear": "SSL encoder, frozen"}
-IMAGEFOLDER_TEST_FRACTION = 0.2  # an image folder has no test split: this share of the candidates is held out
 _HEAD_SEED = 7_919  # the head is drawn from its own seed, so it is the same whichever encoder an arm starts from
 _AUG_SEED = 104_729
 
@@ -121,7 +122,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     """
     d, lab = r.data, r.labeled
     dataset = d.dataset or meta["dataset"]
-    if dataset != "imagefolder" and d.test_split not in scored_splits(dataset):  # the run's data set: checked here
+    if d.test_split not in scored_splits(dataset):  # the run's data set: checked here
         raise UserError(test_split_problem(dataset, d.test_split))
     root = d.root if d.root is not None else meta.get("data_root")
     kwargs: dict[str, Any] = dict(root=root, download=d.download, image_size=int(meta["image_size"]))
@@ -148,23 +149,10 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     else:
         candidates = torch.nonzero(labeled_mask).flatten()
 
-    if dataset == "imagefolder":
-        if len(candidates) < 2 and lab.disjoint_from_pool:  # nothing to hold a test part out of
-            raise UserError(f"labeled.disjoint_from_pool: the run pretrained on {n_labeled - len(candidates):,} of "
-                            f"the folder's {n_labeled:,} labeled images, which leaves {len(candidates)} outside its "
-                            "pool to fine-tune and test on — set labeled.disjoint_from_pool: false, or pretrain "
-                            "with a monitor hold-out (monitor.val_size)")
-        if len(candidates) < 2:
-            raise UserError(f"the image folder has {len(candidates)} labeled image(s): too few to hold a test part "
-                            "out — add labeled images (one subfolder per class)")
-        test_pos, rest = stratified_split(labels[candidates], IMAGEFOLDER_TEST_FRACTION, lab.seed + 1000)
-        test = train.subset(candidates[test_pos])
-        candidates = candidates[rest]
-        test_name = f"{IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder held out"
-    else:
-        test = load_source(dataset, d.test_split, **kwargs)
-        test = test.subset(torch.nonzero(test.labels >= 0).flatten())
-        test_name = d.test_split
+    test = load_source(dataset, d.test_split, **kwargs)
+    test = test.subset(torch.nonzero(test.labels >= 0).flatten())
+    test_name = (f"{d.test_split} ({IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder, held out of pretraining)"
+                 if dataset == "imagefolder" else d.test_split)
     where = "outside the run's pretraining pool" if lab.disjoint_from_pool else "of the train split"
     n = _labeled_count(lab.size, n_labeled, len(candidates))
     if n < 4 or n > len(candidates):
@@ -442,6 +430,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(t.mean()), (float(t.std()) if len(t) > 1 else 0.0)
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """A ``UserError`` when ``finetune.json`` and ``figures/`` could not be written in ``out_dir``."""
+    blocker = file_in_the_way(out_dir)
+    if blocker is not None:
+        inside = "" if blocker == out_dir else f" lies inside {str(blocker)!r}, which"
+        raise UserError(f"--out {str(out_dir)!r}{inside} is a file, not a folder — give a folder for finetune.json "
+                        "and its figures")
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {str(out_dir)!r}: {str(existing)!r} is not writable — choose another --out")
+
+
 def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console: Console | None = None,
                  observer: Observer | None = None, data: LabeledData | None = None) -> dict[str, Any]:
     """Trains every arm for every seed, scores each once on the test split, and writes the report.
@@ -465,7 +465,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     t_start = time.perf_counter()
     meta = read_run_meta(r.run)  # checked keys, and a sha256 that is the weights' own
     weights, sha = read_encoder_meta(r.run)[1], meta["sha256"]
-    out_dir = Path(out) if out is not None else run_dir_of(r.run)
+    out_dir = Path(out).expanduser() if out is not None else run_dir_of(r.run)
+    _check_out_dir(out_dir)  # before any training: its results must have somewhere to go
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     device = select_device(r.train.device)
@@ -487,6 +488,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
                   f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
                   f"{steps_per_epoch} steps of batch ≤{batch} on {device}")
+    if (note := pretraining_overlap_note(meta)) is not None and info["dataset"] == "imagefolder":
+        console.print(f"[yellow]note[/]: {note}")
 
     runs: list[dict[str, Any]] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -203,11 +203,11 @@ def _check_semantics(r: FinetuneRecipe, where: str, lines: dict[str, int | str])
     if d.root and not d.download and not Path(d.root).expanduser().is_dir():
         raise UserError(f"{loc('data.root')}: data.root {d.root!r} is not a folder — fix the path or set "
                         "data.download: true")
-    if d.dataset is not None and d.dataset != "imagefolder" and d.test_split not in scored_splits(d.dataset):
+    if d.dataset is not None and d.test_split not in scored_splits(d.dataset):
         raise UserError(f"{loc('data.test_split')}: {test_split_problem(d.dataset, d.test_split)}")
     if d.test_split == "train":
         raise UserError(f"{loc('data.test_split')}: data.test_split cannot be 'train' — the labeled subset comes "
-                        "from train; use test (an image folder holds its own test part out automatically)")
+                        "from train; use test")
     lab = r.labeled
     for key in ("size", "val_size"):
         value = getattr(lab, key)

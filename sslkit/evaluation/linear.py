@@ -14,6 +14,11 @@ deterministic, and exact up to its stopping rule. Standardised SSL features are 
 covariance's eigenvalues span 4-5 orders of magnitude), which makes plain L-BFGS crawl; it runs instead on
 U = W·P⁻¹ with P = (XᵀX/N + λI)^(-1/2), the same objective and minimiser in better-conditioned
 coordinates. Each fit of the grid starts from the previous, more regularised, solution.
+
+Wide features (raw pixels of larger images: 12,288 dimensions at 64×64 RGB) would make P a D×D matrix and its
+eigendecomposition O(D³). Above ``DENSE_SPECTRUM_MAX`` dimensions P is kept as its top eigenpairs instead (all of
+them, from the N×N Gram matrix, when N is small enough; else the leading ``SPECTRUM_RANK`` by a randomised SVD)
+and λ^(-1/2) on the rest: a preconditioner only changes the path to the minimiser, not the minimiser.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from sslkit.evaluation.features import check_finite
 WEIGHT_DECAYS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 MIN_VAL_PER_CLASS = 3
 MAX_ITER = 100
+DENSE_SPECTRUM_MAX = 4096  # feature dimensions up to which P is a dense D×D matrix
+SPECTRUM_RANK = 2048  # eigenpairs kept above it (all of them when the Gram matrix is no larger)
 
 
 @dataclass
@@ -73,14 +80,36 @@ class Standardiser:
 
 
 def spectrum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues and eigenvectors of xᵀx / N (float64), for :func:`fit_logistic`'s preconditioner.
+    """Eigenvalues and eigenvectors of xᵀx / N, for :func:`fit_logistic`'s preconditioner: all D of them (float64)
+    up to ``DENSE_SPECTRUM_MAX`` dimensions; above, the leading r ≤ N of them (float32, see the module notes).
 
     Shape:
-        (N, D) -> (D,), (D, D)
+        (N, D) -> (D,), (D, D) or (r,), (D, r)
     """
-    x64 = x.double()
-    evals, evecs = torch.linalg.eigh(x64.T @ x64 / max(len(x), 1))
-    return evals.clamp_min(0), evecs
+    n, d = x.shape
+    if d <= DENSE_SPECTRUM_MAX:
+        x64 = x.double()
+        evals, evecs = torch.linalg.eigh(x64.T @ x64 / max(n, 1))
+        return evals.clamp_min(0), evecs
+    x = x.float()
+    if n <= SPECTRUM_RANK:  # every non-zero eigenpair, from the N×N Gram matrix: xᵀx v = s v for v = xᵀu / √(Ns)
+        s, u = torch.linalg.eigh(x.double() @ x.double().T / max(n, 1))
+        keep = s > s.max().clamp_min(1e-30) * 1e-10
+        s, u = s[keep], u[:, keep]
+        evecs = (x.T.double() @ u / (s * max(n, 1)).sqrt()).float()
+        return s.float(), evecs
+    _, sv, v = torch.svd_lowrank(x, q=SPECTRUM_RANK, niter=2)
+    return (sv.square() / n), v
+
+
+def _times_p(z: torch.Tensor, evals: torch.Tensor, evecs: torch.Tensor, lam: float, power: float) -> torch.Tensor:
+    """z · (XᵀX/N + λI)^power from thin eigenpairs: the space they leave out counts as eigenvalue 0.
+
+    Shape:
+        z (K, D), evals (r,), evecs (D, r) -> (K, D)
+    """
+    scale = (evals + lam).pow(power) - lam ** power
+    return z * lam ** power + ((z @ evecs) * scale) @ evecs.T
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
@@ -112,16 +141,31 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     rows = torch.arange(n)
     evals, evecs = eig if eig is not None else spectrum(x)
     lam = max(float(weight_decay), 1e-6)  # a floor keeps P finite in directions the data never spans
-    p = ((evecs * (evals + lam).rsqrt()) @ evecs.T).float()  # symmetric P = (XᵀX/N + λI)^(-1/2)
-    p_inv = ((evecs * (evals + lam).sqrt()) @ evecs.T).float()
+    if evecs.shape[1] == d:  # dense: symmetric P = (XᵀX/N + λI)^(-1/2) and its inverse as matrices
+        p = ((evecs * (evals + lam).rsqrt()) @ evecs.T).float()
+        p_inv = ((evecs * (evals + lam).sqrt()) @ evecs.T).float()
+
+        def times_p(z: torch.Tensor) -> torch.Tensor:
+            return z @ p
+
+        def times_p_inv(z: torch.Tensor) -> torch.Tensor:
+            return z @ p_inv
+    else:  # wide features: P applied from its thin eigenpairs, never formed
+        ev, vecs = evals.float(), evecs.float()
+
+        def times_p(z: torch.Tensor) -> torch.Tensor:
+            return _times_p(z, ev, vecs, lam, -0.5)
+
+        def times_p_inv(z: torch.Tensor) -> torch.Tensor:
+            return _times_p(z, ev, vecs, lam, 0.5)
     w0, b0 = init if init is not None else (torch.zeros(num_classes, d), torch.zeros(num_classes))
-    u = (w0.float() @ p_inv).contiguous()  # W = U P
+    u = times_p_inv(w0.float()).contiguous()  # W = U P
     b = b0.detach().clone().float()
     opt = torch.optim.LBFGS([u, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-4,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
-        w = u @ p
+        w = times_p(u)
         logp = torch.log_softmax(F.linear(x, w, b), dim=1)
         loss = -logp[rows, y].mean() + 0.5 * weight_decay * w.square().sum()
         # The gradient by hand instead of autograd: autograd would compute xᵀ·g, which reads x transposed and
@@ -129,12 +173,12 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
         g = logp.exp_()
         g[rows, y] -= 1
         g /= n
-        u.grad = (g.T @ x).add_(w, alpha=weight_decay) @ p
+        u.grad = times_p((g.T @ x).add_(w, alpha=weight_decay))
         b.grad = g.sum(0)
         return loss
 
     opt.step(closure)
-    return (u @ p).detach(), b.detach()
+    return times_p(u).detach(), b.detach()
 
 
 def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:

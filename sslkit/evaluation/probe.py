@@ -34,7 +34,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
-from sslkit.data import ImageSource, channel_stats, load_source, scored_split_problem, scored_splits, stratified_split
+from sslkit.data import (
+    IMAGEFOLDER_TEST_FRACTION,
+    ImageSource,
+    channel_stats,
+    load_source,
+    scored_split_problem,
+    scored_splits,
+    stratified_split,
+)
 from sslkit.errors import UserError
 from sslkit.evaluation.clustering import cluster_metrics
 from sslkit.evaluation.features import (
@@ -43,6 +51,7 @@ from sslkit.evaluation.features import (
     data_fingerprint,
     default_device,
     extract_features,
+    pretraining_overlap_note,
     progress_bar,
     random_encoder,
     raw_pixels,
@@ -58,37 +67,23 @@ KNN_TEMPERATURE = 0.07
 VAL_FRACTION = 0.1
 KMEANS_RESTARTS = 5
 SILHOUETTE_SAMPLE = 10_000
-IMAGEFOLDER_TEST_FRACTION = 0.2
-IMAGEFOLDER_SPLIT_SEED = 0  # the held-out part of an image folder is the same for every command and every --seed
 BASELINES = ("raw_pixels", "random_init")
-
-
-def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
-    """An image folder's (train, test) parts: test is a stratified ``IMAGEFOLDER_TEST_FRACTION`` of the pool drawn
-    with ``IMAGEFOLDER_SPLIT_SEED``, whatever a command's ``--seed``, so that every command (probe, neighbors, map,
-    report) and every seed of the probe holds out the same images."""
-    test_idx, train_idx = stratified_split(pool.labels, IMAGEFOLDER_TEST_FRACTION, IMAGEFOLDER_SPLIT_SEED)
-    return pool.subset(train_idx), pool.subset(test_idx)
 
 
 def load_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, str]:
     """The labeled train split (what the probes learn from) and the labeled evaluation split of the run's data.
 
-    An image folder is one pool of images: its evaluation split is the held-out part of :func:`imagefolder_split`
-    and the probes train on the rest.
+    An image folder's test split is the part of it that ``imagefolder_split`` holds out of pretraining.
 
     Returns:
         ``(train, evaluation, description of the evaluation split)``.
     """
     kwargs = {"root": meta.get("data_root"), "image_size": int(meta["image_size"]),
               "channels": int(meta["in_chans"])}
-    if meta["dataset"] == "imagefolder":
-        train, evaluation = imagefolder_split(load_source("imagefolder", "train", **kwargs))
-        described = f"{IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder held out"
-    else:
-        train = load_source(meta["dataset"], "train", **kwargs)
-        evaluation = load_source(meta["dataset"], split, **kwargs)
-        described = split
+    train = load_source(meta["dataset"], "train", **kwargs)
+    evaluation = load_source(meta["dataset"], split, **kwargs)
+    described = (f"{split} ({IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder, held out of pretraining)"
+                 if meta["dataset"] == "imagefolder" else split)
     train = train.subset(torch.nonzero(train.labels >= 0).flatten())
     evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
     for part, what in ((train, "train"), (evaluation, split)):
@@ -225,9 +220,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")
-    if meta["dataset"] == "imagefolder" and split != "test":
-        raise UserError(f"an image folder is scored on its held-out part, --split test, not {split!r}")
-    if meta["dataset"] != "imagefolder" and split not in scored_splits(meta["dataset"]):
+    if split not in scored_splits(meta["dataset"]):
         raise UserError(scored_split_problem(meta["dataset"], split, "--split", "the probes are fitted on"))
     fractions = _check_fractions(fractions)
     others = [Path(c) for c in compare]
@@ -246,6 +239,9 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     device = default_device()
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
                   f"{len(test):,} {split} images, {num_classes} classes, on {device.type}")
+    for m, name in [(meta, str(run)), *zip(other_meta, others, strict=True)]:
+        if (note := pretraining_overlap_note(m)) is not None:
+            console.print(f"[yellow]note[/] ({name}): {note}")
 
     # The baselines see the data normalised by the labeled train split itself, so every run of a data set gets
     # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool).

@@ -52,22 +52,14 @@ _RANDOM_RE = re.compile(r"^random:(\d+)$")
 def load_split(meta: dict[str, Any], split: str) -> ImageSource:
     """One split of the run's data, every image in its file order; indices given to the commands point here.
 
-    An image folder is one pool of images; as in ``sslkit probe``, its ``test`` split is the held-out part of
-    :func:`~sslkit.evaluation.probe.imagefolder_split` (the same for every seed) and ``train`` the rest.
+    An image folder's ``test`` split is the part of it held out of pretraining
+    (:func:`~sslkit.data.imagefolder_split`, the same for every seed), ``train`` the rest.
 
     Raises:
         UserError: an unknown split or missing data files.
     """
-    kwargs = {"root": meta.get("data_root"), "image_size": int(meta["image_size"]),
-              "channels": int(meta["in_chans"])}
-    if meta["dataset"] == "imagefolder":
-        from sslkit.evaluation.probe import imagefolder_split
-
-        if split not in ("train", "test"):
-            raise UserError(f"an image folder has the splits train and test (a held-out part), not {split!r}")
-        train, test = imagefolder_split(load_source("imagefolder", "train", **kwargs))
-        return test if split == "test" else train
-    return load_source(meta["dataset"], split, **kwargs)
+    return load_source(meta["dataset"], split, root=meta.get("data_root"), image_size=int(meta["image_size"]),
+                       channels=int(meta["in_chans"]))
 
 
 def split_features(run: str | Path, meta: dict[str, Any], source: ImageSource, split: str,
