@@ -197,6 +197,9 @@ def read_encoder_meta(run_or_file: str | Path) -> tuple[dict[str, Any], Path]:
     if not weights.is_file() or not meta_path.is_file():
         if not p.exists():
             raise UserError(f"{str(p)!r} does not exist — give a run directory made by `sslkit pretrain`")
+        if p.is_file() and p.name not in ("encoder.safetensors", "encoder.json"):
+            raise UserError(f"{str(p)!r} is a file, not a run — give the run directory `sslkit pretrain` wrote "
+                            "(its --out), or its encoder.safetensors")
         raise UserError(f"{str(folder)!r} has no exported encoder (encoder.safetensors + encoder.json) — "
                         "finish `sslkit pretrain` for this run, or resume it with --resume")
     try:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 
 from sslkit.errors import UserError
@@ -103,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set optim.lr=0.1 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run from its newest checkpoint: sslkit pretrain RUN --resume (or RECIPE --out RUN "
+                        "--resume)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("probe", help="linear probe, k-NN and k-means of a run's encoder against baselines",
@@ -174,6 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """sslkit's own warnings (``UserWarning``: skipped images, a read-only cache folder) printed as one plain line,
+    ``sslkit COMMAND: warning: …``, instead of Python's file, line number and source line; others as Python
+    prints them. Only the text changes (``warnings.formatwarning``): filters and recorders work as before."""
+    default = warnings.formatwarning
+
+    def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 line: str | None = None) -> str:
+        if category is UserWarning:
+            return f"sslkit {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sslkit`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -188,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread
         old_term = None
     try:
-        with log_width():
+        with log_width(), one_line_warnings(args.command):
             return args.func(args)
     except KeyboardInterrupt:
         print(f"sslkit {args.command}: interrupted; files already written are complete", file=sys.stderr)

@@ -23,12 +23,28 @@ import yaml
 from sslkit.errors import UserError
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names a key twice (YAML says keys are unique; PyYAML would keep the last silently)."""
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain data only) that also reads ``1e-4`` as a number.
+    """``yaml.SafeLoader`` (plain data only) that also reads ``1e-4`` as a number and refuses duplicate keys.
 
     PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-4``), so an unquoted ``1e-4`` would load as the
-    string ``'1e-4'``; YAML 1.2 and every recipe writer mean a number. Quoted values stay strings.
+    string ``'1e-4'``; YAML 1.2 and every recipe writer mean a number. Quoted values stay strings. A key given
+    twice in one mapping (two ``optim:`` sections) would silently drop the first: it is an error instead.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(None, None, f"key {key!r} appears twice in one mapping (first at line "
+                                        f"{seen[key].line + 1}) — keep one", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 RecipeLoader.add_implicit_resolver(
@@ -446,7 +462,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, …), got "
                         f"{type(raw).__name__}")
-    raw = raw or {}
+    if raw is None:
+        raise UserError(f"{path} is empty — a recipe names at least its data (data: dataset: …); start from "
+                        "recipes/quickstart.yaml")
     if "run" in raw and "labeled" in raw:
         raise UserError(f"{path} is a fine-tune recipe (it names a run and a labeled subset) — run it with "
                         f"`sslkit finetune {path}`")

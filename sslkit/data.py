@@ -285,6 +285,9 @@ def _fashion_mnist(split: str, root: str | None, download: bool) -> ImageSource:
     for folder in folders:
         pair = _idx_pair(folder, split)
         if pair:
+            if base is not None and folder == FASHION_MNIST_SYSTEM_DIR:
+                warnings.warn(f"data.root {str(base)!r} holds no Fashion-MNIST {split} files: read those of {folder}",
+                              stacklevel=3)
             return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
     target = base or DEFAULT_ROOT
     if download:

@@ -302,11 +302,13 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
+        self.knn_steps: set[int] = set()  # steps that have a k-NN event
         if not enabled:
             return
         if resume_step is not None and path.is_file():
-            kept = [json.dumps(e) for e in map(_event, path.read_text().splitlines()) if e and e["step"] <= resume_step]
-            atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+            kept = [e for e in map(_event, path.read_text().splitlines()) if e and e["step"] <= resume_step]
+            self.knn_steps = {e["step"] for e in kept if "knn/top1" in e}
+            atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in kept)))
         elif resume_step is None:
             path.write_text("")
 
@@ -315,6 +317,8 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(event) + "\n")
+        if "knn/top1" in event:
+            self.knn_steps.add(event["step"])
 
 
 def _event(line: str) -> dict[str, Any] | None:
@@ -409,8 +413,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         _check_resume_recipe(state["recipe"], r)
         console.print(f"resuming from {ckpt_path} (step {state['step']})")
     elif _holds_checkpoints(ckpt_dir) or (run / "encoder.safetensors").exists():
-        raise UserError(f"{str(run)!r} already holds a run — add --resume (resume=True) to continue it, or choose "
-                        "another --out")
+        raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it (resume=True from "
+                        "Python), or choose another --out")
     if r.train.batch_size % info.world:
         raise UserError(f"train.batch_size {r.train.batch_size} does not split evenly over {info.world} processes "
                         f"— use a multiple of {info.world}")
@@ -512,6 +516,10 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     steps = f"{stop_at:,} of {total_steps:,} steps (train.max_steps)" if stop_at < total_steps else \
         f"{total_steps:,} steps"
     split = "" if r.data.split == "train" else f" ({r.data.split})"
+    if batch < r.train.batch_size:
+        console.print(f"[yellow]train.batch_size {r.train.batch_size:,} is more than the {len(data.pool):,}-image "
+                      f"pool holds: batches of {batch:,} (the learning rate is scaled for them) — lower it to "
+                      "silence this")
     console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset}{split} — {len(data.pool):,} images for "
                   f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}"
                   f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
@@ -555,9 +563,10 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             stepped = step_if_finite(loss, model, optimizer, scaler)  # gradients are all-reduced: ranks agree
             if not stepped:
                 skipped += 1
+                saved = " and the last checkpoint is intact" if _holds_checkpoints(ckpt_dir) else ""
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
-                                        f"{epoch + 1}); no update was applied and the last checkpoint is intact — "
+                                        f"{epoch + 1}); no update was applied{saved} — "
                                         "lower optim.lr, raise loss.temperature, or use train.precision: fp32")
                 console.print(f"[yellow]step {step + 1}: non-finite loss or gradients, step skipped "
                               f"({skipped}/{r.train.max_skips})")
@@ -604,7 +613,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     final = evaluated_encoder(encoder, data, r) if info.is_main else None
     knn_end = monitor(lambda: final)
     if knn_end is not None:
-        log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
+        if step not in log.knn_steps:  # a resumed run whose final evaluation was logged before logs it once
+            log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
         knn_last = knn_end
     if info.is_main:
         export_encoder(unwrap(final), run, dict(encoder_meta, bn_calibration=(
@@ -623,6 +633,9 @@ def pretrain_from_file(path: str | Path, out: str | Path | None = None, override
                        resume: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Loads a recipe (or a run directory's own, with ``resume``) and runs :func:`pretrain`."""
     p = Path(path)
+    if resume and not p.exists():
+        raise UserError(f"{str(p)!r} does not exist — --resume takes the run directory of an earlier `sslkit pretrain` "
+                        "(or its recipe with --out RUN)")
     if p.is_dir():
         if not (p / "recipe.yaml").is_file():
             raise UserError(f"{str(p)!r} is a folder without recipe.yaml — give a recipe file or a run directory")

@@ -25,6 +25,7 @@ from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
 from sslkit.errors import UserError  # noqa: E402
 
 COLOURS = {"encoder": "#1f77b4", "raw_pixels": "#7f7f7f", "random_init": "#d62728"}
+OTHER_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2")  # --compare runs: none of those
 MATCH, MISMATCH, NEUTRAL, QUERY = "#2ca02c", "#d62728", "#9e9e9e", "#1f3b73"
 MAP_METHODS: tuple[str, ...] = ("umap", "tsne")
 DPI = 120
@@ -111,7 +112,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
             continue
         ns, err = zip(*points, strict=True)
         ax.plot(ns, [max(e, floor) for e in err], marker="o", label=name.replace("_", " "),
-                color=COLOURS.get(name, f"C{i + 2}"),
+                color=COLOURS.get(name, OTHER_COLOURS[i % len(OTHER_COLOURS)]),
                 linestyle="--" if name in ("raw_pixels", "random_init") else "-")
         for n, e in points:
             ax.annotate(f"{e:.1%}", (n, max(e, floor)), textcoords="offset points", xytext=(5, 3), fontsize=7)

@@ -137,3 +137,16 @@ def test_numpy_images_of_the_wrong_layout_are_refused(run: Path) -> None:
     hwc = np.zeros((4, 28, 28, 1), np.uint8)  # as PIL or matplotlib hold them: channels last
     with pytest.raises(UserError, match=r"the images have 28 channel\(s\) but the encoder takes 1"):
         extract_features(load_encoder(run), hwc, device="cpu")
+
+
+def test_the_cli_prints_sslkit_warnings_as_one_line() -> None:
+    import warnings
+
+    from sslkit.cli import one_line_warnings
+
+    text = "skipped 1 unreadable image(s) of 81 in /data: dog/bad.png"
+    with one_line_warnings("pretrain"):
+        assert warnings.formatwarning(text, UserWarning, "/x/trainer.py", 162, "source = load_source(…)") == \
+            f"sslkit pretrain: warning: {text}\n"
+        assert "trainer.py:162" in warnings.formatwarning(text, RuntimeWarning, "/x/trainer.py", 162)
+    assert "trainer.py:162" in warnings.formatwarning(text, UserWarning, "/x/trainer.py", 162), "restored after"

@@ -123,6 +123,11 @@ def test_safe_load_is_yaml_safe_load_plus_exponent_floats(tmp_path: Path) -> Non
     ("train: 5\n", r"section 'train' must be a mapping"),
     ("[1, 2]\n", r"a recipe must be a mapping"),
     ("train:\n  epochs: 1\n   bad: indentation\n", r"r\.yaml:\d+: not valid YAML"),
+    ("optim:\n  lr: 0.1\ntrain:\n  epochs: 2\noptim:\n  lr: 0.5\n",
+     r"r\.yaml:5: not valid YAML \(key 'optim' appears twice in one mapping \(first at line 1\) — keep one\)"),
+    ("train:\n  epochs: 2\n  epochs: 3\n", r"r\.yaml:3: .*key 'epochs' appears twice"),
+    ("", r"r\.yaml is empty — a recipe names at least its data"),
+    ("# only a comment\n", r"is empty"),
 ])
 def test_bad_recipes_name_the_key(tmp_path: Path, text: str, pattern: str) -> None:
     with pytest.raises(UserError, match=pattern) as info:

@@ -157,6 +157,13 @@ def test_idx_reader_and_its_errors(tmp_path: Path) -> None:
         read_idx(tmp_path / "damaged.gz")
 
 
+@needs_debian_fashion_mnist
+def test_a_data_root_without_fashion_mnist_says_where_it_was_read_instead(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=rf"data.root '{tmp_path}' holds no Fashion-MNIST test files: read those of "
+                                         rf"{data.FASHION_MNIST_SYSTEM_DIR}"):
+        assert len(load_source("fashion-mnist", "test", root=str(tmp_path))) == 10_000
+
+
 def test_fashion_mnist_search_order_and_missing_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     empty = tmp_path / "empty"

@@ -261,6 +261,8 @@ def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["probe", str(run), "--split", "train"]) == 2
     assert main(["probe", str(run), "--split", "tset"]) == 2
     assert "imagefolder has no split 'tset' (--split) — use test" in capsys.readouterr().err
+    assert main(["probe", str(Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml")]) == 2
+    assert "quickstart.yaml' is a file, not a run — give the run directory" in capsys.readouterr().err
     assert main(["probe", str(run), "--fractions", "0", "1"]) == 2
     assert "not a fraction" in capsys.readouterr().err
     assert not (run / "probe.json").exists() and not (run / "features").exists()  # nothing computed

@@ -288,6 +288,23 @@ def test_an_out_that_is_a_file_stops_before_training(run_dir: Path, tmp_path: Pa
     assert err.count("\n") == 1 and blocker.read_text() == "the user's notes", "one line, no training, nothing lost"
 
 
+def test_a_pretraining_recipe_given_to_finetune_says_which_command_runs_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", str(RECIPES / "quickstart.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "quickstart.yaml is a pretraining recipe (it has loss, model, monitor) — run it with `sslkit pretrain" in err
+
+
+def test_too_few_labels_say_the_floor(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["finetune", str(run_dir), "--set", "labeled.size=3", "--out", str(tmp_path / "o")]) == 2
+    assert "labeled.size 3 gives 3 labeled image(s): a fine-tune needs at least 4" in capsys.readouterr().err
+
+
+def test_one_seed_has_no_spread_to_print() -> None:
+    assert ft._pm(0.85, 0.0, 1) == "0.8500" and ft._pm(0.85, 0.01, 3) == "0.8500 ± 0.0100"
+    assert ft._pm(0.02, 0.0, 1, sign=True) == "+0.0200" and ft._plural(1, "epoch") == "1 epoch"
+
+
 def test_shipped_recipes_are_finetune_recipes() -> None:
     names = {p.name for p in FINETUNE_RECIPES}
     assert {"cifar100_seed003.yaml", "fashion_mnist_finetune.yaml"} <= names

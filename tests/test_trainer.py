@@ -180,6 +180,21 @@ def test_a_signal_during_the_final_evaluation_loses_no_step(tmp_path: Path, monk
     text = console.export_text()
     assert "all 5 steps were done before" in text and "loss nan" not in text  # no empty progress bar
 
+    def final_events() -> int:
+        events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return sum(1 for e in events if e["step"] == 5 and "knn/top1" in e)
+
+    assert final_events() == 1, "the evaluation the interruption cut short is logged by the resumed run"
+    pretrain(tiny_recipe("train.max_steps=5"), out, resume=True, console=quiet())  # a finished run, resumed
+    assert final_events() == 1, "and not again"
+
+
+def test_a_batch_larger_than_the_pool_is_said(tmp_path: Path) -> None:
+    console = Console(record=True, width=300)
+    pretrain(tiny_recipe("train.batch_size=100", "train.max_steps=1", "monitor.every=0"), tmp_path / "run",
+             console=console)
+    assert "train.batch_size 100 is more than the 64-image pool holds: batches of 64" in console.export_text()
+
 
 def test_cli_bad_override_exits_2_and_computes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"

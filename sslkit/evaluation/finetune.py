@@ -155,6 +155,9 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
                  if dataset == "imagefolder" else d.test_split)
     where = "outside the run's pretraining pool" if lab.disjoint_from_pool else "of the train split"
     n = _labeled_count(lab.size, n_labeled, len(candidates))
+    if n < 4 <= len(candidates):
+        raise UserError(f"labeled.size {lab.size} gives {n} labeled image(s): a fine-tune needs at least 4 (to train "
+                        f"and validate on) — choose 4 to {len(candidates):,}")
     if n < 4 or n > len(candidates):
         raise UserError(f"labeled.size {lab.size} asks for {n} labeled images but {len(candidates):,} labeled train "
                         f"images are {where} — choose 4 to {len(candidates):,}"
@@ -482,12 +485,12 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
         pool = (f" outside the {info['pool']:,}-image pretraining pool" if info["pool"] is not None else
                 f", none of which the run pretrained on (its split: {info['pretraining_split']})")
     named = "" if r.name == "finetune" else f" {r.name}"  # the default recipe's name says nothing new
-    epochs = f"{r.train.epochs} epoch{'s' if r.train.epochs != 1 else ''}"
+    epochs = _plural(r.train.epochs, "epoch")
     console.print(f"[bold]sslkit finetune[/]{named}: {meta['encoder']} ({meta['stem']} stem) from {r.run} on "
                   f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
                   f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
-                  f"{steps_per_epoch} steps of batch ≤{batch} on {device}")
+                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{batch} on {device}")
     if (note := pretraining_overlap_note(meta)) is not None and info["dataset"] == "imagefolder":
         console.print(f"[yellow]note[/]: {note}")
 
@@ -586,6 +589,16 @@ def _report(r: FinetuneRecipe, meta: dict[str, Any], sha: str, data: LabeledData
     }
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _pm(mean: float, std: float, seeds: int, sign: bool = False) -> str:
+    """``mean ± std`` over seeds; the mean alone for one seed (its spread is unknown, not 0)."""
+    m = f"{mean:+.4f}" if sign else f"{mean:.4f}"
+    return m if seeds < 2 else f"{m} ± {std:.4f}"
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
     """Arms as rows (mean ± std over seeds, and each seed), then the paired difference ssl − supervised."""
     s, lab = report["sizes"], report["labeled"]
@@ -596,7 +609,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                   caption=f"labeled subset {'outside' if lab['disjoint_from_pool'] else 'drawn regardless of'} the "
                           f"pretraining pool — {lab['class_counts_min']}–{lab['class_counts_max']} images per class, "
                           f"imbalance ratio {lab['imbalance_ratio']:g}, class balance: {lab['balance']}; "
-                          f"{report['protocol']['epochs']} epochs, select {report['protocol']['select']}",
+                          f"{_plural(report['protocol']['epochs'], 'epoch')}, select {report['protocol']['select']}",
                   caption_justify="left")
     for col, just in (("arm", "left"), ("start", "left"), ("test top-1", "right"), ("per seed", "right"),
                       ("val top-1", "right"), ("encoder lr ×", "right"), ("balance", "left"), ("s / seed", "right")):
@@ -604,14 +617,14 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     for arm, m in report["summary"].items():
         mine = [x for x in runs if x["arm"] == arm]
         mult = report["protocol"]["encoder_lr_mult"] if arm == "ssl" else (1.0 if arm == "supervised" else 0.0)
-        table.add_row(arm, ARM_INIT[arm], f"{m['test_top1.mean']:.4f} ± {m['test_top1.std']:.4f}",
+        table.add_row(arm, ARM_INIT[arm], _pm(m["test_top1.mean"], m["test_top1.std"], len(mine)),
                       " ".join(f"{x['test_top1']:.4f}" for x in mine),
-                      f"{m['val_top1.mean']:.4f} ± {m['val_top1.std']:.4f}", f"{mult:g}", lab["balance"],
+                      _pm(m["val_top1.mean"], m["val_top1.std"], len(mine)), f"{mult:g}", lab["balance"],
                       f"{m['seconds.mean']:.0f}")
     d = report["difference"]
     table.add_section()
     table.add_row("[bold]ssl − supervised", f"paired; ssl ahead in {d['ssl_wins']}/{d['seeds']} seeds",
-                  f"[bold]{d['test_top1.mean']:+.4f} ± {d['test_top1.std']:.4f}",
+                  f"[bold]{_pm(d['test_top1.mean'], d['test_top1.std'], d['seeds'], sign=True)}",
                   " ".join(f"{x['ssl - supervised']:+.4f}" for x in report["difference_per_seed"]), "", "", "", "")
     console.print(table)
 

@@ -254,6 +254,10 @@ def load_finetune_recipe(path: str | Path, overrides: list[str] | tuple[str, ...
     else:
         raw, lines = _read_yaml(p)
         where = str(p)
+        pretraining = sorted({"model", "loss", "monitor"} & raw.keys())
+        if "run" not in raw and pretraining:
+            raise UserError(f"{p} is a pretraining recipe (it has {', '.join(pretraining)}) — run it with `sslkit "
+                            f"pretrain {p}`, then fine-tune the run it makes: `sslkit finetune RUN`")
     for text in overrides:
         key, value = parse_override(text)
         # Errors about this key, or about a section only it made (a misspelt 'Labeled'), name the override.
