@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sslkit.errors import UserError
+from sslkit.errors import SslkitWarning, UserError
 
 TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
@@ -139,7 +139,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         try:
             return load_checkpoint(path, map_location), path
         except UserError as e:
-            warnings.warn(f"skipping checkpoint {path}: {e}", stacklevel=2)
+            warnings.warn(f"skipping checkpoint {path}: {e}", SslkitWarning, stacklevel=2)
     raise UserError(f"no checkpoint in {str(folder)!r} could be loaded (all {len(candidates)} are corrupt) — "
                     "start a fresh run without --resume")
 

@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
-from sslkit.errors import UserError
+from sslkit.errors import SslkitWarning, UserError
 
 EXIT_NONFINITE = 3
 LOG_COLUMNS = 160  # rich's width when no standard stream is a terminal (its default, 80, wraps sslkit's tables)
@@ -179,14 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def one_line_warnings(command: str) -> Iterator[None]:
-    """sslkit's own warnings (``UserWarning``: skipped images, a read-only cache folder) printed as one plain line,
+    """sslkit's own warnings (``SslkitWarning``: skipped images, a read-only cache folder) printed as one plain line,
     ``sslkit COMMAND: warning: …``, instead of Python's file, line number and source line; others as Python
     prints them. Only the text changes (``warnings.formatwarning``): filters and recorders work as before."""
     default = warnings.formatwarning
 
     def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  line: str | None = None) -> str:
-        if category is UserWarning:
+        if issubclass(category, SslkitWarning):
             return f"sslkit {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from sslkit.errors import SslkitWarning
+
 
 class CompiledOrEager:
     """``fn`` compiled by ``torch.compile(fn, **options)``; on the first failure, ``fn`` itself from then on.
@@ -35,6 +37,6 @@ class CompiledOrEager:
             except Exception as e:
                 first = (str(e).splitlines() or [""])[0][:200]
                 warnings.warn(f"{self.what} failed ({e.__class__.__name__}: {first}); running it uncompiled",
-                              stacklevel=2)
+                              SslkitWarning, stacklevel=2)
                 self.compiled = None
         return self.fn(*args, **kwargs)

@@ -38,11 +38,13 @@ class RecipeLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges; keys after it may override
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if isinstance(key, (str, int, float, bool, type(None))) and key in seen:
                 raise DuplicateKeyError(None, None, f"key {key!r} appears twice in one mapping (first at line "
                                         f"{seen[key].line + 1}) — keep one", key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)):
+            if isinstance(key, (str, int, float, bool, type(None))):
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
@@ -452,7 +454,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else "?"
-        tag = (e.problem or "").split("tag")[-1].strip(" '")
+        found = re.search(r"tag '([^']*)'", e.problem or "")
+        tag = found.group(1) if found else (e.problem or "?")
         raise UserError(f"{path}:{line}: YAML tag {tag!r} is not allowed — recipes are plain data (numbers, "
                         "strings, lists, mappings)") from None
     except yaml.YAMLError as e:
@@ -462,7 +465,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, …), got "
                         f"{type(raw).__name__}")
-    if raw is None:
+    if not raw:
         raise UserError(f"{path} is empty — a recipe names at least its data (data: dataset: …); start from "
                         "recipes/quickstart.yaml")
     if "run" in raw and "labeled" in raw:

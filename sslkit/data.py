@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslkit.errors import UserError
+from sslkit.errors import SslkitWarning, UserError
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "fashion-mnist-mini", "cifar10", "cifar100", "stl10", "svhn",
                              "imagefolder")
@@ -87,7 +87,7 @@ STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 IMAGEFOLDER_DEFAULT_SIZE = 64
 # Part of every image-folder cache key: bump it when the decoding below changes, so old caches are not reused.
-_CACHE_VERSION = 2  # 2: 16-bit grayscale scaled instead of clipped
+_CACHE_VERSION = 3  # 2: 16-bit grayscale scaled instead of clipped; 3: the decoded files' names kept
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
 
 
@@ -100,12 +100,14 @@ class ImageSource:
         labels: int64 tensor (N,); -1 marks an unlabeled image.
         classes: class names, indexed by label.
         name: where the images came from, e.g. ``fashion-mnist/train``.
+        ids: a stable name per image where the data set has one (an image folder: each file's path in it).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
+    ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
@@ -127,8 +129,9 @@ class ImageSource:
     def subset(self, idx: torch.Tensor) -> ImageSource:
         """The images and labels at ``idx`` (a copy, in that order); the name records how many were taken."""
         idx = torch.as_tensor(idx, dtype=torch.long)
+        ids = tuple(self.ids[i] for i in idx.tolist()) if self.ids is not None else None
         return ImageSource(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
-                           self.classes, f"{self.name}[{len(idx)}/{len(self)}]")
+                           self.classes, f"{self.name}[{len(idx)}/{len(self)}]", ids)
 
 
 # --- splits -----------------------------------------------------------------------------------------------
@@ -149,11 +152,20 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
 
 
+def _file_rank(name: str) -> int:
+    """A file's place in the held-out order: a hash of its path in the folder, the same on every machine."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+
+
 def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
-    """An image folder's (train, test) splits: test is a stratified ``IMAGEFOLDER_TEST_FRACTION`` of the folder (at
-    least one image) drawn with ``IMAGEFOLDER_SPLIT_SEED``, whatever a recipe's or command's seed, so that
-    pretraining never sees it and every command (probe, finetune, neighbors, map, report) scores on the same
-    images.
+    """An image folder's (train, test) splits, the same for every recipe, seed and command, so that pretraining
+    never sees the test split and every command (probe, finetune, neighbors, map, report) scores on it.
+
+    Each class holds out round(``IMAGEFOLDER_TEST_FRACTION`` × its size) files, those whose paths hash lowest
+    (at least one file in all). The choice follows the files, not their positions: adding or removing a file
+    moves at most one other file of its class between the splits, where a seeded shuffle of the whole folder
+    would redraw it. Without file names (``ids``) a stratified split seeded with ``IMAGEFOLDER_SPLIT_SEED`` is
+    used.
 
     Raises:
         UserError: a folder of fewer than 2 images (nothing to hold out).
@@ -161,9 +173,20 @@ def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
     if len(pool) < 2:
         raise UserError(f"{pool.name} holds {len(pool)} image(s): an image folder needs at least 2, one of them held "
                         "out as its test split — add images")
-    n_test = max(1, round(IMAGEFOLDER_TEST_FRACTION * len(pool)))
-    test_idx, train_idx = stratified_split(pool.labels, n_test, IMAGEFOLDER_SPLIT_SEED)
-    return pool.subset(train_idx), pool.subset(test_idx)
+    if pool.ids is None:
+        n_test = max(1, round(IMAGEFOLDER_TEST_FRACTION * len(pool)))
+        test_idx, train_idx = stratified_split(pool.labels, n_test, IMAGEFOLDER_SPLIT_SEED)
+        return pool.subset(train_idx), pool.subset(test_idx)
+    ranks = [_file_rank(name) for name in pool.ids]
+    held: list[int] = []
+    for c in torch.unique(pool.labels).tolist():
+        members = sorted(torch.nonzero(pool.labels == c).flatten().tolist(), key=ranks.__getitem__)
+        held += members[:round(IMAGEFOLDER_TEST_FRACTION * len(members))]
+    if not held:
+        held = [min(range(len(pool)), key=ranks.__getitem__)]
+    test = torch.zeros(len(pool), dtype=torch.bool)
+    test[held] = True
+    return pool.subset(torch.nonzero(~test).flatten()), pool.subset(torch.nonzero(test).flatten())
 
 
 def stratified_split(labels: torch.Tensor, size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +310,7 @@ def _fashion_mnist(split: str, root: str | None, download: bool) -> ImageSource:
         if pair:
             if base is not None and folder == FASHION_MNIST_SYSTEM_DIR:
                 warnings.warn(f"data.root {str(base)!r} holds no Fashion-MNIST {split} files: read those of {folder}",
-                              stacklevel=3)
+                              SslkitWarning, stacklevel=3)
             return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
     target = base or DEFAULT_ROOT
     if download:
@@ -540,22 +563,25 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         out: np.ndarray = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as e:  # a read-only data folder: still usable, just decoded again next time
         warnings.warn(f"cannot write the image cache in {cache} ({_one_line(e)}); decoding into memory, and again "
-                      "on the next run — make the folder writable to cache", stacklevel=3)
+                      "on the next run — make the folder writable to cache", SslkitWarning, stacklevel=3)
         out, tmp = np.empty(shape, dtype=np.uint8), None
     try:
         labels, bad = _decode_all(files, size, mode, out, base)
         n = len(labels)
+        skipped = {p for p, _ in bad}
+        names = [p.relative_to(base).as_posix() for _, p in files if p not in skipped]  # the decoded ones, in order
         if bad:
             shown = "; ".join(f"{p.relative_to(base)} ({why})" for p, why in bad[:3])
             warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {base}: {shown}"
-                          f"{' …' if len(bad) > 3 else ''}", stacklevel=3)
+                          f"{' …' if len(bad) > 3 else ''}", SslkitWarning, stacklevel=3)
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         if empty:
             raise UserError(f"class folder(s) {', '.join(empty)} in {base} hold no readable image — add images or "
                             "remove the folder")
         if tmp is None:
-            return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name)
+            return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name,
+                               tuple(names))
         if n < len(files):  # skipped files left empty rows at the end: keep only the decoded ones
             compact = cache / f".tmp-{key}.{os.getpid()}.compact.npy"
             np.save(compact, out[:n])
@@ -565,8 +591,9 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             out.flush()
             del out
         os.replace(tmp, images_path)
-        _atomic_write_text(meta_path, json.dumps({"classes": classes, "labels": labels, "root": str(base),
-                                                  "image_size": size, "mode": mode, "skipped": len(bad)}))
+        _atomic_write_text(meta_path, json.dumps({"classes": classes, "labels": labels, "files": names,
+                                                  "root": str(base), "image_size": size, "mode": mode,
+                                                  "skipped": len(bad)}))
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
@@ -582,7 +609,8 @@ def _load_cached(images_path: Path, meta_path: Path, name: str) -> ImageSource:
     if images.dim() != 4 or len(labels) != images.shape[0]:
         raise UserError(f"the image cache {images_path} does not match {meta_path} — delete {images_path.parent} "
                         "and load again")
-    return ImageSource(images, labels, tuple(meta["classes"]), name)
+    files = meta.get("files")
+    return ImageSource(images, labels, tuple(meta["classes"]), name, tuple(files) if files is not None else None)
 
 
 # --- loading ----------------------------------------------------------------------------------------------

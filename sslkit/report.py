@@ -19,6 +19,7 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,14 +279,15 @@ def _img(path: Path, alt: str, page: Path | None = None) -> str:
     img = f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
     if page is not None:
         href = Path(os.path.relpath(Path(path).resolve(), Path(page).resolve().parent)).as_posix()
-        img = f'<a href="{_esc(href)}" title="open the figure at full size">{img}</a>'
+        img = f'<a href="{_esc(urllib.parse.quote(href))}" title="open the figure at full size">{img}</a>'
     return f"<figure>{img}</figure>"
 
 
 def _is_rate(key: str) -> bool:
     """Whether ``key`` is an accuracy-like share (shown as a percentage), its mean and spread over seeds included."""
     key = key.removesuffix(".mean").removesuffix(".std")
-    return key.endswith(("top1", "top5", "purity", "hungarian_acc", "accuracy", "acc")) or key.startswith("fgsm.eps")
+    return (key.endswith(("top1", "top5", "purity", "hungarian_acc", "accuracy", "acc", "ssl - supervised"))
+            or key.startswith("fgsm."))
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -300,8 +302,8 @@ def _fmt(key: str, v: Any) -> str:
             return "—"
         if _is_rate(key) and -1 <= v <= 1:
             return f"{v:.2%}" if key.endswith(".std") else f"{v:.1%}"
-        if 1e-3 <= abs(v) < 1:
-            return f"{v:.4f}"  # scores of a row (silhouette, NMI) with the same decimals
+        if key.startswith("kmeans.") and abs(v) < 1:
+            return f"{v:.4f}"  # the clustering scores of a row (silhouette, NMI, ARI) with the same decimals
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     return _esc(v)
 
@@ -340,9 +342,12 @@ def _cell(key: str, v: Any) -> str:
     (it stays in the JSON file)."""
     if not isinstance(v, (dict, list)):
         return _fmt(key, v)
+    if not v:
+        return "—"
     if isinstance(v, dict) and all(not isinstance(x, (dict, list)) for x in v.values()):
         return "<br>".join(f"{_esc(k)} {_fmt(f'{key}.{k}', x)}" for k, x in v.items())
-    size = f"{len(v)} entries" if isinstance(v, dict) else f"{len(v)} items"
+    noun = ("entry", "entries") if isinstance(v, dict) else ("item", "items")
+    size = f"{len(v)} {noun[len(v) != 1]}"
     return f'<span class="muted">{size} (in the JSON file)</span>'
 
 

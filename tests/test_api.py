@@ -143,10 +143,11 @@ def test_the_cli_prints_sslkit_warnings_as_one_line() -> None:
     import warnings
 
     from sslkit.cli import one_line_warnings
+    from sslkit.errors import SslkitWarning
 
     text = "skipped 1 unreadable image(s) of 81 in /data: dog/bad.png"
     with one_line_warnings("pretrain"):
-        assert warnings.formatwarning(text, UserWarning, "/x/trainer.py", 162, "source = load_source(…)") == \
+        assert warnings.formatwarning(text, SslkitWarning, "/x/trainer.py", 162, "source = load_source(…)") == \
             f"sslkit pretrain: warning: {text}\n"
-        assert "trainer.py:162" in warnings.formatwarning(text, RuntimeWarning, "/x/trainer.py", 162)
-    assert "trainer.py:162" in warnings.formatwarning(text, UserWarning, "/x/trainer.py", 162), "restored after"
+        assert "torch.py:162: UserWarning" in warnings.formatwarning(text, UserWarning, "/x/torch.py", 162), "others"
+    assert "trainer.py:162" in warnings.formatwarning(text, SslkitWarning, "/x/trainer.py", 162), "restored after"

@@ -128,6 +128,8 @@ def test_safe_load_is_yaml_safe_load_plus_exponent_floats(tmp_path: Path) -> Non
     ("train:\n  epochs: 2\n  epochs: 3\n", r"r\.yaml:3: .*key 'epochs' appears twice"),
     ("", r"r\.yaml is empty — a recipe names at least its data"),
     ("# only a comment\n", r"is empty"),
+    ("{}\n", r"is empty"),
+    ("train:\n  epochs: 2\n  ~: 1\n  null: 2\n", r"r\.yaml:4: .*key None appears twice"),
 ])
 def test_bad_recipes_name_the_key(tmp_path: Path, text: str, pattern: str) -> None:
     with pytest.raises(UserError, match=pattern) as info:
@@ -159,3 +161,11 @@ def test_replace_checks_too() -> None:
     assert Recipe().replace(**{"train.epochs": 3}).train.epochs == 3
     with pytest.raises(UserError, match="train.epochs must be ≥ 1"):
         Recipe().replace(**{"train.epochs": 0})
+
+
+def test_yaml_merge_keys_work_and_explicit_keys_override_them(tmp_path: Path) -> None:
+    text = "defaults: &opt\n  lr: 0.1\n  momentum: 0.8\noptim:\n  <<: *opt\n  lr: 0.2\n"
+    with pytest.raises(UserError, match=r"unknown key 'defaults'"):  # merges parse; the anchor's home is checked
+        load_recipe(write(tmp_path, text))
+    r = load_recipe(write(tmp_path, "optim:\n  <<: {lr: 0.1, momentum: 0.8}\n  lr: 0.2\n"))
+    assert r.optim.lr == 0.2 and r.optim.momentum == 0.8

@@ -7,6 +7,7 @@ import gzip
 import importlib.util
 import pickle
 import pickletools
+import shutil
 import struct
 from pathlib import Path
 
@@ -412,6 +413,14 @@ def test_imagefolder_test_split_is_a_fixed_stratified_part_held_out_of_train(tmp
     assert not {bytes(x.numpy()) for x in train.images} & {bytes(x.numpy()) for x in test.images}, "disjoint"
     again = load_source("imagefolder", "test", root=str(tmp_path), image_size=8)
     assert torch.equal(again.images, test.images), "the same part every time, whatever the command's seed"
+    assert test.ids is not None and train.ids is not None and not set(test.ids) & set(train.ids)
+    grown_root = tmp_path / "grown"  # the folder after one more file: the held-out part barely moves
+    shutil.copytree(tmp_path / "a", grown_root / "a")
+    shutil.copytree(tmp_path / "b", grown_root / "b")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(grown_root / "b" / "new.png")
+    grown = load_source("imagefolder", "test", root=str(grown_root), image_size=8)
+    entered = set(grown.ids) - set(test.ids) - {"b/new.png"}
+    assert len(entered) <= 1, "at most one earlier train file enters the test split (a seeded reshuffle: most)"
     one = tmp_path / "one"
     (one / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(one / "a" / "x.png")

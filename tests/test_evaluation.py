@@ -156,6 +156,30 @@ def test_wide_features_reach_the_same_optimum_through_a_thin_preconditioner(
         assert objective(w, b) <= best + 5e-5, (objective(w, b), best)
 
 
+def test_a_truncated_spectrum_still_converges_at_weak_regularisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # N > the kept rank: a randomised SVD keeps the leading eigenpairs; the rest of the spectrum must not be taken
+    # for zeros, or L-BFGS would crawl at small λ (objective 0.075 against 0.0015 before the fix).
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(600, 400, generator=g) * torch.logspace(0, -3, 400)  # a decaying spectrum
+    y = (x[:, :3] @ torch.randn(3, 3, generator=g)).argmax(1)
+    xs = Standardiser(x)(x)
+    dense = fit_logistic(xs, y, 3, 1e-5)
+    monkeypatch.setattr(linear_mod, "DENSE_SPECTRUM_MAX", 100)
+    monkeypatch.setattr(linear_mod, "SPECTRUM_RANK", 64)
+    torch.manual_seed(1)
+    state = torch.random.get_rng_state()
+    thin_eig = spectrum(xs)
+    assert torch.equal(torch.random.get_rng_state(), state), "the caller's random stream is untouched"
+    torch.manual_seed(2)
+    assert torch.equal(spectrum(xs)[0], thin_eig[0]), "the same eigenpairs whatever the global seed"
+    thin = fit_logistic(xs, y, 3, 1e-5, eig=thin_eig)
+
+    def objective(w: torch.Tensor, b: torch.Tensor) -> float:
+        return float(F.cross_entropy(xs.double() @ w.double().T + b.double(), y) + 0.5e-5 * w.double().square().sum())
+
+    assert objective(*thin) <= objective(*dense) + 1e-3, (objective(*thin), objective(*dense))
+
+
 def test_test_labels_never_influence_the_probe() -> None:
     x, y = blobs(60, 4, 16, 9.0, 11)
     xt, yt = blobs(30, 4, 16, 9.0, 12)

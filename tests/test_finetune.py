@@ -286,6 +286,9 @@ def test_an_out_that_is_a_file_stops_before_training(run_dir: Path, tmp_path: Pa
     err = capsys.readouterr().err
     assert f"--out {str(blocker / 'ft')!r} lies inside {str(blocker)!r}, which is a file" in err
     assert err.count("\n") == 1 and blocker.read_text() == "the user's notes", "one line, no training, nothing lost"
+    (tmp_path / "o" / "finetune.json").mkdir(parents=True)
+    assert main(["finetune", str(run_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "finetune.json', a folder where finetune writes its results file" in capsys.readouterr().err
 
 
 def test_a_pretraining_recipe_given_to_finetune_says_which_command_runs_it(

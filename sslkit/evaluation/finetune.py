@@ -141,6 +141,10 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         if run_recipe.data.dataset != dataset:
             raise UserError(f"data.dataset is {dataset} but the run pretrained on {run_recipe.data.dataset}, so its "
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
+        if dataset == "imagefolder" and "imagefolder_test_held_out" not in meta:
+            raise UserError("labeled.disjoint_from_pool: this run pretrained on the whole image folder (made before "
+                            "sslkit held its test split out), so which images its pool held cannot be recomputed — "
+                            "pretrain it again, or set labeled.disjoint_from_pool: false")
         pool_idx, pool_size = train_images_in_pool(run_recipe, labels, root)
         pretraining_split = run_recipe.data.split
         in_pool = torch.zeros(len(labels), dtype=torch.bool)
@@ -440,6 +444,12 @@ def _check_out_dir(out_dir: Path) -> None:
         inside = "" if blocker == out_dir else f" lies inside {str(blocker)!r}, which"
         raise UserError(f"--out {str(out_dir)!r}{inside} is a file, not a folder — give a folder for finetune.json "
                         "and its figures")
+    for inside, want_dir in (("finetune.json", False), ("figures", True)):
+        p = out_dir / inside
+        if p.exists() and p.is_dir() != want_dir:
+            raise UserError(f"--out {str(out_dir)!r} holds {str(p)!r}, a {'file' if want_dir else 'folder'} where "
+                            f"finetune writes its {'figures folder' if want_dir else 'results file'} — move it, or "
+                            "choose another --out")
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {str(out_dir)!r}: {str(existing)!r} is not writable — choose another --out")
@@ -663,9 +673,13 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     ax1.legend(loc="lower right", fontsize=8)
     ax1.set_ylabel(f"{report['split']} top-1")
     d = report["difference"]
-    ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} ± "
-                  f"{d['test_top1.std']:.3f}\n(mean ± std of the per-seed differences, {d['seeds']} seeds)",
-                  fontsize=10)
+    if d["seeds"] > 1:
+        ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} ± "
+                      f"{d['test_top1.std']:.3f}\n(mean ± std of the per-seed differences, {d['seeds']} seeds)",
+                      fontsize=10)
+    else:
+        ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} "
+                      "(one seed)", fontsize=10)
     ax1.grid(axis="y", alpha=0.3)
     for a in arms:
         curves = torch.tensor([x["curves"]["val_top1"] for x in report["runs"] if x["arm"] == a], dtype=torch.float64)
