@@ -87,9 +87,15 @@ def check_finite(x: torch.Tensor, what: str) -> None:
 
 
 def progress_bar(console: Console | None = None, transient: bool = True) -> Progress:
-    """The rich progress display shared by the evaluation steps (one bar per running step)."""
+    """The rich progress display shared by the evaluation steps (one bar per running step).
+
+    A transient bar is off where nothing can be redrawn (a log file, a pipe): it would show nothing there but
+    leave a blank line behind.
+    """
+    console = console or Console()
+    off = transient and not (console.is_terminal or console.is_jupyter)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=transient)
+                    TimeRemainingColumn(), console=console, transient=transient, disable=off)
 
 
 def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
