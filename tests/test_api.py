@@ -151,3 +151,20 @@ def test_the_cli_prints_sslkit_warnings_as_one_line() -> None:
             f"sslkit pretrain: warning: {text}\n"
         assert "torch.py:162: UserWarning" in warnings.formatwarning(text, UserWarning, "/x/torch.py", 162), "others"
     assert "trainer.py:162" in warnings.formatwarning(text, SslkitWarning, "/x/trainer.py", 162), "restored after"
+
+
+def test_transient_progress_leaves_nothing_in_a_log() -> None:
+    import io
+
+    from rich.console import Console
+
+    from sslkit.evaluation.features import progress_bar
+
+    log = io.StringIO()
+    with progress_bar(Console(file=log)) as bar:
+        bar.advance(bar.add_task("features", total=2), 2)
+    assert log.getvalue() == "", "no blank line where the bar could not be drawn"
+    shown = io.StringIO()
+    with progress_bar(Console(file=shown, force_terminal=True)) as bar:
+        bar.advance(bar.add_task("features", total=2), 2)
+    assert "features" in shown.getvalue(), "a terminal still gets the bar"
