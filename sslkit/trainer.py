@@ -523,7 +523,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset}{split} — {len(data.pool):,} images for "
                   f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}"
                   f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
-                  f"{steps}{f', resumed at step {step:,}' if state is not None else ''}")
+                  f"{steps}{f', resumed at step {step:,}' if state is not None else ''}",
+                  soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     if data.monitor_bank is None:
         console.print(f"[yellow]no k-NN monitor: the {r.data.split} split has no labels — pretrain on one with "
                       "labeled images (STL-10: train+unlabeled) to follow the k-NN accuracy" if not data.labeled else

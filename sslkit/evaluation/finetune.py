@@ -500,7 +500,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                   f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
                   f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
-                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{batch} on {device}")
+                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{batch} on {device}",
+                  soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     if (note := pretraining_overlap_note(meta)) is not None and info["dataset"] == "imagefolder":
         console.print(f"[yellow]note[/]: {note}")
 

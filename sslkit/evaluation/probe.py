@@ -238,7 +238,8 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     num_classes = len(train.classes)
     device = default_device()
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
-                  f"{len(test):,} {split} images, {num_classes} classes, on {device.type}")
+                  f"{len(test):,} {split} images, {num_classes} classes, on {device.type}",
+                  soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     for m, name in [(meta, str(run)), *zip(other_meta, others, strict=True)]:
         if (note := pretraining_overlap_note(m)) is not None:
             console.print(f"[yellow]note[/] ({name}): {note}")
