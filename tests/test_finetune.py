@@ -308,6 +308,34 @@ def test_one_seed_has_no_spread_to_print() -> None:
     assert ft._pm(0.02, 0.0, 1, sign=True) == "+0.0200" and ft._plural(1, "epoch") == "1 epoch"
 
 
+def test_disjoint_from_pool_needs_the_run_s_own_image_folder_and_its_hold_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for copy in ("imgs", "other"):
+        for c in ("a", "b"):
+            (tmp_path / copy / c).mkdir(parents=True)
+            for i in range(10):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / copy / c / f"{i}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = Recipe(name="if", data=DataConfig(dataset="imagefolder", root=str(tmp_path / "imgs"), image_size=8),
+                    monitor=MonitorConfig(val_size=4, bank_size=8))
+    save_recipe(recipe, run / "recipe.yaml")
+    meta = dict(encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=8, mean=[0.5] * 3,
+                std=[0.29] * 3, dataset="imagefolder", data_root=str(tmp_path / "imgs"), recipe="if",
+                imagefolder_test_held_out=0.2)
+    export_encoder(build_encoder("resnet18", "cifar", 3), run, meta)
+    assert main(["finetune", str(run), "--set", f"data.root={tmp_path / 'other'}", "--out", str(tmp_path / "o")]) == 2
+    assert "is not the folder the run pretrained on" in capsys.readouterr().err
+    del meta["imagefolder_test_held_out"]  # a run from before the hold-out
+    export_encoder(build_encoder("resnet18", "cifar", 3), run, meta)
+    assert main(["finetune", str(run), "--out", str(tmp_path / "o")]) == 2
+    assert "this run pretrained on the whole image folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_shipped_recipes_are_finetune_recipes() -> None:
     names = {p.name for p in FINETUNE_RECIPES}
     assert {"cifar100_seed003.yaml", "fashion_mnist_finetune.yaml"} <= names

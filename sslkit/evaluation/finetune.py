@@ -141,6 +141,12 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         if run_recipe.data.dataset != dataset:
             raise UserError(f"data.dataset is {dataset} but the run pretrained on {run_recipe.data.dataset}, so its "
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
+        same_folder = meta.get("data_root") is not None and root is not None and \
+            Path(root).expanduser().resolve() == Path(meta["data_root"]).expanduser().resolve()
+        if dataset == "imagefolder" and not same_folder:
+            raise UserError(f"labeled.disjoint_from_pool: data.root {root!r} is not the folder the run pretrained on "
+                            f"({meta.get('data_root')!r}), so its pool says nothing about these images — use that "
+                            "folder, or set labeled.disjoint_from_pool: false")
         if dataset == "imagefolder" and "imagefolder_test_held_out" not in meta:
             raise UserError("labeled.disjoint_from_pool: this run pretrained on the whole image folder (made before "
                             "sslkit held its test split out), so which images its pool held cannot be recomputed — "
