@@ -41,11 +41,12 @@ class RecipeLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges; keys after it may override
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool, type(None))) and key in seen:
+            if not isinstance(key, (str, int, float, bool, type(None))):  # lists as keys: PyYAML refuses them itself
+                continue
+            if key in seen:
                 raise DuplicateKeyError(None, None, f"key {key!r} appears twice in one mapping (first at line "
                                         f"{seen[key].line + 1}) — keep one", key_node.start_mark)
-            if isinstance(key, (str, int, float, bool, type(None))):
-                seen[key] = key_node.start_mark
+            seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
 

@@ -39,8 +39,7 @@ SPLITS: dict[str, tuple[str, ...]] = {
     # run trains on (imagefolder_split), train is the rest.
     "imagefolder": ("train", "test"),
 }
-IMAGEFOLDER_TEST_FRACTION = 0.2
-IMAGEFOLDER_SPLIT_SEED = 0  # the same held-out part for every command, every seed and every recipe
+IMAGEFOLDER_TEST_FRACTION = 0.2  # held out of every run, the same files for every command, seed and recipe
 
 
 def scored_splits(dataset: str) -> tuple[str, ...]:
@@ -152,6 +151,13 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
 
 
+def split_description(dataset: str, split: str) -> str:
+    """How a split is named in reports: an image folder's test split says what it is."""
+    if dataset == "imagefolder" and split == "test":
+        return f"test ({IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder, held out of pretraining)"
+    return split
+
+
 def _file_rank(name: str) -> int:
     """A file's place in the held-out order: a hash of its path in the folder, the same on every machine."""
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
@@ -164,8 +170,7 @@ def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
     Each class holds out round(``IMAGEFOLDER_TEST_FRACTION`` × its size) files, those whose paths hash lowest
     (at least one file in all). The choice follows the files, not their positions: adding or removing a file
     moves at most one other file of its class between the splits, where a seeded shuffle of the whole folder
-    would redraw it. Without file names (``ids``) a stratified split seeded with ``IMAGEFOLDER_SPLIT_SEED`` is
-    used.
+    would redraw it. ``pool`` is :func:`imagefolder_pool`'s, whose ``ids`` are those paths.
 
     Raises:
         UserError: a folder of fewer than 2 images (nothing to hold out).
@@ -173,10 +178,7 @@ def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
     if len(pool) < 2:
         raise UserError(f"{pool.name} holds {len(pool)} image(s): an image folder needs at least 2, one of them held "
                         "out as its test split — add images")
-    if pool.ids is None:
-        n_test = max(1, round(IMAGEFOLDER_TEST_FRACTION * len(pool)))
-        test_idx, train_idx = stratified_split(pool.labels, n_test, IMAGEFOLDER_SPLIT_SEED)
-        return pool.subset(train_idx), pool.subset(test_idx)
+    assert pool.ids is not None, "imagefolder_pool names every image"
     ranks = [_file_rank(name) for name in pool.ids]
     held: list[int] = []
     for c in torch.unique(pool.labels).tolist():

@@ -26,6 +26,14 @@ def file_in_the_way(folder: Path) -> Path | None:
     return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
 
 
+def check_out_folder(folder: Path, fix: str) -> None:
+    """A ``UserError`` when ``--out`` ``folder`` is, or lies inside, a file; ``fix`` ends the message."""
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        inside = "" if blocker == folder else f" lies inside {str(blocker)!r}, which"
+        raise UserError(f"--out {str(folder)!r}{inside} is a file, not a folder — {fix}")
+
+
 def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: str | Path | None = None,
                  own: str | None = None) -> Path:
     """``path`` as a file the command may write, else a ``UserError`` saying what is wrong and what to give instead.

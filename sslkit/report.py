@@ -272,15 +272,13 @@ def _esc(x: Any) -> str:
 FINETUNE_FIGURES = ("finetune.png", "finetune_fgsm.png")  # written by sslkit finetune into RUN/figures/
 
 
-def _img(path: Path, alt: str, page: Path | None = None) -> str:
-    """A figure embedded in the page; with ``page`` (where the page will be), it links to the PNG file beside it,
-    to open at full size (the embedded copy shows wherever the page is moved)."""
+def _img(path: Path, alt: str, page: Path) -> str:
+    """A figure embedded in the page, linked to its PNG file as seen from ``page`` (where the page will be), to
+    open at full size; the embedded copy shows wherever the page is moved."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    img = f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
-    if page is not None:
-        href = Path(os.path.relpath(Path(path).resolve(), Path(page).resolve().parent)).as_posix()
-        img = f'<a href="{_esc(urllib.parse.quote(href))}" title="open the figure at full size">{img}</a>'
-    return f"<figure>{img}</figure>"
+    href = urllib.parse.quote(Path(os.path.relpath(Path(path).resolve(), Path(page).resolve().parent)).as_posix())
+    return (f'<figure><a href="{_esc(href)}" title="open the figure at full size">'
+            f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}"></a></figure>')
 
 
 def _is_rate(key: str) -> bool:
@@ -494,13 +492,13 @@ def render_html(title: str, subtitle: str, sections: Sequence[Section], footer: 
 # --- the report ------------------------------------------------------------------------------------------------
 
 
-def _monitor_text(recipe_path: Path) -> str:
+def _monitor_text(recipe_text: str | None) -> str:
     """What the online k-NN monitor scored, from the run's recipe (k and image counts); generic without one."""
     try:
-        monitor = (safe_load(recipe_path.read_text()) or {}).get("monitor") or {}
+        monitor = (safe_load(recipe_text or "") or {}).get("monitor") or {}
         return (f"k={int(monitor['k'])}, {int(monitor['val_size']):,} held-out images, bank of "
                 f"{int(monitor['bank_size']):,}")
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
         return "held-out images"
 
 
@@ -636,8 +634,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         # recipe
         recipe = Section("recipe", "Recipe")
         recipe_path = run / "recipe.yaml"
-        if recipe_path.is_file():
-            text = recipe_path.read_text()
+        text = recipe_path.read_text() if recipe_path.is_file() else None  # read once: this section, the curves
+        if text is not None:
             recipe.body.append(f'<p class="muted">{_esc(recipe_path)}, every default written out; '
                                f"{_cmd(f'sslkit pretrain {recipe_path} --out NEW_RUN')} repeats the run.</p>"
                                + recipe_html(text)
@@ -656,7 +654,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             steps_done = train_events[-1]["step"] if train_events else 0
             path = plot_training_curves(events, figures / "training_curves.png",
                                         title=f"{run.name}: pretraining, {steps_done:,} steps (loss logged "
-                                              f"{len(train_events):,} times)", knn_what=_monitor_text(recipe_path))
+                                              f"{len(train_events):,} times)", knn_what=_monitor_text(text))
             curves.body.append(img(path, "training curves"))
         else:
             curves.missing = f"No metrics.jsonl events in {_esc(run)}."

@@ -47,7 +47,7 @@ from sslkit.errors import UserError
 from sslkit.host_memory import keep_freed_memory
 from sslkit.models import ProjectionHead, SimCLR, build_encoder, input_size_problem, recalibrate_on_images
 from sslkit.optim import build_optimizer, build_scheduler
-from sslkit.outputs import file_in_the_way
+from sslkit.outputs import check_out_folder
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
@@ -399,11 +399,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         console = Console(quiet=True)
     run = Path(out)
     ckpt_dir = run / "checkpoints"
-    blocker = file_in_the_way(run)
-    if blocker is not None:
-        inside = "" if blocker == run else f" lies inside {str(blocker)!r}, which"
-        raise UserError(f"--out {str(run)!r}{inside} is a file, not a folder — choose another --out for the run "
-                        "directory")
+    check_out_folder(run, "choose another --out for the run directory")
     state = None
     if resume:
         found = load_latest(ckpt_dir) if ckpt_dir.is_dir() else None
@@ -564,8 +560,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
             stepped = step_if_finite(loss, model, optimizer, scaler)  # gradients are all-reduced: ranks agree
             if not stepped:
                 skipped += 1
-                saved = " and the last checkpoint is intact" if _holds_checkpoints(ckpt_dir) else ""
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
+                    saved = " and the last checkpoint is intact" if _holds_checkpoints(ckpt_dir) else ""
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
                                         f"{epoch + 1}); no update was applied{saved} — "
                                         "lower optim.lr, raise loss.temperature, or use train.precision: fp32")

@@ -46,7 +46,7 @@ from torch import nn
 from sslkit.augment import preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta
 from sslkit.config import load_recipe
-from sslkit.data import IMAGEFOLDER_TEST_FRACTION, ImageSource, load_source, scored_splits, stratified_split
+from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
 from sslkit.evaluation.features import pretraining_overlap_note, read_run_meta
@@ -60,7 +60,7 @@ from sslkit.evaluation.finetune_config import (
 )
 from sslkit.models import build_encoder
 from sslkit.optim import build_scheduler, scaled_lr
-from sslkit.outputs import file_in_the_way
+from sslkit.outputs import check_out_folder
 from sslkit.trainer import (
     PROGRESS_REFRESH_PER_SECOND,
     NonFiniteLoss,
@@ -114,6 +114,20 @@ def _long_tail(idx: torch.Tensor, labels: torch.Tensor, num_classes: int, ratio:
     return torch.cat(kept).sort().values
 
 
+def _check_imagefolder_pool(root: str | None, meta: dict[str, Any]) -> None:
+    """A ``UserError`` where an image-folder run's pool cannot be recomputed for ``labeled.disjoint_from_pool``:
+    another folder than the run's, or a run from before the test split was held out of pretraining."""
+    ran_on = meta.get("data_root")
+    if ran_on is None or root is None or Path(root).expanduser().resolve() != Path(ran_on).expanduser().resolve():
+        raise UserError(f"labeled.disjoint_from_pool: data.root {root!r} is not the folder the run pretrained on "
+                        f"({ran_on!r}), so its pool says nothing about these images — use that folder, or set "
+                        "labeled.disjoint_from_pool: false")
+    if "imagefolder_test_held_out" not in meta:
+        raise UserError("labeled.disjoint_from_pool: this run pretrained on the whole image folder (made before "
+                        "sslkit held its test split out), so which images its pool held cannot be recomputed — "
+                        "pretrain it again, or set labeled.disjoint_from_pool: false")
+
+
 def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) -> LabeledData:
     """Loads the data, draws the labeled subset (outside the pretraining pool if asked) and its validation part.
 
@@ -141,16 +155,8 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         if run_recipe.data.dataset != dataset:
             raise UserError(f"data.dataset is {dataset} but the run pretrained on {run_recipe.data.dataset}, so its "
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
-        same_folder = meta.get("data_root") is not None and root is not None and \
-            Path(root).expanduser().resolve() == Path(meta["data_root"]).expanduser().resolve()
-        if dataset == "imagefolder" and not same_folder:
-            raise UserError(f"labeled.disjoint_from_pool: data.root {root!r} is not the folder the run pretrained on "
-                            f"({meta.get('data_root')!r}), so its pool says nothing about these images — use that "
-                            "folder, or set labeled.disjoint_from_pool: false")
-        if dataset == "imagefolder" and "imagefolder_test_held_out" not in meta:
-            raise UserError("labeled.disjoint_from_pool: this run pretrained on the whole image folder (made before "
-                            "sslkit held its test split out), so which images its pool held cannot be recomputed — "
-                            "pretrain it again, or set labeled.disjoint_from_pool: false")
+        if dataset == "imagefolder":
+            _check_imagefolder_pool(root, meta)
         pool_idx, pool_size = train_images_in_pool(run_recipe, labels, root)
         pretraining_split = run_recipe.data.split
         in_pool = torch.zeros(len(labels), dtype=torch.bool)
@@ -161,8 +167,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
 
     test = load_source(dataset, d.test_split, **kwargs)
     test = test.subset(torch.nonzero(test.labels >= 0).flatten())
-    test_name = (f"{d.test_split} ({IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder, held out of pretraining)"
-                 if dataset == "imagefolder" else d.test_split)
+    test_name = split_description(dataset, d.test_split)
     where = "outside the run's pretraining pool" if lab.disjoint_from_pool else "of the train split"
     n = _labeled_count(lab.size, n_labeled, len(candidates))
     if n < 4 <= len(candidates):
@@ -445,11 +450,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _check_out_dir(out_dir: Path) -> None:
     """A ``UserError`` when ``finetune.json`` and ``figures/`` could not be written in ``out_dir``."""
-    blocker = file_in_the_way(out_dir)
-    if blocker is not None:
-        inside = "" if blocker == out_dir else f" lies inside {str(blocker)!r}, which"
-        raise UserError(f"--out {str(out_dir)!r}{inside} is a file, not a folder — give a folder for finetune.json "
-                        "and its figures")
+    check_out_folder(out_dir, "give a folder for finetune.json and its figures")
     for inside, want_dir in (("finetune.json", False), ("figures", True)):
         p = out_dir / inside
         if p.exists() and p.is_dir() != want_dir:

@@ -35,12 +35,11 @@ from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
 from sslkit.data import (
-    IMAGEFOLDER_TEST_FRACTION,
     ImageSource,
     channel_stats,
-    load_source,
     scored_split_problem,
     scored_splits,
+    split_description,
     stratified_split,
 )
 from sslkit.errors import UserError
@@ -59,6 +58,7 @@ from sslkit.evaluation.features import (
 )
 from sslkit.evaluation.knn import knn_evaluate
 from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
+from sslkit.evaluation.retrieval import load_split
 from sslkit.outputs import check_output
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
@@ -78,12 +78,8 @@ def load_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSou
     Returns:
         ``(train, evaluation, description of the evaluation split)``.
     """
-    kwargs = {"root": meta.get("data_root"), "image_size": int(meta["image_size"]),
-              "channels": int(meta["in_chans"])}
-    train = load_source(meta["dataset"], "train", **kwargs)
-    evaluation = load_source(meta["dataset"], split, **kwargs)
-    described = (f"{split} ({IMAGEFOLDER_TEST_FRACTION:.0%} of the image folder, held out of pretraining)"
-                 if meta["dataset"] == "imagefolder" else split)
+    train, evaluation = load_split(meta, "train"), load_split(meta, split)
+    described = split_description(meta["dataset"], split)
     train = train.subset(torch.nonzero(train.labels >= 0).flatten())
     evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
     for part, what in ((train, "train"), (evaluation, split)):
