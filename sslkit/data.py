@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +159,18 @@ def split_description(dataset: str, split: str) -> str:
 
 
 def _file_rank(name: str) -> int:
-    """A file's place in the held-out order: a hash of its path in the folder, the same on every machine."""
-    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+    """A file's place in the held-out order: a hash of its path in the folder, the same on every machine.
+    (A name that is not valid UTF-8 keeps its raw bytes: ``surrogateescape``.)"""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+
+
+def files_digest(names: Iterable[str]) -> str:
+    """The SHA-256 of a set of image-folder paths (``ImageSource.ids``), whatever their order: what a run records
+    of its pretraining pool, so that a later command can tell whether the folder still holds those files."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+    return digest.hexdigest()
 
 
 def imagefolder_split(pool: ImageSource) -> tuple[ImageSource, ImageSource]:
@@ -440,9 +450,25 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
 def _list_images(base: Path) -> tuple[list[str], list[tuple[int, Path]]]:
     """Class names (sorted subfolder names) and (class index, path) of every image file below them."""
     class_dirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-    files = [(ci, p) for ci, d in enumerate(class_dirs) for p in sorted(d.rglob("*"))
-             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+    files = [(ci, p) for ci, d in enumerate(class_dirs) for p in _images_below(d)]
     return [d.name for d in class_dirs], files
+
+
+def _images_below(folder: Path) -> list[Path]:
+    """The image files anywhere below ``folder``, sorted, symlinked folders followed (as torchvision's
+    ``ImageFolder`` does), each folder read once however many links lead to it."""
+    seen: set[str] = set()
+    found = []
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()  # the first of two links to one folder is the same on every file system
+        found += [Path(top, n) for n in names
+                  if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".") and Path(top, n).is_file()]
+    return sorted(found)
 
 
 def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
@@ -549,9 +575,12 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
                         f"expected {base}/<class>/<image>")
 
     stats = [p.stat() for _, p in files]
-    listing = [(str(p.relative_to(base)), st.st_size, st.st_mtime_ns) for (_, p), st in zip(files, stats, strict=True)]
-    key = hashlib.sha256(json.dumps([_CACHE_VERSION, listing, size, mode]).encode()).hexdigest()[:20]
-    cache = base / ".sslkit-cache"
+    # ctime too: tools that restore a replaced file's mtime (cp -p, rsync -t, tar) cannot set it back.
+    listing = [(p.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+               for (_, p), st in zip(files, stats, strict=True)]
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, listing, size, mode], ensure_ascii=True,
+                                    default=str).encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    cache = imagefolder_cache(base)
     images_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
     name = f"imagefolder/{base.name}"
     if images_path.is_file() and meta_path.is_file():
@@ -561,11 +590,12 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     tmp = cache / f".tmp-{key}.{os.getpid()}.npy"
     shape = (len(files), len(mode), size, size)
     try:
-        cache.mkdir(exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
         out: np.ndarray = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    except OSError as e:  # a read-only data folder: still usable, just decoded again next time
+    except OSError as e:  # no writable cache: still usable, just decoded again next time
         warnings.warn(f"cannot write the image cache in {cache} ({_one_line(e)}); decoding into memory, and again "
-                      "on the next run — make the folder writable to cache", SslkitWarning, stacklevel=3)
+                      "on the next run — set SSLKIT_CACHE to a writable folder to cache", SslkitWarning,
+                      stacklevel=3)
         out, tmp = np.empty(shape, dtype=np.uint8), None
     try:
         labels, bad = _decode_all(files, size, mode, out, base)
@@ -596,10 +626,36 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         _atomic_write_text(meta_path, json.dumps({"classes": classes, "labels": labels, "files": names,
                                                   "root": str(base), "image_size": size, "mode": mode,
                                                   "skipped": len(bad)}))
+        _drop_stale_caches(cache, key, size, mode)
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
     return _load_cached(images_path, meta_path, name)
+
+
+def imagefolder_cache(base: Path) -> Path:
+    """Where the decoded images of the image folder ``base`` (a resolved path) are cached: outside it, so that the
+    folder stays as the user made it (torchvision's ``ImageFolder`` would take a cache folder in it for a class),
+    in ``$SSLKIT_CACHE/imagefolder/<folder name>-<hash of its path>``; ``SSLKIT_CACHE`` defaults to
+    ``~/.cache/sslkit``."""
+    root = Path(os.environ.get("SSLKIT_CACHE") or "~/.cache/sslkit").expanduser()
+    tag = hashlib.sha256(str(base).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return root / "imagefolder" / f"{base.name}-{tag}"
+
+
+def _drop_stale_caches(cache: Path, key: str, size: int, mode: str) -> None:
+    """Deletes the folder's other caches of the same size and mode: they hold its files as they were before a
+    change (or an older decoding), and would otherwise pile up, one full copy per change."""
+    for meta_path in cache.glob("*.json"):
+        if meta_path.stem == key:
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("image_size") == size and meta.get("mode") == mode:
+            meta_path.with_suffix(".npy").unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
 
 
 def _load_cached(images_path: Path, meta_path: Path, name: str) -> ImageSource:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 import pickle
 import pickletools
 import shutil
@@ -18,7 +19,17 @@ from fakes import stl10_bytes, write_stl10
 from PIL import Image
 
 import sslkit.data as data
-from sslkit.data import DATASETS, ImageSource, imagefolder_pool, load_source, read_idx, resize, stratified_split
+from sslkit.data import (
+    DATASETS,
+    ImageSource,
+    imagefolder_cache,
+    imagefolder_pool,
+    imagefolder_split,
+    load_source,
+    read_idx,
+    resize,
+    stratified_split,
+)
 from sslkit.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -328,8 +339,11 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
     assert red[0].min() > 250 and red[1:].max() < 5
     assert (gray - 128).abs().max() <= 2 and (green[1] > 245).all() and green[[0, 2]].max() < 10
     assert clear.min() > 250  # transparent pixels are shown on white
-    cache = root / ".sslkit-cache"
+    cache = imagefolder_cache(root.resolve())
+    assert cache.parent.parent == tmp_path.parent / "sslkit-cache"  # $SSLKIT_CACHE (tests/conftest.py)
     assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]  # no temporary files left
+    # Nothing written into the user's folder (torchvision's ImageFolder would take a folder there for a class).
+    assert sorted(p.name for p in root.iterdir()) == ["cats", "dogs"]
 
     forbid_decoding(monkeypatch)
     again = imagefolder_pool(root=str(root), image_size=8)
@@ -344,6 +358,47 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
         grown = imagefolder_pool(root=str(root), image_size=8, channels=1)
     assert grown.images.shape == (5, 1, 8, 8) and grown.labels.tolist() == [0, 0, 0, 1, 1]
     assert int(grown.images[2].max()) == 0
+    before = set(cache.glob("*.npy"))
+    assert len(before) == 2  # RGB (the folder as it was) and gray (as it is)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        imagefolder_pool(root=str(root), image_size=8)  # RGB as it is: replaces the RGB cache of the old folder
+    after = set(cache.glob("*.npy"))
+    assert len(after) == 2 and len(after & before) == 1
+
+
+def test_imagefolder_cache_sees_a_file_replaced_with_its_old_mtime(tmp_path: Path) -> None:
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / c / f"{i}.bmp")  # BMP: same size, same bytes
+    assert imagefolder_pool(root=str(tmp_path), image_size=8).images[0, 0].min() == 200
+    # Replaced by a file of the same size whose mtime is set back, as cp -p, rsync -t and tar leave it.
+    path = tmp_path / "a" / "0.bmp"
+    st = path.stat()
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    blue = imagefolder_pool(root=str(tmp_path), image_size=8).images[0]
+    assert blue[2].min() == 200 and blue[0].max() == 0
+
+
+def test_imagefolder_follows_linked_folders_once_and_odd_names(tmp_path: Path) -> None:
+    root, extra = tmp_path / "imgs", tmp_path / "more"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    extra.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(extra / f"{i}.png")
+    Image.new("RGB", (8, 8)).save(root / "a" / "own.png")
+    Image.new("RGB", (8, 8)).save(root / "b" / os.fsdecode(b"caf\xe9.png"))  # not UTF-8 (a Latin-1 name)
+    (root / "a" / "batch2").symlink_to(extra, target_is_directory=True)
+    (root / "a" / "batch2-again").symlink_to(extra, target_is_directory=True)  # the same folder twice: read once
+    (extra / "loop").symlink_to(root / "a", target_is_directory=True)  # a link back up: not followed forever
+    pool = imagefolder_pool(root=str(root), image_size=8)
+    assert pool.labels.tolist() == [0, 0, 0, 0, 1]
+    assert pool.ids[:4] == ("a/batch2/0.png", "a/batch2/1.png", "a/batch2/2.png", "a/own.png")
+    train, test = imagefolder_split(pool)
+    assert len(train) + len(test) == 5
 
 
 def test_imagefolder_orientation_and_centre_crop(tmp_path: Path) -> None:
