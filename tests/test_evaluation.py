@@ -202,6 +202,52 @@ def test_nan_features_are_one_clear_error() -> None:
         linear_probe(x, y, bad, y)
 
 
+def test_knn_at_a_tiny_temperature_votes_like_float64() -> None:
+    # exp((s - 1)/T) underflowed to 0 for every neighbour below T ≈ 0.005, and argmax then said class 0.
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(500, 32, generator=g), dim=1)
+    queries = F.normalize(torch.randn(100, 32, generator=g), dim=1)
+    labels = torch.randint(0, 10, (500,), generator=g)
+    sims = queries.double() @ bank.double().T
+    top = sims.topk(20, dim=1)
+    for t in (0.07, 0.005, 0.001):
+        w = torch.exp((top.values - top.values[:, :1]) / t)  # float64, max-shifted: no underflow of the nearest
+        want = torch.zeros(100, 10, dtype=torch.float64).scatter_add_(1, labels[top.indices], w).argmax(1)
+        got = knn_predict(bank, labels, queries, k=20, temperature=t)
+        assert (got == want).float().mean() >= 0.99, t  # float32 similarities may swap a near-tie
+        assert len(torch.unique(got)) > 3, t
+
+
+def test_knn_evaluate_counts_a_repeated_k_once_and_scores_no_queries_as_nan() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = F.normalize(torch.randn(60, 8, generator=g), dim=1), torch.randint(0, 3, (60,), generator=g)
+    once = knn_evaluate(x, y, x[:20], y[:20], ks=(5,))
+    assert knn_evaluate(x, y, x[:20], y[:20], ks=(5, 5)) == once and 0 <= once["k5.top1"] <= 1
+    assert all(math.isnan(v) for v in knn_evaluate(x, y, x[:0], y[:0], ks=(5,)).values())
+    with pytest.raises(UserError, match="num_classes is 2 but the bank holds label 2"):
+        knn_evaluate(x, y, x, y, ks=(5,), num_classes=2)
+    with pytest.raises(UserError, match="num_classes is 2 but the bank holds label 2"):
+        knn_predict(x, y, x, k=5, num_classes=2)
+
+
+def test_linear_probe_classes_come_from_training_labels_and_an_empty_test_is_nan() -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(120, 6, generator=g), torch.arange(120) % 5
+    x[torch.arange(120), y] += 4
+    test_y = torch.arange(40) % 5
+    a = linear_probe(x, y, x[:40], test_y)
+    b = linear_probe(x, y, x[:40], torch.where(test_y == 4, 9, test_y))  # a label the training split never had
+    assert a.top5 is None and b.top5 is None and torch.equal(a.predictions, b.predictions)
+    assert math.isnan(linear_probe(x, y, x[:0], y[:0]).top1)
+
+
+def test_cluster_scores_refuse_unlabeled_rows() -> None:
+    x, y = torch.randn(30, 4), torch.arange(30) % 3
+    y[:5] = -1
+    with pytest.raises(UserError, match="5 rows are unlabeled"):
+        cluster_metrics(x, y, k=3)
+
+
 # --- `sslkit probe` end to end on a tiny image folder -------------------------------------------------------
 
 

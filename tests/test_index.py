@@ -146,3 +146,12 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not an index")
     with pytest.raises(UserError, match="bad.faiss"):
         load_index(bad)
+
+
+def test_ivf_pq_on_too_few_rows_to_train_its_codebooks_is_a_user_error() -> None:
+    x = torch.nn.functional.normalize(torch.randn(255, 16), dim=1)
+    with pytest.raises(UserError, match="needs at least 256 rows .* got 255 .* or fewer pq_bits"):
+        build_index(x, "ivf-pq", pq_bits=8)
+    with pytest.raises(UserError, match="needs at least 16 rows .* got 10 — use a flat or ivf-flat index$"):
+        build_index(x[:10], "ivf-pq")
+    assert build_index(x[:16], "ivf-pq").ntotal == 16

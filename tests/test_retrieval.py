@@ -127,6 +127,10 @@ def test_a_duplicate_of_the_query_is_found_but_never_the_query_itself() -> None:
     for row, q in enumerate([2, 5, 20, 23]):
         assert q not in idx[row].tolist() and len(set(idx[row].tolist())) == 5
     assert set(idx[2].tolist()) == {21, 22, 23, 24, 25} and set(idx[3].tolist()) == {20, 21, 22, 24, 25}
+    for bad in (-1, 30):  # -1 would search with row 29, then fail to leave it out as the query itself
+        with pytest.raises(UserError, match=f"query {bad} is not a row of the 30 indexed images — give row numbers "
+                                            "0 to 29"):
+            retrieval.search_neighbors(index, x, [2, bad], 5)
 
 
 def test_frames_follow_class_equality() -> None:

@@ -64,6 +64,9 @@ def cluster_metrics(x: torch.Tensor, labels: torch.Tensor, k: int | None = None,
         silhouette_sample: the silhouette costs O(N²); above this many rows it is computed on a seeded random
             sample of this size, recorded as ``silhouette_n``.
 
+    Raises:
+        UserError: unlabeled rows (label −1), NaN/Inf features, or fewer rows than clusters.
+
     Returns:
         ``k``, ``silhouette`` (cosine; NaN with a single cluster), ``silhouette_n``, ``nmi``, ``ari``,
         ``purity`` and ``hungarian_acc``.
@@ -72,6 +75,9 @@ def cluster_metrics(x: torch.Tensor, labels: torch.Tensor, k: int | None = None,
         x: (N, D), labels: (N,) -> metrics
     """
     y = torch.as_tensor(labels).cpu().long().numpy()
+    if (y < 0).any():  # −1 would count as a class: in k, and in NMI, ARI and purity
+        raise UserError(f"{int((y < 0).sum())} rows are unlabeled (label −1) — the cluster scores need labels; "
+                        "select the labeled rows first")
     k = int(k or len(np.unique(y)))
     assign = kmeans(x, k, seed, restarts).numpy()
     n = len(y)

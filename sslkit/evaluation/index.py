@@ -156,6 +156,10 @@ def build_index(features: torch.Tensor | np.ndarray, kind: str = "auto", *, nlis
             else:
                 index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, bits, faiss.METRIC_INNER_PRODUCT)
             need = max(nlist, 2**bits)
+            if n < 2**bits:  # FAISS trains 2^bits centroids per sub-quantizer on the rows themselves
+                raise UserError(f"ivf-pq with pq_bits={bits} needs at least {2**bits} rows to train its "
+                                f"{2**bits}-word codebooks, got {n} — use a flat or ivf-flat index"
+                                f"{', or fewer pq_bits' if bits > 4 else ''}")
         index.cp.seed = seed
         index.cp.min_points_per_centroid = 1  # our sample size already respects FAISS's minimum where N allows
         if kind == "ivf-pq":

@@ -117,9 +117,22 @@ def _labels(bank_labels: torch.Tensor, n: int) -> torch.Tensor:
 def _vote(sims: np.ndarray, idx: np.ndarray, labels: torch.Tensor, num_classes: int, temperature: float,
           weighted: bool) -> torch.Tensor:
     s, j = torch.from_numpy(sims), torch.from_numpy(idx)
-    # exp((s − 1)/T) ranks classes exactly like exp(s/T) but cannot overflow: it lies in (e^(−2/T), 1].
-    w = torch.exp((s - 1) / temperature) if weighted else torch.ones_like(s)
+    # exp((s − s_max)/T), s_max the row's nearest neighbour's, ranks classes exactly like exp(s/T) but cannot
+    # overflow, and at a small T the nearest neighbours cannot all underflow to 0 (with exp((s − 1)/T) they did
+    # below T ≈ 0.005, and every query went to class 0): the nearest weighs 1.
+    w = torch.exp((s - s.amax(1, keepdim=True)) / temperature) if weighted else torch.ones_like(s)
     return torch.zeros(len(s), num_classes).scatter_add_(1, labels[j], w).argmax(1)
+
+
+def _num_classes(labels: torch.Tensor, num_classes: int | None) -> int:
+    """C: ``num_classes``, or one more than the largest bank label; a UserError where a label is C or more."""
+    largest = int(labels.max()) if len(labels) else -1
+    if not num_classes:
+        return largest + 1 if len(labels) else 1
+    if largest >= num_classes:
+        raise UserError(f"k-NN num_classes is {num_classes} but the bank holds label {largest} — pass at least "
+                        f"{largest + 1}, or leave it unset")
+    return int(num_classes)
 
 
 def _check_temperature(temperature: float) -> None:
@@ -148,7 +161,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     """
     _check_temperature(temperature)
     labels = _labels(bank_labels, len(bank))
-    c = int(num_classes) if num_classes else (int(labels.max()) + 1 if len(labels) else 1)
+    c = _num_classes(labels, num_classes)
     k = min(k, len(bank) - int(exclude_self)) if k >= 1 else k
     preds = [_vote(s, j, labels, c, temperature, weighted)
              for _, s, j in _search_chunks(bank, queries, k, chunk_size, exclude_self)]
@@ -186,8 +199,9 @@ def knn_evaluate(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
         raise UserError(f"k-NN needs k ≥ 1, got {list(ks)}")
     labels = _labels(bank_labels, len(bank))
     targets = torch.as_tensor(query_labels).detach().to("cpu", torch.long)
-    c = int(num_classes) if num_classes else (int(labels.max()) + 1 if len(labels) else 1)
+    c = _num_classes(labels, num_classes)
     k_max = min(max(ks), len(bank))
+    ks = list(dict.fromkeys(ks))  # a k given twice is one metric, not two counts summed into it
     rules = [(k, w) for k in ks for w in ((True, False) if majority else (True,))]
     correct = dict.fromkeys(rules, 0)
     for start, s, j in _search_chunks(bank, queries, k_max, chunk_size, False):
@@ -195,5 +209,5 @@ def knn_evaluate(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
         for k, w in rules:
             kk = min(k, k_max)
             correct[k, w] += int((_vote(s[:, :kk], j[:, :kk], labels, c, temperature, w) == y).sum())
-    n = max(len(targets), 1)
-    return {f"k{k}{'' if w else '.majority'}.top1": correct[k, w] / n for k, w in rules}
+    n = len(targets)
+    return {f"k{k}{'' if w else '.majority'}.top1": correct[k, w] / n if n else float("nan") for k, w in rules}

@@ -3,7 +3,8 @@
 Protocol (the evaluation split is touched once, for the reported number):
 
 1. split the *training* features into a fit part and a stratified validation part (10 %, and at least
-   ``MIN_VAL_PER_CLASS`` per class, so that small label fractions still validate on more than a handful);
+   ``MIN_VAL_PER_CLASS`` × the number of classes, shared out by the classes' sizes, so that small label fractions
+   still validate on more than a handful; a rare class may get fewer than ``MIN_VAL_PER_CLASS``);
 2. fit one classifier per L2 strength of a small grid on the fit part and score each on the validation part;
    keep the best (ties go to the stronger regulariser);
 3. refit with that strength on all training features and classify the evaluation split once.
@@ -122,8 +123,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     """Minimises mean cross-entropy + weight_decay/2 · ‖W‖² (bias not penalised) by full-batch L-BFGS.
 
     L-BFGS runs in preconditioned coordinates (see the module notes) and stops when the largest component of
-    the preconditioned gradient is below 1e-4, which puts the objective within about 1e-5 of its minimum, or
-    after ``max_iter`` iterations.
+    the preconditioned gradient is below 1e-4, or after ``max_iter`` iterations. At λ ≥ 1e-3 that puts the
+    objective within about 1e-5 of its minimum; at weaker λ on nearly separable features, whose minimum is
+    flat, within a few 1e-4 (against scikit-learn run to 1e-10: 6 of 2,000 held-out predictions differed at
+    λ = 1e-5, in one review's check).
 
     Args:
         x: standardised features.
@@ -244,7 +247,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     Args:
         train_x, train_y: labeled training features and classes.
         test_x, test_y: the evaluation split; used only after the model is final.
-        num_classes: K; by default one more than the largest label seen.
+        num_classes: K; by default one more than the largest training label (the evaluation split's labels
+            decide nothing: a class only they hold is one the classifier cannot predict).
         weight_decays: the L2 grid.
         val_fraction: share of the training split held out for choosing the L2 strength.
         seed: seeds the validation split.
@@ -260,10 +264,10 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     check_finite(test_x, "linear probe: evaluation features")
     train_x, test_x = train_x.detach().cpu().float(), test_x.detach().cpu().float()
     train_y, test_y = train_y.detach().cpu().long(), test_y.detach().cpu().long()
-    k = int(num_classes or int(max(train_y.max(), test_y.max())) + 1)
     if len(torch.unique(train_y)) < 2:
         raise UserError(f"the linear probe needs at least 2 classes among the {len(train_y)} labeled training "
                         "images — use a larger labeled fraction")
+    k = int(num_classes or int(train_y.max()) + 1)
     best, scores, selected = select_weight_decay(train_x, train_y, k, weight_decays, val_fraction, seed, on_fit)
     scale = Standardiser(train_x)
     # The selected fit, carried over to the full data's standardisation, is a close start for the refit.

@@ -155,13 +155,18 @@ def search_neighbors(index: faiss.Index, features: torch.Tensor | np.ndarray, qu
         ``(sims, idx)``: cosine similarities and row numbers, most similar first.
 
     Raises:
-        UserError: k out of range, or an approximate index that found fewer than k other rows.
+        UserError: k out of range, a query that is not a row number 0 … N − 1, or an approximate index that found
+            fewer than k other rows.
 
     Shape:
         features: (N, D) -> sims (Q, k) float32, idx (Q, k) int64
     """
     check_k(k, int(index.ntotal), "the index")
-    q_idx = np.asarray(list(queries), dtype=np.int64)
+    q_idx = np.asarray(list(queries), dtype=np.int64).reshape(-1)
+    outside = q_idx[(q_idx < 0) | (q_idx >= len(features))]
+    if len(outside):  # a negative one would pick a row from the end, then fail to exclude it as itself
+        raise UserError(f"query {int(outside[0])} is not a row of the {len(features):,} indexed images — give row "
+                        f"numbers 0 to {len(features) - 1}")
     ef_search = max(faiss_index.HNSW_EF_SEARCH, 2 * (k + 1)) if isinstance(index, faiss.IndexHNSW) else None
     sims, idx = faiss_index.search(index, torch.as_tensor(features)[torch.from_numpy(q_idx)], k + 1,
                                    ef_search=ef_search)
