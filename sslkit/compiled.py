@@ -7,6 +7,7 @@ Compile-time failures happen before the function body runs, so no tensor has bee
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,3 +41,18 @@ class CompiledOrEager:
                               SslkitWarning, stacklevel=2)
                 self.compiled = None
         return self.fn(*args, **kwargs)
+
+
+@functools.cache
+def compiles(device: torch.device) -> bool:
+    """Whether ``torch.compile`` builds on ``device``'s platform, tried on a tiny function; where it does not (on
+    the CPU: no C++ compiler) it warns once, so that the caller runs eagerly before any work is done, rather than
+    failing at its first compiled step."""
+    try:
+        torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.zeros(8, device=device))
+        return True
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        warnings.warn(f"train.compile: torch.compile cannot build on this {device.type} ({e.__class__.__name__}: "
+                      f"{first}); training uncompiled", SslkitWarning, stacklevel=2)
+        return False

@@ -370,6 +370,9 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None
     """Cross-field checks that need no data: names that must exist, paths that must be there."""
     from sslkit.data import DATASETS, pretraining_splits, split_problem  # the registry's names; nothing is loaded
 
+    if not r.name or r.name in (".", "..") or "/" in r.name or "\\" in r.name:
+        raise UserError(f"{_loc(where, lines, 'name')}: name {r.name!r} names the run's folder (runs/<name>) — give "
+                        "a non-empty name without path separators")
     d = r.data
     if d.dataset not in DATASETS:
         close = difflib.get_close_matches(d.dataset, DATASETS, n=1)
@@ -386,7 +389,7 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None
     if isinstance(d.pool_size, float) and d.pool_size >= 1:
         raise UserError(f"{_loc(where, lines, 'data.pool_size')}: data.pool_size as a fraction must be < 1, got "
                         f"{d.pool_size:g} — give a count (an integer) or a fraction in (0, 1)")
-    if (d.mean is None) != (d.std is None) or (d.mean is not None and len(d.mean) != len(d.std)):
+    if (d.mean is None) != (d.std is None) or (d.mean is not None and (len(d.mean) != len(d.std) or not d.mean)):
         raise UserError(f"{_loc(where, lines, 'data.mean')}: data.mean and data.std must both be set, with one "
                         "value per channel, or both be null")
     if d.std is not None and min(d.std) <= 0:

@@ -33,11 +33,13 @@ from sslkit.checkpoint import (
     save_checkpoint,
     unwrap,
 )
+from sslkit.compiled import compiles
 from sslkit.config import SEED_STRIDE, Recipe, load_recipe, save_recipe
 from sslkit.data import (
     IMAGEFOLDER_TEST_FRACTION,
     ImageSource,
     channel_stats,
+    files_digest,
     load_source,
     split_length,
     stratified_split,
@@ -163,6 +165,23 @@ def train_images_in_pool(r: Recipe, train_labels: torch.Tensor, root: str | None
     return pool_idx[pool_idx < len(train_labels)], len(pool_idx)
 
 
+def imagefolder_changed(run: Path, meta: dict[str, Any], train: ImageSource) -> bool:
+    """Whether an image folder no longer holds the files the run pretrained on: its pool, recomputed from ``train``
+    (the folder's train split now), is not the pool whose digest the run recorded. Files added, removed or renamed
+    since move files between the folder's splits, so its test split may then hold images the run pretrained on,
+    and ``labeled.disjoint_from_pool`` cannot tell which. False for other data and for runs without a digest."""
+    recorded = meta.get("imagefolder_pool_sha256")
+    if (meta.get("dataset") != "imagefolder" or recorded is None or train.ids is None
+            or not (run / "recipe.yaml").is_file()):
+        return False
+    pool_idx, _ = train_images_in_pool(load_recipe(run / "recipe.yaml"), train.labels, None)
+    return files_digest(train.ids[i] for i in pool_idx.tolist()) != recorded
+
+
+IMAGEFOLDER_CHANGED = ("the image folder's files changed since this run pretrained (added, removed or renamed), so "
+                       "its test split may hold images the run pretrained on")
+
+
 def prepare_data(r: Recipe, device: torch.device) -> Data:
     """Loads the pretraining split, holds out a stratified validation part, and picks the k-NN bank."""
     d = r.data
@@ -179,7 +198,7 @@ def prepare_data(r: Recipe, device: torch.device) -> Data:
         raise UserError(f"data.mean has {len(mean)} values but the images have {pool.channels} channel(s)")
 
     def to_dev(s: ImageSource | None) -> ImageSource | None:
-        return None if s is None else ImageSource(s.images.to(device), s.labels.to(device), s.classes, s.name)
+        return None if s is None else ImageSource(s.images.to(device), s.labels.to(device), s.classes, s.name, s.ids)
 
     n = min(r.train.bn_calibration, len(pool))
     calibration = None
@@ -465,12 +484,12 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
-        rng = state["rng"]
+        rng = state["rng"]  # the first process's
+        ranks = state.get("rng_ranks") or []  # every process's, from a distributed run
+        if (len(ranks) or 1) != info.world:
+            console.print(f"[yellow]the checkpoint was written by {len(ranks) or 1} process(es), not {info.world}: "
+                          "the augmentation's random stream does not carry over (the run is not bitwise resumable)")
         if info.active:
-            ranks = state.get("rng_ranks") or []
-            if len(ranks) != info.world:
-                console.print(f"[yellow]the checkpoint was written by {len(ranks) or 1} process(es), not "
-                              f"{info.world}: augmentation randomness restarts (the run is not bitwise resumable)")
             rng = ranks[info.rank] if len(ranks) == info.world else None
         if rng is not None:
             torch.set_rng_state(rng["torch"])
@@ -479,7 +498,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     encoder = model.encoder  # (after a SyncBatchNorm conversion) the module that is evaluated and exported
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None) if info.active else model
-    forward = torch.compile(ddp) if r.train.compile else ddp
+    forward = torch.compile(ddp) if r.train.compile and compiles(device) else ddp
     if info.is_main:  # the folder is made only now: input refused above leaves no trace of the run
         run.mkdir(parents=True, exist_ok=True)
         save_recipe(r, run / "recipe.yaml")
@@ -490,6 +509,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                         recipe=r.name)
     if r.data.dataset == "imagefolder":  # runs without it pretrained on the whole folder, its test part included
         encoder_meta["imagefolder_test_held_out"] = IMAGEFOLDER_TEST_FRACTION
+        encoder_meta["imagefolder_pool_sha256"] = files_digest(data.pool.ids or ())  # see imagefolder_changed
 
     def checkpoint() -> None:
         rng = {"torch": torch.get_rng_state()}
@@ -498,7 +518,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         ranks = gather_objects(rng, info) if info.active else None
         if info.is_main:
             save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict(), "step": step, "rng": rng, "rng_ranks": ranks,
+                             "scaler": scaler.state_dict(), "step": step, "skipped": skipped, "rng": rng,
+                             "rng_ranks": ranks,
                              "recipe": r.to_dict(), "knn_start": knn_start, "encoder_meta": encoder_meta},
                             ckpt_dir, step, keep=r.train.keep_last)
         barrier(info)
@@ -536,7 +557,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
 
     # --- the loop ---------------------------------------------------------------------------------------
     model.train()
-    skipped = 0
+    skipped = int(state.get("skipped", 0)) if state is not None else 0  # train.max_skips counts over the whole run
     start_step = step
     t_start = time.perf_counter()
     window_t, window_imgs, img_per_s = time.perf_counter(), 0, float("nan")

@@ -336,6 +336,52 @@ def test_disjoint_from_pool_needs_the_run_s_own_image_folder_and_its_hold_out(
     assert not (tmp_path / "o").exists()
 
 
+def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_pool_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from sslkit.evaluation.probe import run_probe
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    pre = load_recipe(RECIPES / "quickstart.yaml", [
+        "data.dataset=imagefolder", f"data.root={root}", "data.image_size=8", "monitor.val_size=4",
+        "monitor.bank_size=8", "train.batch_size=8", "train.max_steps=1", "train.threads=1"])
+    pretrain(pre, tmp_path / "run", console=QUIET)
+    finetune = ["finetune", str(tmp_path / "run"), "--out", str(tmp_path / "o")]
+    for setting in ("train.epochs=1", "seeds=1", "labeled.size=4", "labeled.val_size=1", "train.batch_size=4",
+                    "robustness.epsilons=[]"):
+        finetune += ["--set", setting]
+    quiet = Console(record=True, width=400)
+    run_probe(tmp_path / "run", fractions=(1.0,), console=quiet)
+    assert "files changed" not in quiet.export_text()  # the folder as it was: nothing to say
+
+    # One file renamed: the hash-chosen held-out split and the recomputed pool move with it.
+    (root / "a" / "05.png").rename(root / "a" / "05b.png")
+    run_probe(tmp_path / "run", fractions=(1.0,), console=quiet)
+    assert "the image folder's files changed since this run pretrained" in quiet.export_text()
+    assert main(finetune) == 2
+    assert "labeled.disjoint_from_pool: the image folder's files changed" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (root / "a" / "05b.png").rename(root / "a" / "05.png")  # restored: the pool is recomputed exactly again
+    assert main(finetune) == 0
+    assert (tmp_path / "o" / "finetune.json").is_file()
+
+
+def test_a_batch_of_one_never_reaches_batch_norm() -> None:
+    assert ft.steps_per_finetune_epoch(9, 2) == 4 and ft.steps_per_finetune_epoch(10, 2) == 5
+    assert ft.steps_per_finetune_epoch(600, 128) == 5 and ft.steps_per_finetune_epoch(2, 2) == 1
+    for n in range(2, 40):
+        for batch in range(2, n + 1):
+            steps = ft.steps_per_finetune_epoch(n, batch)
+            sizes = [len(part) for part in torch.arange(n).tensor_split(steps)]
+            assert min(sizes) >= 2 and max(sizes) <= max(batch, 3), (n, batch, sizes)
+
+
 def test_shipped_recipes_are_finetune_recipes() -> None:
     names = {p.name for p in FINETUNE_RECIPES}
     assert {"cifar100_seed003.yaml", "fashion_mnist_finetune.yaml"} <= names

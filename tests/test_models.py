@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sslkit.augment import preprocess
 from sslkit.errors import UserError
-from sslkit.models import ProjectionHead, SimCLR, build_encoder
+from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_batchnorm, recalibrate_on_images
 
 
 @pytest.mark.parametrize("stem", ["imagenet", "cifar"])
@@ -55,3 +56,20 @@ def test_simclr_batched_forward_equals_separate_forwards_in_eval_mode() -> None:
         ref1 = model.head(model.encoder(v1))
     assert z1.shape == z2.shape == (3, 32)
     torch.testing.assert_close(z1, ref1, atol=1e-5, rtol=1e-4)
+
+
+def test_batchnorm_calibration_measures_the_whole_not_class_sorted_batches() -> None:
+    # An image folder comes sorted by class: batches of one class each would give the variance within a class.
+    torch.manual_seed(0)
+    dark = torch.randint(0, 60, (256, 3, 16, 16), dtype=torch.uint8)
+    bright = torch.randint(190, 256, (256, 3, 16, 16), dtype=torch.uint8)
+    images = torch.cat([dark, bright])
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    encoder = build_encoder("resnet18", "cifar", 3)
+    sorted_batches = recalibrate_on_images(encoder, images, mean, std, batch_size=256).bn1.running_var.clone()
+    whole = recalibrate_batchnorm(encoder, [preprocess(images, mean, std)]).bn1.running_var.clone()  # one batch
+    shuffled = recalibrate_on_images(encoder, images.flip(0), mean, std, batch_size=256).bn1.running_var
+    ratio = sorted_batches / whole
+    assert 0.9 < float(ratio.median()) < 1.1 and 0.9 < float((shuffled / whole).median()) < 1.1
+    within = recalibrate_batchnorm(encoder, [preprocess(dark, mean, std), preprocess(bright, mean, std)])
+    assert float((within.bn1.running_var / whole).median()) < 0.5  # what class-sorted batches measured before

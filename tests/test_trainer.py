@@ -154,6 +154,63 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.name for p in (skip4 / "checkpoints").glob("step-*.pt")) == ["step-4.pt", "step-8.pt"]
 
 
+def test_max_skips_counts_over_a_resumed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslkit.step as step
+
+    calls = {"n": 0}
+    real = step.nt_xent
+
+    def flaky(z1, z2, t):  # steps 2 and 6 are non-finite
+        calls["n"] += 1
+        return real(z1, z2, t) * (float("nan") if calls["n"] in (2, 6) else 1.0)
+
+    monkeypatch.setattr(step, "nt_xent", flaky)
+    skip = ("train.nonfinite=skip", "train.max_skips=1")
+    with pytest.raises(NonFiniteLoss, match="at step 6"):
+        pretrain(tiny_recipe(*skip), tmp_path / "whole", console=quiet())
+    calls["n"] = 0
+    pretrain(tiny_recipe(*skip, "train.max_steps=4"), tmp_path / "parts", console=quiet())
+    assert load_checkpoint(tmp_path / "parts" / "checkpoints" / "last.pt")["skipped"] == 1
+    with pytest.raises(NonFiniteLoss, match="at step 6"):  # the skip before the stop still counts
+        pretrain(tiny_recipe(*skip), tmp_path / "parts", resume=True, console=quiet())
+
+
+def test_train_compile_without_a_compiler_warns_once_and_trains_eagerly(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslkit.compiled import compiles
+
+    def no_compiler(fn, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
+        return call
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    compiles.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match=r"train\.compile: torch\.compile cannot build on this cpu "
+                                             r"\(RuntimeError: InvalidCxxCompiler: No working C\+\+ compiler found\); "
+                                             "training uncompiled$"):
+            summary = pretrain(tiny_recipe("train.compile=true", "train.max_steps=2"), tmp_path / "r", console=quiet())
+    finally:
+        compiles.cache_clear()
+    assert summary["steps"] == 2
+
+
+def test_resuming_another_number_of_processes_says_the_stream_does_not_carry_over(tmp_path: Path) -> None:
+    from sslkit.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    pretrain(tiny_recipe("train.max_steps=2"), out, console=quiet())
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    console = Console(record=True, width=300)
+    pretrain(tiny_recipe("train.max_steps=3"), out, resume=True, console=console)
+    assert "process(es)" not in console.export_text()  # one process, then one: nothing to say
+    save_checkpoint(dict(state, rng_ranks=[state["rng"], state["rng"]]), out / "checkpoints", 2)  # as from 2
+    pretrain(tiny_recipe("train.max_steps=3"), out, resume=True, console=console)
+    assert ("the checkpoint was written by 2 process(es), not 1: the augmentation's random stream does not carry "
+            "over") in console.export_text()
+
+
 def test_a_signal_during_the_final_evaluation_loses_no_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last step (5, mid-epoch) is checkpointed before the final k-NN; Ctrl-C there keeps it, and a resume
     only evaluates and exports."""

@@ -62,9 +62,11 @@ from sslkit.models import build_encoder
 from sslkit.optim import build_scheduler, scaled_lr
 from sslkit.outputs import check_out_folder
 from sslkit.trainer import (
+    IMAGEFOLDER_CHANGED,
     PROGRESS_REFRESH_PER_SECOND,
     NonFiniteLoss,
     epoch_order,
+    imagefolder_changed,
     resolve_precision,
     select_device,
     train_images_in_pool,
@@ -150,6 +152,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     labeled_mask = labels >= 0
     n_labeled = int(labeled_mask.sum())
     pool_size = pretraining_split = None
+    changed = imagefolder_changed(run_dir_of(r.run), meta, train)
     if lab.disjoint_from_pool:
         run_recipe = load_recipe(run_dir_of(r.run) / "recipe.yaml")
         if run_recipe.data.dataset != dataset:
@@ -157,6 +160,10 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
         if dataset == "imagefolder":
             _check_imagefolder_pool(root, meta)
+            if changed:
+                raise UserError(f"labeled.disjoint_from_pool: {IMAGEFOLDER_CHANGED}, and which of them it did "
+                                "cannot be recomputed — restore the folder, pretrain again, or set "
+                                "labeled.disjoint_from_pool: false")
         pool_idx, pool_size = train_images_in_pool(run_recipe, labels, root)
         pretraining_split = run_recipe.data.split
         in_pool = torch.zeros(len(labels), dtype=torch.bool)
@@ -199,8 +206,8 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     counts = torch.bincount(labels[picked], minlength=num_classes)
     info = dict(dataset=dataset, test_split=test_name, n_labeled_train_split=n_labeled, pool=pool_size,
                 pretraining_split=pretraining_split, candidates=len(candidates),
-                disjoint_from_pool=lab.disjoint_from_pool, labeled=n, train=len(fit_idx), val=len(val_idx),
-                test=len(test), attack=len(attack) if attack is not None else 0,
+                disjoint_from_pool=lab.disjoint_from_pool, imagefolder_changed=changed, labeled=n,
+                train=len(fit_idx), val=len(val_idx), test=len(test), attack=len(attack) if attack is not None else 0,
                 class_counts=counts.tolist(), labeled_indices=picked.tolist(), val_indices=val_idx.tolist())
     return LabeledData(to_dev(train.subset(fit_idx)), to_dev(train.subset(val_idx)), test, attack, num_classes,
                        tuple(meta["mean"]), tuple(meta["std"]), info)
@@ -301,6 +308,13 @@ def build_optimizer(model: Classifier, arm: str, cfg: FinetuneOptim, batch_size:
                                           **kwargs)  # foreach: see sslkit.optim
 
 
+def steps_per_finetune_epoch(n: int, batch: int) -> int:
+    """Batches per epoch of ``n`` training images at batch ≤ ``batch`` (``torch.tensor_split`` of the epoch into
+    this many nearly equal parts): ⌈n / batch⌉, fewer where that would leave a batch of one image, which batch
+    norm cannot train on (n = 9 at batch 2 gives 4 batches, of 3, 2, 2 and 2)."""
+    return max(1, min(math.ceil(n / batch), n // 2))
+
+
 def epoch_indices(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The training images of one epoch, in order: a permutation, or n class-balanced draws with replacement."""
     if weights is None:
@@ -378,7 +392,7 @@ def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weig
         model = model.to(memory_format=torch.channels_last)
     augment = SupervisedAugment(r.augment, data.train.image_size, data.mean, data.std).to(device)
     batch = min(r.train.batch_size, len(data.train))
-    steps_per_epoch = math.ceil(len(data.train) / batch)
+    steps_per_epoch = steps_per_finetune_epoch(len(data.train), batch)
     optimizer = build_optimizer(model, arm, r.optim, batch)
     scheduler = build_scheduler(optimizer, r.optim, steps_per_epoch, r.train.epochs)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -495,7 +509,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
         data = prepare_data(r, meta, device)
     info = data.info
     batch = min(r.train.batch_size, len(data.train))
-    steps_per_epoch = math.ceil(len(data.train) / batch)
+    steps_per_epoch = steps_per_finetune_epoch(len(data.train), batch)
     counts = [c for c in info["class_counts"] if c > 0]
     pool = ""
     if info.get("disjoint_from_pool"):
@@ -511,6 +525,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     if (note := pretraining_overlap_note(meta)) is not None and info["dataset"] == "imagefolder":
         console.print(f"[yellow]note[/]: {note}")
+    elif info["imagefolder_changed"]:
+        console.print(f"[yellow]note[/]: {IMAGEFOLDER_CHANGED} — pretrain again for honest scores")
 
     runs: list[dict[str, Any]] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -60,6 +60,7 @@ from sslkit.evaluation.knn import knn_evaluate
 from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
 from sslkit.evaluation.retrieval import load_split
 from sslkit.outputs import check_output
+from sslkit.trainer import IMAGEFOLDER_CHANGED, imagefolder_changed
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
 KNN_KS: tuple[int, ...] = (20, 200)
@@ -236,9 +237,11 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
                   f"{len(test):,} {split} images, {num_classes} classes, on {device.type}",
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
-    for m, name in [(meta, str(run)), *zip(other_meta, others, strict=True)]:
+    for m, folder in [(meta, run), *zip(other_meta, others, strict=True)]:
         if (note := pretraining_overlap_note(m)) is not None:
-            console.print(f"[yellow]note[/] ({name}): {note}")
+            console.print(f"[yellow]note[/] ({folder}): {note}")
+        elif imagefolder_changed(folder, m, train):
+            console.print(f"[yellow]note[/] ({folder}): {IMAGEFOLDER_CHANGED} — pretrain again for honest scores")
 
     # The baselines see the data normalised by the labeled train split itself, so every run of a data set gets
     # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool).
