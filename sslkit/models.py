@@ -139,6 +139,17 @@ class SimCLR(nn.Module):
 
 
 @torch.no_grad()
+def full_scale_residuals(model: nn.Module) -> nn.Module:
+    """Sets the last batch-norm scale of every residual block to 1, as timm initialises it without
+    ``zero_init_last`` (which starts it at 0); in place, returns ``model``."""
+    for block in model.modules():
+        if hasattr(block, "zero_init_last"):  # timm's BasicBlock (last norm bn2) and Bottleneck (bn3)
+            last = block.bn3 if hasattr(block, "bn3") else block.bn2
+            nn.init.ones_(last.weight)
+    return model
+
+
+@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     """Replaces every batch-norm layer's running statistics by their exact average over ``batches``.
 

@@ -47,7 +47,14 @@ from sslkit.data import (
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
 from sslkit.errors import UserError
 from sslkit.host_memory import keep_freed_memory
-from sslkit.models import ProjectionHead, SimCLR, build_encoder, input_size_problem, recalibrate_on_images
+from sslkit.models import (
+    ProjectionHead,
+    SimCLR,
+    build_encoder,
+    full_scale_residuals,
+    input_size_problem,
+    recalibrate_on_images,
+)
 from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.outputs import check_out_folder
 from sslkit.step import make_views, simclr_backward, step_if_finite
@@ -228,7 +235,7 @@ def embed(encoder: torch.nn.Module, images: torch.Tensor, mean: tuple[float, ...
 
 
 def calibrated_encoder(encoder: torch.nn.Module, r: Recipe, images: torch.Tensor, mean: tuple[float, ...],
-                       std: tuple[float, ...]) -> torch.nn.Module:
+                       std: tuple[float, ...], full_scale: bool = False) -> torch.nn.Module:
     """A plain copy of the encoder whose batch-norm statistics are measured on clean (unaugmented) images.
 
     Training leaves running averages of the statistics of augmented views: cropped, flipped, jittered. The
@@ -241,17 +248,27 @@ def calibrated_encoder(encoder: torch.nn.Module, r: Recipe, images: torch.Tensor
     with torch.random.fork_rng(devices=[]):  # initialising the copy draws no numbers from the training's stream
         plain = build_encoder(r.model.encoder, r.model.stem, images.shape[1]).to(images.device)
     plain.load_state_dict(unwrap(encoder).state_dict())
+    if full_scale:  # see evaluated_encoder
+        full_scale_residuals(plain)
     return recalibrate_on_images(plain, images, mean, std)
 
 
 def evaluated_encoder(encoder: torch.nn.Module, data: Data, r: Recipe, fresh: bool = False) -> torch.nn.Module:
     """The encoder as it is evaluated and exported: with batch-norm statistics of the calibration images
-    (``train.bn_calibration``). Without those it is the training encoder itself, except at step 0 (``fresh``),
-    when a copy gets statistics measured on the monitor's bank: the initial ones (mean 0, variance 1) would make
-    the starting point look far worse than a random network really is, and every later gain look larger."""
+    (``train.bn_calibration``). Without those it is the training encoder itself, except at step 0 (``fresh``).
+
+    At step 0 the monitor measures a random network of the architecture, the baseline every later value is to
+    beat, as the probe's ``random_init`` row does. The training's own start would make it look far worse than a
+    random network really is, and every later gain larger, for two reasons: its batch-norm statistics are the
+    initial ones (mean 0, variance 1), so a copy gets them measured on the monitor's bank; and each residual
+    branch starts with its last batch-norm scale at 0 (timm's ``zero_init_last``, which helps training), leaving
+    a shallow network (quickstart: k-NN 0.26 against 0.75 with the branches on), so the copy's are set to 1, as
+    timm initialises them otherwise. Weights are otherwise the training's own."""
     bank = data.monitor_bank.images if fresh and data.monitor_bank is not None else None
     images = data.calibration if data.calibration is not None else bank
-    return encoder if images is None else calibrated_encoder(encoder, r, images, data.mean, data.std)
+    if images is None:
+        return encoder
+    return calibrated_encoder(encoder, r, images, data.mean, data.std, full_scale=fresh)
 
 
 def knn_monitor(encoder: torch.nn.Module, data: Data, r: Recipe, amp: torch.autocast | None) -> float | None:
@@ -552,7 +569,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))
         if knn_start is not None:
             log.write(step=0, epoch=0, **{"knn/top1": knn_start})
-            console.print(f"k-NN top-1 at step 0: {knn_start:.4f}")
+            console.print(f"k-NN top-1 at step 0: {knn_start:.4f} (a random network: the weights at step 0 with "
+                          "every residual branch on)")
     knn_last = knn_start
 
     # --- the loop ---------------------------------------------------------------------------------------

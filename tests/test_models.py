@@ -7,7 +7,14 @@ import torch
 
 from sslkit.augment import preprocess
 from sslkit.errors import UserError
-from sslkit.models import ProjectionHead, SimCLR, build_encoder, recalibrate_batchnorm, recalibrate_on_images
+from sslkit.models import (
+    ProjectionHead,
+    SimCLR,
+    build_encoder,
+    full_scale_residuals,
+    recalibrate_batchnorm,
+    recalibrate_on_images,
+)
 
 
 @pytest.mark.parametrize("stem", ["imagenet", "cifar"])
@@ -73,3 +80,14 @@ def test_batchnorm_calibration_measures_the_whole_not_class_sorted_batches() -> 
     assert 0.9 < float(ratio.median()) < 1.1 and 0.9 < float((shuffled / whole).median()) < 1.1
     within = recalibrate_batchnorm(encoder, [preprocess(dark, mean, std), preprocess(bright, mean, std)])
     assert float((within.bn1.running_var / whole).median()) < 0.5  # what class-sorted batches measured before
+
+
+def test_full_scale_residuals_is_timm_s_init_without_zero_init_last() -> None:
+    torch.manual_seed(3)
+    zeroed = build_encoder("resnet18", "cifar", 3)
+    torch.manual_seed(3)
+    full = build_encoder("resnet18", "cifar", 3, zero_init_last=False)
+    assert float(zeroed.layer1[0].bn2.weight.abs().sum()) == 0  # the training's start: branches off
+    on = full_scale_residuals(zeroed).state_dict()
+    for k, v in full.state_dict().items():
+        assert torch.equal(on[k], v), k

@@ -126,6 +126,24 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path:
     assert pretrain(tiny_recipe("train.max_steps=2"), out, resume=True, console=quiet())["steps"] == 2
 
 
+def test_step_0_measures_a_random_network_with_its_residual_branches_on(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslkit.trainer as trainer
+
+    seen = []
+    real = trainer.knn_monitor
+
+    def watch(encoder, *args, **kwargs):
+        seen.append([float(b.bn2.weight.abs().sum()) for b in encoder.modules() if hasattr(b, "zero_init_last")])
+        return real(encoder, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "knn_monitor", watch)
+    pretrain(tiny_recipe("train.max_steps=1"), tmp_path / "run", console=quiet())
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert seen[0] == [64.0, 64.0, 128.0, 128.0, 256.0, 256.0, 512.0, 512.0]  # every last scale 1 at step 0
+    assert float(state["model"]["encoder.layer1.0.bn2.weight"].abs().max()) < 0.05  # training started from 0
+
+
 def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sslkit.step as step
 
