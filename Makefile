@@ -4,7 +4,8 @@
 #   make test   virtual environment, install, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-RUN ?= runs/quickstart
+# The demo's own folder, replaced by each demo (not runs/quickstart, the recipe's default --out).
+RUN ?= runs/demo
 
 .PHONY: demo test lint clean
 

@@ -43,7 +43,8 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
         option: the option that named it (``--out``), for the message.
         suffixes: the extensions the command can write, the usual one first.
         run: the run directory the command reads; its files (:data:`RUN_FILES`, except ``own``) and folders
-            (:data:`RUN_FOLDERS`) are refused.
+            (:data:`RUN_FOLDERS`) are refused, and so are those of any other run (a folder with an
+            ``encoder.json`` or a ``recipe.yaml``), ``own`` included.
         own: the run file this command itself writes by default (writing it again is what the user asked for).
 
     Returns:
@@ -67,4 +68,16 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
         if any(folder / sub in where.parents for sub in RUN_FOLDERS):
             raise UserError(f"{option} {path} is inside the run's {where.relative_to(folder).parts[0]}/ folder, "
                             "which holds the run's own files — give another path")
+        other = where.parent
+        if other != folder and _is_run(other) and where.name in RUN_FILES:
+            raise UserError(f"{option} {path} would overwrite the {where.name} of another run, {other} — give "
+                            "another name")
+        inside = next((d for d in where.parents if d.name in RUN_FOLDERS and _is_run(d.parent)), None)
+        if inside is not None and inside.parent != folder:
+            raise UserError(f"{option} {path} is inside the {inside.name}/ folder of another run, {inside.parent} "
+                            "— give another path")
     return p
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "encoder.json").is_file() or (folder / "recipe.yaml").is_file()

@@ -565,6 +565,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     out_path = check_output(out, "--out", (".html", ".htm"), run, own="report.html") if out else run / "report.html"
     probe = _read_json(run / "probe.json")
     finetune = _read_json(run / "finetune.json")
+    foreign = None  # a finetune.json written here by the fine-tune of another run's encoder (its --out)
+    if finetune and finetune.get("encoder_sha256") not in (None, meta["sha256"]):
+        foreign, finetune = finetune, None
     source = retrieval.load_split(meta, split)
     figures = run / "figures"
     events = read_events(run)
@@ -811,6 +814,11 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             rest = {k: v for k, v in finetune.items() if k not in ("summary", "difference")}
             ft.body.append("<details><summary>the rest of finetune.json (per-seed runs, sizes, protocol, recipe)"
                            "</summary>" + "".join(generic_tables(rest)) + "</details>")
+        elif foreign is not None:
+            ft.missing = (f"finetune.json here fine-tuned another encoder (run {_esc(foreign.get('run', '?'))}, "
+                          f"sha256 {_esc(str(foreign['encoder_sha256'])[:12])}; this run's is "
+                          f"{_esc(meta['sha256'][:12])}), so it is not shown: {_cmd(f'sslkit finetune {run}')} "
+                          "fine-tunes this one.")
         else:
             ft.missing = (f"{_cmd(f'sslkit finetune {run}')} has not been run for this run: it fine-tunes the "
                           "encoder and a supervised model from scratch on the same labels and writes "

@@ -19,6 +19,10 @@ def test_check_output_accepts_a_file_name_and_refuses_what_would_fail_or_destroy
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (tmp_path / "a-file").write_text("")
+    other = tmp_path / "other"
+    (other / "features").mkdir(parents=True)
+    (other / "encoder.json").write_text("{}")
+    assert check_output(other / "notes.json", "--json", (".json",), run) == other / "notes.json"  # not a run file
     assert check_output(tmp_path / "new" / "grid.PNG", "--out", FIGURE_SUFFIXES, run) == tmp_path / "new" / "grid.PNG"
     assert check_output(run / "probe.json", "--json", (".json",), run, own="probe.json") == run / "probe.json"
     refusals = [
@@ -32,6 +36,12 @@ def test_check_output_accepts_a_file_name_and_refuses_what_would_fail_or_destroy
         ((run / "encoder.json", "--json", (".json",), run, "probe.json"), "would overwrite the run's own encoder.json"),
         ((run / "report.html", "--out", (".html",), run), "would overwrite the run's own report.html"),
         ((run / "checkpoints" / "x.png", "--out", FIGURE_SUFFIXES, run), "inside the run's checkpoints/ folder"),
+        ((other / "encoder.json", "--json", (".json",), run, "probe.json"),
+         f"would overwrite the encoder.json of another run, {other}"),
+        ((other / "probe.json", "--json", (".json",), run, "probe.json"),  # own is this run's, not the other's
+         f"would overwrite the probe.json of another run, {other}"),
+        ((other / "features" / "x.png", "--out", FIGURE_SUFFIXES, run), f"inside the features/ folder of another "
+                                                                          f"run, {other}"),
     ]
     for args, message in refusals:
         with pytest.raises(UserError) as info:

@@ -216,6 +216,14 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     assert "robustness" in full and "84.3%" not in full, "the rest of the document, without the tables above"
     assert "curves" in full and "val_top1" not in full, "nested per-epoch curves are named, not dumped as JSON"
 
+    # A finetune.json that another run's fine-tune wrote here (its --out) is not this run's result.
+    document = json.loads((run / "finetune.json").read_text())
+    (run / "finetune.json").write_text(json.dumps(dict(document, run="runs/other", encoder_sha256="ab" * 32)))
+    text = build_report(run, method="tsne", max_points=80, console=quiet()).read_text(encoding="utf-8")
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    assert "84.3%" not in text and "fine-tuning (test)" not in sections["overview"]
+    assert "finetune.json here fine-tuned another encoder (run runs/other, sha256 abababababab" in sections["finetune"]
+
 
 @pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])
 def test_run_without_encoder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str]) -> None:
