@@ -56,14 +56,15 @@ def _probe(args: argparse.Namespace) -> int:
     from sslkit.evaluation.probe import run_probe
 
     run_probe(args.run, split=args.split, compare=tuple(args.compare or ()), json_path=args.json, seed=args.seed,
-              fractions=tuple(args.fractions))
+              fractions=tuple(args.fractions), data_root=args.data_root)
     return 0
 
 
 def _neighbors(args: argparse.Namespace) -> int:
     from sslkit.evaluation.retrieval import find_neighbors
 
-    find_neighbors(args.run, args.query, k=args.k, split=args.split, out=args.out, seed=args.seed, index=args.index)
+    find_neighbors(args.run, args.query, k=args.k, split=args.split, out=args.out, seed=args.seed, index=args.index,
+                   data_root=args.data_root)
     return 0
 
 
@@ -71,7 +72,7 @@ def _umap(args: argparse.Namespace) -> int:
     from sslkit.report import run_map
 
     run_map(args.run, method=args.method, split=args.split, out=args.out, thumbnails=args.thumbnails,
-            max_points=args.max_points, seed=args.seed)
+            max_points=args.max_points, seed=args.seed, data_root=args.data_root)
     return 0
 
 
@@ -79,7 +80,7 @@ def _report(args: argparse.Namespace) -> int:
     from sslkit.report import build_report
 
     build_report(args.run, split=args.split, method=args.method, out=args.out, seed=args.seed,
-                 max_points=args.max_points)
+                 max_points=args.max_points, data_root=args.data_root)
     return 0
 
 
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "probe (all labels and fractions), weighted and majority k-NN, k-means (silhouette, NMI, ARI). "
                        "Writes RUN/probe.json and RUN/figures/.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
+                   "(data moved, or a run made on another machine)")
     p.add_argument("--split", default="test", help="evaluation split (default: test)")
     p.add_argument("--compare", action="append", metavar="RUN2", help="another run to put in the table")
     p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show each query image's k most similar images of a split (cosine similarity "
                        "of the encoder's features, the query itself excluded) as a PNG grid and a table.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
+                   "(data moved, or a run made on another machine)")
     p.add_argument("--query", nargs="+", required=True, metavar="I",
                    help="image indices into the split, or random:N for N seeded random queries")
     p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8)")
@@ -143,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Map a split's encoder features to 2-D with UMAP or t-SNE (cosine distances) "
                        "and draw them coloured by class, optionally with image thumbnails.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
+                   "(data moved, or a run made on another machine)")
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--split", default="test", help="split to map (default: test)")
     p.add_argument("--out", metavar="PNG", help="default: RUN/figures/<method>-<split>.png")
@@ -156,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Gather a run's recipe, training curves, augmentations, probe results, map, "
                        "neighbours, clusters and fine-tuning into one HTML page with the figures inlined.")
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
+                   "(data moved, or a run made on another machine)")
     p.add_argument("--split", default="test", help="split for the map, neighbours and clusters (default: test)")
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--out", metavar="HTML", help="default: RUN/report.html")

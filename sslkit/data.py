@@ -529,8 +529,10 @@ def _decode_all(files: list[tuple[int, Path]], size: int, mode: str, out: np.nda
     labels: list[int] = []
     bad: list[tuple[Path, str]] = []
     console = Console(stderr=True)
-    if not console.is_terminal:  # logs get one plain line instead of a live bar
-        console.print(f"decoding {len(files):,} images in {base} once (cached for later runs)")
+    # What becomes of the images, said once, where the bar (transient) leaves nothing behind.
+    console.print(f"decoding {len(files):,} images in {base} once, to {size}×{size} "
+                  f"{'RGB' if mode == 'RGB' else 'grayscale'} (shorter side resized to {size}, then centre-cropped; "
+                  "data.image_size sets the size), cached for later runs", soft_wrap=not console.is_terminal)
     columns = (TextColumn("decoding {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # _decode refuses oversized images itself and the summary reports them; Pillow's own warning would repeat it.
     # Set here, before the worker threads start, because the warning filters are global.
@@ -545,6 +547,15 @@ def _decode_all(files: list[tuple[int, Path]], size: int, mode: str, out: np.nda
                 labels.append(ci)
             progress.advance(task)
     return labels, bad
+
+
+def _all_gray(images: np.ndarray, chunk: int = 4096) -> bool:
+    """Whether every (N, 3, H, W) uint8 image has three equal channels, read in chunks."""
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk]
+        if not ((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()):
+            return False
+    return True
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -606,6 +617,9 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             shown = "; ".join(f"{p.relative_to(base)} ({why})" for p, why in bad[:3])
             warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {base}: {shown}"
                           f"{' …' if len(bad) > 3 else ''}", SslkitWarning, stacklevel=3)
+        if channels is None and n and _all_gray(out[:n]):
+            warnings.warn(f"every image in {base} is grayscale, read as 3 equal RGB channels — set data.channels: 1 "
+                          "for a 1-channel encoder (a third of the input)", SslkitWarning, stacklevel=3)
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         if empty:

@@ -90,7 +90,7 @@ def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Ten
 
 def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str | Path | None = None,
             thumbnails: int = 0, max_points: int = MAX_MAP_POINTS, seed: int = 0,
-            console: Console | None = None) -> Path:
+            console: Console | None = None, data_root: str | Path | None = None) -> Path:
     """``sslkit umap RUN``: a seeded 2-D UMAP or t-SNE map of a split's features, coloured by class.
 
     Args:
@@ -102,6 +102,7 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
         max_points: above this many images a seeded random subset is mapped.
         seed: seeds the map, the subset and the thumbnails.
         console: where messages go.
+        data_root: where the run's data is now, in place of its ``data.root`` (``--data-root``).
 
     Raises:
         UserError: a run without an encoder, an unknown method or split, bad counts, missing data.
@@ -110,7 +111,7 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
 
     console = console or Console()
     run = Path(run)
-    meta = retrieval.read_meta(run)
+    meta = retrieval.read_meta(run, data_root)
     if method not in MAP_METHODS:
         raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
     if max_points < 5:
@@ -522,7 +523,8 @@ def _cmd(text: str) -> str:
 
 
 def build_report(run: str | Path, split: str = "test", method: str = "umap", out: str | Path | None = None,
-                 seed: int = 0, max_points: int = MAX_MAP_POINTS, console: Console | None = None) -> Path:
+                 seed: int = 0, max_points: int = MAX_MAP_POINTS, console: Console | None = None,
+                 data_root: str | Path | None = None) -> Path:
     """Writes ``RUN/report.html``: recipe, training, augmentations, probe, clusters, map, neighbours, errors,
     kernels and fine-tuning of one run, on one self-contained page.
 
@@ -534,6 +536,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         seed: seeds every sampled figure.
         max_points: most images on the map (a seeded subset beyond).
         console: where progress and the summary go.
+        data_root: where the run's data is now, in place of its ``data.root`` (``--data-root``).
 
     Returns:
         The page's path.
@@ -557,7 +560,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     t0 = time.perf_counter()
     console = console or Console()
     run = Path(run)
-    meta = retrieval.read_meta(run)  # a run without an exported encoder stops here, before any work
+    meta = retrieval.read_meta(run, data_root)  # a run without an exported encoder stops here, before any work
     if method not in MAP_METHODS:
         raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
     if max_points < 5:
@@ -765,7 +768,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         n_q, k_nn = min(NEIGHBOR_QUERIES, len(source)), min(8, len(source) - 1)
         if k_nn >= 1:
             own = retrieval.find_neighbors(run, [f"random:{n_q}"], k=k_nn, split=split, seed=seed, console=quiet,
-                                           show_table=False, out=figures / f"neighbors-{split}.png")
+                                           show_table=False, out=figures / f"neighbors-{split}.png",
+                                           data_root=data_root)
             nn_sec.body.append(f"<h3>{n_q} random {_esc(split)} images (seed {seed})</h3>"
                                + img(own.path, "nearest neighbours of random queries"))
         else:

@@ -603,7 +603,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                     saved = " and the last checkpoint is intact" if _holds_checkpoints(ckpt_dir) else ""
                     raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
                                         f"{epoch + 1}); no update was applied{saved} — "
-                                        "lower optim.lr, raise loss.temperature, or use train.precision: fp32")
+                                        "lower optim.lr or raise loss.temperature"
+                                        f"{', or use train.precision: fp32' if precision != 'fp32' else ''}")
                 console.print(f"[yellow]step {step + 1}: non-finite loss or gradients, step skipped "
                               f"({skipped}/{r.train.max_skips})")
             step += 1

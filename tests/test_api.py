@@ -48,7 +48,8 @@ def test_extract_features_takes_uint8_tensors_and_arrays_and_refuses_the_rest(ru
                           r" — convert floats in \[0, 1\] with \(x \* 255\)\.round\(\)\.to\(torch\.uint8\)"),
         (x[0], r"got torch\.uint8 of shape \(1, 28, 28\)"),
         ([x[0], x[1]], r"takes images as a uint8 tensor or array \(N, C, H, W\), or an ImageSource, not a list"),
-        (x.repeat(1, 3, 1, 1), r"^the images have 3 channel\(s\) but the encoder takes 1$"),
+        (x.repeat(1, 3, 1, 1), r"^the images, of shape \(4, 3, 28, 28\) read as \(N, C, H, W\), have 3 channel\(s\) "
+                               r"but the encoder takes 1$"),  # not channels-last: no hint about it
     ]:
         with pytest.raises(UserError, match=pattern):
             extract_features(encoder, bad, device="cpu")
@@ -135,7 +136,9 @@ def test_misused_entry_points_say_what_they_take(tmp_path: Path, capsys: pytest.
 
 def test_numpy_images_of_the_wrong_layout_are_refused(run: Path) -> None:
     hwc = np.zeros((4, 28, 28, 1), np.uint8)  # as PIL or matplotlib hold them: channels last
-    with pytest.raises(UserError, match=r"the images have 28 channel\(s\) but the encoder takes 1"):
+    with pytest.raises(UserError, match=r"the images, of shape \(4, 28, 28, 1\) read as \(N, C, H, W\), have 28 "
+                                        r"channel\(s\) but the encoder takes 1 — they look channels-last \(N, H, W, "
+                                        r"C\): pass x\.permute\(0, 3, 1, 2\) \(numpy: x\.transpose\(0, 3, 1, 2\)\)$"):
         extract_features(load_encoder(run), hwc, device="cpu")
 
 

@@ -10,6 +10,7 @@ import pickle
 import pickletools
 import shutil
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -364,6 +365,23 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
         imagefolder_pool(root=str(root), image_size=8)  # RGB as it is: replaces the RGB cache of the old folder
     after = set(cache.glob("*.npy"))
     assert len(after) == 2 and len(after & before) == 1
+
+
+def test_an_all_gray_folder_read_as_rgb_suggests_one_channel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("L", (12, 8), 40 * i + 10).save(tmp_path / c / f"{i}.png")
+    with pytest.warns(UserWarning, match=r"every image in .* is grayscale, read as 3 equal RGB channels — set "
+                                         r"data\.channels: 1"):
+        imagefolder_pool(root=str(tmp_path), image_size=8)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "to 8×8 RGB (shorter side resized to 8, then centre-cropped; data.image_size sets the size)" in said
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "a" / "red.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one colour image: nothing to suggest
+        imagefolder_pool(root=str(tmp_path), image_size=8)
+        imagefolder_pool(root=str(tmp_path), image_size=8, channels=1)
 
 
 def test_imagefolder_cache_sees_a_file_replaced_with_its_old_mtime(tmp_path: Path) -> None:

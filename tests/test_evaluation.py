@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -336,6 +337,23 @@ def test_probe_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["probe", str(run), "--fractions", "0", "1"]) == 2
     assert "not a fraction" in capsys.readouterr().err
     assert not (run / "probe.json").exists() and not (run / "features").exists()  # nothing computed
+
+
+def test_a_moved_image_folder_is_found_with_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tiny_run(tmp_path)
+    (tmp_path / "imgs").rename(tmp_path / "moved")
+    assert main(["probe", str(run), "--fractions", "1"]) == 2
+    assert (f"the image folder the run was pretrained on, {tmp_path / 'imgs'}, is not there any more — give the "
+            "folder's new place with --data-root") in capsys.readouterr().err
+    assert main(["probe", str(run), "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "--data-root" in capsys.readouterr().err and not (run / "probe.json").exists()
+    assert main(["probe", str(run), "--fractions", "1", "--data-root", str(tmp_path / "moved")]) == 0
+    assert json.loads((run / "probe.json").read_text())["sizes"] == {"train": 48, "test": 12}
+    capsys.readouterr()
+    assert main(["neighbors", str(run), "--query", "0", "-k", "3", "--data-root", str(tmp_path / "moved")]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"#0 (red|green|blue)/\d\d\.png", table), "the query's file beside its number"
+    assert len(re.findall(r"(red|green|blue)/\d\d\.png", table)) == 1 + 3, "and each neighbour's"
 
 
 def test_an_image_folder_run_that_pretrained_on_its_test_split_is_flagged(tmp_path: Path) -> None:

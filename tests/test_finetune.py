@@ -369,7 +369,10 @@ def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_po
     assert not (tmp_path / "o").exists()
     (root / "a" / "05b.png").rename(root / "a" / "05.png")  # restored: the pool is recomputed exactly again
     assert main(finetune) == 0
-    assert (tmp_path / "o" / "finetune.json").is_file()
+    assert (tmp_path / "o" / "finetune.json").is_file() and "exists" not in capsys.readouterr().out
+    assert main(finetune) == 0  # again into the same folder: said up front, before any training
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{tmp_path / 'o' / 'finetune.json'} exists; this fine-tune replaces it when it ends" in out
 
 
 def test_a_batch_of_one_never_reaches_batch_norm() -> None:

@@ -304,7 +304,7 @@ def test_an_image_folders_held_out_part_is_the_probes_whatever_the_seed(tmp_path
         seen.append(source.images)
         raise UserError("stop here")  # the split is what this test is about
 
-    monkeypatch.setattr(retrieval, "read_meta", lambda run: meta)
+    monkeypatch.setattr(retrieval, "read_meta", lambda run, data_root=None: meta)
     monkeypatch.setattr(retrieval, "split_features", features)
     for seed in (0, 1):
         with pytest.raises(UserError, match="stop here"):

@@ -156,7 +156,7 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(step, "nt_xent", flaky)
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss, match="at step 3"):
+    with pytest.raises(NonFiniteLoss, match="at step 3.*raise loss.temperature$"):  # fp32 already: no advice for it
         pretrain(tiny_recipe("train.checkpoint_every=2"), out, console=quiet())
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
     calls["n"] = 0

@@ -34,14 +34,20 @@ RUN_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "da
 PREPROCESSING = "uint8/255-normalise"  # bump when preprocess() changes, so old caches stop matching
 
 
-def read_run_meta(run: str | Path) -> dict[str, Any]:
+def read_run_meta(run: str | Path, data_root: str | Path | None = None) -> dict[str, Any]:
     """A run's ``encoder.json``, checked against the weights, with their sha256 filled in when it lacks it.
 
     The sha256 keys every feature cache, so a record that does not describe the weights beside it (an export
     killed between its two files) would serve another encoder's features: it is refused instead.
 
+    Args:
+        run: the run directory.
+        data_root: where the run's data is now (the commands' ``--data-root``), in place of the ``data.root`` it
+            was pretrained with: for data moved since, or a run made on another machine.
+
     Raises:
-        UserError: no exported encoder in the run, a record missing keys, or a sha256 that is not the weights'.
+        UserError: no exported encoder in the run, a record missing keys, a sha256 that is not the weights', or a
+            ``data_root`` that is not a folder.
     """
     meta, weights = read_encoder_meta(run)
     missing = [k for k in RUN_META_KEYS if k not in meta]
@@ -54,6 +60,11 @@ def read_run_meta(run: str | Path) -> dict[str, Any]:
         raise UserError(f"{Path(run) / 'encoder.json'} records sha256 {recorded[:16]}… but {weights.name} has "
                         f"{actual[:16]}… (an interrupted export?) — export again with `sslkit pretrain "
                         f"{Path(run) / 'recipe.yaml'} --out {run} --resume`")
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data-root {data_root} is not a folder — give the folder the run's data is in now")
+        meta = dict(meta, data_root=str(root.resolve()))
     return dict(meta, sha256=actual)
 
 
@@ -113,7 +124,10 @@ def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std:
     c = x.shape[1]
     conv = next((m for m in encoder.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is not None and conv.in_channels != c:
-        raise UserError(f"the images have {c} channel(s) but the encoder takes {conv.in_channels}")
+        hint = (" — they look channels-last (N, H, W, C): pass x.permute(0, 3, 1, 2) (numpy: x.transpose(0, 3, 1, 2))"
+                if x.shape[-1] == conv.in_channels else "")
+        raise UserError(f"the images, of shape {tuple(x.shape)} read as (N, C, H, W), have {c} channel(s) but the "
+                        f"encoder takes {conv.in_channels}{hint}")
     if len(mean) != c or len(std) != c:
         raise UserError(f"the images have {c} channel(s) but mean and std have {len(mean)} and {len(std)} values")
     return x

@@ -501,6 +501,9 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     weights, sha = read_encoder_meta(r.run)[1], meta["sha256"]
     out_dir = Path(out).expanduser() if out is not None else run_dir_of(r.run)
     _check_out_dir(out_dir)  # before any training: its results must have somewhere to go
+    if (out_dir / "finetune.json").is_file():
+        console.print(f"[yellow]note[/]: {out_dir / 'finetune.json'} exists; this fine-tune replaces it when it ends "
+                      "— give --out another folder to keep both")
     if r.train.threads:
         torch.set_num_threads(r.train.threads)
     device = select_device(r.train.device)

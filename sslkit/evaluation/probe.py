@@ -187,7 +187,7 @@ def _model_names(run: Path, others: Sequence[Path]) -> list[str]:
 
 def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | Path] = (),
               json_path: str | Path | None = None, fractions: Sequence[float] = FRACTIONS, seed: int = 0,
-              console: Console | None = None) -> dict[str, Any]:
+              console: Console | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
     """Probes a run's encoder beside raw pixels, a random encoder and other runs; prints and saves the results.
 
     Every argument is checked, and every run's ``encoder.json`` read, before any data is loaded or computed.
@@ -200,6 +200,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         fractions: labeled fractions of the train split for the label-efficiency probe.
         seed: seeds the validation and label splits, k-means and the random encoder.
         console: where the table and progress go.
+        data_root: where the runs' data is now, in place of its ``data.root`` (``--data-root``).
 
     Returns:
         What is written to ``probe.json``.
@@ -211,7 +212,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     t0 = time.perf_counter()
     console = console or Console()
     run = Path(run_dir)
-    meta = read_run_meta(run)  # a run without an exported encoder fails here, before any data is read
+    meta = read_run_meta(run, data_root)  # a run without an exported encoder fails here, before any data is read
     if json_path:
         json_path = check_output(json_path, "--json", (".json",), run, own="probe.json")
     if split == "train":
@@ -221,7 +222,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         raise UserError(scored_split_problem(meta["dataset"], split, "--split", "the probes are fitted on"))
     fractions = _check_fractions(fractions)
     others = [Path(c) for c in compare]
-    other_meta = [read_run_meta(other) for other in others]
+    other_meta = [read_run_meta(other, data_root) for other in others]
     for other, m in zip(others, other_meta, strict=True):
         mine = (meta["dataset"], int(meta["image_size"]), int(meta["in_chans"]))
         theirs = (m["dataset"], int(m["image_size"]), int(m["in_chans"]))

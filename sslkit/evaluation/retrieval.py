@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
@@ -58,7 +59,11 @@ def load_split(meta: dict[str, Any], split: str) -> ImageSource:
     Raises:
         UserError: an unknown split or missing data files.
     """
-    return load_source(meta["dataset"], split, root=meta.get("data_root"), image_size=int(meta["image_size"]),
+    root = meta.get("data_root")
+    if meta["dataset"] == "imagefolder" and root and not Path(root).expanduser().is_dir():
+        raise UserError(f"the image folder the run was pretrained on, {root}, is not there any more — give the "
+                        "folder's new place with --data-root")
+    return load_source(meta["dataset"], split, root=root, image_size=int(meta["image_size"]),
                        channels=int(meta["in_chans"]))
 
 
@@ -274,6 +279,7 @@ class NeighborResult:
         labels: (N,) classes of the split (−1 unlabeled).
         classes: class names.
         path: the PNG written.
+        ids: each image's name in the split where the data has one (an image folder: its file's path), else None.
     """
 
     split: str
@@ -283,6 +289,7 @@ class NeighborResult:
     labels: torch.Tensor
     classes: tuple[str, ...]
     path: Path
+    ids: tuple[str, ...] | None = None
 
     def matches(self) -> torch.Tensor:
         """(Q, k) bool: the neighbour's class is the query's (never where either is unlabeled)."""
@@ -298,7 +305,8 @@ def class_name(label: int, classes: Sequence[str]) -> str:
 
 def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, split: str = "test",
                    out: str | Path | None = None, seed: int = 0, index: str = DEFAULT_INDEX,
-                   console: Console | None = None, show_table: bool = True) -> NeighborResult:
+                   console: Console | None = None, show_table: bool = True,
+                   data_root: str | Path | None = None) -> NeighborResult:
     """Finds each query's k nearest images of the split, writes the grid PNG and prints the table.
 
     Every argument is checked (the run's encoder record, the index kind, the queries and k against the split's
@@ -314,6 +322,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         index: one of :data:`INDEX_KINDS`; ``flat`` (exact) by default.
         console: where the table goes.
         show_table: print the table.
+        data_root: where the run's data is now, in place of its ``data.root`` (``--data-root``).
 
     Returns:
         The queries, their neighbours and similarities, and the PNG's path.
@@ -326,7 +335,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
 
     console = console or Console()
     run = Path(run)
-    meta = read_meta(run)
+    meta = read_meta(run, data_root)
     if index not in INDEX_KINDS:
         raise UserError(f"--index {index!r} is not an index kind — use one of: {', '.join(INDEX_KINDS)}")
     if out:
@@ -340,7 +349,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     feats, feats_path = split_features(run, meta, source, split, console=console)
     sims, idx = search_neighbors(open_index(feats, feats_path, index), feats, picked, k)
     path = Path(out) if out else default_output(run, split, queries, picked, k, seed, index)
-    result = NeighborResult(split, picked, idx, sims, source.labels.cpu().long(), tuple(source.classes), path)
+    result = NeighborResult(split, picked, idx, sims, source.labels.cpu().long(), tuple(source.classes), path,
+                            source.ids)
     title = f"{run.name}: the {k} nearest {split} images to each query by cosine similarity of its {meta['encoder']} " \
             f"features"
     plot_neighbors(source.images, result.labels, result.classes, picked, idx, sims, path, title=title)
@@ -360,6 +370,8 @@ def print_neighbors(result: NeighborResult, console: Console) -> None:
     for name, justify in (("query", "left"), ("query class", "left"), ("rank", "right"), ("neighbour", "right"),
                           ("class", "left"), ("cosine", "right"), ("same class", "left")):
         table.add_column(name, justify=justify, no_wrap=True)
+    if result.ids is not None:  # an image folder: which file each one is (the query's beside its number)
+        table.add_column("file", justify="left", no_wrap=True)
     matches = result.matches()
     k = result.idx.shape[1]
     for row, q in enumerate(result.queries):
@@ -371,8 +383,10 @@ def print_neighbors(result: NeighborResult, console: Console) -> None:
                 same = "[dim]?[/]"
             else:
                 same = "[green]yes[/]" if matches[row, j] else "[red]no[/]"
-            table.add_row(f"#{q}" if j == 0 else "", class_name(ql, result.classes) if j == 0 else "", str(j + 1),
-                          f"#{i}", class_name(li, result.classes), f"{float(result.sims[row, j]):.3f}", same,
+            query = f"#{q}" + (f" {escape(result.ids[q])}" if result.ids is not None else "")
+            cells = [query if j == 0 else "", class_name(ql, result.classes) if j == 0 else "", str(j + 1),
+                     f"#{i}", class_name(li, result.classes), f"{float(result.sims[row, j]):.3f}", same]
+            table.add_row(*cells, *([escape(result.ids[i])] if result.ids is not None else []),
                           end_section=j == k - 1)
     console.print(table)
     labeled = result.labels[torch.tensor(result.queries)] >= 0
