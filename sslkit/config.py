@@ -366,8 +366,9 @@ def _key_lines(text: str) -> dict[str, int | str]:
     return out
 
 
-def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None:
-    """Cross-field checks that need no data: names that must exist, paths that must be there."""
+def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str], check_root: bool = True) -> None:
+    """Cross-field checks that need no data: names that must exist, paths that must be there (``data.root`` only
+    with ``check_root``)."""
     from sslkit.data import DATASETS, pretraining_splits, split_problem  # the registry's names; nothing is loaded
 
     if not r.name or r.name in (".", "..") or "/" in r.name or "\\" in r.name:
@@ -383,7 +384,7 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None
     if d.dataset == "imagefolder" and not d.root:
         raise UserError(f"{_loc(where, lines, 'data.dataset')}: data.dataset 'imagefolder' needs data.root, the "
                         "folder of class subfolders")
-    if d.root and not d.download and not Path(d.root).expanduser().is_dir():
+    if check_root and d.root and not d.download and not Path(d.root).expanduser().is_dir():
         raise UserError(f"{_loc(where, lines, 'data.root')}: data.root {d.root!r} is not a folder — fix the path "
                         "or set data.download: true")
     if isinstance(d.pool_size, float) and d.pool_size >= 1:
@@ -415,13 +416,14 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str]) -> None
                         f"got {r.train.device!r}")
 
 
-def recipe_from_dict(raw: Any, where: str = "recipe", lines: dict[str, int | str] | None = None) -> Recipe:
+def recipe_from_dict(raw: Any, where: str = "recipe", lines: dict[str, int | str] | None = None,
+                     check_root: bool = True) -> Recipe:
     """Builds and checks a ``Recipe`` from a nested dict (as parsed from YAML)."""
     lines = lines or {}
     if raw is None:
         raw = {}
     recipe = _build_section(Recipe, raw, "", where, lines)
-    _check_semantics(recipe, where, lines)
+    _check_semantics(recipe, where, lines, check_root)
     return recipe
 
 
@@ -437,12 +439,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_root: bool = True) -> Recipe:
     """Reads a recipe file with ``yaml.safe_load``, applies ``--set`` overrides, and checks everything.
 
     Args:
         path: the YAML file.
         overrides: ``key.path=value`` strings, applied in order after the file.
+        check_root: check that ``data.root`` is a folder; off for :func:`load_run_recipe`.
 
     Raises:
         UserError: a missing file, YAML that is not plain data, or any bad key or value (one line each).
@@ -481,7 +484,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         # Errors about this key, or about a section only it made (a misspelt 'Train'), name the override, not the file.
         for dotted in (*_set_dotted(raw, key, value, f"--set {text_override}"), key):
             lines[dotted] = f"--set {text_override}"
-    return recipe_from_dict(raw, str(path), lines)
+    return recipe_from_dict(raw, str(path), lines, check_root)
+
+
+def load_run_recipe(run: str | Path) -> Recipe:
+    """The ``recipe.yaml`` a run was pretrained with, to recompute what it did (its pool, its augmentation): its
+    ``data.root`` need not be there any more (data moved since, or a run made on another machine)."""
+    return load_recipe(Path(run) / "recipe.yaml", check_root=False)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

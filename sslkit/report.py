@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sslkit.config import safe_load
+from sslkit.config import load_run_recipe, safe_load
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
@@ -152,14 +152,14 @@ def figure_augmentations(run: Path, meta: dict[str, Any], path: Path, n_images: 
                          seed: int = 0) -> Path:
     """A few pretraining-pool images and random views of them, made by the run's own recipe and statistics."""
     from sslkit.augment import SimCLRAugment
-    from sslkit.config import load_recipe
     from sslkit.data import load_source
     from sslkit.trainer import split_train
     from sslkit.viz import plot_augmentations
 
-    r = load_recipe(Path(run) / "recipe.yaml")
+    r = load_run_recipe(run)
     d, a = r.data, r.augment
-    source = load_source(d.dataset, d.split, root=d.root, image_size=d.image_size, channels=d.channels)
+    root = meta.get("data_root", d.root)  # where the data is now (--data-root), else where it was
+    source = load_source(d.dataset, d.split, root=root, image_size=d.image_size, channels=d.channels)
     _, pool_idx, _ = split_train(r, source.labels)
     g = torch.Generator().manual_seed(seed)
     picked = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_images]].sort().values

@@ -34,7 +34,7 @@ from sslkit.checkpoint import (
     unwrap,
 )
 from sslkit.compiled import compiles
-from sslkit.config import SEED_STRIDE, Recipe, load_recipe, save_recipe
+from sslkit.config import SEED_STRIDE, Recipe, load_recipe, load_run_recipe, save_recipe
 from sslkit.data import (
     IMAGEFOLDER_TEST_FRACTION,
     ImageSource,
@@ -181,7 +181,7 @@ def imagefolder_changed(run: Path, meta: dict[str, Any], train: ImageSource) -> 
     if (meta.get("dataset") != "imagefolder" or recorded is None or train.ids is None
             or not (run / "recipe.yaml").is_file()):
         return False
-    pool_idx, _ = train_images_in_pool(load_recipe(run / "recipe.yaml"), train.labels, None)
+    pool_idx, _ = train_images_in_pool(load_run_recipe(run), train.labels, None)
     return files_digest(train.ids[i] for i in pool_idx.tolist()) != recorded
 
 

@@ -374,6 +374,12 @@ def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_po
     out = " ".join(capsys.readouterr().out.split())
     assert f"{tmp_path / 'o' / 'finetune.json'} exists; this fine-tune replaces it when it ends" in out
 
+    # The folder moved: the run's recipe still names the old place, and the pool is still recomputed.
+    root.rename(tmp_path / "moved")
+    assert main(["probe", str(tmp_path / "run"), "--fractions", "1", "--data-root", str(tmp_path / "moved")]) == 0
+    assert "files changed" not in capsys.readouterr().out
+    assert main([*finetune, "--set", f"data.root={tmp_path / 'moved'}", "--out", str(tmp_path / "o2")]) == 0
+
 
 def test_a_batch_of_one_never_reaches_batch_norm() -> None:
     assert ft.steps_per_finetune_epoch(9, 2) == 4 and ft.steps_per_finetune_epoch(10, 2) == 5

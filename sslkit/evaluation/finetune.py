@@ -45,7 +45,7 @@ from torch import nn
 
 from sslkit.augment import preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta
-from sslkit.config import load_recipe
+from sslkit.config import load_run_recipe
 from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
@@ -118,9 +118,12 @@ def _long_tail(idx: torch.Tensor, labels: torch.Tensor, num_classes: int, ratio:
 
 def _check_imagefolder_pool(root: str | None, meta: dict[str, Any]) -> None:
     """A ``UserError`` where an image-folder run's pool cannot be recomputed for ``labeled.disjoint_from_pool``:
-    another folder than the run's, or a run from before the test split was held out of pretraining."""
+    a run from before the test split was held out of pretraining, or another folder than the run's where the run
+    recorded no digest of its pool's files (with one, a moved or copied folder is checked file by file instead:
+    :func:`~sslkit.trainer.imagefolder_changed`)."""
     ran_on = meta.get("data_root")
-    if ran_on is None or root is None or Path(root).expanduser().resolve() != Path(ran_on).expanduser().resolve():
+    moved = ran_on is None or root is None or Path(root).expanduser().resolve() != Path(ran_on).expanduser().resolve()
+    if moved and "imagefolder_pool_sha256" not in meta:
         raise UserError(f"labeled.disjoint_from_pool: data.root {root!r} is not the folder the run pretrained on "
                         f"({ran_on!r}), so its pool says nothing about these images — use that folder, or set "
                         "labeled.disjoint_from_pool: false")
@@ -154,7 +157,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     pool_size = pretraining_split = None
     changed = imagefolder_changed(run_dir_of(r.run), meta, train)
     if lab.disjoint_from_pool:
-        run_recipe = load_recipe(run_dir_of(r.run) / "recipe.yaml")
+        run_recipe = load_run_recipe(run_dir_of(r.run))
         if run_recipe.data.dataset != dataset:
             raise UserError(f"data.dataset is {dataset} but the run pretrained on {run_recipe.data.dataset}, so its "
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
