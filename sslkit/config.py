@@ -371,9 +371,6 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str], check_r
     with ``check_root``)."""
     from sslkit.data import DATASETS, pretraining_splits, split_problem  # the registry's names; nothing is loaded
 
-    if not r.name or r.name in (".", "..") or "/" in r.name or "\\" in r.name:
-        raise UserError(f"{_loc(where, lines, 'name')}: name {r.name!r} names the run's folder (runs/<name>) — give "
-                        "a non-empty name without path separators")
     d = r.data
     if d.dataset not in DATASETS:
         close = difflib.get_close_matches(d.dataset, DATASETS, n=1)

@@ -595,7 +595,10 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     images_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
     name = f"imagefolder/{base.name}"
     if images_path.is_file() and meta_path.is_file():
-        return _load_cached(images_path, meta_path, name)
+        try:
+            return _load_cached(images_path, meta_path, name)
+        except FileNotFoundError:  # pruned just now by another process that found the folder changed: decode
+            pass
 
     # Decode straight into the cache file, so a folder larger than memory never has to fit in it.
     tmp = cache / f".tmp-{key}.{os.getpid()}.npy"

@@ -139,13 +139,22 @@ class SimCLR(nn.Module):
 
 
 @torch.no_grad()
-def full_scale_residuals(model: nn.Module) -> nn.Module:
-    """Sets the last batch-norm scale of every residual block to 1, as timm initialises it without
-    ``zero_init_last`` (which starts it at 0); in place, returns ``model``."""
-    for block in model.modules():
-        if hasattr(block, "zero_init_last"):  # timm's BasicBlock (last norm bn2) and Bottleneck (bn3)
-            last = block.bn3 if hasattr(block, "bn3") else block.bn2
-            nn.init.ones_(last.weight)
+def full_scale_residuals(model: nn.Module, reference: nn.Module) -> nn.Module:
+    """Gives every residual block's parameters that timm's ``zero_init_last`` left at 0 their values in
+    ``reference``, the same architecture built with ``zero_init_last=False``: in place, returns ``model``.
+
+    What ``zero_init_last`` zeroes differs by family (a ResNet block's last batch-norm scale, ``bn2`` or ``bn3``;
+    RegNet's ``conv3.bn``; a pre-activation ResNetV2 block's last convolution), so each such block's all-zero
+    parameters are taken from ``reference`` (a batch-norm scale becomes 1; a bias, 0 in both, stays 0). Meant for
+    a network that has not trained yet, whose only zeros are those.
+    """
+    own = dict(reference.named_modules())
+    for name, block in model.named_modules():
+        if hasattr(block, "zero_init_last"):
+            theirs = dict(own[name].named_parameters())
+            for key, p in block.named_parameters():
+                if not p.any():
+                    p.copy_(theirs[key])
     return model
 
 

@@ -44,7 +44,7 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
         suffixes: the extensions the command can write, the usual one first.
         run: the run directory the command reads; its files (:data:`RUN_FILES`, except ``own``) and folders
             (:data:`RUN_FOLDERS`) are refused, and so are those of any other run (a folder with an
-            ``encoder.json`` or a ``recipe.yaml``), ``own`` included.
+            ``encoder.json``, or a ``recipe.yaml`` with ``metrics.jsonl`` or ``checkpoints/``), ``own`` included.
         own: the run file this command itself writes by default (writing it again is what the user asked for).
 
     Returns:
@@ -80,4 +80,7 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / "encoder.json").is_file() or (folder / "recipe.yaml").is_file()
+    """A run directory: an exported encoder, or a recipe beside what pretraining writes (a project folder with a
+    recipe.yaml of its own is not one)."""
+    return (folder / "encoder.json").is_file() or ((folder / "recipe.yaml").is_file() and (
+        (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()))

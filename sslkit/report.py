@@ -819,10 +819,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             ft.body.append("<details><summary>the rest of finetune.json (per-seed runs, sizes, protocol, recipe)"
                            "</summary>" + "".join(generic_tables(rest)) + "</details>")
         elif foreign is not None:
-            ft.missing = (f"finetune.json here fine-tuned another encoder (run {_esc(foreign.get('run', '?'))}, "
-                          f"sha256 {_esc(str(foreign['encoder_sha256'])[:12])}; this run's is "
-                          f"{_esc(meta['sha256'][:12])}), so it is not shown: {_cmd(f'sslkit finetune {run}')} "
-                          "fine-tunes this one.")
+            ft.missing = (f"finetune.json here fine-tuned another encoder than this run's (run "
+                          f"{_esc(foreign.get('run', '?'))}, sha256 {_esc(str(foreign['encoder_sha256'])[:12])}; this "
+                          f"run's is now {_esc(meta['sha256'][:12])}), so it is not shown: "
+                          f"{_cmd(f'sslkit finetune {run}')} fine-tunes this one.")
         else:
             ft.missing = (f"{_cmd(f'sslkit finetune {run}')} has not been run for this run: it fine-tunes the "
                           "encoder and a supervised model from scratch on the same labels and writes "

@@ -185,8 +185,8 @@ def imagefolder_changed(run: Path, meta: dict[str, Any], train: ImageSource) -> 
     return files_digest(train.ids[i] for i in pool_idx.tolist()) != recorded
 
 
-IMAGEFOLDER_CHANGED = ("the image folder's files changed since this run pretrained (added, removed or renamed), so "
-                       "its test split may hold images the run pretrained on")
+IMAGEFOLDER_CHANGED = ("the image folder's files are not those this run pretrained on (added, removed or renamed "
+                       "since, or another folder), so its test split may hold images the run pretrained on")
 
 
 def prepare_data(r: Recipe, device: torch.device) -> Data:
@@ -243,13 +243,16 @@ def calibrated_encoder(encoder: torch.nn.Module, r: Recipe, images: torch.Tensor
     evaluated and exported encoder gets them measured on such images instead ("precise BN", Wu & Johnson 2021,
     "Rethinking 'Batch' in BatchNorm"). Weights are untouched and the training model keeps its own statistics,
     so checkpoints and resumption do not change. The copy is a plain timm module (no DDP or SyncBatchNorm), on
-    the images' device.
+    the images' device. With ``full_scale`` (step 0) its residual branches are switched on: see
+    :func:`evaluated_encoder`.
     """
-    with torch.random.fork_rng(devices=[]):  # initialising the copy draws no numbers from the training's stream
+    with torch.random.fork_rng(devices=[]):  # initialising the copies draws no numbers from the training's stream
         plain = build_encoder(r.model.encoder, r.model.stem, images.shape[1]).to(images.device)
+        reference = (build_encoder(r.model.encoder, r.model.stem, images.shape[1], zero_init_last=False)
+                     if full_scale else None)
     plain.load_state_dict(unwrap(encoder).state_dict())
-    if full_scale:  # see evaluated_encoder
-        full_scale_residuals(plain)
+    if reference is not None:  # see evaluated_encoder
+        full_scale_residuals(plain, reference.to(images.device))
     return recalibrate_on_images(plain, images, mean, std)
 
 
@@ -522,7 +525,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
                         num_features=encoder.num_features, image_size=data.pool.image_size, mean=list(data.mean),
-                        std=list(data.std), dataset=r.data.dataset, split=r.data.split, data_root=r.data.root,
+                        std=list(data.std), dataset=r.data.dataset, split=r.data.split,
+                        data_root=str(Path(r.data.root).expanduser().resolve()) if r.data.root else None,
                         recipe=r.name)
     if r.data.dataset == "imagefolder":  # runs without it pretrained on the whole folder, its test part included
         encoder_meta["imagefolder_test_held_out"] = IMAGEFOLDER_TEST_FRACTION
@@ -680,6 +684,10 @@ def pretrain_from_file(path: str | Path, out: str | Path | None = None, override
         p = p / "recipe.yaml"
     recipe = load_recipe(p, overrides)
     if out is None:
+        name = Path(recipe.name)
+        if not recipe.name.strip() or name.is_absolute() or any(part in (".", "..") for part in recipe.name.split("/")):
+            raise UserError(f"name {recipe.name!r} would put the run outside a folder of its own in runs/ (the default "
+                            "--out is runs/<name>) — give a name such as 'cifar10' or 'cifar/bs256', or give --out")
         out = Path("runs") / recipe.name
     try:
         return pretrain(recipe, out, resume=resume, console=console)

@@ -384,6 +384,26 @@ def test_an_all_gray_folder_read_as_rgb_suggests_one_channel(tmp_path: Path, cap
         imagefolder_pool(root=str(tmp_path), image_size=8, channels=1)
 
 
+def test_a_cache_pruned_by_another_process_between_check_and_read_is_decoded_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / c / "0.png")
+    first = imagefolder_pool(root=str(tmp_path), image_size=8)
+
+    real, calls = data._load_cached, []
+
+    def pruned(*args: object) -> ImageSource:  # the first read finds the files gone
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError("gone")
+        return real(*args)
+
+    monkeypatch.setattr(data, "_load_cached", pruned)
+    again = imagefolder_pool(root=str(tmp_path), image_size=8)  # decoded, not a traceback
+    assert torch.equal(again.images, first.images) and len(calls) == 2
+
+
 def test_imagefolder_cache_sees_a_file_replaced_with_its_old_mtime(tmp_path: Path) -> None:
     for c in ("a", "b"):
         (tmp_path / c).mkdir()

@@ -337,7 +337,7 @@ def test_disjoint_from_pool_needs_the_run_s_own_image_folder_and_its_hold_out(
 
 
 def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_pool_refused(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
     from sslkit.evaluation.probe import run_probe
@@ -348,24 +348,27 @@ def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_po
         (root / c).mkdir(parents=True)
         for i in range(12):
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    monkeypatch.chdir(tmp_path)  # data.root relative to where pretrain ran: the run records where that is
     pre = load_recipe(RECIPES / "quickstart.yaml", [
-        "data.dataset=imagefolder", f"data.root={root}", "data.image_size=8", "monitor.val_size=4",
+        "data.dataset=imagefolder", "data.root=imgs", "data.image_size=8", "monitor.val_size=4",
         "monitor.bank_size=8", "train.batch_size=8", "train.max_steps=1", "train.threads=1"])
     pretrain(pre, tmp_path / "run", console=QUIET)
+    assert load_encoder(tmp_path / "run").sslkit_meta["data_root"] == str(root.resolve())
+    monkeypatch.chdir(tmp_path / "run")
     finetune = ["finetune", str(tmp_path / "run"), "--out", str(tmp_path / "o")]
     for setting in ("train.epochs=1", "seeds=1", "labeled.size=4", "labeled.val_size=1", "train.batch_size=4",
                     "robustness.epsilons=[]"):
         finetune += ["--set", setting]
     quiet = Console(record=True, width=400)
     run_probe(tmp_path / "run", fractions=(1.0,), console=quiet)
-    assert "files changed" not in quiet.export_text()  # the folder as it was: nothing to say
+    assert "are not those this run pretrained on" not in quiet.export_text()  # the folder as it was: nothing to say
 
     # One file renamed: the hash-chosen held-out split and the recomputed pool move with it.
     (root / "a" / "05.png").rename(root / "a" / "05b.png")
     run_probe(tmp_path / "run", fractions=(1.0,), console=quiet)
-    assert "the image folder's files changed since this run pretrained" in quiet.export_text()
+    assert "the image folder's files are not those this run pretrained on" in quiet.export_text()
     assert main(finetune) == 2
-    assert "labeled.disjoint_from_pool: the image folder's files changed" in capsys.readouterr().err
+    assert "labeled.disjoint_from_pool: the image folder's files are not those" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     (root / "a" / "05b.png").rename(root / "a" / "05.png")  # restored: the pool is recomputed exactly again
     assert main(finetune) == 0
@@ -377,7 +380,7 @@ def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_po
     # The folder moved: the run's recipe still names the old place, and the pool is still recomputed.
     root.rename(tmp_path / "moved")
     assert main(["probe", str(tmp_path / "run"), "--fractions", "1", "--data-root", str(tmp_path / "moved")]) == 0
-    assert "files changed" not in capsys.readouterr().out
+    assert "are not those this run pretrained on" not in capsys.readouterr().out
     assert main([*finetune, "--set", f"data.root={tmp_path / 'moved'}", "--out", str(tmp_path / "o2")]) == 0
 
 

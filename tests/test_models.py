@@ -88,6 +88,17 @@ def test_full_scale_residuals_is_timm_s_init_without_zero_init_last() -> None:
     torch.manual_seed(3)
     full = build_encoder("resnet18", "cifar", 3, zero_init_last=False)
     assert float(zeroed.layer1[0].bn2.weight.abs().sum()) == 0  # the training's start: branches off
-    on = full_scale_residuals(zeroed).state_dict()
+    torch.manual_seed(4)  # another draw: only the zeroed scales are taken from it, and they are 1 in any draw
+    on = full_scale_residuals(zeroed, build_encoder("resnet18", "cifar", 3, zero_init_last=False)).state_dict()
     for k, v in full.state_dict().items():
         assert torch.equal(on[k], v), k
+
+
+@pytest.mark.parametrize("name", ["regnetx_002", "cspresnet50"])
+def test_full_scale_residuals_finds_what_other_families_zeroed(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_encoder(name, "imagenet", 3)
+    zero = {k for k, p in model.named_parameters() if not p.any() and not k.endswith("bias")}
+    assert zero, "zero_init_last zeroed something"
+    full_scale_residuals(model, build_encoder(name, "imagenet", 3, zero_init_last=False))
+    assert all(dict(model.named_parameters())[k].any() for k in zero)

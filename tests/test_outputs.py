@@ -23,6 +23,10 @@ def test_check_output_accepts_a_file_name_and_refuses_what_would_fail_or_destroy
     (other / "features").mkdir(parents=True)
     (other / "encoder.json").write_text("{}")
     assert check_output(other / "notes.json", "--json", (".json",), run) == other / "notes.json"  # not a run file
+    project = tmp_path / "project"  # a folder with a recipe.yaml of its own is not a run
+    project.mkdir()
+    (project / "recipe.yaml").write_text("name: mine\n")
+    assert check_output(project / "probe.json", "--json", (".json",), run) == project / "probe.json"
     assert check_output(tmp_path / "new" / "grid.PNG", "--out", FIGURE_SUFFIXES, run) == tmp_path / "new" / "grid.PNG"
     assert check_output(run / "probe.json", "--json", (".json",), run, own="probe.json") == run / "probe.json"
     refusals = [

@@ -222,7 +222,8 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     text = build_report(run, method="tsne", max_points=80, console=quiet()).read_text(encoding="utf-8")
     sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
     assert "84.3%" not in text and "fine-tuning (test)" not in sections["overview"]
-    assert "finetune.json here fine-tuned another encoder (run runs/other, sha256 abababababab" in sections["finetune"]
+    assert ("finetune.json here fine-tuned another encoder than this run's (run runs/other, sha256 abababababab"
+            in sections["finetune"])
 
 
 @pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])

@@ -172,6 +172,15 @@ def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.name for p in (skip4 / "checkpoints").glob("step-*.pt")) == ["step-4.pt", "step-8.pt"]
 
 
+@pytest.mark.parametrize("name", ["", "..", "../elsewhere", "/tmp/x", "a/./b"])
+def test_a_name_that_would_leave_runs_is_refused_for_the_default_out(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--set", f"name={name}"]) == 2
+    assert f"name {name!r} would put the run outside a folder of its own in runs/" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_max_skips_counts_over_a_resumed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sslkit.step as step
 

@@ -312,9 +312,9 @@ def build_optimizer(model: Classifier, arm: str, cfg: FinetuneOptim, batch_size:
 
 
 def steps_per_finetune_epoch(n: int, batch: int) -> int:
-    """Batches per epoch of ``n`` training images at batch ≤ ``batch`` (``torch.tensor_split`` of the epoch into
-    this many nearly equal parts): ⌈n / batch⌉, fewer where that would leave a batch of one image, which batch
-    norm cannot train on (n = 9 at batch 2 gives 4 batches, of 3, 2, 2 and 2)."""
+    """Batches per epoch of ``n`` training images at ``batch`` (``torch.tensor_split`` of the epoch into this many
+    nearly equal parts): ⌈n / batch⌉, fewer where that would leave a batch of one image, which batch norm cannot
+    train on; then a batch may hold one image more than ``batch`` (n = 9 at batch 2: 3, 2, 2 and 2)."""
     return max(1, min(math.ceil(n / batch), n // 2))
 
 
@@ -527,7 +527,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                   f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
                   f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
-                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{batch} on {device}",
+                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{-(-len(data.train) // steps_per_epoch)} on {device}",
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     if (note := pretraining_overlap_note(meta)) is not None and info["dataset"] == "imagefolder":
         console.print(f"[yellow]note[/]: {note}")
