@@ -596,7 +596,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     name = f"imagefolder/{base.name}"
     if images_path.is_file() and meta_path.is_file():
         try:
-            return _load_cached(images_path, meta_path, name)
+            return _load_cached(images_path, meta_path, name, remind=True)
         except FileNotFoundError:  # pruned just now by another process that found the folder changed: decode
             pass
 
@@ -675,7 +675,7 @@ def _drop_stale_caches(cache: Path, key: str, size: int, mode: str) -> None:
             meta_path.unlink(missing_ok=True)
 
 
-def _load_cached(images_path: Path, meta_path: Path, name: str) -> ImageSource:
+def _load_cached(images_path: Path, meta_path: Path, name: str, remind: bool = False) -> ImageSource:
     meta = json.loads(meta_path.read_text())
     # Copy-on-write: pages are read from disk on demand and shared; a stray in-place write stays private to
     # this process instead of corrupting the cache (or crashing, as a read-only mapping would).
@@ -684,6 +684,10 @@ def _load_cached(images_path: Path, meta_path: Path, name: str) -> ImageSource:
     if images.dim() != 4 or len(labels) != images.shape[0]:
         raise UserError(f"the image cache {images_path} does not match {meta_path} — delete {images_path.parent} "
                         "and load again")
+    if remind and meta.get("skipped"):  # said in full when decoded; a reminder on every later read
+        warnings.warn(f"{meta['skipped']} unreadable image(s) in {meta.get('root', name)} are left out (as when it "
+                      "was decoded) — fix or remove them, and the folder is decoded again", SslkitWarning,
+                      stacklevel=4)
     files = meta.get("files")
     return ImageSource(images, labels, tuple(meta["classes"]), name, tuple(files) if files is not None else None)
 

@@ -701,6 +701,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 "same architecture with random weights), both on images normalised with the labeled train "
                 "split's own mean and std. Best score of each row in bold.</p>")
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
+            probe_sec.body += [f'<div class="note">{_esc(note)}</div>' for note in probe.get("notes", [])]
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
                 probe_sec.body.append('<div class="note">probe.json was measured on another encoder '
                                       f"(sha256 {_esc(probe['checkpoint_sha256'][:12])}) than the run's "
@@ -813,9 +814,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                            "trained on the same labels).</p>")
             # The charts sslkit finetune drew beside finetune.json, then its headline tables; the whole document
             # (per-seed runs with their epoch curves, FGSM, the recipe) stays one click away.
+            ft.body += [f'<div class="note">{_esc(note)}</div>' for note in finetune.get("notes", [])]
             ft.body += [img(figures / name, name) for name in FINETUNE_FIGURES if (figures / name).is_file()]
             ft.body += generic_tables({k: finetune[k] for k in ("summary", "difference") if k in finetune})
-            rest = {k: v for k, v in finetune.items() if k not in ("summary", "difference")}
+            rest = {k: v for k, v in finetune.items() if k not in ("summary", "difference", "notes")}
             ft.body.append("<details><summary>the rest of finetune.json (per-seed runs, sizes, protocol, recipe)"
                            "</summary>" + "".join(generic_tables(rest)) + "</details>")
         elif foreign is not None:

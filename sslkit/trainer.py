@@ -573,8 +573,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))
         if knn_start is not None:
             log.write(step=0, epoch=0, **{"knn/top1": knn_start})
-            console.print(f"k-NN top-1 at step 0: {knn_start:.4f} (a random network: the weights at step 0 with "
-                          "every residual branch on)")
+            console.print(f"k-NN top-1 at step 0 (untrained network): {knn_start:.4f}")
     knn_last = knn_start
 
     # --- the loop ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ are green where a shown image's class matches what it is compared with and red w
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     # A perfect score has no place on a log axis: it is drawn at half an error (annotated with its true value).
     floor = 0.5 / max(int(report.get("sizes", {}).get(report.get("split"), 0) or 0), 1)
+    floored, counts = False, set()
     for i, (name, m) in enumerate(report["models"].items()):
         points = [(m[f"label_fraction.{f:g}.n"], 1 - m[f"label_fraction.{f:g}.top1"]) for f in report["fractions"]
                   if isinstance(m.get(f"label_fraction.{f:g}.top1"), (int, float))
@@ -111,15 +113,23 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
         if not points:
             continue
         ns, err = zip(*points, strict=True)
-        ax.plot(ns, [max(e, floor) for e in err], marker="o", label=name.replace("_", " "),
-                color=COLOURS.get(name, OTHER_COLOURS[i % len(OTHER_COLOURS)]),
+        counts.update(ns)
+        colour = COLOURS.get(name, OTHER_COLOURS[i % len(OTHER_COLOURS)])
+        ax.plot(ns, [max(e, floor) for e in err], marker="o", label=name.replace("_", " "), color=colour,
                 linestyle="--" if name in ("raw_pixels", "random_init") else "-")
         for n, e in points:
             ax.annotate(f"{e:.1%}", (n, max(e, floor)), textcoords="offset points", xytext=(5, 3), fontsize=7)
+            if e < floor:  # no error at all: an open triangle over the point, explained below the plot
+                ax.plot([n], [floor], marker="v", markersize=11, markerfacecolor="none", color=colour)
+                floored = True
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the last points
+    # The x ticks are the label counts probed, whatever their range (matplotlib would label a range of about a
+    # decade with minor ticks in scientific notation).
+    ax.xaxis.set_major_locator(FixedLocator(sorted(counts)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     # Errors often span less than a decade (11–35 %): there the ticks are evenly spaced round values (10 %, 15 %,
     # …), so that every curve has labels beside it; over wider ranges 1, 2, 3, 5 × 10^k keep the labels apart.
     low, high = ax.get_ylim()
@@ -136,6 +146,9 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     ax.legend(fontsize=8)
+    if floored:
+        fig.text(0.01, 0.01, "▽ no error: drawn at half of one error, which a log axis can show", fontsize=7,
+                 color="#555555")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -198,7 +211,10 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, predictions: 
         return _empty(path, title, "no misclassified images")
     rows = math.ceil(len(indices) / columns)
     cols = min(columns, len(indices))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.85 * rows + 0.5), squeeze=False)
+    # A few images make a narrow figure: the title wraps to its width (about 0.09 in a character at 11 pt).
+    title = textwrap.fill(title, max(16, int(1.45 * cols / 0.09)))
+    lines = title.count("\n")
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.85 * rows + 0.5 + 0.2 * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, indices, strict=False):

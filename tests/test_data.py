@@ -347,7 +347,8 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
     assert sorted(p.name for p in root.iterdir()) == ["cats", "dogs"]
 
     forbid_decoding(monkeypatch)
-    again = imagefolder_pool(root=str(root), image_size=8)
+    with pytest.warns(UserWarning, match=r"2 unreadable image\(s\) in .*imgs are left out \(as when it was decoded\)"):
+        again = imagefolder_pool(root=str(root), image_size=8)
     assert torch.equal(again.images, src.images) and torch.equal(again.labels, src.labels)
     assert again.classes == src.classes and again.name == "imagefolder/imgs"
     again.images[0] = 0  # copy-on-write: a stray write changes neither the cache nor the next load
@@ -393,11 +394,11 @@ def test_a_cache_pruned_by_another_process_between_check_and_read_is_decoded_aga
 
     real, calls = data._load_cached, []
 
-    def pruned(*args: object) -> ImageSource:  # the first read finds the files gone
+    def pruned(*args: object, **kwargs: object) -> ImageSource:  # the first read finds the files gone
         calls.append(1)
         if len(calls) == 1:
             raise FileNotFoundError("gone")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(data, "_load_cached", pruned)
     again = imagefolder_pool(root=str(tmp_path), image_size=8)  # decoded, not a traceback

@@ -139,7 +139,10 @@ def test_wide_features_reach_the_same_optimum_through_a_thin_preconditioner(
     x = torch.cat([x, torch.randn(len(x), 288, generator=torch.Generator().manual_seed(5))], 1)  # D = 300 > N
     xs = Standardiser(x)(x)
     lam = 1e-2
-    dense = spectrum(xs)
+    assert spectrum(xs)[1].shape[1] <= len(xs), "fewer rows than dimensions: the Gram path, whatever D"
+    with monkeypatch.context() as m:
+        m.setattr(linear_mod, "SPECTRUM_RANK", 10)  # more rows than that rank: the dense D×D path
+        dense = spectrum(xs)
     assert dense[1].shape == (300, 300)
     monkeypatch.setattr(linear_mod, "DENSE_SPECTRUM_MAX", 100)
     monkeypatch.setattr(linear_mod, "SPECTRUM_RANK", 200 if wide == "gram" else 30)

@@ -289,6 +289,13 @@ def test_an_out_that_is_a_file_stops_before_training(run_dir: Path, tmp_path: Pa
     (tmp_path / "o" / "finetune.json").mkdir(parents=True)
     assert main(["finetune", str(run_dir), "--out", str(tmp_path / "o")]) == 2
     assert "finetune.json', a folder where finetune writes its results file" in capsys.readouterr().err
+    other = tmp_path / "other-run"  # another run's directory: its own finetune.json would be replaced
+    other.mkdir()
+    (other / "encoder.json").write_text("{}")
+    (other / "finetune.json").write_text("its results")
+    assert main(["finetune", str(run_dir), "--out", str(other)]) == 2
+    assert f"--out {str(other)!r} is another run's directory" in capsys.readouterr().err
+    assert (other / "finetune.json").read_text() == "its results"
 
 
 def test_a_pretraining_recipe_given_to_finetune_says_which_command_runs_it(
@@ -301,6 +308,18 @@ def test_a_pretraining_recipe_given_to_finetune_says_which_command_runs_it(
 def test_too_few_labels_say_the_floor(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["finetune", str(run_dir), "--set", "labeled.size=3", "--out", str(tmp_path / "o")]) == 2
     assert "labeled.size 3 gives 3 labeled image(s): a fine-tune needs at least 4" in capsys.readouterr().err
+
+
+def test_fgsm_table_of_one_seed_prints_no_spread() -> None:
+    from sslkit.evaluation.robustness import print_robustness_table, summarise
+
+    for curves, spread in (([{0.0: 0.9, 0.1: 0.4}], False), ([{0.0: 0.9, 0.1: 0.4}, {0.0: 0.8, 0.1: 0.5}], True)):
+        summary = summarise({"ssl": curves})
+        assert summary["ssl"]["seeds"] == len(curves)
+        console = Console(record=True, width=200)
+        print_robustness_table(summary, 40, console)
+        text = console.export_text()
+        assert ("±" in text) == spread and ("one seed" in text) != spread, text
 
 
 def test_one_seed_has_no_spread_to_print() -> None:
@@ -367,8 +386,12 @@ def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_po
     (root / "a" / "05.png").rename(root / "a" / "05b.png")
     run_probe(tmp_path / "run", fractions=(1.0,), console=quiet)
     assert "the image folder's files are not those this run pretrained on" in quiet.export_text()
+    assert "are not those this run pretrained on" in json.loads((tmp_path / "run" / "probe.json").read_text())[
+        "notes"][0]  # kept beside the scores, where the report shows it
     assert main(finetune) == 2
     assert "labeled.disjoint_from_pool: the image folder's files are not those" in capsys.readouterr().err
+    assert main([*finetune, "--set", "labeled.disjoint_from_pool=false", "--out", str(tmp_path / "o3")]) == 0
+    assert "are not those" in json.loads((tmp_path / "o3" / "finetune.json").read_text())["notes"][0]
     assert not (tmp_path / "o").exists()
     (root / "a" / "05b.png").rename(root / "a" / "05.png")  # restored: the pool is recomputed exactly again
     assert main(finetune) == 0

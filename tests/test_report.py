@@ -199,6 +199,7 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     summary = {"ssl": {"test_top1.mean": 0.8431}, "supervised": {"test_top1.mean": 0.8211}}
     runs = [{"arm": "ssl", "seed": 0, "curves": {"val_top1": [0.5, 0.8]}}]
     (run / "finetune.json").write_text(json.dumps({"name": "ft", "split": "test", "sizes": {"labeled": 5000},
+                                                   "notes": ["a note on these scores"],
                                                    "summary": summary, "difference": {
         "test_top1.mean": 0.022, "ssl_wins": 3, "seeds": 3}, "runs": runs,
         "robustness": {"summary": {"ssl": {"mean": [0.8, 0.3]}}}}))
@@ -212,6 +213,7 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     head, full = body.split("<details>", 1)
     assert head.count("<img ") == 1, "the chart sslkit finetune drew; the FGSM chart is absent and skipped"
     assert "84.3%" in head and "82.1%" in head and "2.2%" in head, "the summary and difference tables lead, as %"
+    assert '<div class="note">a note on these scores</div>' in head and "a note on these" not in full
     assert "val_top1" not in head and "robustness" not in head, "per-epoch curves and FGSM only in the full view"
     assert "robustness" in full and "84.3%" not in full, "the rest of the document, without the tables above"
     assert "curves" in full and "val_top1" not in full, "nested per-epoch curves are named, not dumped as JSON"

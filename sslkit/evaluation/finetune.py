@@ -465,9 +465,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(t.mean()), (float(t.std()) if len(t) > 1 else 0.0)
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """A ``UserError`` when ``finetune.json`` and ``figures/`` could not be written in ``out_dir``."""
+def _check_out_dir(out_dir: Path, run: Path) -> None:
+    """A ``UserError`` when ``finetune.json`` and ``figures/`` could not be written in ``out_dir``, or it is
+    another run's directory than ``run``'s (its own fine-tune results would be replaced by this run's)."""
     check_out_folder(out_dir, "give a folder for finetune.json and its figures")
+    if (out_dir / "encoder.json").is_file() and out_dir.resolve() != run.resolve():
+        raise UserError(f"--out {str(out_dir)!r} is another run's directory: this fine-tune of {str(run)!r} would "
+                        "replace that run's finetune.json and figures — give a folder of its own")
     for inside, want_dir in (("finetune.json", False), ("figures", True)):
         p = out_dir / inside
         if p.exists() and p.is_dir() != want_dir:
@@ -503,7 +507,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     meta = read_run_meta(r.run)  # checked keys, and a sha256 that is the weights' own
     weights, sha = read_encoder_meta(r.run)[1], meta["sha256"]
     out_dir = Path(out).expanduser() if out is not None else run_dir_of(r.run)
-    _check_out_dir(out_dir)  # before any training: its results must have somewhere to go
+    _check_out_dir(out_dir, run_dir_of(r.run))  # before any training: its results must have somewhere to go
     if (out_dir / "finetune.json").is_file():
         console.print(f"[yellow]note[/]: {out_dir / 'finetune.json'} exists; this fine-tune replaces it when it ends "
                       "— give --out another folder to keep both")
@@ -529,10 +533,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                   f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
                   f"{_plural(steps_per_epoch, 'step')} of batch ≤{-(-len(data.train) // steps_per_epoch)} on {device}",
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
-    if (note := pretraining_overlap_note(meta)) is not None and info["dataset"] == "imagefolder":
+    for note in _notes(meta, info):
         console.print(f"[yellow]note[/]: {note}")
-    elif info["imagefolder_changed"]:
-        console.print(f"[yellow]note[/]: {IMAGEFOLDER_CHANGED} — pretrain again for honest scores")
 
     runs: list[dict[str, Any]] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -582,6 +584,15 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     return report
 
 
+def _notes(meta: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """What the scores' reader must know: an image-folder run that pretrained on the test split, or whose folder
+    no longer holds the files it pretrained on. Printed, and kept in ``finetune.json``."""
+    note = pretraining_overlap_note(meta) if info["dataset"] == "imagefolder" else None
+    if note is None and info["imagefolder_changed"]:
+        note = f"{IMAGEFOLDER_CHANGED} — pretrain again for honest scores"
+    return [note] if note is not None else []
+
+
 def _report(r: FinetuneRecipe, meta: dict[str, Any], sha: str, data: LabeledData, runs: list[dict[str, Any]],
             device: torch.device, seconds: float) -> dict[str, Any]:
     info = data.info
@@ -605,7 +616,8 @@ def _report(r: FinetuneRecipe, meta: dict[str, Any], sha: str, data: LabeledData
             summary[arm][f"fgsm.eps{e:g}.std"] = sd
     return {
         "name": r.name, "run": str(r.run), "dataset": info["dataset"], "split": info["test_split"],
-        "encoder": meta["encoder"], "stem": meta["stem"], "encoder_sha256": sha, "image_size": meta["image_size"],
+        "notes": _notes(meta, info), "encoder": meta["encoder"], "stem": meta["stem"], "encoder_sha256": sha,
+        "image_size": meta["image_size"],
         "sizes": {k: info[k] for k in ("labeled", "train", "val", "test", "attack", "candidates")}
         | {"pool": info["pool"], "pretraining_split": info["pretraining_split"]},
         "labeled": {"size": r.labeled.size, "disjoint_from_pool": r.labeled.disjoint_from_pool,

@@ -83,13 +83,15 @@ class Standardiser:
 
 def spectrum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues and eigenvectors of xᵀx / N, for :func:`fit_logistic`'s preconditioner: all D of them (float64)
-    up to ``DENSE_SPECTRUM_MAX`` dimensions; above, the leading r ≤ N of them (float32, see the module notes).
+    up to ``DENSE_SPECTRUM_MAX`` dimensions; above, or with fewer rows than dimensions, the leading r ≤ N of them
+    (float32, see the module notes). Fewer rows than dimensions (a small image folder's raw pixels: 384 × 3,072)
+    take every non-zero pair from the N×N Gram matrix, exactly, instead of a D×D eigendecomposition (18 s there).
 
     Shape:
         (N, D) -> (D,), (D, D) or (r,), (D, r)
     """
     n, d = x.shape
-    if d <= DENSE_SPECTRUM_MAX:
+    if d <= DENSE_SPECTRUM_MAX and (n >= d or n > SPECTRUM_RANK):
         x64 = x.double()
         evals, evecs = torch.linalg.eigh(x64.T @ x64 / max(n, 1))
         return evals.clamp_min(0), evecs

@@ -238,11 +238,14 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
                   f"{len(test):,} {split} images, {num_classes} classes, on {device.type}",
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
+    notes = []  # kept in probe.json too, where the report shows them
     for m, folder in [(meta, run), *zip(other_meta, others, strict=True)]:
-        if (note := pretraining_overlap_note(m)) is not None:
+        note = pretraining_overlap_note(m)
+        if note is None and imagefolder_changed(folder, m, train):
+            note = f"{IMAGEFOLDER_CHANGED} — pretrain again for honest scores"
+        if note is not None:
+            notes.append(f"{folder}: {note}")
             console.print(f"[yellow]note[/] ({folder}): {note}")
-        elif imagefolder_changed(folder, m, train):
-            console.print(f"[yellow]note[/] ({folder}): {IMAGEFOLDER_CHANGED} — pretrain again for honest scores")
 
     # The baselines see the data normalised by the labeled train split itself, so every run of a data set gets
     # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool).
@@ -266,7 +269,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
                 predictions = pred
 
     report: dict[str, Any] = {
-        "run": str(run), "dataset": meta["dataset"], "split": split, "split_description": described,
+        "run": str(run), "dataset": meta["dataset"], "split": split, "split_description": described, "notes": notes,
         "classes": list(train.classes), "sizes": {"train": len(train), split: len(test)},
         "checkpoint_sha256": meta["sha256"], "encoder": meta["encoder"], "seed": seed, "fractions": list(fractions),
         "compare": {name: str(other) for name, other in zip(names, others, strict=True)},

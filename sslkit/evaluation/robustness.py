@@ -84,7 +84,8 @@ def _eps_key(eps: float) -> str:
 
 
 def summarise(per_seed: dict[str, list[dict[float, float]]]) -> dict[str, dict[str, list[float]]]:
-    """Mean and sample std over seeds of each arm's FGSM curve: ``{arm: {"eps", "mean", "std"}}``."""
+    """Mean and sample std over seeds of each arm's FGSM curve: ``{arm: {"eps", "mean", "std", "seeds"}}`` (std 0
+    for one seed, whose spread is unknown: ``seeds`` says so)."""
     out = {}
     for arm, curves in per_seed.items():
         if not curves:
@@ -95,22 +96,24 @@ def summarise(per_seed: dict[str, list[dict[float, float]]]) -> dict[str, dict[s
             values = torch.tensor([c[e] for c in curves], dtype=torch.float64)
             mean.append(float(values.mean()))
             std.append(float(values.std()) if len(values) > 1 else 0.0)
-        out[arm] = {"eps": eps, "mean": mean, "std": std}
+        out[arm] = {"eps": eps, "mean": mean, "std": std, "seeds": len(curves)}
     return out
 
 
 def print_robustness_table(summary: dict[str, dict[str, list[float]]], n_images: int, console: Console) -> None:
-    """Arms as rows, ε as columns, mean ± std over seeds."""
+    """Arms as rows, ε as columns, mean ± std over seeds (the mean alone for one seed)."""
     if not summary:
         return
-    eps = next(iter(summary.values()))["eps"]
+    first = next(iter(summary.values()))
+    eps, one = first["eps"], first.get("seeds", 2) < 2
     table = Table(title=f"FGSM top-1 on {n_images:,} test images (ε in [0, 1] pixel units, before normalisation; "
-                        "mean ± std over seeds)", title_justify="left")
+                        f"{'one seed' if one else 'mean ± std over seeds'})", title_justify="left")
     table.add_column("arm")
     for e in eps:
         table.add_column(f"ε={_eps_key(e)}", justify="right")
     for arm, s in summary.items():
-        table.add_row(arm, *[f"{m:.4f} ± {sd:.4f}" for m, sd in zip(s["mean"], s["std"], strict=True)])
+        table.add_row(arm, *[f"{m:.4f}" if one else f"{m:.4f} ± {sd:.4f}"
+                             for m, sd in zip(s["mean"], s["std"], strict=True)])
     console.print(table)
 
 
