@@ -87,6 +87,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 IMAGEFOLDER_DEFAULT_SIZE = 64
 # Part of every image-folder cache key: bump it when the decoding below changes, so old caches are not reused.
 _CACHE_VERSION = 3  # 2: 16-bit grayscale scaled instead of clipped; 3: the decoded files' names kept
+_SKIPS_TOLD: set[str] = set()  # image-folder caches whose skipped files this process has already named
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
 
 
@@ -596,7 +597,9 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     name = f"imagefolder/{base.name}"
     if images_path.is_file() and meta_path.is_file():
         try:
-            return _load_cached(images_path, meta_path, name, remind=True)
+            remind = key not in _SKIPS_TOLD
+            _SKIPS_TOLD.add(key)
+            return _load_cached(images_path, meta_path, name, remind=remind)
         except FileNotFoundError:  # pruned just now by another process that found the folder changed: decode
             pass
 
@@ -617,6 +620,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         skipped = {p for p, _ in bad}
         names = [p.relative_to(base).as_posix() for _, p in files if p not in skipped]  # the decoded ones, in order
         if bad:
+            _SKIPS_TOLD.add(key)
             shown = "; ".join(f"{p.relative_to(base)} ({why})" for p, why in bad[:3])
             warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {base}: {shown}"
                           f"{' …' if len(bad) > 3 else ''}", SslkitWarning, stacklevel=3)

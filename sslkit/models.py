@@ -31,7 +31,8 @@ def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int 
         in_chans: image channels (1 for Fashion-MNIST, 3 for RGB).
         zero_init_last: start each residual block's last batch-norm scale at 0 (timm's default and SimCLR's;
             it helps training, but a network fresh from it is close to a shallow one, so the random-init
-            evaluation baseline turns it off to give random features their best chance).
+            evaluation baseline turns it off to give random features their best chance). Families without the
+            option ignore False.
 
     Returns:
         The encoder, with ``num_features`` set and ``pretrained_cfg['input_size']`` naming ``in_chans``.
@@ -46,7 +47,12 @@ def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int 
         hint = f" — did you mean {close[0]!r}?" if close else " — see timm.list_models()"
         raise UserError(f"unknown encoder {name!r} (model.encoder){hint}")
     kwargs = {} if zero_init_last else {"zero_init_last": False}
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    except TypeError as e:  # a family without the option (EfficientNet, ViT, …), or one that fixes it itself
+        if not kwargs or "zero_init_last" not in str(e):
+            raise
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
     if stem == "cifar":
         if not (isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool")):
             raise UserError(f"model.stem 'cifar' needs a ResNet-style encoder with conv1 and maxpool, not {name!r}")
@@ -61,6 +67,13 @@ def build_encoder(name: str = "resnet18", stem: str = "imagenet", in_chans: int 
     cfg.update(num_classes=0, input_size=(in_chans, *cfg.get("input_size", (3, 224, 224))[1:]))
     model.pretrained_cfg = cfg
     return model
+
+
+def feature_dim(encoder: nn.Module) -> int:
+    """The width of the encoder's pooled features: timm's ``head_hidden_size`` where the family has a layer after
+    the pooling (MobileNetV3's ``conv_head``: 1,024 against ``num_features`` 288 for mobilenetv3_small_050),
+    else ``num_features``."""
+    return int(getattr(encoder, "head_hidden_size", None) or encoder.num_features)
 
 
 @torch.no_grad()
@@ -140,21 +153,18 @@ class SimCLR(nn.Module):
 
 @torch.no_grad()
 def full_scale_residuals(model: nn.Module, reference: nn.Module) -> nn.Module:
-    """Gives every residual block's parameters that timm's ``zero_init_last`` left at 0 their values in
-    ``reference``, the same architecture built with ``zero_init_last=False``: in place, returns ``model``.
+    """Gives the parameters that timm's ``zero_init_last`` left at 0 their values in ``reference``, the same
+    architecture built with ``zero_init_last=False``: in place, returns ``model``.
 
     What ``zero_init_last`` zeroes differs by family (a ResNet block's last batch-norm scale, ``bn2`` or ``bn3``;
-    RegNet's ``conv3.bn``; a pre-activation ResNetV2 block's last convolution), so each such block's all-zero
-    parameters are taken from ``reference`` (a batch-norm scale becomes 1; a bias, 0 in both, stays 0). Meant for
-    a network that has not trained yet, whose only zeros are those.
+    RegNet's ``conv3.bn``; a ByobNet block's last ``bn``; a pre-activation block's last convolution), so every
+    parameter that is all zero here but not in ``reference`` is taken from it (a batch-norm scale becomes 1; a
+    bias, 0 in both, stays 0). Meant for a network that has not trained yet, whose only such zeros are those.
     """
-    own = dict(reference.named_modules())
-    for name, block in model.named_modules():
-        if hasattr(block, "zero_init_last"):
-            theirs = dict(own[name].named_parameters())
-            for key, p in block.named_parameters():
-                if not p.any():
-                    p.copy_(theirs[key])
+    theirs = dict(reference.named_parameters())
+    for key, p in model.named_parameters():
+        if not p.any() and theirs[key].any():
+            p.copy_(theirs[key])
     return model
 
 

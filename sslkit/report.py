@@ -615,7 +615,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                                f"{train_events[0]['loss']:.3f}"))
         if knn_events:
             cards.append(_card("online k-NN top-1", f"{knn_events[-1]['knn/top1']:.1%}",
-                               f"from {knn_events[0]['knn/top1']:.1%} at step {knn_events[0]['step']}"))
+                               f"from {knn_events[0]['knn/top1']:.1%} at step {knn_events[0]['step']}"
+                               f"{' (untrained)' if knn_events[0]['step'] == 0 else ''}"))
         if probe:
             enc = probe["models"].get("encoder", {})
             base = {b: probe["models"][b].get("linear.top1") for b in BASELINES if b in probe["models"]}

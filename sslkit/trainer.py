@@ -51,6 +51,7 @@ from sslkit.models import (
     ProjectionHead,
     SimCLR,
     build_encoder,
+    feature_dim,
     full_scale_residuals,
     input_size_problem,
     recalibrate_on_images,
@@ -265,8 +266,9 @@ def evaluated_encoder(encoder: torch.nn.Module, data: Data, r: Recipe, fresh: bo
     random network really is, and every later gain larger, for two reasons: its batch-norm statistics are the
     initial ones (mean 0, variance 1), so a copy gets them measured on the monitor's bank; and each residual
     branch starts with its last batch-norm scale at 0 (timm's ``zero_init_last``, which helps training), leaving
-    a shallow network (quickstart: k-NN 0.26 against 0.75 with the branches on), so the copy's are set to 1, as
-    timm initialises them otherwise. Weights are otherwise the training's own."""
+    a shallow network (quickstart: k-NN 0.26 against 0.74 with the branches on), so the copy takes those from a
+    build without ``zero_init_last`` (:func:`~sslkit.models.full_scale_residuals`: scales of 1). Weights are
+    otherwise the training's own."""
     bank = data.monitor_bank.images if fresh and data.monitor_bank is not None else None
     images = data.calibration if data.calibration is not None else bank
     if images is None:
@@ -487,7 +489,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                                         data.std).to(device)
     encoder = build_encoder(r.model.encoder, r.model.stem, data.pool.channels)
     check_input_size(encoder, r, tuple(data.pool.images.shape[1:]))
-    head = ProjectionHead(encoder.num_features, r.model.proj_hidden, r.model.proj_out, r.model.proj_layers,
+    head = ProjectionHead(feature_dim(encoder), r.model.proj_hidden, r.model.proj_out, r.model.proj_layers,
                           r.model.proj_bn)
     model = SimCLR(encoder, head)
     if info.active and r.train.sync_bn:
@@ -524,7 +526,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         save_recipe(r, run / "recipe.yaml")
     log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
-                        num_features=encoder.num_features, image_size=data.pool.image_size, mean=list(data.mean),
+                        num_features=feature_dim(encoder), image_size=data.pool.image_size, mean=list(data.mean),
                         std=list(data.std), dataset=r.data.dataset, split=r.data.split,
                         data_root=str(Path(r.data.root).expanduser().resolve()) if r.data.root else None,
                         recipe=r.name)

@@ -103,8 +103,12 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    # A perfect score has no place on a log axis: it is drawn at half an error (annotated with its true value).
-    floor = 0.5 / max(int(report.get("sizes", {}).get(report.get("split"), 0) or 0), 1)
+    # A perfect score has no place on a log axis: it is drawn at half an error (annotated with its true value),
+    # or, where probe.json does not give the split's size, at half the smallest error there is.
+    n_test = int(report.get("sizes", {}).get(report.get("split"), 0) or 0)
+    errors = [1 - m[k] for m in report["models"].values() for k in m
+              if k.startswith("label_fraction.") and k.endswith(".top1") and isinstance(m[k], (int, float))]
+    floor = 0.5 / n_test if n_test else 0.5 * min([e for e in errors if e > 0], default=0.01)
     floored, counts = False, set()
     for i, (name, m) in enumerate(report["models"].items()):
         points = [(m[f"label_fraction.{f:g}.n"], 1 - m[f"label_fraction.{f:g}.top1"]) for f in report["fractions"]
@@ -119,7 +123,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
                 linestyle="--" if name in ("raw_pixels", "random_init") else "-")
         for n, e in points:
             ax.annotate(f"{e:.1%}", (n, max(e, floor)), textcoords="offset points", xytext=(5, 3), fontsize=7)
-            if e < floor:  # no error at all: an open triangle over the point, explained below the plot
+            if e <= 0:  # no error at all: an open triangle over the point, explained below the plot
                 ax.plot([n], [floor], marker="v", markersize=11, markerfacecolor="none", color=colour)
                 floored = True
     ax.set_xscale("log")
@@ -127,7 +131,12 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     ax.margins(x=0.12, y=0.08)  # room for the labels of the last points
     # The x ticks are the label counts probed, whatever their range (matplotlib would label a range of about a
     # decade with minor ticks in scientific notation).
-    ax.xaxis.set_major_locator(FixedLocator(sorted(counts)))
+    ticks: list[float] = []
+    for n in sorted(counts):  # every count, less those too close to the last one kept for both labels to fit
+        if not ticks or n >= 2.5 * ticks[-1] or n == max(counts):
+            ticks = ticks[:-1] if ticks and n < 2.5 * ticks[-1] else ticks
+            ticks.append(n)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     # Errors often span less than a decade (11–35 %): there the ticks are evenly spaced round values (10 %, 15 %,

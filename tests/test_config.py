@@ -138,6 +138,10 @@ def test_bad_recipes_name_the_key(tmp_path: Path, text: str, pattern: str) -> No
     assert "\n" not in str(info.value)
 
 
+def test_a_nested_run_name_loads(tmp_path: Path) -> None:
+    assert load_recipe(write(tmp_path, "name: cifar/bs256\n")).name == "cifar/bs256"  # runs/cifar/bs256
+
+
 def test_python_tags_are_refused_with_file_and_line(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     text = f"name: x\nseed: !!python/object/apply:os.system ['touch {marker}']\n"

@@ -94,7 +94,7 @@ def test_full_scale_residuals_is_timm_s_init_without_zero_init_last() -> None:
         assert torch.equal(on[k], v), k
 
 
-@pytest.mark.parametrize("name", ["regnetx_002", "cspresnet50"])
+@pytest.mark.parametrize("name", ["regnetx_002", "cspresnet50", "resnet33ts"])
 def test_full_scale_residuals_finds_what_other_families_zeroed(name: str) -> None:
     torch.manual_seed(0)
     model = build_encoder(name, "imagenet", 3)
@@ -102,3 +102,12 @@ def test_full_scale_residuals_finds_what_other_families_zeroed(name: str) -> Non
     assert zero, "zero_init_last zeroed something"
     full_scale_residuals(model, build_encoder(name, "imagenet", 3, zero_init_last=False))
     assert all(dict(model.named_parameters())[k].any() for k in zero)
+
+
+def test_families_without_zero_init_last_build_either_way() -> None:
+    for name in ("mobilenetv3_small_050", "regnetz_005"):  # no such option; an option timm sets itself
+        torch.manual_seed(0)
+        plain = build_encoder(name, "imagenet", 3)
+        torch.manual_seed(0)
+        full = build_encoder(name, "imagenet", 3, zero_init_last=False)
+        assert full_scale_residuals(plain, full) is plain

@@ -144,6 +144,12 @@ def test_step_0_measures_a_random_network_with_its_residual_branches_on(tmp_path
     assert float(state["model"]["encoder.layer1.0.bn2.weight"].abs().max()) < 0.05  # training started from 0
 
 
+def test_step_0_of_an_encoder_without_zero_init_last(tmp_path: Path) -> None:
+    summary = pretrain(tiny_recipe("model.encoder=mobilenetv3_small_050", "train.max_steps=1"), tmp_path / "r",
+                       console=quiet())
+    assert 0 <= summary["knn_start"] <= 1
+
+
 def test_nonfinite_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sslkit.step as step
 

@@ -28,7 +28,7 @@ from sslkit.augment import preprocess
 from sslkit.checkpoint import read_encoder_meta, sha256_file
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
-from sslkit.models import build_encoder, recalibrate_on_images
+from sslkit.models import build_encoder, feature_dim, recalibrate_on_images
 
 RUN_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
 PREPROCESSING = "uint8/255-normalise"  # bump when preprocess() changes, so old caches stop matching
@@ -190,7 +190,7 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
             bar.stop()
         encoder.train(was_training)
     if not out:
-        dim = int(getattr(encoder, "num_features", 0))
+        dim = feature_dim(encoder) if hasattr(encoder, "num_features") else 0
         return torch.zeros(0, dim)
     feats = torch.cat(out)
     check_finite(feats, description)

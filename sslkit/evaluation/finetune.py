@@ -58,7 +58,7 @@ from sslkit.evaluation.finetune_config import (
     run_dir_of,
     test_split_problem,
 )
-from sslkit.models import build_encoder
+from sslkit.models import build_encoder, feature_dim
 from sslkit.optim import build_scheduler, scaled_lr
 from sslkit.outputs import check_out_folder
 from sslkit.trainer import (
@@ -254,7 +254,7 @@ def build_classifier(arm: str, seed: int, meta: dict[str, Any], weights: Path, n
         torch.manual_seed(seed)
         encoder = build_encoder(meta["encoder"], meta["stem"], int(meta["in_chans"]))
         torch.manual_seed(seed * 1_000_003 + _HEAD_SEED)
-        head = nn.Linear(encoder.num_features, num_classes)
+        head = nn.Linear(feature_dim(encoder), num_classes)
     if arm != "supervised":
         missing, unexpected = encoder.load_state_dict(load_file(str(weights)), strict=False)
         if missing or unexpected:

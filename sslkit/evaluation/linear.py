@@ -17,10 +17,11 @@ U = W·P⁻¹ with P = (XᵀX/N + λI)^(-1/2), the same objective and minimiser 
 coordinates. Each fit of the grid starts from the previous, more regularised, solution.
 
 Wide features (raw pixels of larger images: 12,288 dimensions at 64×64 RGB) would make P a D×D matrix and its
-eigendecomposition O(D³). Above ``DENSE_SPECTRUM_MAX`` dimensions P is kept as its top eigenpairs instead (all of
-them, from the N×N Gram matrix, when N is small enough; else the leading ``SPECTRUM_RANK`` by a seeded randomised
-SVD), and the directions they leave out share the mean of the remaining eigenvalues (0 on the Gram path, where
-nothing remains). P then stays close to the exact one, so L-BFGS converges as fast as with the dense P.
+eigendecomposition O(D³). Above ``DENSE_SPECTRUM_MAX`` dimensions, and with fewer rows than dimensions (up to
+``SPECTRUM_RANK`` rows), P is kept as its top eigenpairs instead (all of them, from the N×N Gram matrix, when N is
+at most ``SPECTRUM_RANK``; else the leading ``SPECTRUM_RANK`` by a seeded randomised SVD), and the directions they
+leave out share the mean of the remaining eigenvalues (0 on the Gram path, where nothing remains). P then stays
+close to the exact one, so L-BFGS converges as fast as with the dense P.
 """
 
 from __future__ import annotations
@@ -83,15 +84,15 @@ class Standardiser:
 
 def spectrum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues and eigenvectors of xᵀx / N, for :func:`fit_logistic`'s preconditioner: all D of them (float64)
-    up to ``DENSE_SPECTRUM_MAX`` dimensions; above, or with fewer rows than dimensions, the leading r ≤ N of them
-    (float32, see the module notes). Fewer rows than dimensions (a small image folder's raw pixels: 384 × 3,072)
-    take every non-zero pair from the N×N Gram matrix, exactly, instead of a D×D eigendecomposition (18 s there).
+    up to ``DENSE_SPECTRUM_MAX`` dimensions; above, the leading r ≤ N of them (float32, see the module notes). With
+    fewer rows than dimensions, and at most ``SPECTRUM_RANK`` rows, every non-zero pair comes from the N×N Gram
+    matrix, exactly, whatever D (a small image folder's raw pixels, 384 × 3,072: 18 s for the D×D way).
 
     Shape:
         (N, D) -> (D,), (D, D) or (r,), (D, r)
     """
     n, d = x.shape
-    if d <= DENSE_SPECTRUM_MAX and (n >= d or n > SPECTRUM_RANK):
+    if d <= DENSE_SPECTRUM_MAX and (n >= d or n > SPECTRUM_RANK or n == 0):
         x64 = x.double()
         evals, evecs = torch.linalg.eigh(x64.T @ x64 / max(n, 1))
         return evals.clamp_min(0), evecs
@@ -159,7 +160,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
 
         def times_p_inv(z: torch.Tensor) -> torch.Tensor:
             return z @ p_inv
-    else:  # wide features: P applied from its thin eigenpairs, never formed
+    else:  # wide features, or fewer rows than dimensions: P applied from its thin eigenpairs, never formed
         ev, vecs = evals.float(), evecs.float()
         # The left-out directions get the mean remaining eigenvalue: trace(XᵀX/N) minus the kept ones, shared.
         rest = max(float(x.square().sum()) / n - float(ev.sum()), 0.0) / max(d - ev.numel(), 1)
