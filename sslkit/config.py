@@ -453,7 +453,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file {str(path)!r} not found — check the path (recipes live in recipes/)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file — give a recipe (YAML) or a run directory") from None
     try:
         raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:

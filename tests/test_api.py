@@ -132,6 +132,11 @@ def test_misused_entry_points_say_what_they_take(tmp_path: Path, capsys: pytest.
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"sslkit {sslkit.__version__}"
+    weights = tmp_path / "encoder.safetensors"  # a binary file given where a recipe goes
+    weights.write_bytes(bytes(range(256)) * 4)
+    for command in ("pretrain", "finetune"):
+        assert main([command, str(weights)]) == 2
+        assert f"{weights} is not a text file — give a" in capsys.readouterr().err
 
 
 def test_numpy_images_of_the_wrong_layout_are_refused(run: Path) -> None:

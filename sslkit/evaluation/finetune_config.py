@@ -135,7 +135,7 @@ def is_finetune_recipe(path: str | Path) -> bool:
     """True for a YAML file whose top level has ``run:`` (fine-tune recipes name the run they start from)."""
     try:
         raw = safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(raw, dict) and "run" in raw
 
@@ -150,7 +150,10 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int | str]]:
     if not path.is_file():
         raise UserError(f"fine-tune recipe {str(path)!r} not found — check the path (recipes live in recipes/), or "
                         "give a run directory")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file — give a fine-tune recipe (YAML) or a run directory") from None
     try:
         raw = safe_load(text)
     except yaml.constructor.ConstructorError as e:
