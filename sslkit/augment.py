@@ -3,9 +3,12 @@
 Chen et al. 2020 (§3 and appendix A): random resized crop with resize, horizontal flip, colour distortion of
 strength s (jitter applied with p=0.8: brightness, contrast, saturation 0.8·s, hue 0.2·s; grayscale with
 p=0.2) and Gaussian blur. Every probability and strength comes from the recipe; none is left to a library
-default. Each sample of a batch draws its own parameters, from Kornia's modules; the crop with its flip
-(``ResizedCropFlip``) and the colour distortion (``sslkit.colour.ColourDistortion``) compute their pixels in fewer
-passes than Kornia's kernels, with the same parameters and random stream.
+default. Each sample of a batch draws its own parameters, from Kornia's modules (except the order of the four
+colour-jitter steps, drawn once per batch as Kornia's ``ColorJitter`` does; SimCLR draws it per image); the crop
+with its flip (``ResizedCropFlip``) and the colour distortion (``sslkit.colour.ColourDistortion``) compute their
+pixels in fewer passes than Kornia's kernels, with the same parameters and random stream. The crop samples the
+image with ``align_corners=True`` and no antialiasing, as Kornia does (torchvision's ``resized_crop`` differs by
+a sub-pixel shift); only a ``view_size`` below the image size would shrink a crop enough to alias.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ class SimCLRAugment(nn.Module):
             where compiling fails. Same views up to rounding, after seconds of compiling.
 
     Shape:
-        (B, C, H, W) uint8 or float in [0, 1] -> (B, C, image_size, image_size) float32
+        (B, C, H, W) uint8 or float in [0, 1] -> (B, C, image_size, image_size) float32 (from uint8; a float
+        input keeps its dtype)
     """
 
     def __init__(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],

@@ -22,7 +22,8 @@ from sslkit.optim import Lars
 
 
 def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    """Both views of each image from one augmentation call (parameters drawn per sample).
+    """Both views of each image from one augmentation call (parameters drawn per sample; the colour-jitter order
+    per call, see :mod:`sslkit.augment`).
 
     Shape:
         (B, C, H, W) uint8 -> (2B, C, S, S) float32: the first views, then the second views

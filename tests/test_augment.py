@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sslkit.augment import SimCLRAugment, preprocess
+from sslkit.step import make_views
 
 
 def _images(n: int = 64, c: int = 3, size: int = 32) -> torch.Tensor:
@@ -21,6 +22,11 @@ def test_views_shape_dtype_and_independence() -> None:
     assert not torch.allclose(v1, v2)  # two calls, two different views
     batch = aug(x[:1].repeat(8, 1, 1, 1))
     assert batch.std(dim=0).mean() > 0.01  # copies of one image get different parameters in one batch
+    # The trainer's call: both views of each image in one batch, each with its own draw.
+    views = make_views(aug, x, torch.channels_last)
+    assert views.shape == (128, 3, 24, 24) and views.is_contiguous(memory_format=torch.channels_last)
+    differ = (views[:64] - views[64:]).flatten(1).abs().amax(1) > 1e-3
+    assert bool(differ.all())
 
 
 def test_identity_when_every_probability_is_zero() -> None:
