@@ -609,10 +609,12 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             cards.append(_card("training", f"{last['step']:,} steps",
                                f"{last.get('epoch', 0):.2f} epochs, median {np.median(ips):,.0f} img/s" if ips
                                else f"{last.get('epoch', 0):.2f} epochs"))
-            tail = [e["loss"] for e in train_events[-10:]]
+            # The loss is noisy from step to step: the mean of the last tenth of the logs (at most 10), which a
+            # short run's few logs keep close to its end.
+            tail = [e["loss"] for e in train_events[-min(10, -(-len(train_events) // 10)):]]
             cards.append(_card("final loss", f"{float(np.mean(tail)):.3f}",
-                               f"mean of the last {len(tail)} logs (last {last['loss']:.3f}); first logged "
-                               f"{train_events[0]['loss']:.3f}"))
+                               (f"mean of the last {len(tail)} logs (last {last['loss']:.3f})" if len(tail) > 1 else
+                                "the last log") + f"; first logged {train_events[0]['loss']:.3f}"))
         if knn_events:
             cards.append(_card("online k-NN top-1", f"{knn_events[-1]['knn/top1']:.1%}",
                                f"from {knn_events[0]['knn/top1']:.1%} at step {knn_events[0]['step']}"
@@ -634,8 +636,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         if finetune is None:
             todo.append(_cmd(f"sslkit finetune {run}"))
         if todo:
-            overview.body.append(f'<p class="muted">Not run yet for this run: {", ".join(todo)} — their sections '
-                                 "below say what they would add.</p>")
+            said = ("their sections below say what they", "its section below says what it")[len(todo) == 1]
+            overview.body.append(f'<p class="muted">Not run yet for this run: {", ".join(todo)} — {said} would '
+                                 "add.</p>")
         sections.append(overview)
 
         # recipe
@@ -700,7 +703,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 f'{_count(sizes.get(probe["split"]))} {_esc(probe.get("split_description", probe["split"]))} images. '
                 "Baselines: <b>raw_pixels</b> (the images, normalised and flattened) and <b>random_init</b> (the "
                 "same architecture with random weights), both on images normalised with the labeled train "
-                "split's own mean and std. Best score of each row in bold.</p>")
+                "split's own mean and std. Best score of each row in bold (not silhouette's, which does not "
+                "compare across feature spaces).</p>")
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
             probe_sec.body += [f'<div class="note">{_esc(note)}</div>' for note in probe.get("notes", [])]
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
@@ -795,7 +799,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             path = plot_misclassified(pred.source.images, pred.labels, pred.predictions, pred.source.classes, wrong,
                                       figures / "misclassified.png",
                                       title=f"{len(wrong)} of the {n_wrong:,} {pred.split} images the linear probe "
-                                            f"gets wrong (random, seed {seed})")
+                                            f"gets wrong{'' if len(wrong) == n_wrong else f' (random, seed {seed})'}")
             mis.body.append('<p class="muted">Indices refer to the labeled images of the split, in file order.</p>')
             mis.body.append(img(path, "misclassified examples"))
         else:

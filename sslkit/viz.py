@@ -164,7 +164,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
 
 def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Sequence[str], path: Path,
                    title: str = "Linear probe: confusion matrix") -> Path:
-    """Row-normalised confusion matrix (each true class sums to 100 %), with the percentages written in.
+    """Row-normalised confusion matrix (each true class sums to 100%), with the percentages written in.
 
     Shape:
         labels: (N,), predictions: (N,)
@@ -194,7 +194,7 @@ def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Seq
     accuracy = float((y == p).float().mean()) if len(y) else float("nan")
     ax.set_title(f"{title}\n{len(y):,} images, accuracy {accuracy:.1%}, row-normalised", fontsize=10)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=matplotlib.ticker.PercentFormatter(1.0))
-    bar.set_label("share of the true class's images (rows sum to 100 %)", fontsize=8)
+    bar.set_label("share of the true class's images (rows sum to 100%)", fontsize=8)
     return _save(fig, path)
 
 
@@ -552,6 +552,11 @@ def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: st
     last = max([e["step"] for e in train + knn], default=0)
     for ax in axes:
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
+        if not ax.has_data():  # nothing drawn: the message alone, without empty axes
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel("")
         if last > 0 and ax.has_data():
             ax.set_xlim(-0.02 * last, 1.02 * last)  # the same range in every panel: their epoch axes line up
         ax.grid(True, alpha=0.3)
@@ -610,8 +615,8 @@ def plot_kernels(weight: torch.Tensor, path: Path, title: str = "First-layer ker
             m = k.mean(0)
             ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-float(m.abs().max()), vmax=float(m.abs().max()),
                       interpolation="nearest")
-    fig.suptitle(f"{title} ({o} × {w.shape[1]} × {w.shape[2]} × {w.shape[3]}); each kernel scaled to its own range",
-                 fontsize=10)
+    text = f"{title} ({o} × {w.shape[1]} × {w.shape[2]} × {w.shape[3]}); each kernel scaled to its own range"
+    fig.suptitle(textwrap.fill(text, max(20, int((0.62 * cols + 0.4) / 0.075))), fontsize=10)  # 10 pt characters
     fig.tight_layout()
     return _save(fig, path)
 

@@ -299,6 +299,14 @@ def test_probe_writes_every_metric_and_reuses_its_feature_cache(tmp_path: Path,
     assert len(calls) == 4  # the second probe computed no features
 
 
+def test_a_label_fraction_too_small_for_every_class_is_explained(tmp_path: Path) -> None:
+    run = tiny_run(tmp_path)
+    report = run_probe(run, fractions=(0.01, 1.0), console=Console(quiet=True))
+    assert math.isnan(report["models"]["encoder"]["label_fraction.0.01.top1"])
+    assert ("1% of the labels is 0 image(s) for 3 classes: too few to fit a classifier of every class, so that row "
+            "is empty") in report["notes"]
+
+
 def test_baselines_do_not_depend_on_the_runs_normalisation(tmp_path: Path) -> None:
     # Two runs of the same data whose pretraining pools gave different mean/std: their baseline rows must agree
     # (they are normalised by the labeled train split), while their encoders see differently normalised inputs.

@@ -143,6 +143,8 @@ def test_thumbnails_are_spread_over_the_map() -> None:
 def test_report_is_one_self_contained_page(run: Path, page: Path) -> None:
     assert page == run / "report.html"
     text = page.read_text(encoding="utf-8")
+    # 8 training logs (losses 6.15 … 5.10): the final loss is the last tenth of them, here the last log alone.
+    assert re.search(r"final loss</div>.*?5\.100.*?the last log; first logged 6\.150", text, re.S)
     assert not re.search(r"https?://", text), "no network reference of any kind"
     assert not re.search(r"<(script|link|iframe)\b", text, re.I)
     sources = re.findall(r'<img [^>]*src="([^"]+)"', text)

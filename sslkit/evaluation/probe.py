@@ -247,6 +247,11 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
             notes.append(f"{folder}: {note}")
             console.print(f"[yellow]note[/] ({folder}): {note}")
 
+    for f in fractions:  # evaluate_features leaves these out (NaN): say why where the table shows "—"
+        if f < 1 and round(f * len(train)) < num_classes:
+            notes.append(f"{f:.0%} of the labels is {round(f * len(train))} image(s) for {num_classes} classes: too "
+                         "few to fit a classifier of every class, so that row is empty")
+
     # The baselines see the data normalised by the labeled train split itself, so every run of a data set gets
     # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool).
     mean, std = channel_stats(train.images)
@@ -400,7 +405,8 @@ def score_rows(models: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def ranked(key: str) -> bool:
-    """Whether a larger value of metric ``key`` is better (accuracies, NMI, silhouette …)."""
+    """Whether metric ``key`` is a score to rank, larger being better (accuracies, NMI, ARI …); not settings,
+    sizes, times, spreads, nor the silhouette, which does not compare across feature spaces (``UNRANKED_PARTS``)."""
     return not UNRANKED_PARTS.intersection(key.split("."))
 
 
