@@ -91,6 +91,13 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The run a reading command works on, and where its data is now."""
+    p.add_argument("run", help="run directory made by `sslkit pretrain`")
+    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
+                   "(data moved, or a run made on another machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description="Self-supervised pretraining (SimCLR) and "
                                      "honest evaluation of the encoder.")
@@ -114,9 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score a run's frozen encoder against raw pixels and a random encoder: linear "
                        "probe (all labels and fractions), weighted and majority k-NN, k-means (silhouette, NMI, ARI). "
                        "Writes RUN/probe.json and RUN/figures/.")
-    p.add_argument("run", help="run directory made by `sslkit pretrain`")
-    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
-                   "(data moved, or a run made on another machine)")
+    _run_arguments(p)
     p.add_argument("--split", default="test", help="evaluation split (default: test)")
     p.add_argument("--compare", action="append", metavar="RUN2", help="another run to put in the table")
     p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
@@ -129,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("neighbors", help="nearest-neighbour grid of query images in a run's feature space",
                        description="Show each query image's k most similar images of a split (cosine similarity "
                        "of the encoder's features, the query itself excluded) as a PNG grid and a table.")
-    p.add_argument("run", help="run directory made by `sslkit pretrain`")
-    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
-                   "(data moved, or a run made on another machine)")
+    _run_arguments(p)
     p.add_argument("--query", nargs="+", required=True, metavar="I",
                    help="image indices into the split, or random:N for N seeded random queries")
     p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8)")
@@ -147,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("umap", help="2-D UMAP or t-SNE map of a run's features, coloured by class",
                        description="Map a split's encoder features to 2-D with UMAP or t-SNE (cosine distances) "
                        "and draw them coloured by class, optionally with image thumbnails.")
-    p.add_argument("run", help="run directory made by `sslkit pretrain`")
-    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
-                   "(data moved, or a run made on another machine)")
+    _run_arguments(p)
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--split", default="test", help="split to map (default: test)")
     p.add_argument("--out", metavar="PNG", help="default: RUN/figures/<method>-<split>.png")
@@ -162,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
                        description="Gather a run's recipe, training curves, augmentations, probe results, map, "
                        "neighbours, clusters and fine-tuning into one HTML page with the figures inlined.")
-    p.add_argument("run", help="run directory made by `sslkit pretrain`")
-    p.add_argument("--data-root", metavar="DIR", help="where the run's data is now, if not where it was pretrained "
-                   "(data moved, or a run made on another machine)")
+    _run_arguments(p)
     p.add_argument("--split", default="test", help="split for the map, neighbours and clusters (default: test)")
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--out", metavar="HTML", help="default: RUN/report.html")

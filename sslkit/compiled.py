@@ -36,9 +36,8 @@ class CompiledOrEager:
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:
-                first = (str(e).splitlines() or [""])[0][:200]
-                warnings.warn(f"{self.what} failed ({e.__class__.__name__}: {first}); running it uncompiled",
-                              SslkitWarning, stacklevel=2)
+                warnings.warn(f"{self.what} failed ({_first_line(e)}); running it uncompiled", SslkitWarning,
+                              stacklevel=2)
                 self.compiled = None
         return self.fn(*args, **kwargs)
 
@@ -52,7 +51,11 @@ def compiles(device: torch.device) -> bool:
         torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.zeros(8, device=device))
         return True
     except Exception as e:
-        first = (str(e).splitlines() or [""])[0][:200]
-        warnings.warn(f"train.compile: torch.compile cannot build on this {device.type} ({e.__class__.__name__}: "
-                      f"{first}); training uncompiled", SslkitWarning, stacklevel=2)
+        warnings.warn(f"train.compile: torch.compile cannot build on this {device.type} ({_first_line(e)}); training "
+                      "uncompiled", SslkitWarning, stacklevel=2)
         return False
+
+
+def _first_line(e: Exception) -> str:
+    """``Type: first line of the message`` of a compiler's error, whose full text runs to pages."""
+    return f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"

@@ -61,21 +61,18 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
     blocker = file_in_the_way(p.parent)
     if blocker is not None:
         raise UserError(f"{option} {path}: {blocker} is a file, not a folder — give another path")
-    if run is not None:
+    if run is not None:  # the files and folders of the run read here, or of any other run, are not written over
         folder, where = Path(run).resolve(), p.resolve()
-        if where.parent == folder and where.name in RUN_FILES - {own}:
-            raise UserError(f"{option} {path} would overwrite the run's own {where.name} — give another name")
-        if any(folder / sub in where.parents for sub in RUN_FOLDERS):
-            raise UserError(f"{option} {path} is inside the run's {where.relative_to(folder).parts[0]}/ folder, "
-                            "which holds the run's own files — give another path")
-        other = where.parent
-        if other != folder and _is_run(other) and where.name in RUN_FILES:
-            raise UserError(f"{option} {path} would overwrite the {where.name} of another run, {other} — give "
-                            "another name")
-        inside = next((d for d in where.parents if d.name in RUN_FOLDERS and _is_run(d.parent)), None)
-        if inside is not None and inside.parent != folder:
-            raise UserError(f"{option} {path} is inside the {inside.name}/ folder of another run, {inside.parent} "
-                            "— give another path")
+        owner = where.parent
+        if where.name in RUN_FILES and (where.name != own if owner == folder else _is_run(owner)):
+            whose = f"the run's own {where.name}" if owner == folder else f"the {where.name} of another run, {owner}"
+            raise UserError(f"{option} {path} would overwrite {whose} — give another name")
+        inside = next((d for d in where.parents if d.name in RUN_FOLDERS and (d.parent == folder or _is_run(d.parent))),
+                      None)
+        if inside is not None:
+            whose = (f"the run's {inside.name}/ folder, which holds the run's own files" if inside.parent == folder
+                     else f"the {inside.name}/ folder of another run, {inside.parent}")
+            raise UserError(f"{option} {path} is inside {whose} — give another path")
     return p
 
 

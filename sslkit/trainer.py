@@ -173,21 +173,23 @@ def train_images_in_pool(r: Recipe, train_labels: torch.Tensor, root: str | None
     return pool_idx[pool_idx < len(train_labels)], len(pool_idx)
 
 
-def imagefolder_changed(run: Path, meta: dict[str, Any], train: ImageSource) -> bool:
-    """Whether an image folder no longer holds the files the run pretrained on: its pool, recomputed from ``train``
-    (the folder's train split now), is not the pool whose digest the run recorded. Files added, removed or renamed
-    since move files between the folder's splits, so its test split may then hold images the run pretrained on,
-    and ``labeled.disjoint_from_pool`` cannot tell which. False for other data and for runs without a digest."""
+def pool_files_changed(meta: dict[str, Any], train: ImageSource, pool_idx: torch.Tensor) -> bool:
+    """Whether the files at ``pool_idx`` of ``train`` (an image folder's train split now, and the run's pool
+    recomputed in it by :func:`train_images_in_pool`) are not those whose digest the run recorded. Files added,
+    removed or renamed since move files between the folder's splits, so its test split may then hold images the
+    run pretrained on, and ``labeled.disjoint_from_pool`` cannot tell which. False for other data and for runs
+    without a digest."""
     recorded = meta.get("imagefolder_pool_sha256")
-    if (meta.get("dataset") != "imagefolder" or recorded is None or train.ids is None
-            or not (run / "recipe.yaml").is_file()):
+    if meta.get("dataset") != "imagefolder" or recorded is None or train.ids is None:
         return False
-    pool_idx, _ = train_images_in_pool(load_run_recipe(run), train.labels, None)
     return files_digest(train.ids[i] for i in pool_idx.tolist()) != recorded
 
 
-IMAGEFOLDER_CHANGED = ("the image folder's files are not those this run pretrained on (added, removed or renamed "
-                       "since, or another folder), so its test split may hold images the run pretrained on")
+def imagefolder_changed(run: Path, meta: dict[str, Any], train: ImageSource) -> bool:
+    """:func:`pool_files_changed` for the run in ``run``, its pool recomputed from its own recipe."""
+    if "imagefolder_pool_sha256" not in meta or not (run / "recipe.yaml").is_file():
+        return False
+    return pool_files_changed(meta, train, train_images_in_pool(load_run_recipe(run), train.labels, None)[0])
 
 
 def prepare_data(r: Recipe, device: torch.device) -> Data:

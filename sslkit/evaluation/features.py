@@ -68,15 +68,22 @@ def read_run_meta(run: str | Path, data_root: str | Path | None = None) -> dict[
     return dict(meta, sha256=actual)
 
 
-def pretraining_overlap_note(meta: dict[str, Any]) -> str | None:
-    """A warning for a run whose pretraining saw the images its scores are measured on, or None.
+IMAGEFOLDER_CHANGED = ("the image folder's files are not those this run pretrained on (added, removed or renamed "
+                       "since, or another folder), so its test split may hold images the run pretrained on")
+
+
+def pretraining_overlap_note(meta: dict[str, Any], changed: bool = False) -> str | None:
+    """A warning for a run whose pretraining may have seen the images its scores are measured on, or None.
 
     Image-folder runs made before sslkit held the folder's test split out of pretraining (their ``encoder.json``
-    lacks ``imagefolder_test_held_out``) pretrained on the whole folder.
+    lacks ``imagefolder_test_held_out``) pretrained on the whole folder; and ``changed`` says the folder no longer
+    holds the files the run pretrained on (:func:`~sslkit.trainer.imagefolder_changed`).
     """
     if meta.get("dataset") == "imagefolder" and "imagefolder_test_held_out" not in meta:
         return ("this run pretrained on the whole image folder, its test split included (made before sslkit held "
                 "that part out), so its test scores are optimistic — pretrain it again for honest ones")
+    if changed:
+        return f"{IMAGEFOLDER_CHANGED} — pretrain again for honest scores"
     return None
 
 

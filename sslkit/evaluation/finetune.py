@@ -49,7 +49,7 @@ from sslkit.config import load_run_recipe
 from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
-from sslkit.evaluation.features import pretraining_overlap_note, read_run_meta
+from sslkit.evaluation.features import IMAGEFOLDER_CHANGED, pretraining_overlap_note, read_run_meta
 from sslkit.evaluation.finetune_config import (
     FinetuneAugment,
     FinetuneOptim,
@@ -62,11 +62,11 @@ from sslkit.models import build_encoder, feature_dim
 from sslkit.optim import build_scheduler, scaled_lr
 from sslkit.outputs import check_out_folder
 from sslkit.trainer import (
-    IMAGEFOLDER_CHANGED,
     PROGRESS_REFRESH_PER_SECOND,
     NonFiniteLoss,
     epoch_order,
     imagefolder_changed,
+    pool_files_changed,
     resolve_precision,
     select_device,
     train_images_in_pool,
@@ -155,7 +155,6 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     labeled_mask = labels >= 0
     n_labeled = int(labeled_mask.sum())
     pool_size = pretraining_split = None
-    changed = imagefolder_changed(run_dir_of(r.run), meta, train)
     if lab.disjoint_from_pool:
         run_recipe = load_run_recipe(run_dir_of(r.run))
         if run_recipe.data.dataset != dataset:
@@ -163,16 +162,17 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
                             "pool says nothing about these images — set labeled.disjoint_from_pool: false")
         if dataset == "imagefolder":
             _check_imagefolder_pool(root, meta)
-            if changed:
-                raise UserError(f"labeled.disjoint_from_pool: {IMAGEFOLDER_CHANGED}, and which of them it did "
-                                "cannot be recomputed — restore the folder, pretrain again, or set "
-                                "labeled.disjoint_from_pool: false")
         pool_idx, pool_size = train_images_in_pool(run_recipe, labels, root)
+        changed = pool_files_changed(meta, train, pool_idx)
+        if changed:
+            raise UserError(f"labeled.disjoint_from_pool: {IMAGEFOLDER_CHANGED}, and which of them it did cannot be "
+                            "recomputed — restore the folder, pretrain again, or set labeled.disjoint_from_pool: false")
         pretraining_split = run_recipe.data.split
         in_pool = torch.zeros(len(labels), dtype=torch.bool)
         in_pool[pool_idx] = True
         candidates = torch.nonzero(labeled_mask & ~in_pool).flatten()
     else:
+        changed = imagefolder_changed(run_dir_of(r.run), meta, train)
         candidates = torch.nonzero(labeled_mask).flatten()
 
     test = load_source(dataset, d.test_split, **kwargs)
@@ -587,9 +587,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
 def _notes(meta: dict[str, Any], info: dict[str, Any]) -> list[str]:
     """What the scores' reader must know: an image-folder run that pretrained on the test split, or whose folder
     no longer holds the files it pretrained on. Printed, and kept in ``finetune.json``."""
-    note = pretraining_overlap_note(meta) if info["dataset"] == "imagefolder" else None
-    if note is None and info["imagefolder_changed"]:
-        note = f"{IMAGEFOLDER_CHANGED} — pretrain again for honest scores"
+    note = pretraining_overlap_note(meta, info["imagefolder_changed"]) if info["dataset"] == "imagefolder" else None
     return [note] if note is not None else []
 
 

@@ -60,7 +60,7 @@ from sslkit.evaluation.knn import knn_evaluate
 from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
 from sslkit.evaluation.retrieval import load_split
 from sslkit.outputs import check_output
-from sslkit.trainer import IMAGEFOLDER_CHANGED, imagefolder_changed
+from sslkit.trainer import imagefolder_changed
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
 KNN_KS: tuple[int, ...] = (20, 200)
@@ -240,10 +240,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     notes = []  # kept in probe.json too, where the report shows them
     for m, folder in [(meta, run), *zip(other_meta, others, strict=True)]:
-        note = pretraining_overlap_note(m)
-        if note is None and imagefolder_changed(folder, m, train):
-            note = f"{IMAGEFOLDER_CHANGED} — pretrain again for honest scores"
-        if note is not None:
+        if (note := pretraining_overlap_note(m, imagefolder_changed(folder, m, train))) is not None:
             notes.append(f"{folder}: {note}")
             console.print(f"[yellow]note[/] ({folder}): {note}")
 
