@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,13 +73,34 @@ def apply_malloc_option(args: argparse.Namespace) -> bool:
     return keep_freed_memory() if args.malloc == "sslkit" else False
 
 
+EARLIER = "<!-- The results before, kept by eval/machine.py's write_results: newest first. -->"
+
+
+def with_earlier(text: str, old: str, stamp: str) -> str:
+    """``text``, then what a results file held before (``old``): its top under a heading that dates its
+    replacement, then the earlier results it kept. Hand-written sections below a table are kept with it."""
+    top, _, earlier = old.partition(EARLIER)
+    lines = top.strip().splitlines()
+    if lines and lines[0].startswith("# "):  # the file's title: the new text has its own
+        lines = lines[1:]
+    body = "\n".join(lines).strip()
+    kept = [f"## Replaced on {stamp}: the results before\n\n{body}"] if body else []
+    kept += [earlier.strip()] if earlier.strip() else []
+    if not kept:
+        return text
+    return text.rstrip("\n") + "\n\n" + EARLIER + "\n\n" + "\n\n".join(kept) + "\n"
+
+
 def write_results(text: str, out: str | Path | None, default_name: str, quick: bool) -> None:
     """Prints a results table after a blank line, then writes it to ``out`` (default
-    ``eval/results/<default_name>``), except for an unnamed quick run."""
+    ``eval/results/<default_name>``), except for an unnamed quick run. What the file held before is kept below
+    the new table (``with_earlier``): a rerun never loses a recorded result."""
     print()
     print(text)
     path = Path(out or Path(__file__).resolve().parent / "results" / default_name)
     if not quick or out:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"written to {path}")
+        old = path.read_text() if path.exists() else ""
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        path.write_text(with_earlier(text, old, stamp))
+        print(f"written to {path}" + (" (the results before kept below the new table)" if old.strip() else ""))

@@ -178,3 +178,21 @@ def test_eval_scripts_refuse_bad_input_in_one_line_before_any_work(tmp_path: Pat
     assert f"{not_a_run / 'recipe.yaml'} not found" in err
     err = exits_2(probe_table.main, "probe_table.py", str(run))
     assert f"{run / 'probe.json'} not found — run `sslkit probe {run}` first" in err
+
+
+def test_a_rerun_keeps_the_results_file_it_replaces(tmp_path: Path, capsys) -> None:
+    """eval/machine.py's write_results puts the new table on top and keeps what the file held below it: the old
+    table under a dated heading (its title dropped), then the results that file had kept in turn, newest first."""
+    from machine import EARLIER, write_results
+
+    out = tmp_path / "bench.md"
+    write_results("# Bench\n\n| a | 1 |\n", out, "unused.md", quick=True)
+    assert out.read_text() == "# Bench\n\n| a | 1 |\n"
+    out.write_text(out.read_text() + "\nA hand-written note on the first table.\n")
+    write_results("# Bench\n\n| a | 2 |\n", out, "unused.md", quick=False)
+    write_results("# Bench\n\n| a | 3 |\n", out, "unused.md", quick=False)
+    text = out.read_text()
+    assert text.startswith("# Bench\n\n| a | 3 |\n\n" + EARLIER) and text.count("# Bench") == 1
+    assert text.count(EARLIER) == 1 and text.count("## Replaced on ") == 2
+    assert text.index("| a | 2 |") < text.index("| a | 1 |") < text.index("A hand-written note on the first table.")
+    assert "the results before kept below the new table" in capsys.readouterr().out
