@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import warnings
@@ -56,6 +57,24 @@ def atomic_write(path: Path, write: Any) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` as indented, strict JSON, atomically. A NaN or infinite number (a score that could not be
+    measured) is written as null: Python's ``json`` would write ``NaN``, which strict readers (jq, JavaScript,
+    most JSON libraries) refuse."""
+    text = json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def clean_temp_files(folder: Path) -> list[Path]:

@@ -150,7 +150,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("labeled training images")
-    ax.set_ylabel(f"{report['split']} error of the linear probe")
+    ax.set_ylabel(f"{report['split']} error of the linear probe (1 − top-1)")
     ax.set_title(f"Label efficiency — {report['dataset']} (lower is better)", fontsize=11)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)

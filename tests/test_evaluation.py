@@ -26,6 +26,7 @@ from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search
 from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe, spectrum
 from sslkit.evaluation.probe import best_score, evaluate_features, print_table, run_probe, score_rows
 from sslkit.models import build_encoder
+from sslkit.viz import plot_label_efficiency
 
 
 def blobs(n_per: int, classes: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,6 +306,15 @@ def test_a_label_fraction_too_small_for_every_class_is_explained(tmp_path: Path)
     assert math.isnan(report["models"]["encoder"]["label_fraction.0.01.top1"])
     assert ("1% of the labels is 0 image(s) for 3 classes: too few to fit a classifier of every class, so that row "
             "is empty") in report["notes"]
+    # probe.json is strict JSON (Python's json would write NaN, which jq and JavaScript refuse): the row is null,
+    # and what reads probe.json back takes it as an empty cell.
+    saved = json.loads((run / "probe.json").read_text(), parse_constant=lambda c: pytest.fail(f"probe.json holds {c}"))
+    assert saved["models"]["encoder"]["label_fraction.0.01.top1"] is None
+    assert saved["models"]["encoder"]["label_fraction.1.top1"] == report["models"]["encoder"]["label_fraction.1.top1"]
+    console = Console(record=True, width=200)
+    print_table(saved, console)
+    assert "linear top-1, 1% of labels (n=0)" in console.export_text()
+    plot_label_efficiency(saved, tmp_path / "efficiency.png")
 
 
 def test_baselines_do_not_depend_on_the_runs_normalisation(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ validation accuracy per epoch) and ``OUT/figures/finetune_fgsm.png``; OUT is the
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -44,7 +43,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sslkit.augment import preprocess
-from sslkit.checkpoint import atomic_write, read_encoder_meta
+from sslkit.checkpoint import read_encoder_meta, write_json
 from sslkit.config import load_run_recipe
 from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
 from sslkit.errors import UserError
@@ -572,7 +571,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     robustness.print_robustness_table(fgsm_summary, info["attack"], console)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "finetune.json"
-    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    write_json(json_path, report)
     figures = out_dir / "figures"
     plot_finetune(report, figures / "finetune.png")
     written = [json_path, figures / "finetune.png"]

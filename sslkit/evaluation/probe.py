@@ -14,13 +14,13 @@ of a data set. For each model, on features of the labeled train split and the ev
 - ``label_fraction.<f>.*``: the linear probe trained on a stratified, seeded fraction f of the labels.
 
 ``RUN/probe.json`` holds, per model, these flat dotted keys (``models.encoder["knn.k20.top1"]``), plus the data
-set, split sizes, the encoder's sha256, the protocol and the seconds taken. ``RUN/figures/label_efficiency.png``
+set, split sizes, the encoder's sha256, the protocol and the seconds taken; a score that could not be measured
+(a label fraction too small for every class) is null. ``RUN/figures/label_efficiency.png``
 plots test error against labeled examples, log-log.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sslkit.checkpoint import load_encoder
+from sslkit.checkpoint import load_encoder, write_json
 from sslkit.data import (
     ImageSource,
     channel_stats,
@@ -282,9 +282,9 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         "seconds": round(time.perf_counter() - t0, 2), "models": results,
     }
     print_table(report, console)
-    write_json(report, run / "probe.json")
+    write_json(run / "probe.json", report)
     if json_path:
-        write_json(report, json_path)
+        write_json(json_path, report)
     figures = run / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     tmp = figures / f".tmp-probe_predictions.{os.getpid()}.pt"
@@ -357,18 +357,6 @@ def _random_init_features(run: Path, meta: dict[str, Any], train: ImageSource, t
         out.append(cached_features(cache_path(run, key, split, source, meta["mean"], meta["std"]), source.labels,
                                    compute))
     return out[0], out[1]
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    """Writes ``report`` atomically (NaN stays NaN, which Python's json reads back)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 ROWS: tuple[tuple[str, str], ...] = (
