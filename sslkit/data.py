@@ -87,7 +87,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 IMAGEFOLDER_DEFAULT_SIZE = 64
 # Part of every image-folder cache key: bump it when the decoding below changes, so old caches are not reused.
 _CACHE_VERSION = 3  # 2: 16-bit grayscale scaled instead of clipped; 3: the decoded files' names kept
-_SKIPS_TOLD: set[str] = set()  # image-folder caches whose skipped files this process has already named
+_SKIPS_TOLD: set[str] = set()  # image-folder caches whose skipped files (or gray images) this process named
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
 
 
@@ -599,7 +599,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         try:
             remind = key not in _SKIPS_TOLD
             _SKIPS_TOLD.add(key)
-            return _load_cached(images_path, meta_path, name, remind=remind)
+            return _load_cached(images_path, meta_path, name, remind=remind, suggest_gray=channels is None)
         except FileNotFoundError:  # pruned just now by another process that found the folder changed: decode
             pass
 
@@ -619,14 +619,14 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         n = len(labels)
         skipped = {p for p, _ in bad}
         names = [p.relative_to(base).as_posix() for _, p in files if p not in skipped]  # the decoded ones, in order
+        _SKIPS_TOLD.add(key)  # what the decoding says below is not repeated when this process reads the cache
         if bad:
-            _SKIPS_TOLD.add(key)
             shown = "; ".join(f"{p.relative_to(base)} ({why})" for p, why in bad[:3])
             warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {base}: {shown}"
                           f"{' …' if len(bad) > 3 else ''}", SslkitWarning, stacklevel=3)
-        if channels is None and n and _all_gray(out[:n]):
-            warnings.warn(f"every image in {base} is grayscale, read as 3 equal RGB channels — set data.channels: 1 "
-                          "for a 1-channel encoder (a third of the input)", SslkitWarning, stacklevel=3)
+        all_gray = mode == "RGB" and n > 0 and _all_gray(out[:n])
+        if channels is None and all_gray:
+            _suggest_one_channel(base, stacklevel=3)
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         if empty:
@@ -646,7 +646,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         os.replace(tmp, images_path)
         _atomic_write_text(meta_path, json.dumps({"classes": classes, "labels": labels, "files": names,
                                                   "root": str(base), "image_size": size, "mode": mode,
-                                                  "skipped": len(bad)}))
+                                                  "skipped": len(bad), "all_gray": all_gray}))
         _drop_stale_caches(cache, key, size, mode)
     finally:
         if tmp is not None and tmp.exists():
@@ -679,7 +679,15 @@ def _drop_stale_caches(cache: Path, key: str, size: int, mode: str) -> None:
             meta_path.unlink(missing_ok=True)
 
 
-def _load_cached(images_path: Path, meta_path: Path, name: str, remind: bool = False) -> ImageSource:
+def _suggest_one_channel(base: Path | str, stacklevel: int) -> None:
+    warnings.warn(f"every image in {base} is grayscale, read as 3 equal RGB channels — set data.channels: 1 for a "
+                  "1-channel encoder (a third of the input)", SslkitWarning, stacklevel=stacklevel + 1)
+
+
+def _load_cached(images_path: Path, meta_path: Path, name: str, remind: bool = False,
+                 suggest_gray: bool = False) -> ImageSource:
+    """The cached pool; with ``remind``, once per process and cache, what its decoding said of skipped files and,
+    with ``suggest_gray`` (no data.channels given), of a folder of gray images read as RGB."""
     meta = json.loads(meta_path.read_text())
     # Copy-on-write: pages are read from disk on demand and shared; a stray in-place write stays private to
     # this process instead of corrupting the cache (or crashing, as a read-only mapping would).
@@ -692,6 +700,8 @@ def _load_cached(images_path: Path, meta_path: Path, name: str, remind: bool = F
         warnings.warn(f"{meta['skipped']} unreadable image(s) in {meta.get('root', name)} are left out (as when it "
                       "was decoded) — fix or remove them, and the folder is decoded again", SslkitWarning,
                       stacklevel=4)
+    if remind and suggest_gray and meta.get("all_gray"):
+        _suggest_one_channel(meta.get("root", name), stacklevel=3)
     files = meta.get("files")
     return ImageSource(images, labels, tuple(meta["classes"]), name, tuple(files) if files is not None else None)
 

@@ -372,16 +372,24 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
     assert len(after) == 2 and len(after & before) == 1
 
 
-def test_an_all_gray_folder_read_as_rgb_suggests_one_channel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_all_gray_folder_read_as_rgb_suggests_one_channel(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         for i in range(2):
             Image.new("L", (12, 8), 40 * i + 10).save(tmp_path / c / f"{i}.png")
     with pytest.warns(UserWarning, match=r"every image in .* is grayscale, read as 3 equal RGB channels — set "
-                                         r"data\.channels: 1"):
+                                         r"data\.channels: 1") as said_first:
         imagefolder_pool(root=str(tmp_path), image_size=8)
+        imagefolder_pool(root=str(tmp_path), image_size=8)  # the same process reads its cache: not said twice
+    assert len([w for w in said_first if "grayscale" in str(w.message)]) == 1
     said = " ".join(capsys.readouterr().err.split())
     assert "to 8×8 RGB (shorter side resized to 8, then centre-cropped; data.image_size sets the size)" in said
+    monkeypatch.setattr(data, "_SKIPS_TOLD", set())  # a later process, which reads the cache: said again, once
+    with pytest.warns(UserWarning, match=r"every image in .* is grayscale") as said_again:
+        imagefolder_pool(root=str(tmp_path), image_size=8)
+        imagefolder_pool(root=str(tmp_path), image_size=8)
+    assert len([w for w in said_again if "grayscale" in str(w.message)]) == 1
     Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "a" / "red.png")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one colour image: nothing to suggest
