@@ -22,7 +22,7 @@ from sslkit.evaluation import features as features_mod
 from sslkit.evaluation import linear as linear_mod
 from sslkit.evaluation.clustering import cluster_metrics, hungarian_accuracy, purity
 from sslkit.evaluation.features import pretraining_overlap_note
-from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search
+from sslkit.evaluation.knn import knn_evaluate, knn_predict, knn_search, knn_top1
 from sslkit.evaluation.linear import Standardiser, fit_logistic, linear_probe, spectrum
 from sslkit.evaluation.probe import best_score, evaluate_features, print_table, run_probe, score_rows
 from sslkit.models import build_encoder
@@ -233,6 +233,20 @@ def test_knn_evaluate_counts_a_repeated_k_once_and_scores_no_queries_as_nan() ->
         knn_evaluate(x, y, x, y, ks=(5,), num_classes=2)
     with pytest.raises(UserError, match="num_classes is 2 but the bank holds label 2"):
         knn_predict(x, y, x, k=5, num_classes=2)
+
+
+def test_knn_accuracy_refuses_query_labels_of_another_shape() -> None:
+    # (Q, 1) labels (a column from numpy or pandas) broadcast against the (Q,) predictions: knn_evaluate gave
+    # "top-1" 25.0 and knn_top1 a number with no meaning, silently.
+    x, y = blobs(20, 3, 8, 0.5, seed=3)
+    right = knn_evaluate(x, y, x[:30], y[:30], ks=(5,))
+    assert right["k5.top1"] == 1.0 and knn_top1(x, y, x[:30], y[:30], k=5) == 1.0
+    assert knn_evaluate(x, y, x[:30], y[:30].numpy().astype(np.int32), ks=(5,)) == right
+    for bad in (y[:30, None], y[:1], y[:29]):
+        with pytest.raises(ValueError, match=r"query_labels must be \(30,\), one class per query, got shape"):
+            knn_evaluate(x, y, x[:30], bad, ks=(5,))
+        with pytest.raises(ValueError, match=r"query_labels must be \(30,\)"):
+            knn_top1(x, y, x[:30], bad, k=5)
 
 
 def test_linear_probe_classes_come_from_training_labels_and_an_empty_test_is_nan() -> None:

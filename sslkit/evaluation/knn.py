@@ -114,6 +114,15 @@ def _labels(bank_labels: torch.Tensor, n: int) -> torch.Tensor:
     return labels
 
 
+def _query_labels(query_labels: torch.Tensor, q: int) -> torch.Tensor:
+    """The queries' classes as a (Q,) int64 CPU tensor; a ValueError for any other shape, which ``==`` would broadcast
+    against the (Q,) predictions into a (Q, Q) comparison and a meaningless accuracy."""
+    labels = torch.as_tensor(query_labels).detach().to("cpu", torch.long)
+    if labels.shape != (q,):
+        raise ValueError(f"query_labels must be ({q},), one class per query, got shape {tuple(labels.shape)}")
+    return labels
+
+
 def _vote(sims: np.ndarray, idx: np.ndarray, labels: torch.Tensor, num_classes: int, temperature: float,
           weighted: bool) -> torch.Tensor:
     s, j = torch.from_numpy(sims), torch.from_numpy(idx)
@@ -175,8 +184,9 @@ def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tenso
     Shape:
         bank: (N, D), bank_labels: (N,), queries: (Q, D), query_labels: (Q,) -> ()
     """
+    targets = _query_labels(query_labels, len(queries))
     pred = knn_predict(bank, bank_labels, queries, k, temperature, weighted=weighted)
-    return float((pred == torch.as_tensor(query_labels).cpu()).float().mean())
+    return float((pred == targets).float().mean())
 
 
 def knn_evaluate(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
@@ -198,7 +208,7 @@ def knn_evaluate(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     if not ks or min(ks) < 1:
         raise UserError(f"k-NN needs k ≥ 1, got {list(ks)}")
     labels = _labels(bank_labels, len(bank))
-    targets = torch.as_tensor(query_labels).detach().to("cpu", torch.long)
+    targets = _query_labels(query_labels, len(queries))
     c = _num_classes(labels, num_classes)
     k_max = min(max(ks), len(bank))
     ks = list(dict.fromkeys(ks))  # a k given twice is one metric, not two counts summed into it
