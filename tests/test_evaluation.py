@@ -260,6 +260,18 @@ def test_linear_probe_classes_come_from_training_labels_and_an_empty_test_is_nan
     assert math.isnan(linear_probe(x, y, x[:0], y[:0]).top1)
 
 
+def test_linear_probe_refuses_labels_of_another_shape() -> None:
+    # (M, 1) test labels broadcast against the (M,) predictions: top-1 came out 1.0 whatever the features.
+    x, y = blobs(20, 3, 8, 0.5, seed=4)
+    assert linear_probe(x, y, x[:30], y[:30]).top1 == 1.0
+    with pytest.raises(ValueError, match=r"^test_y must be \(30,\), one class per feature row, got shape \(30, 1\)$"):
+        linear_probe(x, y, x[:30], ((y[:30] + 1) % 3)[:, None])  # every label wrong: it scored 1.0
+    with pytest.raises(ValueError, match=r"^train_y must be \(60,\)"):
+        linear_probe(x, y[:, None], x[:30], y[:30])
+    with pytest.raises(ValueError, match=r"^test_y must be \(30,\)"):
+        linear_probe(x, y, x[:30], y[:29])
+
+
 def test_cluster_scores_refuse_unlabeled_rows() -> None:
     x, y = torch.randn(30, 4), torch.arange(30) % 3
     y[:5] = -1

@@ -267,6 +267,9 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     check_finite(test_x, "linear probe: evaluation features")
     train_x, test_x = train_x.detach().cpu().float(), test_x.detach().cpu().float()
     train_y, test_y = train_y.detach().cpu().long(), test_y.detach().cpu().long()
+    for name, y, x in (("train_y", train_y, train_x), ("test_y", test_y, test_x)):
+        if y.shape != (len(x),):  # a (M, 1) test_y would broadcast against the (M,) predictions into nonsense
+            raise ValueError(f"{name} must be ({len(x)},), one class per feature row, got shape {tuple(y.shape)}")
     if len(torch.unique(train_y)) < 2:
         raise UserError(f"the linear probe needs at least 2 classes among the {len(train_y)} labeled training "
                         "images — use a larger labeled fraction")
