@@ -272,6 +272,17 @@ def test_linear_probe_refuses_labels_of_another_shape() -> None:
         linear_probe(x, y, x[:30], y[:29])
 
 
+def test_linear_probe_takes_numpy_and_refuses_unlabeled_or_out_of_range_training_labels() -> None:
+    x, y = blobs(20, 3, 8, 0.5, seed=5)
+    a = linear_probe(x, y, x[:30], y[:30])
+    b = linear_probe(x.numpy(), y.numpy().astype(np.int32), x[:30].numpy(), y[:30].numpy())  # as k-NN and k-means take
+    assert a.top1 == b.top1 == 1.0 and torch.equal(a.predictions, b.predictions)
+    with pytest.raises(UserError, match=r"^2 training rows are unlabeled \(label −1\)"):  # was torch.bincount's error
+        linear_probe(x, torch.where(torch.arange(60) < 2, -1, y), x[:30], y[:30])
+    with pytest.raises(UserError, match=r"^linear probe num_classes is 2 but the training labels hold 2"):  # IndexError
+        linear_probe(x, y, x[:30], y[:30], num_classes=2)
+
+
 def test_cluster_scores_refuse_unlabeled_rows() -> None:
     x, y = torch.randn(30, 4), torch.arange(30) % 3
     y[:5] = -1

@@ -258,22 +258,30 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
         on_fit: called after every fit (progress reporting); ``len(weight_decays) + 1`` calls at most.
 
     Raises:
-        UserError: NaN/Inf features, or fewer than two classes to learn from.
+        UserError: NaN/Inf features, fewer than two classes to learn from, unlabeled training rows (−1), or a
+            training label of ``num_classes`` or more.
+        ValueError: labels that are not one class per feature row.
 
     Shape:
-        train_x: (N, D), train_y: (N,), test_x: (M, D), test_y: (M,) -> result
+        train_x: (N, D), train_y: (N,), test_x: (M, D), test_y: (M,) (tensors or numpy arrays) -> result
     """
     check_finite(train_x, "linear probe: training features")
     check_finite(test_x, "linear probe: evaluation features")
-    train_x, test_x = train_x.detach().cpu().float(), test_x.detach().cpu().float()
-    train_y, test_y = train_y.detach().cpu().long(), test_y.detach().cpu().long()
+    train_x, test_x = (torch.as_tensor(v).detach().cpu().float() for v in (train_x, test_x))  # numpy too, as k-NN
+    train_y, test_y = (torch.as_tensor(v).detach().cpu().long() for v in (train_y, test_y))
     for name, y, x in (("train_y", train_y, train_x), ("test_y", test_y, test_x)):
         if y.shape != (len(x),):  # a (M, 1) test_y would broadcast against the (M,) predictions into nonsense
             raise ValueError(f"{name} must be ({len(x)},), one class per feature row, got shape {tuple(y.shape)}")
     if len(torch.unique(train_y)) < 2:
         raise UserError(f"the linear probe needs at least 2 classes among the {len(train_y)} labeled training "
                         "images — use a larger labeled fraction")
+    if int(train_y.min()) < 0:
+        raise UserError(f"{int((train_y < 0).sum())} training rows are unlabeled (label −1) — the linear probe needs "
+                        "labels; select the labeled rows first")
     k = int(num_classes or int(train_y.max()) + 1)
+    if int(train_y.max()) >= k:
+        raise UserError(f"linear probe num_classes is {k} but the training labels hold {int(train_y.max())} — pass at "
+                        f"least {int(train_y.max()) + 1}, or leave it unset")
     best, scores, selected = select_weight_decay(train_x, train_y, k, weight_decays, val_fraction, seed, on_fit)
     scale = Standardiser(train_x)
     # The selected fit, carried over to the full data's standardisation, is a close start for the refit.
