@@ -127,8 +127,14 @@ class ImageSource:
         return int(self.images.shape[2])
 
     def subset(self, idx: torch.Tensor) -> ImageSource:
-        """The images and labels at ``idx`` (a copy, in that order); the name records how many were taken."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        """The images and labels at ``idx`` (a copy, in that order), or where a boolean mask of length N is true;
+        the name records how many were taken."""
+        idx = torch.as_tensor(idx)
+        if idx.dtype == torch.bool:  # as a long tensor a mask would pick images 0 and 1, N times over
+            if idx.shape != (len(self),):
+                raise ValueError(f"a boolean mask must be ({len(self)},), got shape {tuple(idx.shape)}")
+            idx = torch.nonzero(idx.cpu()).flatten()
+        idx = idx.long()
         ids = tuple(self.ids[i] for i in idx.tolist()) if self.ids is not None else None
         return ImageSource(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
                            self.classes, f"{self.name}[{len(idx)}/{len(self)}]", ids)

@@ -584,6 +584,12 @@ def test_image_source_subset() -> None:
     part = src.subset(torch.tensor([3, 1]))
     assert part.images[:, 0, 0, 0].tolist() == [3, 1] and part.labels.tolist() == [-1, 1]
     assert part.name == "toy/train[2/4]" and part.classes == ("a", "b") and (part.channels, part.image_size) == (1, 2)
+    # A boolean mask selects where it is true (as a long tensor it picked images 0 and 1, four times over).
+    for mask in (src.labels == 0, (src.labels == 0).numpy()):
+        masked = src.subset(mask)
+        assert masked.images[:, 0, 0, 0].tolist() == [0, 2] and masked.labels.tolist() == [0, 0]
+    with pytest.raises(ValueError, match=r"a boolean mask must be \(4,\), got shape \(3,\)"):
+        src.subset(torch.tensor([True, False, True]))
 
 
 def test_unknown_names() -> None:
