@@ -207,7 +207,12 @@ def recalibrate_on_images(model: nn.Module, images: torch.Tensor, mean: Sequence
         images: (N, C, H, W) uint8
     """
     device = next(model.parameters()).device
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
-    batches = (order[i:i + batch_size].sort().values for i in range(0, images.shape[0], batch_size))
+    n = images.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:  # a last batch of one image: train-mode batch norm refuses it when a
+        starts.pop()  # layer's output is 1×1 (ResNet-18 at 28 px), so it joins the batch before it
+    ends = starts[1:] + [n]
+    batches = (order[i:j].sort().values for i, j in zip(starts, ends, strict=True))
     return recalibrate_batchnorm(model, (preprocess(images[idx.to(images.device)].to(device), mean, std)
                                          for idx in batches))

@@ -82,6 +82,18 @@ def test_batchnorm_calibration_measures_the_whole_not_class_sorted_batches() -> 
     assert float((within.bn1.running_var / whole).median()) < 0.5  # what class-sorted batches measured before
 
 
+def test_batchnorm_calibration_takes_a_count_that_leaves_one_image_over() -> None:
+    # 257 images in batches of 256 left a batch of one, which batch norm refuses in train mode where a layer's
+    # output is 1×1 (ResNet-18's last stage at 28 px): sslkit pretrain with monitor.bank_size=257 died at step 0.
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (257, 1, 28, 28), dtype=torch.uint8)
+    encoder = recalibrate_on_images(build_encoder("resnet18", "imagenet", 1), images, (0.5,), (0.25,), batch_size=256)
+    assert not encoder.training and bool(torch.isfinite(encoder.layer4[1].bn2.running_var).all())
+    assert int(encoder.bn1.num_batches_tracked) == 1  # the odd image joined the batch before it
+    one = recalibrate_on_images(build_encoder("resnet18", "cifar", 1), images[:1], (0.5,), (0.25,))  # 4×4 at the end
+    assert int(one.bn1.num_batches_tracked) == 1
+
+
 def test_full_scale_residuals_is_timm_s_init_without_zero_init_last() -> None:
     torch.manual_seed(3)
     zeroed = build_encoder("resnet18", "cifar", 3)
