@@ -165,12 +165,17 @@ class SimCLRAugment(nn.Module):
 def preprocess(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Deterministic evaluation preprocessing: uint8 → float in [0, 1] → normalised.
 
+    Args:
+        x: uint8 images, a tensor or a numpy array (as :func:`~sslkit.evaluation.features.extract_features` takes).
+        mean, std: per-channel normalisation in [0, 1] units.
+
     Raises:
         ValueError: ``x`` is not uint8: floats already in [0, 1] would be divided by 255 again, into a blank image.
 
     Shape:
         (B, C, H, W) uint8 -> (B, C, H, W) float32
     """
+    x = torch.as_tensor(x)  # a numpy array's dtype never equals torch.uint8: it was refused as "got uint8"
     if x.dtype != torch.uint8:
         raise ValueError(f"preprocess takes uint8 images in 0..255, got {x.dtype} — convert floats in [0, 1] with "
                          "(x * 255).round().to(torch.uint8)")

@@ -59,6 +59,10 @@ def test_extract_features_takes_uint8_tensors_and_arrays_and_refuses_the_rest(ru
         extract_features(encoder, x, batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="preprocess takes uint8 images in 0..255, got torch.float32"):
         preprocess(x.float(), [0.3], [0.35])
+    # a numpy array, as extract_features takes one (it was refused as "takes uint8 images …, got uint8")
+    torch.testing.assert_close(preprocess(x.numpy(), [0.3], [0.35]), preprocess(x, [0.3], [0.35]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="preprocess takes uint8 images in 0..255, got torch.float32"):
+        preprocess(x.numpy().astype(np.float32) / 255, [0.3], [0.35])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
