@@ -138,6 +138,7 @@ class SimCLRAugment(nn.Module):
             ops.append(K.RandomGaussianBlur((k, k), tuple(blur_sigma), p=blur_p))
         ops.append(Normalize(mean, std))
         self.ops = nn.Sequential(*ops)
+        self.channels = channels
 
     @classmethod
     def from_config(cls, cfg: AugmentConfig, data_size: int, channels: int, mean: Sequence[float],
@@ -154,6 +155,13 @@ class SimCLRAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.channels
+                or not (x.dtype == torch.uint8 or x.dtype.is_floating_point)):
+            # Else a tuple-unpacking error deep in the crop, or (3-channel images into a 1-channel pipeline) views
+            # without the saturation, hue and grayscale steps, silently.
+            what = (f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__)
+            raise ValueError(f"SimCLRAugment({self.channels} channel(s)) takes a (B, {self.channels}, H, W) tensor, "
+                             f"uint8 in 0..255 or float in [0, 1], got {what}")
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         *random_ops, normalize = self.ops

@@ -29,6 +29,23 @@ def test_views_shape_dtype_and_independence() -> None:
     assert bool(differ.all())
 
 
+def test_images_that_do_not_fit_the_pipeline_are_one_clear_error() -> None:
+    rgb, gray = SimCLRAugment(16, 3, (0.5,) * 3, (0.25,) * 3), SimCLRAugment(16, 1, (0.5,), (0.25,))
+    assert rgb(_images(2, 3, 16)).shape == (2, 3, 16, 16)
+    assert rgb(_images(2, 3, 16).double() / 255).dtype == torch.float64
+    for aug, bad, got in [
+        (rgb, _images(2, 1, 16), r"torch\.uint8 of shape \(2, 1, 16, 16\)"),  # was: not enough values to unpack
+        (rgb, _images(1, 3, 16)[0], r"torch\.uint8 of shape \(3, 16, 16\)"),  # one image without its batch axis
+        (rgb, _images(2, 3, 16).long(), r"torch\.int64"),  # was: result type Float can't be cast to Long
+        (rgb, _images(2, 3, 16).numpy(), r"ndarray"),
+        (gray, _images(2, 3, 16), r"torch\.uint8 of shape \(2, 3, 16, 16\)"),  # was: RGB views, no colour steps
+    ]:
+        n = aug.channels
+        with pytest.raises(ValueError, match=rf"^SimCLRAugment\({n} channel\(s\)\) takes a \(B, {n}, H, W\) tensor, "
+                                             rf"uint8 in 0\.\.255 or float in \[0, 1\], got {got}"):
+            aug(bad)
+
+
 def test_identity_when_every_probability_is_zero() -> None:
     mean, std = (0.5,), (0.25,)
     aug = SimCLRAugment(28, 1, mean, std, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
