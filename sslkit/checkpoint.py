@@ -260,8 +260,8 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     if len(mean) != in_chans or len(std) != in_chans:
         raise UserError(f"encoder.json of {str(run_or_file)!r} gives {len(mean)} mean and {len(std)} std values for "
                         f"{in_chans} channel(s) — export the encoder again")
-    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for, but no CUDA device is available — use device='cpu'")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # a str or a torch.device
+        raise UserError(f"device {str(device)!r} was asked for, but no CUDA device is available — use device='cpu'")
     encoder = build_encoder(str(meta["encoder"]), str(meta["stem"]), in_chans)
     actual = sha256_file(weights)
     if meta.get("sha256") and meta["sha256"] != actual:

@@ -69,6 +69,8 @@ def test_extract_features_takes_uint8_tensors_and_arrays_and_refuses_the_rest(ru
 def test_cuda_without_cuda_is_one_line(run: Path) -> None:
     with pytest.raises(UserError, match=r"^device 'cuda' was asked for, but no CUDA device is available — use "):
         load_encoder(run, device="cuda")
+    with pytest.raises(UserError, match=r"^device 'cuda:0' was asked for, but no CUDA device"):  # a torch.device too
+        load_encoder(run, device=torch.device("cuda", 0))
     with pytest.raises(UserError, match=r"^device 'cuda' was asked for"):
         extract_features(load_encoder(run), images(), device="cuda")
 
