@@ -151,6 +151,8 @@ def test_numpy_images_of_the_wrong_layout_are_refused(run: Path) -> None:
                                         r"channel\(s\) but the encoder takes 1 — they look channels-last \(N, H, W, "
                                         r"C\): pass x\.permute\(0, 3, 1, 2\) \(numpy: x\.transpose\(0, 3, 1, 2\)\)$"):
         extract_features(load_encoder(run), hwc, device="cpu")
+    with pytest.raises(UserError, match=r"got one of shape \(1, 28, 28\) — pass x\[None\] for a single image$"):
+        extract_features(load_encoder(run), np.zeros((1, 28, 28), np.uint8), device="cpu")
 
 
 def test_the_cli_prints_sslkit_warnings_as_one_line() -> None:

@@ -124,6 +124,9 @@ def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std:
     if not isinstance(x, torch.Tensor):
         raise UserError(f"extract_features takes images as a uint8 tensor or array (N, C, H, W), or an ImageSource, "
                         f"not a {type(images).__name__}")
+    if x.dtype == torch.uint8 and x.ndim == 3:
+        raise UserError(f"extract_features takes a batch of images (N, C, H, W), got one of shape {tuple(x.shape)} — "
+                        "pass x[None] for a single image")
     if x.dtype != torch.uint8 or x.ndim != 4:
         raise UserError(f"extract_features takes uint8 images (N, C, H, W) in 0..255, got {x.dtype} of shape "
                         f"{tuple(x.shape)} — convert floats in [0, 1] with (x * 255).round().to(torch.uint8), and "
