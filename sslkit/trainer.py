@@ -481,6 +481,12 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     fmt = torch.channels_last if r.train.channels_last else torch.contiguous_format
 
     data = prepare_data(r, device)
+    recorded = (state or {}).get("encoder_meta", {}).get("imagefolder_pool_sha256")
+    if recorded is not None and files_digest(data.pool.ids or ()) != recorded:  # see imagefolder_changed
+        raise UserError(f"--resume: the files of the image folder {r.data.root!r} are not those this run pretrained "
+                        "on (added, removed or renamed since): the rest of the run would train on another pool, "
+                        "and its test split may now hold images it trained on — restore the folder, or start a "
+                        "new run with another --out")
     batch = min(r.train.batch_size, len(data.pool) // info.world * info.world)
     local_batch = batch // info.world
     steps_per_epoch = len(data.pool) // batch

@@ -371,3 +371,31 @@ def test_encoder_input_size_check_names_the_size_and_changes_nothing() -> None:
     check_input_size(resnet, Recipe().replace(**{"augment.view_size": 16}), (1, 28, 28))  # takes both sizes
     assert resnet.training and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(v, before[k]) for k, v in resnet.state_dict().items())
+
+
+def test_resume_refuses_an_image_folder_changed_since_the_run_started(tmp_path: Path) -> None:
+    """The rest of the run would train on another pool, and encoder.json would record the new pool's digest, so
+    probe and finetune could no longer tell that the test split may hold images of the first part's pool."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    sets = ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=8", "monitor.val_size=4",
+            "monitor.bank_size=8", "train.batch_size=8", "train.threads=1"]
+    out = tmp_path / "run"
+    pretrain(load_recipe(ROOT / "recipes" / "quickstart.yaml", [*sets, "train.max_steps=1"]), out, console=quiet())
+    before = load_checkpoint(out / "checkpoints" / "last.pt")["encoder_meta"]["imagefolder_pool_sha256"]
+    (root / "a" / "05.png").rename(root / "a" / "05b.png")
+    with pytest.raises(UserError, match="are not those this run pretrained on"):
+        pretrain(load_recipe(ROOT / "recipes" / "quickstart.yaml", [*sets, "train.max_steps=2"]), out, resume=True,
+                 console=quiet())
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 1
+    assert json.loads((out / "encoder.json").read_text())["imagefolder_pool_sha256"] == before
+    (root / "a" / "05b.png").rename(root / "a" / "05.png")  # restored: the run goes on
+    summary = pretrain(load_recipe(ROOT / "recipes" / "quickstart.yaml", [*sets, "train.max_steps=2"]), out,
+                       resume=True, console=quiet())
+    assert summary["steps"] == 2
