@@ -492,6 +492,10 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     steps_per_epoch = len(data.pool) // batch
     total_steps = steps_per_epoch * r.train.epochs
     stop_at = min(total_steps, r.train.max_steps or total_steps)
+    if state is not None and int(state["step"]) > stop_at:  # the run would be exported and recorded as shorter
+        raise UserError(f"--resume: the run's checkpoint is at step {int(state['step']):,}, past the {stop_at:,} steps "
+                        f"this recipe runs (train.max_steps={r.train.max_steps}) — a run cannot be shortened; give no "
+                        f"train.max_steps, or one of at least {int(state['step']):,}")
 
     augment = SimCLRAugment.from_config(r.augment, data.pool.image_size, data.pool.channels, data.mean,
                                         data.std).to(device)

@@ -399,3 +399,16 @@ def test_resume_refuses_an_image_folder_changed_since_the_run_started(tmp_path: 
     summary = pretrain(load_recipe(ROOT / "recipes" / "quickstart.yaml", [*sets, "train.max_steps=2"]), out,
                        resume=True, console=quiet())
     assert summary["steps"] == 2
+
+
+def test_resume_with_max_steps_below_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    """It said 'all 2 steps were done before', exported the step-4 encoder and wrote train.max_steps: 2 into the
+    run's recipe.yaml: a run recorded as shorter than the one its files hold."""
+    out = tmp_path / "run"
+    pretrain(tiny_recipe("train.max_steps=4"), out, console=quiet())
+    recipe, encoder = (out / "recipe.yaml").read_bytes(), (out / "encoder.safetensors").read_bytes()
+    with pytest.raises(UserError, match=r"checkpoint is at step 4, past the 2 steps .* give no train.max_steps, or "
+                                        r"one of at least 4"):
+        pretrain(tiny_recipe("train.max_steps=2"), out, resume=True, console=quiet())
+    assert (out / "recipe.yaml").read_bytes() == recipe and (out / "encoder.safetensors").read_bytes() == encoder
+    assert pretrain(tiny_recipe("train.max_steps=4"), out, resume=True, console=quiet())["steps"] == 4
