@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "probe (all labels and fractions), weighted and majority k-NN, k-means (silhouette, NMI, ARI). "
                        "Writes RUN/probe.json and RUN/figures/.")
     _run_arguments(p)
-    p.add_argument("--split", default="test", help="evaluation split (default: test)")
+    p.add_argument("--split", default="test", help="evaluation split (default: test); val: a fixed sixth of the "
+                   "labeled train split held out of the probes, to compare runs without looking at test")
     p.add_argument("--compare", action="append", metavar="RUN2", help="another run to put in the table")
     p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],

@@ -210,8 +210,7 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
 
     split = probe.get("split", "test")
     seed = int(probe.get("seed", 0))
-    source = retrieval.load_split(meta, split)
-    labeled = source.subset(torch.nonzero(source.labels >= 0).flatten())
+    train, labeled, _ = load_splits(meta, split)  # the probe's own splits (its val split is part of train)
     saved = run / "figures" / PREDICTIONS_FILE
     if saved.is_file():
         try:
@@ -223,12 +222,11 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
             pass
     from sslkit.evaluation.linear import linear_probe
 
-    train, evaluation, _ = load_splits(meta, split)
     train_x, _ = retrieval.split_features(run, meta, train, "train", console=console)
-    test_x, _ = retrieval.split_features(run, meta, evaluation, split, console=console)
-    result = linear_probe(train_x, train.labels, test_x, evaluation.labels, len(train.classes),
+    test_x, _ = retrieval.split_features(run, meta, labeled, split, console=console)
+    result = linear_probe(train_x, train.labels, test_x, labeled.labels, len(train.classes),
                           val_fraction=VAL_FRACTION, seed=seed)
-    return Predictions(split, evaluation, evaluation.labels, result.predictions, True)
+    return Predictions(split, labeled, labeled.labels, result.predictions, True)
 
 
 def user_grids(run: Path, most: int = 3) -> list[Path]:

@@ -461,3 +461,27 @@ def test_a_k_larger_than_the_train_split_is_recorded_and_named_in_the_rows() -> 
     assert labels["knn.k200.majority.top1"] == "k-NN k=200 (majority), k = 40: the whole train split"
     assert labels["knn.k20.top1"] == "k-NN k=20 (weighted)"
     assert best_score("knn.k200.k", [40, 72]) is None  # a setting, never bold
+
+
+def test_probe_on_val_holds_a_fixed_part_of_train_out_of_the_probes(tmp_path: Path, capsys) -> None:
+    """--split val: a stratified sixth of the labeled train split that the probes do not learn from, the same
+    images whatever --seed (so runs are compared on the same images), and read back by the report."""
+    from sslkit.evaluation.features import read_run_meta
+    from sslkit.evaluation.probe import labeled_splits
+    from sslkit.report import probe_predictions
+
+    run = tiny_run(tmp_path)
+    meta = read_run_meta(run)
+    labeled, fitted, held, described = labeled_splits(meta, "val")
+    assert (len(labeled), len(fitted), len(held)) == (48, 40, 8) and "held out of the probes" in described
+    assert set(held.ids).isdisjoint(fitted.ids) and set(held.ids) | set(fitted.ids) == set(labeled.ids)
+    counts = torch.bincount(held.labels, minlength=3)
+    assert int(counts.max() - counts.min()) <= 1  # stratified: 16 train images a class
+    report = run_probe(run, split="val", fractions=(1.0,), seed=1, console=Console(quiet=True))
+    assert report["sizes"] == {"train": 40, "val": 8} and report["split_description"] == described
+    assert report["models"]["raw_pixels"]["linear.top1"] == 1.0  # colour classes, as on test
+    assert labeled_splits(meta, "val")[2].ids == held.ids  # the seed does not move it
+    predictions = probe_predictions(run, meta, report)
+    assert torch.equal(predictions.labels, held.labels) and not predictions.computed
+    assert main(["probe", str(run), "--split", "valid"]) == 2
+    assert "(or val, a held-out part of train for comparing runs)" in capsys.readouterr().err

@@ -71,23 +71,50 @@ SILHOUETTE_SAMPLE = 10_000
 BASELINES = ("raw_pixels", "random_init")
 
 
-def load_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, str]:
-    """The labeled train split (what the probes learn from) and the labeled evaluation split of the run's data.
+HELD_OUT = "val"  # --split val: a part of the labeled train split, held out of the probes, for comparing runs
+HELD_OUT_SHARE = 1 / 6  # Fashion-MNIST: 10,000 of 60,000, the size of its test split
+HELD_OUT_SEED = 0  # the same part for every run and every --seed, so that runs are compared on the same images
 
-    An image folder's test split is the part of it that ``imagefolder_split`` holds out of pretraining.
+
+def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, ImageSource, str]:
+    """The labeled train split, the part of it the probes learn from, and the labeled evaluation split.
+
+    An image folder's test split is the part of it that ``imagefolder_split`` holds out of pretraining. ``val``
+    (:data:`HELD_OUT`) is a fixed, stratified sixth of the labeled train split, which the probes do not learn
+    from: a split to compare runs on (to choose a recipe, say) while the test split waits for the chosen one.
+
+    Returns:
+        ``(labeled train split, probes' train part, evaluation, description of the evaluation split)``; the
+        first two are the same but for ``val``.
+    """
+    train = load_split(meta, "train")
+    train = train.subset(torch.nonzero(train.labels >= 0).flatten())
+    if split == HELD_OUT:
+        if len(train) < 2 / HELD_OUT_SHARE:
+            raise UserError(f"--split {HELD_OUT}: the train split of {meta['dataset']} has {len(train)} labeled "
+                            f"images, too few to hold out a {HELD_OUT_SHARE:.0%} part — use test")
+        held, rest = stratified_split(train.labels, HELD_OUT_SHARE, HELD_OUT_SEED)
+        fitted, evaluation = train.subset(rest), train.subset(held)
+        described = (f"{HELD_OUT} (a fixed, stratified {HELD_OUT_SHARE:.0%} of the labeled train split, held out of "
+                     "the probes)")
+    else:
+        evaluation = load_split(meta, split)
+        evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
+        fitted, described = train, split_description(meta["dataset"], split)
+    for part, what in ((fitted, "train"), (evaluation, split)):
+        if len(torch.unique(part.labels)) < 2:
+            raise UserError(f"the {what} split of {meta['dataset']} has {len(part)} labeled images in fewer than 2 "
+                            "classes — the probe needs labeled images of at least 2 classes")
+    return train, fitted, evaluation, described
+
+
+def load_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, str]:
+    """The labeled images the probes learn from and the labeled evaluation split (:func:`labeled_splits`).
 
     Returns:
         ``(train, evaluation, description of the evaluation split)``.
     """
-    train, evaluation = load_split(meta, "train"), load_split(meta, split)
-    described = split_description(meta["dataset"], split)
-    train = train.subset(torch.nonzero(train.labels >= 0).flatten())
-    evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
-    for part, what in ((train, "train"), (evaluation, split)):
-        if len(torch.unique(part.labels)) < 2:
-            raise UserError(f"the {what} split of {meta['dataset']} has {len(part)} labeled images in fewer than 2 "
-                            "classes — the probe needs labeled images of at least 2 classes")
-    return train, evaluation, described
+    return labeled_splits(meta, split)[1:]
 
 
 def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -218,8 +245,9 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")
-    if split not in scored_splits(meta["dataset"]):
-        raise UserError(scored_split_problem(meta["dataset"], split, "--split", "the probes are fitted on"))
+    if split not in (*scored_splits(meta["dataset"]), HELD_OUT):
+        raise UserError(scored_split_problem(meta["dataset"], split, "--split", "the probes are fitted on")
+                        + f" (or {HELD_OUT}, a held-out part of train for comparing runs)")
     fractions = _check_fractions(fractions)
     others = [Path(c) for c in compare]
     other_meta = [read_run_meta(other, data_root) for other in others]
@@ -232,7 +260,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
                             "runs of the same data")
     names = _model_names(run, others)
 
-    train, test, described = load_splits(meta, split)
+    labeled_train, train, test, described = labeled_splits(meta, split)
     num_classes = len(train.classes)
     device = default_device()
     console.print(f"[bold]sslkit probe[/] {run}: {meta['dataset']} — {len(train):,} labeled train images, "
@@ -240,7 +268,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     notes = []  # kept in probe.json too, where the report shows them
     for m, folder in [(meta, run), *zip(other_meta, others, strict=True)]:
-        if (note := pretraining_overlap_note(m, imagefolder_changed(folder, m, train))) is not None:
+        if (note := pretraining_overlap_note(m, imagefolder_changed(folder, m, labeled_train))) is not None:
             notes.append(f"{folder}: {note}")
             console.print(f"[yellow]note[/] ({folder}): {note}")
 
