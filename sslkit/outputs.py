@@ -7,6 +7,7 @@ cannot be written, and must never write over a file of the run that another comm
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sslkit.errors import UserError
@@ -32,6 +33,32 @@ def check_out_folder(folder: Path, fix: str) -> None:
     if blocker is not None:
         inside = "" if blocker == folder else f" lies inside {str(blocker)!r}, which"
         raise UserError(f"--out {str(folder)!r}{inside} is a file, not a folder — {fix}")
+    unwritable = not_writable(folder)
+    if unwritable is not None:
+        raise UserError(f"--out {str(folder)!r}: {str(unwritable)!r} is not writable (read-only) — {fix}")
+
+
+def not_writable(folder: Path) -> Path | None:
+    """The nearest of ``folder`` and the folders above it that exists, when files cannot be made in it (a read-only
+    folder or file system), else None."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing if existing is not None and not os.access(existing, os.W_OK | os.X_OK) else None
+
+
+def check_run_writable(run: str | Path, folders: tuple[str, ...], writes: str) -> None:
+    """A ``UserError`` when a reading command could not write its files in the run directory ``run``: the run, or
+    one of its subfolders ``folders`` the command writes in, is read-only, or is a file where a folder must be.
+
+    Checked before any work: the features are cached in the run, so a command on a read-only run would otherwise
+    compute for minutes and then fail on its first write. ``writes`` says what the command writes, for the message.
+    """
+    run = Path(run)
+    for folder in (run, *(run / f for f in folders)):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{str(folder)!r} is a file, where the run's {folder.name}/ folder must be — move it away")
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"{str(folder)!r} is not writable (read-only), and this command writes {writes} there — "
+                            "make it writable, or copy the run to a writable folder")
 
 
 def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: str | Path | None = None,
@@ -61,6 +88,9 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
     blocker = file_in_the_way(p.parent)
     if blocker is not None:
         raise UserError(f"{option} {path}: {blocker} is a file, not a folder — give another path")
+    unwritable = not_writable(p.parent)
+    if unwritable is not None:
+        raise UserError(f"{option} {path}: {unwritable} is not writable (read-only) — give another path")
     if run is not None:  # the files and folders of the run read here, or of any other run, are not written over
         folder, where = Path(run).resolve(), p.resolve()
         owner = where.parent

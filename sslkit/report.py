@@ -38,7 +38,7 @@ from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
 from sslkit.evaluation.features import atomic_save_npy, progress_bar
 from sslkit.evaluation.probe import best_score
-from sslkit.outputs import FIGURE_SUFFIXES, check_output
+from sslkit.outputs import FIGURE_SUFFIXES, check_output, check_run_writable
 
 MAX_MAP_POINTS = 10_000
 MAP_THUMBNAILS = 24  # images drawn on the report's map, spread out so they do not cover each other
@@ -119,6 +119,8 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     if thumbnails < 0:
         raise UserError(f"--thumbnails {thumbnails}: give a number of thumbnails ≥ 0")
     path = check_output(out, "--out", FIGURE_SUFFIXES, run) if out else run / "figures" / f"{method}-{split}.png"
+    check_run_writable(run, ("features",) if out else ("features", "figures"),
+                       "its features cache and map coordinates" if out else "its features cache, coordinates and map")
     source = retrieval.load_split(meta, split)
     feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
     rows = _subsample(len(source), max_points, seed)
@@ -564,6 +566,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     if max_points < 5:
         raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
     out_path = check_output(out, "--out", (".html", ".htm"), run, own="report.html") if out else run / "report.html"
+    check_run_writable(run, ("features", "figures"), "its features cache and figures")
     probe = _read_json(run / "probe.json")
     finetune = _read_json(run / "finetune.json")
     foreign = None  # a finetune.json written here by the fine-tune of another run's encoder (its --out)

@@ -74,3 +74,65 @@ def test_commands_refuse_a_bad_output_before_reading_any_data(tmp_path: Path, ca
     err = capsys.readouterr().err.strip()
     assert message.format(**fill) in err and len(err.splitlines()) == 1
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["probe", "{run}"],
+    ["neighbors", "{run}", "--query", "3"],
+    ["neighbors", "{run}", "--query", "3", "--out", "{tmp}/grid.png"],
+    ["umap", "{run}"],
+    ["report", "{run}"],
+])
+@pytest.mark.parametrize("problem", ["read-only", "figures-file"])
+def test_commands_refuse_a_run_they_cannot_write_in_before_reading_any_data(tmp_path: Path, capsys, monkeypatch,
+                                                                          argv: list[str], problem: str) -> None:
+    """A read-only run (or a file where its figures/ folder goes) failed with an OSError traceback, exit 1, after
+    the features, the probe or the map had been computed (33 s for the quickstart probe)."""
+    import os
+
+    run = make_run(tmp_path / "run")
+    if problem == "read-only":  # as root, chmod does not stop writes: the check asks os.access, so that is faked
+        access = os.access
+        monkeypatch.setattr("sslkit.outputs.os.access",
+                            lambda p, mode: False if Path(p) == run else access(p, mode))
+        message = f"{str(run)!r} is not writable (read-only)"
+    else:
+        (run / "figures").write_text("not a folder")
+        message = "is a file, where the run's figures/ folder must be"
+        if argv[0] == "neighbors":  # neighbours never write in figures/
+            message = None
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data were read before the run was checked")
+
+    monkeypatch.setattr(probe, "load_splits", no_data)
+    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    fill = {"run": str(run), "tmp": str(tmp_path)}
+    if message is None:
+        with pytest.raises(AssertionError, match="data were read"):
+            main([a.format(**fill) for a in argv])
+        return
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_outputs_in_a_read_only_folder_are_refused(tmp_path: Path, monkeypatch) -> None:
+    """--out / --json in a read-only folder, and a pretraining run directory there, are one line before any work."""
+    import os
+
+    from sslkit.outputs import check_out_folder
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr("sslkit.outputs.os.access", lambda p, mode: False if Path(p) == locked else access(p, mode))
+    with pytest.raises(UserError, match=f"--json {locked / 'p.json'}: {locked} is not writable"):
+        check_output(locked / "p.json", "--json", (".json",))
+    with pytest.raises(UserError, match="is not writable"):
+        check_output(locked / "new" / "map.png", "--out", FIGURE_SUFFIXES)
+    with pytest.raises(UserError, match=f"--out '{locked / 'run'}': '{locked}' is not writable"):
+        check_out_folder(locked / "run", "choose another --out for the run directory")
+    assert check_output(tmp_path / "p.json", "--json", (".json",)) == tmp_path / "p.json"

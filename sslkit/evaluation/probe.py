@@ -59,7 +59,7 @@ from sslkit.evaluation.features import (
 from sslkit.evaluation.knn import knn_evaluate
 from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
 from sslkit.evaluation.retrieval import load_split
-from sslkit.outputs import check_output
+from sslkit.outputs import check_output, check_run_writable
 from sslkit.trainer import imagefolder_changed
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
@@ -242,6 +242,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     meta = read_run_meta(run, data_root)  # a run without an exported encoder fails here, before any data is read
     if json_path:
         json_path = check_output(json_path, "--json", (".json",), run, own="probe.json")
+    check_run_writable(run, ("features", "figures"), "its features cache, probe.json and figures")
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")

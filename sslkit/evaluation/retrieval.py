@@ -40,7 +40,7 @@ from sslkit.evaluation.features import (
     progress_bar,
 )
 from sslkit.evaluation.features import read_run_meta as read_meta
-from sslkit.outputs import FIGURE_SUFFIXES, check_output
+from sslkit.outputs import FIGURE_SUFFIXES, check_output, check_run_writable
 
 INDEX_KINDS: tuple[str, ...] = faiss_index.INDEX_KINDS
 DEFAULT_INDEX = "flat"  # exact: a split of a few hundred thousand images is searched in well under a second
@@ -340,6 +340,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         raise UserError(f"--index {index!r} is not an index kind — use one of: {', '.join(INDEX_KINDS)}")
     if out:
         out = check_output(out, "--out", FIGURE_SUFFIXES, run)
+    check_run_writable(run, ("features",) if out else ("features", "neighbors"),
+                       "its features cache and index" if out else "its features cache, index and grid")
     if k < 1:
         check_k(k, 2, split)
     source = load_split(meta, split)
