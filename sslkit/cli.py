@@ -91,6 +91,21 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+SEED_LIMIT = 2**31 - 1  # FAISS's k-means takes a C int; numpy's legacy seeding (UMAP, t-SNE) no negative seed
+
+
+def seed_value(text: str) -> int:
+    """A ``--seed``: an integer from 0 to 2**31 - 1 (a negative or larger one failed with a traceback after the
+    features were computed)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= seed <= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{seed} is out of range — give a seed from 0 to {SEED_LIMIT:,}")
+    return seed
+
+
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     """The run a reading command works on, and where its data is now."""
     p.add_argument("run", help="run directory made by `sslkit pretrain`")
@@ -128,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="labeled fractions for the label-efficiency probe (default: 0.01 0.1 1.0)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed_value, default=0,
                    help="seed of the validation split, label fractions and k-means (default: 0)")
     p.set_defaults(func=_probe)
 
@@ -145,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default="flat", metavar="KIND",
                    help="FAISS index: flat (exact, the default), or auto, ivf-flat, hnsw, ivf-pq (approximate, for "
                    "splits of millions); built once and kept beside the features")
-    p.add_argument("--seed", type=int, default=0, help="seed of random:N (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of random:N (default: 0)")
     p.set_defaults(func=_neighbors)
 
     p = sub.add_parser("umap", help="2-D UMAP or t-SNE map of a run's features, coloured by class",
@@ -158,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thumbnails", type=int, default=0, metavar="N", help="draw N image thumbnails on the map")
     p.add_argument("--max-points", type=int, default=10_000, metavar="N",
                    help="map a seeded subset of N images when the split is larger (default: 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the map and of the subset (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the map and of the subset (default: 0)")
     p.set_defaults(func=_umap)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
@@ -170,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="HTML", help="default: RUN/report.html")
     p.add_argument("--max-points", type=int, default=10_000, metavar="N",
                    help="most images on the map (default: 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the map, neighbours and clusters (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed of the map, neighbours and clusters (default: 0)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("finetune", help="fine-tune the SSL encoder against a supervised baseline on the same labels",

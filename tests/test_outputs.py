@@ -136,3 +136,24 @@ def test_outputs_in_a_read_only_folder_are_refused(tmp_path: Path, monkeypatch) 
     with pytest.raises(UserError, match=f"--out '{locked / 'run'}': '{locked}' is not writable"):
         check_out_folder(locked / "run", "choose another --out for the run directory")
     assert check_output(tmp_path / "p.json", "--json", (".json",)) == tmp_path / "p.json"
+
+
+@pytest.mark.parametrize("command", [["probe"], ["neighbors", "--query", "random:3"], ["umap"], ["report"]])
+@pytest.mark.parametrize("seed", ["-1", "2147483648", "99999999999999999999"])
+def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys, monkeypatch, command: list[str],
+                                                        seed: str) -> None:
+    """umap and report died with numpy's "Seed must be between 0 and 2**32 - 1", neighbors and probe with torch's
+    "Overflow when unpacking long long" (FAISS's k-means: an OverflowError above 2**31 - 1), tracebacks with exit
+    code 1 after the features had been computed."""
+    run = make_run(tmp_path / "run")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data were read before the seed was checked")
+
+    monkeypatch.setattr(probe, "load_splits", no_data)
+    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    with pytest.raises(SystemExit) as info:
+        main([command[0], str(run), *command[1:], "--seed", seed])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --seed: {seed} is out of range — give a seed from 0 to 2,147,483,647" in err
