@@ -8,6 +8,7 @@ are green where a shown image's class matches what it is compared with and red w
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 import warnings
 from collections.abc import Sequence
@@ -35,11 +36,23 @@ DPI = 120
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
+    return save_figure(fig, path, dpi)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Writes ``fig`` to ``path`` atomically (a temporary file beside it, renamed over it) and closes it: a command
+    interrupted mid-write leaves the figure it replaces whole, never a truncated file. The format is the extension's.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(fig)
+    tmp = path.with_name(f".tmp-{path.stem}.{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi, facecolor="white", format=path.suffix.lstrip(".").lower() or None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 

@@ -368,3 +368,33 @@ def test_saved_probe_predictions_are_used_only_for_the_encoder_they_were_made_wi
     overview = re.search(r'<section id="overview">(.*?)</section>', page, re.S).group(1)
     assert "of another encoder than the run" in overview
     assert len(fits) == 2, "the report fitted the probe anew for the run's encoder"
+
+
+def test_a_figure_interrupted_while_it_is_written_leaves_the_one_it_replaces_whole(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """Ctrl-C during savefig left a truncated PNG in place of the last good figure (umap's map: 65,672 of 139,902
+    bytes), while the command said "files already written are complete"."""
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    from sslkit.evaluation.robustness import plot_robustness
+
+    path = tmp_path / "figures" / "umap-test.png"
+    viz.save_figure(plt.figure(figsize=(2, 2)), path)
+    before = path.read_bytes()
+    real = matplotlib.figure.Figure.savefig
+
+    def interrupted(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(before[: len(before) // 2])  # half written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted)
+    for plot in (lambda: viz.save_figure(plt.figure(figsize=(3, 3)), path),
+                 lambda: plot_robustness({"ssl": {"eps": [0.0, 0.1], "mean": [0.9, 0.5], "std": [0.0, 0.0]}}, path)):
+        with pytest.raises(KeyboardInterrupt):
+            plot()
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in path.parent.iterdir()) == ["umap-test.png"]  # no temporary file left
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real)
+    viz.save_figure(plt.figure(figsize=(3, 3)), tmp_path / "map.JPG")  # the format is the extension's
+    assert (tmp_path / "map.JPG").read_bytes()[:2] == b"\xff\xd8"

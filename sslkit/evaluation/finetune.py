@@ -733,11 +733,9 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.grid(alpha=0.3)
     ax2.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    from sslkit.viz import save_figure
+
+    return save_figure(fig, path, dpi=120)
 
 
 def finetune_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),

@@ -141,11 +141,9 @@ def plot_robustness(summary: dict[str, dict[str, list[float]]], path: str | Path
     ax.legend()
     spread = f"mean ± std over {seeds} seeds" if seeds and seeds > 1 else ""
     ax.set_title("\n".join(x for x in (title or "Accuracy under FGSM", spread) if x), fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, facecolor="white")
-    plt.close(fig)
-    return path
+    from sslkit.viz import save_figure
+
+    return save_figure(fig, path, dpi=120)
 
 
 def to_json(curve: dict[float, float]) -> dict[str, Any]:
