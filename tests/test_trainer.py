@@ -126,6 +126,26 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path:
     assert pretrain(tiny_recipe("train.max_steps=2"), out, resume=True, console=quiet())["steps"] == 2
 
 
+def test_a_recipe_of_the_users_in_the_out_folder_is_not_replaced(tmp_path: Path, capsys) -> None:
+    """`sslkit pretrain recipe.yaml --out . --set optim.lr=5` in a project folder replaced the user's recipe.yaml
+    (comments and all) with the run's resolved one, lr 5 included. A folder an interrupted run left (recipe.yaml and
+    metrics.jsonl, no checkpoint yet) is still started again."""
+    project = tmp_path / "project"
+    project.mkdir()
+    mine = "# my recipe\n" + (ROOT / "recipes" / "quickstart.yaml").read_text()
+    (project / "recipe.yaml").write_text(mine)
+    argv = ["pretrain", str(project / "recipe.yaml"), "--out", str(project), *(f"--set={s}" for s in TINY),
+            "--set", "optim.lr=5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{str(project / 'recipe.yaml')!r} is not a run's" in err and len(err.splitlines()) == 1, err
+    assert (project / "recipe.yaml").read_text() == mine
+    assert sorted(p.name for p in project.iterdir()) == ["recipe.yaml"]
+    (project / "metrics.jsonl").write_text("")  # what a Ctrl-C before the first step leaves
+    pretrain(tiny_recipe("train.max_steps=1"), project, console=quiet())
+    assert (project / "encoder.json").is_file()
+
+
 def test_step_0_measures_a_random_network_with_its_residual_branches_on(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import sslkit.trainer as trainer
