@@ -514,6 +514,24 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"value": data}
 
 
+def _check_probe_json(probe: dict[str, Any] | None, path: Path) -> None:
+    """A ``UserError`` when ``probe.json`` lacks the layout the report reads (a table of models, each a mapping of
+    scores; its split; numeric label fractions): the report died on it with a traceback after drawing its figures."""
+    if probe is None:
+        return
+    models, fractions = probe.get("models"), probe.get("fractions", [])
+    problem = None
+    if not isinstance(models, dict) or not models or not all(isinstance(m, dict) for m in models.values()):
+        problem = "no 'models' table of scores"
+    elif not isinstance(probe.get("split"), str):
+        problem = "no 'split'"
+    elif not isinstance(fractions, list) or not all(isinstance(f, (int, float)) for f in fractions):
+        problem = "'fractions' that are not a list of numbers"
+    if problem:
+        raise UserError(f"{path} is not as `sslkit probe` writes it ({problem}) — run `sslkit probe {path.parent}` "
+                        "again, or move the file away")
+
+
 def _count(n: Any) -> str:
     return f"{n:,}" if isinstance(n, int) else "?"
 
@@ -568,6 +586,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     out_path = check_output(out, "--out", (".html", ".htm"), run, own="report.html") if out else run / "report.html"
     check_run_writable(run, ("features", "figures"), "its features cache and figures")
     probe = _read_json(run / "probe.json")
+    _check_probe_json(probe, run / "probe.json")
     finetune = _read_json(run / "finetune.json")
     foreign = None  # a finetune.json written here by the fine-tune of another run's encoder (its --out)
     if finetune and finetune.get("encoder_sha256") not in (None, meta["sha256"]):

@@ -398,3 +398,25 @@ def test_a_figure_interrupted_while_it_is_written_leaves_the_one_it_replaces_who
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real)
     viz.save_figure(plt.figure(figsize=(3, 3)), tmp_path / "map.JPG")  # the format is the extension's
     assert (tmp_path / "map.JPG").read_bytes()[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("text", ['[1, 2]', '{"models": {"encoder": 5}, "split": "test"}', '{"models": {}}',
+                                  '{"models": {"encoder": {}}}',
+                                  '{"models": {"encoder": {}}, "split": "test", "fractions": "0.1"}'])
+def test_a_probe_json_not_in_the_probes_layout_is_one_line_before_any_figure(tmp_path: Path, capsys, monkeypatch,
+                                                                             text: str) -> None:
+    """A probe.json that is JSON but not what `sslkit probe` writes (a list, no models table, no split) died with a
+    KeyError or AttributeError traceback, exit 1, after the report had drawn its figures (13 s on the quickstart)."""
+    import sslkit.report as report
+
+    run = make_run(tmp_path / "run")
+    (run / "probe.json").write_text(text)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data were read before probe.json was checked")
+
+    monkeypatch.setattr(report.retrieval, "load_split", no_data)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run / 'probe.json'} is not as `sslkit probe` writes it" in err and len(err.splitlines()) == 1, err
+    assert not (run / "report.html").exists() and (run / "probe.json").read_text() == text
