@@ -67,6 +67,9 @@ def safe_load(text: str) -> Any:
         loader.dispose()
 
 
+MAX_THREADS = 1024  # train.threads: far above any CPU's cores, far below where OpenMP fails (16,384 threads: an error)
+
+
 def _f(default: Any, **checks: Any) -> Any:
     """A dataclass field with range/choice checks in its metadata (gt, ge, le, lt)."""
     if isinstance(default, (list, tuple)):
@@ -160,7 +163,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool = True
     compile: bool = False
-    threads: int | None = _f(None, ge=1)  # torch intra-op threads; None keeps torch's default
+    # torch intra-op threads; None keeps torch's default. Bounded: torch.set_num_threads(32768) crashes the process
+    # (a segmentation fault, exit 139, no message)
+    threads: int | None = _f(None, ge=1, le=MAX_THREADS)
     chunk_size: int | None = _f(None, ge=2)  # views per chunk (gradient cache): exact large batches in bounded memory
     sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (CUDA only: PyTorch has no CPU SyncBatchNorm)
     log_every: int = _f(10, ge=1)  # steps between metrics.jsonl lines

@@ -174,3 +174,16 @@ def test_yaml_merge_keys_work_and_explicit_keys_override_them(tmp_path: Path) ->
         load_recipe(write(tmp_path, text))
     r = load_recipe(write(tmp_path, "optim:\n  <<: {lr: 0.1, momentum: 0.8}\n  lr: 0.2\n"))
     assert r.optim.lr == 0.2 and r.optim.momentum == 0.8
+
+
+def test_train_threads_beyond_what_torch_can_start_is_refused_with_the_key(tmp_path: Path) -> None:
+    """train.threads=100000 crashed pretraining with a segmentation fault (exit 139, not a word) when torch started
+    the threads; finetune's train.threads likewise."""
+    from sslkit.evaluation.finetune_config import finetune_recipe_from_dict
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    with pytest.raises(UserError, match=r"--set train\.threads=100000: train\.threads must be ≤ 1024, got 100000"):
+        load_recipe(recipe, ["train.threads=100000"])
+    assert load_recipe(recipe, ["train.threads=1024"]).train.threads == 1024
+    with pytest.raises(UserError, match=r"train\.threads must be ≤ 1024, got 2000"):
+        finetune_recipe_from_dict({"run": str(tmp_path), "train": {"threads": 2000}})

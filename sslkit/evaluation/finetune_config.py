@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from sslkit.config import (
+    MAX_THREADS,
     SEED_MAX,
     _build_section,
     _f,
@@ -90,7 +91,7 @@ class FinetuneTrain:
     select: Literal["last", "best_val"] = "last"  # which epoch is scored on the test split
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    threads: int | None = _f(None, ge=1)
+    threads: int | None = _f(None, ge=1, le=MAX_THREADS)
     eval_batch_size: int = _f(500, ge=1)
 
 
