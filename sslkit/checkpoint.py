@@ -160,7 +160,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         except UserError as e:
             warnings.warn(f"skipping checkpoint {path}: {e}", SslkitWarning, stacklevel=2)
     raise UserError(f"no checkpoint in {str(folder)!r} could be loaded (all {len(candidates)} are corrupt) — "
-                    "start a fresh run without --resume")
+                    "start a fresh run with another --out (this folder's checkpoints keep it from a new run)")
 
 
 def sha256_file(path: Path) -> str:

@@ -312,6 +312,9 @@ def test_checkpoint_with_code_is_refused_through_resume(tmp_path: Path, capsys: 
     assert len(warned) == 2 and all("refused to unpickle" in w for w in warned), warned
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "could be loaded" in err, err
+    # It said "start a fresh run without --resume", which the folder refuses ("already holds a run — add --resume").
+    assert "start a fresh run with another --out" in err and "without --resume" not in err, err
+    assert main(["pretrain", str(run)]) == 2 and "already holds a run" in capsys.readouterr().err
     assert not marker.exists()
     assert snapshot(run) == before
 
