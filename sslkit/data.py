@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -612,6 +613,9 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     # Decode straight into the cache file, so a folder larger than memory never has to fit in it.
     tmp = cache / f".tmp-{key}.{os.getpid()}.npy"
     shape = (len(files), len(mode), size, size)
+    room = next((p for p in (cache, *cache.parents) if p.exists()), None)
+    _check_room(*shape[:3], shutil.disk_usage(room).free if room is not None else None,
+                f"free on the disk of the image cache {cache}")
     try:
         cache.mkdir(parents=True, exist_ok=True)
         out: np.ndarray = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -777,8 +781,27 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
         raise UserError(f"data.channels is {channels} but {dataset} images have {source.channels} channel(s) — "
                         "remove data.channels (it only converts image folders)")
     if image_size is not None and image_size != source.image_size:
+        _check_room(len(source), source.channels, image_size, _memory_bytes(), "of memory this machine has")
         source = ImageSource(resize(source.images, image_size), source.labels, source.classes, source.name)
     return source
+
+
+def _memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_room(n: int, channels: int, size: int, room: int | None, where: str) -> None:
+    """A ``UserError`` naming data.image_size when ``n`` images resized to it would not fit in ``room`` bytes
+    (before any allocation: otherwise an allocator error, or the OOM killer, later)."""
+    need = n * channels * size * size
+    if room is not None and need > room:
+        raise UserError(f"data.image_size {size}: {n:,} images of {channels}×{size}×{size} pixels need "
+                        f"{need / 2**30:,.1f} GiB, more than the {room / 2**30:,.1f} GiB {where} — lower "
+                        "data.image_size")
 
 
 def _did_you_mean(value: str, valid: tuple[str, ...], usable: tuple[str, ...] | None = None) -> str:

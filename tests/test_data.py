@@ -602,3 +602,21 @@ def test_unknown_names() -> None:
     with pytest.raises(UserError, match="data.channels is 3 but fashion-mnist-mini images have 1 channel"):
         load_source("fashion-mnist-mini", "test", channels=3)
     assert load_source("fashion-mnist-mini", "test", channels=1).channels == 1  # the native value is fine
+
+
+def test_an_image_size_larger_than_the_machine_holds_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """data.image_size=100000 (a typo) is refused before any allocation, naming the key: the resize died in the
+    allocator ("you tried to allocate 100000000000000 bytes"), and an image folder would decode into a cache larger
+    than its disk."""
+    with pytest.raises(UserError, match=r"^data\.image_size 100000: [\d,]+ images of 1×100000×100000 pixels need "
+                                        r"[\d,.]+ GiB, more than the [\d,.]+ GiB of memory this machine has — lower "
+                                        r"data\.image_size$"):
+        load_source("fashion-mnist-mini", "train", image_size=100_000)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / c / "0.png")
+    with pytest.raises(UserError, match=r"^data\.image_size 100000000: 2 images of 3×100000000×100000000 pixels need "
+                                        r"[\d,.]+ GiB, more than the [\d,.]+ GiB free on the disk of the image cache"):
+        imagefolder_pool(root=str(tmp_path), image_size=100_000_000)
+    cache = imagefolder_cache(tmp_path.resolve())
+    assert not cache.exists() or not any(cache.iterdir())  # refused before the cache file was made
