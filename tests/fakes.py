@@ -63,3 +63,16 @@ def write_stl10(root: Path, n_train: int = 20, n_test: int = 20, n_unlabeled: in
         if split != "unlabeled":
             (folder / f"{split}_y.bin").write_bytes(bytes(1 + i % 10 for i in range(n)))
     return out
+
+
+def write_noise_folder(root: Path, per_class: int, classes: tuple[str, ...] = ("a", "b"), size: int = 8,
+                       seed: int = 0) -> Path:
+    """An image folder (``root/<class>/<NN>.png``) of random RGB images, ``per_class`` in each class; returns root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    return root

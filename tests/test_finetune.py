@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import write_cifar, write_stl10
+from fakes import write_cifar, write_noise_folder, write_stl10
 from rich.console import Console
 from safetensors.torch import load_file
 from torch import nn
@@ -357,16 +357,9 @@ def test_disjoint_from_pool_needs_the_run_s_own_image_folder_and_its_hold_out(
 
 def test_an_image_folder_changed_since_pretraining_is_noted_and_disjoint_from_pool_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import Image
-
     from sslkit.evaluation.probe import run_probe
 
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for c in ("a", "b"):
-        (root / c).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    root = write_noise_folder(tmp_path / "imgs", per_class=12)
     monkeypatch.chdir(tmp_path)  # data.root relative to where pretrain ran: the run records where that is
     pre = load_recipe(RECIPES / "quickstart.yaml", [
         "data.dataset=imagefolder", "data.root=imgs", "data.image_size=8", "monitor.val_size=4",

@@ -53,6 +53,16 @@ def test_check_output_accepts_a_file_name_and_refuses_what_would_fail_or_destroy
         assert message in str(info.value), (args, str(info.value))
 
 
+def refuse_data_reads(monkeypatch: pytest.MonkeyPatch, checked: str) -> None:
+    """Makes any read of a run's data fail, to show that a command checked ``checked`` before reading it."""
+
+    def no_data(*args, **kwargs):
+        raise AssertionError(f"data were read before {checked} was checked")
+
+    monkeypatch.setattr(probe, "load_splits", no_data)
+    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["probe", "{run}", "--json", "{tmp}"], "--json {tmp} is a folder"),
     (["neighbors", "{run}", "--query", "3", "--out", "grid.txt"], "--out grid.txt has the extension '.txt'"),
@@ -64,11 +74,7 @@ def test_commands_refuse_a_bad_output_before_reading_any_data(tmp_path: Path, ca
     run = make_run(tmp_path / "run")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
-    def no_data(*args, **kwargs):
-        raise AssertionError("data were read before the output was checked")
-
-    monkeypatch.setattr(probe, "load_splits", no_data)
-    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    refuse_data_reads(monkeypatch, "the output")
     fill = {"run": str(run), "tmp": str(tmp_path)}
     assert main([a.format(**fill) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -103,11 +109,7 @@ def test_commands_refuse_a_run_they_cannot_write_in_before_reading_any_data(tmp_
             message = None
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
-    def no_data(*args, **kwargs):
-        raise AssertionError("data were read before the run was checked")
-
-    monkeypatch.setattr(probe, "load_splits", no_data)
-    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    refuse_data_reads(monkeypatch, "the run")
     fill = {"run": str(run), "tmp": str(tmp_path)}
     if message is None:
         with pytest.raises(AssertionError, match="data were read"):
@@ -147,11 +149,7 @@ def test_a_seed_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys, 
     code 1 after the features had been computed."""
     run = make_run(tmp_path / "run")
 
-    def no_data(*args, **kwargs):
-        raise AssertionError("data were read before the seed was checked")
-
-    monkeypatch.setattr(probe, "load_splits", no_data)
-    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    refuse_data_reads(monkeypatch, "the seed")
     with pytest.raises(SystemExit) as info:
         main([command[0], str(run), *command[1:], "--seed", seed])
     assert info.value.code == 2

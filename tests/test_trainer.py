@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import write_noise_folder
 from rich.console import Console
 
 from sslkit.checkpoint import load_checkpoint, load_encoder
@@ -396,14 +397,7 @@ def test_encoder_input_size_check_names_the_size_and_changes_nothing() -> None:
 def test_resume_refuses_an_image_folder_changed_since_the_run_started(tmp_path: Path) -> None:
     """The rest of the run would train on another pool, and encoder.json would record the new pool's digest, so
     probe and finetune could no longer tell that the test split may hold images of the first part's pool."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for c in ("a", "b"):
-        (root / c).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    root = write_noise_folder(tmp_path / "imgs", per_class=12)
     sets = ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=8", "monitor.val_size=4",
             "monitor.bank_size=8", "train.batch_size=8", "train.threads=1"]
     out = tmp_path / "run"
