@@ -94,10 +94,10 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
     if run is not None:  # the files and folders of the run read here, or of any other run, are not written over
         folder, where = Path(run).resolve(), p.resolve()
         owner = where.parent
-        if where.name in RUN_FILES and (where.name != own if owner == folder else _is_run(owner)):
+        if where.name in RUN_FILES and (where.name != own if owner == folder else is_run(owner)):
             whose = f"the run's own {where.name}" if owner == folder else f"the {where.name} of another run, {owner}"
             raise UserError(f"{option} {path} would overwrite {whose} — give another name")
-        inside = next((d for d in where.parents if d.name in RUN_FOLDERS and (d.parent == folder or _is_run(d.parent))),
+        inside = next((d for d in where.parents if d.name in RUN_FOLDERS and (d.parent == folder or is_run(d.parent))),
                       None)
         if inside is not None:
             whose = (f"the run's {inside.name}/ folder, which holds the run's own files" if inside.parent == folder
@@ -106,7 +106,7 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
     return p
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
     """A run directory: an exported encoder, or a recipe beside what pretraining writes (a project folder with a
     recipe.yaml of its own is not one)."""
     return (folder / "encoder.json").is_file() or ((folder / "recipe.yaml").is_file() and (

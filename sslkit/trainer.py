@@ -57,7 +57,7 @@ from sslkit.models import (
     recalibrate_on_images,
 )
 from sslkit.optim import build_optimizer, build_scheduler
-from sslkit.outputs import _is_run, check_out_folder
+from sslkit.outputs import check_out_folder, is_run
 from sslkit.step import make_views, simclr_backward, step_if_finite
 
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
@@ -454,7 +454,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     elif _holds_checkpoints(ckpt_dir) or (run / "encoder.safetensors").exists():
         raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it (resume=True from "
                         "Python), or choose another --out")
-    elif (run / "recipe.yaml").is_file() and not _is_run(run):  # a recipe of the user's, perhaps the one given
+    elif (run / "recipe.yaml").is_file() and not is_run(run):  # a recipe of the user's, perhaps the one given
         raise UserError(f"{str(run / 'recipe.yaml')!r} is not a run's (no metrics.jsonl or checkpoints/ beside it): "
                         "pretraining would replace it with the run's resolved recipe — choose another --out")
     if r.train.batch_size % info.world:

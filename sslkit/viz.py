@@ -36,10 +36,6 @@ DPI = 120
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
-def _save(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
-    return save_figure(fig, path, dpi)
-
-
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Writes ``fig`` to ``path`` atomically (a temporary file beside it, renamed over it) and closes it: a command
     interrupted mid-write leaves the figure it replaces whole, never a truncated file. The format is the extension's.
@@ -100,7 +96,7 @@ def _empty(path: Path, title: str, message: str) -> Path:
     ax.axis("off")
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#555555")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- probe ---------------------------------------------------------------------------------------------------------
@@ -172,7 +168,7 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
         fig.text(0.01, 0.01, "▽ no error: drawn at half of one error, which a log axis can show", fontsize=7,
                  color="#555555")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Sequence[str], path: Path,
@@ -208,7 +204,7 @@ def plot_confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: Seq
     ax.set_title(f"{title}\n{len(y):,} images, accuracy {accuracy:.1%}, row-normalised", fontsize=10)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=matplotlib.ticker.PercentFormatter(1.0))
     bar.set_label("share of the true class's images (rows sum to 100%)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
@@ -246,7 +242,7 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, predictions: 
                      fontsize=7, loc="left")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- retrieval and maps -------------------------------------------------------------------------------------------
@@ -375,7 +371,7 @@ def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
         labels_text.append(f"showing {shown_q} of {q_n} queries, {shown_k} of {k} neighbours (the table has all)")
     fig.legend(handles, labels_text, loc="upper center", bbox_to_anchor=(0.5, 1 - (0.34 if title else 0.05) / height),
                ncol=len(handles), frameon=False, fontsize=7.5, handlelength=1.2, columnspacing=1.4)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def spread_points(xy: np.ndarray, n: int, seed: int = 0, min_gap: float = 0.08) -> np.ndarray:
@@ -496,7 +492,7 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=max(1.0, 6 / size ** 0.5),
                   frameon=False, title="class (images)", title_fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -580,7 +576,7 @@ def plot_training_curves(events: Sequence[dict[str, Any]], path: Path, title: st
             top.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_augmentations(originals: torch.Tensor, views: torch.Tensor, path: Path,
@@ -601,7 +597,7 @@ def plot_augmentations(originals: torch.Tensor, views: torch.Tensor, path: Path,
         axes[0, j + 1].set_title(f"view {j + 1}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kernels(weight: torch.Tensor, path: Path, title: str = "First-layer kernels") -> Path:
@@ -631,7 +627,7 @@ def plot_kernels(weight: torch.Tensor, path: Path, title: str = "First-layer ker
     text = f"{title} ({o} × {w.shape[1]} × {w.shape[2]} × {w.shape[3]}); each kernel scaled to its own range"
     fig.suptitle(textwrap.fill(text, max(20, int((0.62 * cols + 0.4) / 0.075))), fontsize=10)  # 10 pt characters
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- clusters ------------------------------------------------------------------------------------------------------
@@ -677,4 +673,4 @@ def plot_clusters(images: torch.Tensor, clusters: torch.Tensor, labels: torch.Te
                 ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
