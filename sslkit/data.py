@@ -88,7 +88,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 IMAGEFOLDER_DEFAULT_SIZE = 64
 # Part of every image-folder cache key: bump it when the decoding below changes, so old caches are not reused.
 _CACHE_VERSION = 3  # 2: 16-bit grayscale scaled instead of clipped; 3: the decoded files' names kept
-_SKIPS_TOLD: set[str] = set()  # image-folder caches whose skipped files (or gray images) this process named
+_TOLD: set[str] = set()  # image-folder caches whose skipped files or gray images this process has named
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
 
 
@@ -604,8 +604,8 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     name = f"imagefolder/{base.name}"
     if images_path.is_file() and meta_path.is_file():
         try:
-            remind = key not in _SKIPS_TOLD
-            _SKIPS_TOLD.add(key)
+            remind = key not in _TOLD
+            _TOLD.add(key)
             return _load_cached(images_path, meta_path, name, remind=remind, suggest_gray=channels is None)
         except FileNotFoundError:  # pruned just now by another process that found the folder changed: decode
             pass
@@ -629,7 +629,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         n = len(labels)
         skipped = {p for p, _ in bad}
         names = [p.relative_to(base).as_posix() for _, p in files if p not in skipped]  # the decoded ones, in order
-        _SKIPS_TOLD.add(key)  # what the decoding says below is not repeated when this process reads the cache
+        _TOLD.add(key)  # what the decoding says below is not repeated when this process reads the cache
         if bad:
             shown = "; ".join(f"{p.relative_to(base)} ({why})" for p, why in bad[:3])
             warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} in {base}: {shown}"

@@ -56,7 +56,7 @@ def check_run_writable(run: str | Path, folders: tuple[str, ...], writes: str) -
     for folder in (run, *(run / f for f in folders)):
         if folder.exists() and not folder.is_dir():
             raise UserError(f"{str(folder)!r} is a file, where the run's {folder.name}/ folder must be — move it away")
-        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        if folder.is_dir() and not_writable(folder) is not None:
             raise UserError(f"{str(folder)!r} is not writable (read-only), and this command writes {writes} there — "
                             "make it writable, or copy the run to a writable folder")
 

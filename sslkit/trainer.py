@@ -484,8 +484,10 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     fmt = torch.channels_last if r.train.channels_last else torch.contiguous_format
 
     data = prepare_data(r, device)
+    # The files the run pretrains on, recorded in encoder.json (see imagefolder_changed) and checked on resume.
+    pool_digest = files_digest(data.pool.ids or ()) if r.data.dataset == "imagefolder" else None
     recorded = (state or {}).get("encoder_meta", {}).get("imagefolder_pool_sha256")
-    if recorded is not None and files_digest(data.pool.ids or ()) != recorded:  # see imagefolder_changed
+    if recorded is not None and pool_digest != recorded:
         raise UserError(f"--resume: the files of the image folder {r.data.root!r} are not those this run pretrained "
                         "on (added, removed or renamed since): the rest of the run would train on another pool, "
                         "and its test split may now hold images it trained on — restore the folder, or start a "
@@ -547,7 +549,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                         recipe=r.name)
     if r.data.dataset == "imagefolder":  # runs without it pretrained on the whole folder, its test part included
         encoder_meta["imagefolder_test_held_out"] = IMAGEFOLDER_TEST_FRACTION
-        encoder_meta["imagefolder_pool_sha256"] = files_digest(data.pool.ids or ())  # see imagefolder_changed
+        encoder_meta["imagefolder_pool_sha256"] = pool_digest
 
     def checkpoint() -> None:
         rng = {"torch": torch.get_rng_state()}

@@ -8,7 +8,6 @@ are green where a shown image's class matches what it is compared with and red w
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 import warnings
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
 
+from sslkit.checkpoint import atomic_write  # noqa: E402
 from sslkit.errors import UserError  # noqa: E402
 
 COLOURS = {"encoder": "#1f77b4", "raw_pixels": "#7f7f7f", "random_init": "#d62728"}
@@ -37,17 +37,14 @@ DPI = 120
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Writes ``fig`` to ``path`` atomically (a temporary file beside it, renamed over it) and closes it: a command
+    """Writes ``fig`` to ``path`` atomically (:func:`~sslkit.checkpoint.atomic_write`) and closes it: a command
     interrupted mid-write leaves the figure it replaces whole, never a truncated file. The format is the extension's.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.stem}.{os.getpid()}{path.suffix}")
+    fmt = path.suffix.lstrip(".").lower() or None  # the temporary file's name does not end in it
     try:
-        fig.savefig(tmp, dpi=dpi, facecolor="white", format=path.suffix.lstrip(".").lower() or None)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, facecolor="white", format=fmt))
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path
 

@@ -350,7 +350,7 @@ def test_imagefolder_decodes_once_skips_bad_files_and_caches(tmp_path: Path, mon
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same process said it when decoding: not again
         imagefolder_pool(root=str(root), image_size=8)
-    monkeypatch.setattr(data, "_SKIPS_TOLD", set())  # as in a later process: a one-line reminder
+    monkeypatch.setattr(data, "_TOLD", set())  # as in a later process: a one-line reminder
     with pytest.warns(UserWarning, match=r"2 unreadable image\(s\) in .*imgs are left out \(as when it was decoded\)"):
         again = imagefolder_pool(root=str(root), image_size=8)
     assert torch.equal(again.images, src.images) and torch.equal(again.labels, src.labels)
@@ -385,7 +385,7 @@ def test_an_all_gray_folder_read_as_rgb_suggests_one_channel(tmp_path: Path, cap
     assert len([w for w in said_first if "grayscale" in str(w.message)]) == 1
     said = " ".join(capsys.readouterr().err.split())
     assert "to 8×8 RGB (shorter side resized to 8, then centre-cropped; data.image_size sets the size)" in said
-    monkeypatch.setattr(data, "_SKIPS_TOLD", set())  # a later process, which reads the cache: said again, once
+    monkeypatch.setattr(data, "_TOLD", set())  # a later process, which reads the cache: said again, once
     with pytest.warns(UserWarning, match=r"every image in .* is grayscale") as said_again:
         imagefolder_pool(root=str(tmp_path), image_size=8)
         imagefolder_pool(root=str(tmp_path), image_size=8)

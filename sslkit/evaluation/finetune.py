@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -465,7 +464,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _check_out_dir(out_dir: Path, run: Path) -> None:
-    """A ``UserError`` when ``finetune.json`` and ``figures/`` could not be written in ``out_dir``, or it is
+    """A ``UserError`` when ``finetune.json`` and ``figures/`` could not be written in ``out_dir`` (a file in the
+    way, a read-only folder: :func:`~sslkit.outputs.check_out_folder`), or it is
     another run's directory than ``run``'s (its own fine-tune results would be replaced by this run's)."""
     check_out_folder(out_dir, "give a folder for finetune.json and its figures")
     if (out_dir / "encoder.json").is_file() and out_dir.resolve() != run.resolve():
@@ -477,9 +477,6 @@ def _check_out_dir(out_dir: Path, run: Path) -> None:
             raise UserError(f"--out {str(out_dir)!r} holds {str(p)!r}, a {'file' if want_dir else 'folder'} where "
                             f"finetune writes its {'figures folder' if want_dir else 'results file'} — move it, or "
                             "choose another --out")
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out {str(out_dir)!r}: {str(existing)!r} is not writable — choose another --out")
 
 
 def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console: Console | None = None,
@@ -735,7 +732,7 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     ax2.legend()
     from sslkit.viz import save_figure
 
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path)
 
 
 def finetune_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),

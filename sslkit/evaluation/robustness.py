@@ -143,7 +143,7 @@ def plot_robustness(summary: dict[str, dict[str, list[float]]], path: str | Path
     ax.set_title("\n".join(x for x in (title or "Accuracy under FGSM", spread) if x), fontsize=10)
     from sslkit.viz import save_figure
 
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path)
 
 
 def to_json(curve: dict[float, float]) -> dict[str, Any]:
