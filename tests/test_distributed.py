@@ -72,7 +72,10 @@ def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
            "--set", "data.pool_size=64", "--set", "monitor.val_size=40", "--set", "monitor.bank_size=80",
            "--set", "train.batch_size=16", "--set", "train.epochs=2", "--set", "train.log_every=1",
            "--set", "train.threads=1", *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # torchrun leaves a torchelastic_* folder in the temporary directory at every launch: keep them in pytest's.
+    scratch = out.parent / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(scratch))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
