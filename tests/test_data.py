@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import pickle
 import pickletools
 import shutil
 import struct
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import stl10_bytes, write_stl10
+from fakes import stl10_bytes, write_cifar, write_idx, write_stl10
 from PIL import Image
 
 import sslkit.data as data
@@ -36,81 +35,6 @@ from sslkit.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 needs_debian_fashion_mnist = pytest.mark.skipif(not data.FASHION_MNIST_SYSTEM_DIR.is_dir(),
                                                 reason="apt-get install dataset-fashion-mnist")
-
-
-# --- writers of the on-disk formats -----------------------------------------------------------------------
-
-
-def write_idx(path: Path, array: np.ndarray, type_code: int = 0x08) -> None:
-    """IDX as specified: 0, 0, type, ndim, then each dimension as a big-endian uint32, then the bytes."""
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` (the STRING opcodes), as the CIFAR files were written by Python 2's cPickle.
-
-    So the keys load as ``b"data"`` with ``encoding="bytes"`` (the CIFAR page's recipe) and as ``"data"`` with
-    ``encoding="latin1"`` (torchvision's), exactly as with the original files.
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def dump_py2(obj: object, path: Path) -> None:
-    with open(path, "wb") as f:
-        Py2Pickler(f, protocol=2).dump(obj)
-
-
-def cifar_row(image: np.ndarray) -> np.ndarray:
-    """One CIFAR row of 3072 bytes, built from the format's description rather than a reshape: 1024 red values,
-    then green, then blue, each a 32×32 image in row-major order."""
-    row = np.empty(3072, np.uint8)
-    for c in range(3):
-        for y in range(32):
-            row[c * 1024 + y * 32: c * 1024 + (y + 1) * 32] = image[c, y]
-    return row
-
-
-def write_cifar(root: Path, kind: str, per_file: int = 3) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    n_classes = 10 if kind == "cifar10" else 100
-    folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
-    folder.mkdir(parents=True)
-    files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]} if kind == "cifar10" \
-        else {"train": ["train"], "test": ["test"]}
-    label_key = b"labels" if kind == "cifar10" else b"fine_labels"
-    out: dict[str, np.ndarray] = {}
-    for split, names in files.items():
-        xs, ys = [], []
-        for name in names:
-            x = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)
-            y = rng.integers(0, n_classes, per_file).tolist()
-            entry = {b"batch_label": name.encode(), b"data": np.stack([cifar_row(im) for im in x]), label_key: y,
-                     b"filenames": [f"{name}_{i}.png".encode() for i in range(per_file)]}
-            if kind == "cifar100":
-                entry[b"coarse_labels"] = [v // 5 for v in y]
-            dump_py2(entry, folder / name)
-            xs.append(x)
-            ys += y
-        out[split], out[f"{split}_labels"] = np.concatenate(xs), np.asarray(ys)
-    if kind == "cifar10":
-        dump_py2({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": per_file,
-                  b"num_vis": 3072}, folder / "batches.meta")
-    else:
-        dump_py2({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-                  b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}, folder / "meta")
-    return out
 
 
 # --- Fashion-MNIST ----------------------------------------------------------------------------------------
@@ -226,7 +150,7 @@ def test_resize_once_at_load_is_antialiased() -> None:
 
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
 def test_cifar_on_disk_format(tmp_path: Path, kind: str) -> None:
-    expected = write_cifar(tmp_path, kind)
+    expected = write_cifar(tmp_path, kind, per_batch=3)
     first = tmp_path / ("cifar-10-batches-py/data_batch_1" if kind == "cifar10" else "cifar-100-python/train")
     # Read the pickle's opcodes without running them: the batch holds the "data" key torchvision looks up.
     assert {"data", b"data"} & {arg for _, arg, _ in pickletools.genops(first.read_bytes()) if arg is not None}
