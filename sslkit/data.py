@@ -372,16 +372,51 @@ def split_length(dataset: str, split: str, root: str | None) -> int:
         raise ValueError(f"the length of {dataset}/{split} is only known by loading it")
     base = Path(root).expanduser() if root else DEFAULT_ROOT
     path = base / _torchvision_class("stl10").base_folder / "unlabeled_X.bin"
-    image_bytes = 3 * 96 * 96
     try:
-        size = path.stat().st_size
+        return _stl10_images(path)
     except OSError as e:
         raise UserError(f"{path} cannot be read ({type(e).__name__}: {_one_line(e)}) — put STL-10's unlabeled "
                         "images there, or point data.root at them") from None
-    if size == 0 or size % image_bytes:
-        raise UserError(f"{path} holds {size:,} bytes, not a whole number of 96×96 RGB images ({image_bytes:,} bytes "
-                        "each) — delete it and set data.download: true, or put the intact file there")
-    return size // image_bytes
+
+
+_STL10_IMAGE_BYTES = 3 * 96 * 96
+
+
+def _stl10_images(path: Path) -> int:
+    """How many images STL-10's ``path`` (a ``*_X.bin``) holds, from its size. torchvision reshapes the file as it
+    is: one cut short at an image boundary would load, with fewer images than labels.
+
+    Raises:
+        UserError: a size that is no whole, positive number of images. OSError: the file cannot be read.
+    """
+    size = path.stat().st_size
+    if size == 0 or size % _STL10_IMAGE_BYTES:
+        raise UserError(f"{path} holds {size:,} bytes, not a whole number of 96×96 RGB images ({_STL10_IMAGE_BYTES:,} "
+                        "bytes each) — delete it and set data.download: true, or put the intact file there")
+    return size // _STL10_IMAGE_BYTES
+
+
+def _check_stl10(folder: Path, split: str) -> None:
+    """Raises a ``UserError`` naming the STL-10 file of ``split`` in ``folder`` that is cut short or damaged (its
+    images not a whole number, its labels not one byte in 1..10 per image), before torchvision reads them: it
+    checks neither, and a short label file would otherwise stop sslkit with a traceback. (A file that cannot be
+    read at all is left to torchvision's read, whose failure names the folder.)"""
+    for part in split.split("+"):
+        try:
+            n = _stl10_images(folder / f"{part}_X.bin")
+            labels = None if part == "unlabeled" else np.fromfile(folder / f"{part}_y.bin", dtype=np.uint8)
+        except OSError:
+            return
+        if labels is None:
+            continue
+        if len(labels) != n:
+            raise UserError(f"{folder / f'{part}_y.bin'} holds {len(labels):,} labels but {part}_X.bin {n:,} images "
+                            "— one of them is cut short: delete both and set data.download: true, or put the intact "
+                            "files there")
+        bad = np.flatnonzero((labels < 1) | (labels > 10))
+        if len(bad):
+            raise UserError(f"{folder / f'{part}_y.bin'} holds label {labels[bad[0]]} at image {bad[0]:,}, outside "
+                            "STL-10's 1..10 — delete it and set data.download: true, or put the intact file there")
 
 
 def _torchvision_class(dataset: str) -> type:
@@ -430,6 +465,8 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
             raise UserError(f"{dataset} files not found under {base} (missing {missing[0]}"
                             f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}) — set data.download: "
                             "true or put the files there")
+        if dataset == "stl10":
+            _check_stl10(base / cls.base_folder, split)
         cls = _local_reader(cls)
     kwargs = {"train": split == "train"} if dataset.startswith("cifar") else {"split": split}
     try:

@@ -218,6 +218,39 @@ def test_stl10_unlabeled_count_comes_from_the_file_size(tmp_path: Path) -> None:
         data.split_length("stl10", "unlabeled", str(tmp_path))
 
 
+def test_stl10_files_cut_short_are_named_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A half-extracted stl10_binary: torchvision reshapes a .bin file as it is, so an images file cut at an image
+    boundary, or any short labels file, gave images and labels of different lengths (a ValueError traceback)."""
+    write_stl10(tmp_path, n_train=4, n_test=3, n_unlabeled=2)
+    folder = tmp_path / "stl10_binary"
+    intact = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "train_X.bin").write_bytes(intact["train_X.bin"][:3 * 27648])
+    with pytest.raises(UserError) as err:
+        load_source("stl10", "train", root=str(tmp_path))
+    assert str(err.value) == (f"{folder / 'train_y.bin'} holds 4 labels but train_X.bin 3 images — one of them is cut "
+                              "short: delete both and set data.download: true, or put the intact files there")
+    (folder / "train_X.bin").write_bytes(intact["train_X.bin"])
+    (folder / "test_y.bin").write_bytes(intact["test_y.bin"][:2])
+    with pytest.raises(UserError, match=r"test_y\.bin holds 2 labels but test_X\.bin 3 images — one of them is cut"):
+        load_source("stl10", "test", root=str(tmp_path))
+    (folder / "test_y.bin").write_bytes(b"\x01\x00\x03")  # 0 would become label 255 (uint8 minus 1)
+    with pytest.raises(UserError, match=r"test_y\.bin holds label 0 at image 1, outside STL-10's 1\.\.10 — delete it"):
+        load_source("stl10", "test", root=str(tmp_path))
+    (folder / "unlabeled_X.bin").write_bytes(intact["unlabeled_X.bin"][:-5])
+    with pytest.raises(UserError, match=r"unlabeled_X\.bin holds 55,291 bytes, not a whole number of 96×96 RGB"):
+        load_source("stl10", "train+unlabeled", root=str(tmp_path))
+
+    from sslkit.cli import main
+
+    (folder / "train_y.bin").write_bytes(intact["train_y.bin"][:1])
+    code = main(["pretrain", str(REPO / "recipes" / "stl10.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={tmp_path}", "--set", "data.download=false", "--set", "data.split=train"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err == (f"sslkit pretrain: error: {folder / 'train_y.bin'} holds 1 labels but "
+                                       "train_X.bin 4 images — one of them is cut short: delete both and set "
+                                       "data.download: true, or put the intact files there\n")
+
+
 def test_svhn_on_disk_format(tmp_path: Path) -> None:
     from scipy.io import savemat
 
