@@ -438,6 +438,41 @@ def _expected_files(cls: type, root: Path, split: str) -> list[Path]:
     return files
 
 
+def _download_source(cls: type, split: str) -> tuple[str, str]:
+    """Where torchvision downloads ``split`` of ``cls`` from, and what to do with that file: SVHN's .mat files are
+    read where they are, the CIFAR and STL-10 archives are extracted."""
+    if hasattr(cls, "split_list"):
+        return cls.split_list[split][0], "put it in"
+    return cls.url, "extract it in"
+
+
+def _check_layout(dataset: str, cls: type, base: Path) -> None:
+    """A ``UserError`` when ``base`` (data.root) holds a data set's files but not where torchvision reads them:
+    data.root set to the extracted folder itself, or the files put straight in data.root."""
+    folder = getattr(cls, "base_folder", None)  # SVHN has none: its .mat files are read from data.root itself
+    if folder is None or (base / folder).is_dir():
+        return
+    if base.name == folder:
+        raise UserError(f"data.root {base} is the {folder} folder itself — set data.root to the folder that holds "
+                        f"it, {base.parent}")
+    first = cls.train_list[0][0]
+    if (base / first).is_file():
+        raise UserError(f"{base} holds {first} and the other {dataset} files directly, but torchvision reads them from "
+                        f"{base / folder} — move them into that folder")
+
+
+def _not_found(dataset: str, cls: type, base: Path, split: str, missing: list[Path]) -> str:
+    """Why ``split`` of ``dataset`` cannot be read from ``base`` without a download, and how to get its files."""
+    what = f"{missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+    archive = base / getattr(cls, "filename", "")
+    if getattr(cls, "filename", None) and archive.is_file():
+        return (f"{archive} is not extracted (missing {what}) — extract it there (tar -xzf {archive} -C {base}), or "
+                "set data.download: true, which checks it and extracts it")
+    url, action = _download_source(cls, split)
+    return (f"{dataset} files not found under {base} (missing {what}) — set data.download: true, or download {url} "
+            f"and {action} {base}")
+
+
 def _local_reader(cls: type) -> type:
     """``cls`` with its integrity check reduced to "the files exist".
 
@@ -459,12 +494,12 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
     """CIFAR-10/100, STL-10 and SVHN through torchvision's own readers, as one (N, 3, H, W) uint8 tensor."""
     cls = _torchvision_class(dataset)
     base = Path(root).expanduser() if root else DEFAULT_ROOT
+    missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
+    if missing:
+        _check_layout(dataset, cls, base)  # before a download too, which would fetch a second copy in the wrong place
+        if not download:
+            raise UserError(_not_found(dataset, cls, base, split, missing))
     if not download:
-        missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
-        if missing:
-            raise UserError(f"{dataset} files not found under {base} (missing {missing[0]}"
-                            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}) — set data.download: "
-                            "true or put the files there")
         if dataset == "stl10":
             _check_stl10(base / cls.base_folder, split)
         cls = _local_reader(cls)

@@ -167,10 +167,57 @@ def test_cifar_on_disk_format(tmp_path: Path, kind: str) -> None:
     with pytest.raises(UserError) as err:
         load_source(kind, "train", root=str(tmp_path / "empty"))
     assert f"{kind} files not found under {tmp_path / 'empty'}" in str(err.value)
-    assert "set data.download: true or put the files there" in str(err.value)
+    assert f"set data.download: true, or download https://www.cs.toronto.edu/~kriz/{kind.replace('cifar', 'cifar-')}" \
+           f"-python.tar.gz and extract it in {tmp_path / 'empty'}" in str(err.value)
     first.write_bytes(b"\x80\x02 damaged")
     with pytest.raises(UserError, match=f"reading {kind} \\(train\\) under .* failed"):
         load_source(kind, "train", root=str(tmp_path))
+
+
+def test_missing_files_say_where_torchvision_reads_them_and_how_to_get_them(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """data.root set to the extracted folder itself, the files put straight in it, an archive not extracted: each
+    one line saying what to change, before any download (which would fetch a second copy into the wrong place)."""
+    write_cifar(tmp_path, "cifar10", per_batch=1)
+    inner = tmp_path / "cifar-10-batches-py"
+    for download in (False, True):
+        with pytest.raises(UserError) as err:
+            load_source("cifar10", "test", root=str(inner), download=download)
+        assert str(err.value) == (f"data.root {inner} is the cifar-10-batches-py folder itself — set data.root to the "
+                                  f"folder that holds it, {tmp_path}")
+    flat = tmp_path / "mine"
+    inner.rename(flat)
+    with pytest.raises(UserError) as err:
+        load_source("cifar10", "train", root=str(flat), download=True)
+    assert str(err.value) == (f"{flat} holds data_batch_1 and the other cifar10 files directly, but torchvision reads "
+                              f"them from {flat / 'cifar-10-batches-py'} — move them into that folder")
+
+    stl = tmp_path / "stl"
+    write_stl10(stl, n_train=1, n_test=1, n_unlabeled=1)
+    (stl / "stl10_binary" / "test_y.bin").unlink()  # extraction stopped part way
+    (stl / "stl10_binary.tar.gz").write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        load_source("stl10", "test", root=str(stl))
+    assert str(err.value) == (f"{stl / 'stl10_binary.tar.gz'} is not extracted (missing "
+                              f"{stl / 'stl10_binary' / 'test_y.bin'}) — extract it there (tar -xzf "
+                              f"{stl / 'stl10_binary.tar.gz'} -C {stl}), or set data.download: true, which checks it "
+                              "and extracts it")
+
+    from sslkit.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["pretrain", str(REPO / "recipes" / "stl10.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={empty}", "--set", "data.download=false"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err == (
+        f"sslkit pretrain: error: stl10 files not found under {empty} (missing "
+        f"{empty / 'stl10_binary' / 'train_X.bin'} and 2 more) — set data.download: true, or download "
+        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz "
+        f"and extract it in {empty}\n")
+    with pytest.raises(UserError, match=r"svhn files not found under .* — set data\.download: true, or download "
+                                        r"http://ufldl\.stanford\.edu/housenumbers/extra_32x32\.mat and put it in "):
+        load_source("svhn", "extra", root=str(empty))
 
 
 def test_stl10_on_disk_format(tmp_path: Path) -> None:
