@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import shutil
+import urllib.error
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -507,6 +509,11 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
     try:
         ds = cls(str(base), download=download, **kwargs)
     except Exception as e:  # noqa: BLE001 — offline, bad checksum, damaged pickle/.mat/.bin: one line for all
+        if download and isinstance(e, (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                                       TimeoutError)):  # no network: the files are fine, or not there at all
+            url, action = _download_source(cls, split)
+            raise UserError(f"downloading {dataset} into {base} failed ({type(e).__name__}: {_one_line(e)}) — check "
+                            f"the network, or download {url} elsewhere and {action} {base}") from None
         what = "downloading or reading" if download else "reading"
         raise UserError(f"{what} {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
                         "delete the damaged files and set data.download: true, or put intact files there") from None

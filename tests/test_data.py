@@ -220,6 +220,30 @@ def test_missing_files_say_where_torchvision_reads_them_and_how_to_get_them(tmp_
         load_source("svhn", "extra", root=str(empty))
 
 
+@pytest.mark.parametrize("dataset", ["cifar100", "svhn"])
+def test_a_download_without_network_says_so_and_where_to_fetch_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], dataset: str) -> None:
+    """The recipes set data.download: true; offline it said '... failed (URLError ...) — delete the damaged files and
+    set data.download: true', though nothing was damaged and the download was on."""
+    import urllib.error
+    import urllib.request
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)  # what torchvision's download_url calls
+    fetch = {"cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz elsewhere and extract it in",
+             "svhn": "http://ufldl.stanford.edu/housenumbers/train_32x32.mat elsewhere and put it in"}[dataset]
+    from sslkit.cli import main
+
+    code = main(["pretrain", str(REPO / "recipes" / "cifar100.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={tmp_path}", "--set", f"data.dataset={dataset}"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err == (
+        f"sslkit pretrain: error: downloading {dataset} into {tmp_path} failed (URLError: <urlopen error [Errno -2] "
+        f"Name or service not known>) — check the network, or download {fetch} {tmp_path}\n")
+
+
 def test_stl10_on_disk_format(tmp_path: Path) -> None:
     folder = tmp_path / "stl10_binary"
     folder.mkdir()
