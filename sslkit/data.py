@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import pickle
 import shutil
 import urllib.error
 import warnings
@@ -475,6 +476,23 @@ def _not_found(dataset: str, cls: type, base: Path, split: str, missing: list[Pa
             f"and {action} {base}")
 
 
+def _damaged_file(cls: type, base: Path, split: str, error: Exception) -> tuple[Path, Exception] | None:
+    """Which file of the split torchvision failed to read with ``error``, and why, where that can be told: SVHN's
+    split is one file; each CIFAR pickle is loaded on its own (only after a failure: torchvision's error names no
+    file, and a half-extracted archive leaves one cut short)."""
+    files = _expected_files(cls, base, split)
+    if len(files) == 1:
+        return files[0], error
+    if hasattr(cls, "meta"):
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    pickle.load(f, encoding="latin1")  # as torchvision reads them; the same files it just unpickled
+            except Exception as e:  # noqa: BLE001 — truncated, garbled or unreadable: all the same to the user
+                return path, e
+    return None
+
+
 def _local_reader(cls: type) -> type:
     """``cls`` with its integrity check reduced to "the files exist".
 
@@ -514,6 +532,12 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
             url, action = _download_source(cls, split)
             raise UserError(f"downloading {dataset} into {base} failed ({type(e).__name__}: {_one_line(e)}) — check "
                             f"the network, or download {url} elsewhere and {action} {base}") from None
+        damaged = None if download else _damaged_file(cls, base, split, e)
+        if damaged is not None:
+            path, why = damaged
+            raise UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: "
+                            f"{_one_line(why)}) — delete it and set data.download: true, or put an intact copy there"
+                            ) from None
         what = "downloading or reading" if download else "reading"
         raise UserError(f"{what} {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
                         "delete the damaged files and set data.download: true, or put intact files there") from None

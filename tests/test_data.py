@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import stl10_bytes, write_cifar, write_idx, write_stl10
+from fakes import stl10_bytes, write_cifar, write_idx, write_stl10, write_svhn
 from PIL import Image
 
 import sslkit.data as data
@@ -170,8 +170,31 @@ def test_cifar_on_disk_format(tmp_path: Path, kind: str) -> None:
     assert f"set data.download: true, or download https://www.cs.toronto.edu/~kriz/{kind.replace('cifar', 'cifar-')}" \
            f"-python.tar.gz and extract it in {tmp_path / 'empty'}" in str(err.value)
     first.write_bytes(b"\x80\x02 damaged")
-    with pytest.raises(UserError, match=f"reading {kind} \\(train\\) under .* failed"):
+    with pytest.raises(UserError, match=f"reading {kind} \\(train\\) failed: {first} is damaged"):
         load_source(kind, "train", root=str(tmp_path))
+
+
+def test_a_file_cut_short_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A half-extracted CIFAR folder or a half-copied SVHN .mat: the message said 'reading cifar10 (train) under R
+    failed (UnpicklingError: pickle data was truncated) — delete the damaged files', without naming one."""
+    write_cifar(tmp_path, "cifar10", per_batch=2)
+    third = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    third.write_bytes(third.read_bytes()[:3000])
+    from sslkit.cli import main
+
+    code = main(["pretrain", str(REPO / "recipes" / "cifar10.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={tmp_path}", "--set", "data.download=false"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err == (f"sslkit pretrain: error: reading cifar10 (train) failed: {third} is damaged "
+                                       "(UnpicklingError: pickle data was truncated) — delete it and set "
+                                       "data.download: true, or put an intact copy there\n")
+    write_svhn(tmp_path, "test", n=3)
+    mat = tmp_path / "test_32x32.mat"
+    mat.write_bytes(mat.read_bytes()[:-100])
+    with pytest.raises(UserError) as err:
+        load_source("svhn", "test", root=str(tmp_path))
+    assert str(err.value).startswith(f"reading svhn (test) failed: {mat} is damaged (")
+    assert str(err.value).endswith(") — delete it and set data.download: true, or put an intact copy there")
 
 
 def test_missing_files_say_where_torchvision_reads_them_and_how_to_get_them(tmp_path: Path,
