@@ -302,14 +302,28 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=offset).reshape(shape)
 
 
-def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
-    """The (images, labels) files of a split in ``folder``, gzipped or not, or None when absent."""
+def _idx_names(split: str) -> tuple[str, str]:
+    """The names of a split's images and labels files, without .gz."""
     prefix = "train" if split == "train" else "t10k"
-    for ext in (".gz", ""):
-        images = folder / f"{prefix}-images-idx3-ubyte{ext}"
-        labels = folder / f"{prefix}-labels-idx1-ubyte{ext}"
-        if images.is_file() and labels.is_file():
-            return images, labels
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
+    """The (images, labels) files of a split in ``folder``, each gzipped or not, or None when both are absent.
+
+    Raises:
+        UserError: ``folder`` holds one file of the two (half copied or half extracted): reading another copy of
+            the data set instead, as for a folder without any, would hide that.
+    """
+    images, labels = (next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
+                      for name in _idx_names(split))
+    if images is not None and labels is not None:
+        return images, labels
+    if images is not None or labels is not None:
+        have = images or labels
+        lack = _idx_names(split)[1 if labels is None else 0]
+        raise UserError(f"{folder} holds {have.name} but not {lack}.gz — put that file there too, or remove "
+                        f"{have.name}")
     return None
 
 
@@ -348,8 +362,9 @@ def _fashion_mnist(split: str, root: str | None, download: bool) -> ImageSource:
         if pair:
             return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
     looked = ", ".join(str(f) for f in folders)
+    images, labels = _idx_names(split)
     raise UserError(f"Fashion-MNIST {split} files not found (looked in {looked}) — apt-get install "
-                    "dataset-fashion-mnist, or set data.root to a folder with the .gz files, or set "
+                    f"dataset-fashion-mnist, or set data.root to a folder with {images}.gz and {labels}.gz, or set "
                     "data.download: true")
 
 

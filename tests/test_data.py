@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import stl10_bytes, write_cifar, write_idx, write_stl10, write_svhn
+from fakes import stl10_bytes, write_cifar, write_fashion_mnist, write_idx, write_stl10, write_svhn
 from PIL import Image
 
 import sslkit.data as data
@@ -123,6 +123,37 @@ def test_fashion_mnist_search_order_and_missing_data(tmp_path: Path, monkeypatch
     write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([0, 1]))  # one label short
     with pytest.raises(UserError, match="do not form one image set"):
         load_source("fashion-mnist", "test", root=str(tmp_path / "user"))
+
+
+def test_a_half_copied_fashion_mnist_folder_is_named_not_passed_over(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """data.root holding the images file of a split but not its labels (a copy or gunzip stopped part way) was
+    passed over with 'holds no Fashion-MNIST train files', and the installed copy read instead; one file gunzipped
+    and the other not was passed over too."""
+    expected = write_fashion_mnist(tmp_path, n_train=4, n_test=2)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(gzip.decompress(labels.read_bytes()))
+    labels.unlink()  # images .gz, labels extracted
+    train = load_source("fashion-mnist", "train", root=str(tmp_path))
+    assert torch.equal(train.images[:, 0], torch.from_numpy(expected["train"]))
+    assert train.labels.tolist() == expected["train_labels"].tolist()
+
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    from sslkit.cli import main
+
+    code = main(["pretrain", str(REPO / "recipes" / "fashion_mnist.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={tmp_path}"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err == (f"sslkit pretrain: error: {tmp_path} holds train-images-idx3-ubyte.gz but not "
+                                       "train-labels-idx1-ubyte.gz — put that file there too, or remove "
+                                       "train-images-idx3-ubyte.gz\n")
+
+
+def test_fashion_mnist_not_found_names_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"set data\.root to a folder with t10k-images-idx3-ubyte\.gz and "
+                                        r"t10k-labels-idx1-ubyte\.gz, or set data\.download: true$"):
+        load_source("fashion-mnist", "test", root=str(tmp_path))
 
 
 def test_missing_embedded_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
