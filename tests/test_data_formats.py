@@ -156,3 +156,21 @@ def test_the_installed_fashion_mnist_as_torchvision_reads_it(tmp_path: Path) -> 
         assert torch.bincount(source.labels).tolist() == [n // 10] * 10 and source.classes == tuple(ds.classes)
         img, target = ds[n - 1]
         assert np.array_equal(np.asarray(img), source.images[n - 1, 0].numpy()) and target == source.labels[-1]
+
+
+def test_recipes_name_the_folder_torchvision_reads() -> None:
+    """A recipe's 'Data:' comment is where users look for what to put in data.root; cifar10.yaml said
+    'cifar-*-python', which is CIFAR-100's folder, not CIFAR-10's cifar-10-batches-py."""
+    import yaml
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    checked = 0
+    for path in sorted(recipes.glob("*.yaml")):
+        text = path.read_text()
+        dataset = (yaml.safe_load(text).get("data") or {}).get("dataset")
+        if dataset in ("cifar10", "cifar100", "stl10", "svhn"):
+            data_line = next(line for line in text.splitlines() if line.startswith("# Data:"))
+            folder = getattr(data._torchvision_class(dataset), "base_folder", None)
+            assert folder is not None and f" {folder}/ " in data_line, (path.name, data_line)
+            checked += 1
+    assert checked == 3
