@@ -553,8 +553,12 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
             raise UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: "
                             f"{_one_line(why)}) — delete it and set data.download: true, or put an intact copy there"
                             ) from None
-        what = "downloading or reading" if download else "reading"
-        raise UserError(f"{what} {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
+        if download:  # a download that failed its checksum (a proxy's page, a cut transfer), a failed extraction
+            url, action = _download_source(cls, split)
+            raise UserError(f"downloading or reading {dataset} ({split}) under {base} failed ({type(e).__name__}: "
+                            f"{_one_line(e)}) — delete the damaged or partly downloaded files there and run again, or "
+                            f"download {url} elsewhere and {action} {base}") from None
+        raise UserError(f"reading {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
                         "delete the damaged files and set data.download: true, or put intact files there") from None
     data = np.asarray(ds.data)
     if dataset.startswith("cifar"):  # torchvision turns CIFAR's channel-major rows into N×H×W×C; undo that

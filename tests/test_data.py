@@ -298,6 +298,28 @@ def test_a_download_without_network_says_so_and_where_to_fetch_the_file(
         f"Name or service not known>) — check the network, or download {fetch} {tmp_path}\n")
 
 
+def test_a_download_that_fails_its_checksum_is_not_told_to_turn_the_download_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A captive portal's page instead of the file: torchvision's checksum refuses it. The message said to 'set
+    data.download: true', which was already set."""
+    import io
+    import urllib.request
+
+    class Page(io.BytesIO):
+        def __init__(self, request: urllib.request.Request) -> None:
+            super().__init__(b"<html>sign in to use this network</html>")
+            self.url, self.length = request.full_url, 41
+
+    monkeypatch.setattr(urllib.request, "urlopen", Page)
+    with pytest.raises(UserError) as err:
+        load_source("svhn", "train", root=str(tmp_path), download=True)
+    assert str(err.value) == (f"downloading or reading svhn (train) under {tmp_path} failed (RuntimeError: File not "
+                              "found or corrupted.) — delete the damaged or partly downloaded files there and run "
+                              "again, or download http://ufldl.stanford.edu/housenumbers/train_32x32.mat elsewhere and "
+                              f"put it in {tmp_path}")
+    assert (tmp_path / "train_32x32.mat").read_bytes().startswith(b"<html>")  # the file the message means
+
+
 def test_stl10_on_disk_format(tmp_path: Path) -> None:
     folder = tmp_path / "stl10_binary"
     folder.mkdir()
