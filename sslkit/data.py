@@ -473,10 +473,10 @@ def _check_layout(dataset: str, cls: type, base: Path) -> None:
     if base.name == folder:
         raise UserError(f"data.root {base} is the {folder} folder itself — set data.root to the folder that holds "
                         f"it, {base.parent}")
-    first = cls.train_list[0][0]
-    if (base / first).is_file():
-        raise UserError(f"{base} holds {first} and the other {dataset} files directly, but torchvision reads them from "
-                        f"{base / folder} — move them into that folder")
+    names = [name for name, _ in cls.train_list + cls.test_list]
+    if all((base / name).is_file() for name in names):
+        raise UserError(f"{base} holds {names[0]} and the other {dataset} files directly, but torchvision reads them "
+                        f"from {base / folder} — move them into that folder")
 
 
 def _not_found(dataset: str, cls: type, base: Path, split: str, missing: list[Path]) -> str:
@@ -506,6 +506,26 @@ def _damaged_file(cls: type, base: Path, split: str, error: Exception) -> tuple[
             except Exception as e:  # noqa: BLE001 — truncated, garbled or unreadable: all the same to the user
                 return path, e
     return None
+
+
+def _read_failure(dataset: str, cls: type, base: Path, split: str, download: bool, e: Exception) -> UserError:
+    """What to tell the user when torchvision's ``cls`` failed with ``e``: the network, a damaged file named where it
+    can be told, else the folder; the way out each time (a download, or what to fetch from where)."""
+    url, action = _download_source(cls, split)
+    if download and isinstance(e, (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)):
+        return UserError(f"downloading {dataset} into {base} failed ({type(e).__name__}: {_one_line(e)}) — check the "
+                         f"network, or download {url} elsewhere and {action} {base}")
+    if download:  # a download that failed its checksum (a proxy's page, a cut transfer), a failed extraction
+        return UserError(f"downloading or reading {dataset} ({split}) under {base} failed ({type(e).__name__}: "
+                         f"{_one_line(e)}) — delete the damaged or partly downloaded files there and run again, or "
+                         f"download {url} elsewhere and {action} {base}")
+    damaged = _damaged_file(cls, base, split, e)
+    if damaged is not None:
+        path, why = damaged
+        return UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: "
+                         f"{_one_line(why)}) — delete it and set data.download: true, or put an intact copy there")
+    return UserError(f"reading {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
+                     "delete the damaged files and set data.download: true, or put intact files there")
 
 
 def _local_reader(cls: type) -> type:
@@ -542,24 +562,7 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
     try:
         ds = cls(str(base), download=download, **kwargs)
     except Exception as e:  # noqa: BLE001 — offline, bad checksum, damaged pickle/.mat/.bin: one line for all
-        if download and isinstance(e, (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                                       TimeoutError)):  # no network: the files are fine, or not there at all
-            url, action = _download_source(cls, split)
-            raise UserError(f"downloading {dataset} into {base} failed ({type(e).__name__}: {_one_line(e)}) — check "
-                            f"the network, or download {url} elsewhere and {action} {base}") from None
-        damaged = None if download else _damaged_file(cls, base, split, e)
-        if damaged is not None:
-            path, why = damaged
-            raise UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: "
-                            f"{_one_line(why)}) — delete it and set data.download: true, or put an intact copy there"
-                            ) from None
-        if download:  # a download that failed its checksum (a proxy's page, a cut transfer), a failed extraction
-            url, action = _download_source(cls, split)
-            raise UserError(f"downloading or reading {dataset} ({split}) under {base} failed ({type(e).__name__}: "
-                            f"{_one_line(e)}) — delete the damaged or partly downloaded files there and run again, or "
-                            f"download {url} elsewhere and {action} {base}") from None
-        raise UserError(f"reading {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
-                        "delete the damaged files and set data.download: true, or put intact files there") from None
+        raise _read_failure(dataset, cls, base, split, download, e) from None
     data = np.asarray(ds.data)
     if dataset.startswith("cifar"):  # torchvision turns CIFAR's channel-major rows into N×H×W×C; undo that
         data = data.transpose(0, 3, 1, 2)

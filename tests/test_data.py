@@ -245,6 +245,11 @@ def test_missing_files_say_where_torchvision_reads_them_and_how_to_get_them(tmp_
         load_source("cifar10", "train", root=str(flat), download=True)
     assert str(err.value) == (f"{flat} holds data_batch_1 and the other cifar10 files directly, but torchvision reads "
                               f"them from {flat / 'cifar-10-batches-py'} — move them into that folder")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train").write_text("a file of something else")  # CIFAR-100's first file name, alone: not its files
+    with pytest.raises(UserError, match=r"^cifar100 files not found under"):
+        load_source("cifar100", "train", root=str(other))
 
     stl = tmp_path / "stl"
     write_stl10(stl, n_train=1, n_test=1, n_unlabeled=1)
