@@ -656,12 +656,13 @@ def _decode_all(files: list[tuple[int, Path]], size: int, mode: str, out: np.nda
                 ) -> tuple[list[int], list[tuple[Path, str]]]:
     """Fills ``out`` front to back with the readable images; returns their labels and the skipped files."""
     from PIL import Image
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sslkit.console import PipeSafeConsole
 
     labels: list[int] = []
     bad: list[tuple[Path, str]] = []
-    console = Console(stderr=True)
+    console = PipeSafeConsole(stderr=True)
     # What becomes of the images, said once, where the bar (transient) leaves nothing behind.
     console.print(f"decoding {len(files):,} images in {base} once, to {size}×{size} "
                   f"{'RGB' if mode == 'RGB' else 'grayscale'} (shorter side resized to {size}, then centre-cropped; "

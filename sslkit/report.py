@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sslkit.config import load_run_recipe, safe_load
+from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
@@ -109,7 +110,7 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     """
     from sslkit.viz import MAP_METHODS, plot_map
 
-    console = console or Console()
+    console = console or PipeSafeConsole()
     run = Path(run)
     meta = retrieval.read_meta(run, data_root)
     if method not in MAP_METHODS:
@@ -576,7 +577,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     )
 
     t0 = time.perf_counter()
-    console = console or Console()
+    console = console or PipeSafeConsole()
     run = Path(run)
     meta = retrieval.read_meta(run, data_root)  # a run without an exported encoder stops here, before any work
     if method not in MAP_METHODS:

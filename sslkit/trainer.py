@@ -35,6 +35,7 @@ from sslkit.checkpoint import (
 )
 from sslkit.compiled import compiles
 from sslkit.config import SEED_STRIDE, Recipe, load_recipe, load_run_recipe, save_recipe
+from sslkit.console import PipeSafeConsole
 from sslkit.data import (
     IMAGEFOLDER_TEST_FRACTION,
     ImageSource,
@@ -437,7 +438,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                         f"{type(recipe).__name__}")
     r = recipe
     info, dist_device = init_distributed(r.train.device)
-    console = console or Console()
+    console = console or PipeSafeConsole()
     if not info.is_main:
         console = Console(quiet=True)
     run = Path(out)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import write_noise_folder
 from PIL import Image
 from rich.console import Console
 from safetensors.torch import load_file
@@ -174,6 +175,49 @@ def test_a_killed_first_write_does_not_block_a_fresh_start(tmp_path: Path, monke
     with pytest.raises(GotPast):
         pretrain(load_recipe(RECIPE, SETS), run, console=quiet())
     assert not temp_files(run)
+
+
+# --- a reader that goes away (sslkit pretrain … | head) ----------------------------------------------------------
+
+
+def events(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stdout_closed_by_its_reader_lets_training_finish(tmp_path: Path, reference: tuple[Path, dict]) -> None:
+    """``| head -1``: rich ended the process with exit code 1 at the first line printed after the pipe closed, in
+    the middle of training (no checkpoint yet). Now the console falls silent and the run ends as it would have."""
+    run, err = tmp_path / "run", tmp_path / "stderr.txt"
+    sets = [a for s in SETS for a in ("--set", s)]
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sslkit", "pretrain", str(RECIPE), "--out", str(run), *sets],
+                                stdout=subprocess.PIPE, stderr=fh, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.stdout.readline().startswith(b"sslkit pretrain quickstart: ")  # the header; then the reader is gone
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0, err.read_text()[-2000:]
+    assert err.read_text() == ""  # no traceback, and no "Exception ignored … BrokenPipeError" at exit
+    assert [e["step"] for e in events(run) if "loss" in e] == list(range(1, 9))
+    same_state(load_checkpoint(run / "checkpoints" / "last.pt"), reference[1])
+    assert (run / "encoder.json").is_file() and not temp_files(run)
+
+
+def test_stderr_closed_by_its_reader_lets_training_finish(tmp_path: Path) -> None:
+    """An image folder's first decoding prints on stderr: with stderr closed, rich pointed stdout (not stderr) at
+    /dev/null and ended the process with exit code 1. Now stdout is left alone and the run ends."""
+    root = write_noise_folder(tmp_path / "imgs", per_class=12)
+    sets = ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=8", "monitor.val_size=4",
+            "monitor.bank_size=8", "train.batch_size=8", "train.threads=1", "train.max_steps=2", "train.log_every=1"]
+    run, log = tmp_path / "run", tmp_path / "stdout.txt"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SSLKIT_CACHE=str(tmp_path / "cache"))  # decoded in the child
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sslkit", "pretrain", str(RECIPE), "--out", str(run),
+                                 *(a for s in sets for a in ("--set", s))],
+                                stdout=fh, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    proc.stderr.close()  # before the child prints anything
+    assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+    assert f"run saved in {run}/" in log.read_text()
+    assert [e["step"] for e in events(run) if "loss" in e] == [1, 2]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2 and (run / "encoder.json").is_file()
 
 
 # --- bad recipes through the command line -------------------------------------------------------------------

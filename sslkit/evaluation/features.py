@@ -26,6 +26,7 @@ from torch import nn
 
 from sslkit.augment import preprocess
 from sslkit.checkpoint import read_encoder_meta, sha256_file
+from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.models import build_encoder, feature_dim, recalibrate_on_images
@@ -110,7 +111,7 @@ def progress_bar(console: Console | None = None, transient: bool = True) -> Prog
     A transient bar is off where nothing can be redrawn (a log file, a pipe): it would show nothing there but
     leave a blank line behind.
     """
-    console = console or Console()
+    console = console or PipeSafeConsole()
     off = transient and not (console.is_terminal or console.is_jupyter)
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), console=console, transient=transient, disable=off)

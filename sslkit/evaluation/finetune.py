@@ -44,6 +44,7 @@ from torch import nn
 from sslkit.augment import preprocess
 from sslkit.checkpoint import read_encoder_meta, write_json
 from sslkit.config import load_run_recipe
+from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
@@ -498,7 +499,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
         NonFiniteLoss: when an arm's training loss stops being finite.
     """
     r = recipe
-    console = console or Console()
+    console = console or PipeSafeConsole()
     t_start = time.perf_counter()
     meta = read_run_meta(r.run)  # checked keys, and a sha256 that is the weights' own
     weights, sha = read_encoder_meta(r.run)[1], meta["sha256"]

@@ -34,6 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder, write_json
+from sslkit.console import PipeSafeConsole
 from sslkit.data import (
     ImageSource,
     channel_stats,
@@ -237,7 +238,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
             missing data files, or NaN/Inf features.
     """
     t0 = time.perf_counter()
-    console = console or Console()
+    console = console or PipeSafeConsole()
     run = Path(run_dir)
     meta = read_run_meta(run, data_root)  # a run without an exported encoder fails here, before any data is read
     if json_path:
@@ -343,7 +344,7 @@ def run_features(run_dir: str | Path, split: str = "test", console: Console | No
     run = Path(run_dir)
     meta = read_run_meta(run)
     train, evaluation, _ = load_splits(meta, split)
-    with progress_bar(console or Console()) as progress:
+    with progress_bar(console or PipeSafeConsole()) as progress:
         train_x, eval_x = _encoder_features("encoder", run, meta, train, evaluation, default_device(), progress)
     return train_x, train.labels, eval_x, evaluation.labels
 

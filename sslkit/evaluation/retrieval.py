@@ -29,6 +29,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sslkit.checkpoint import load_encoder
+from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource, load_source
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
@@ -333,7 +334,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     """
     from sslkit.viz import plot_neighbors
 
-    console = console or Console()
+    console = console or PipeSafeConsole()
     run = Path(run)
     meta = read_meta(run, data_root)
     if index not in INDEX_KINDS:
