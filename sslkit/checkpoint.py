@@ -4,24 +4,31 @@ A checkpoint is written to a temporary file in the same folder, flushed and fsyn
 final name, so a file with a final name is always complete. ``last.pt`` is the newest checkpoint; ``step-N.pt``
 keeps the last ``keep`` ones. Loading always uses ``torch.load(weights_only=True)``: a checkpoint carrying
 pickled code is refused instead of run.
+
+A write that fails (a full disk, a folder made read-only) raises :class:`~sslkit.errors.WriteError` naming the
+file and the system's reason, removes its temporary file, and leaves every file written before as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from sslkit.errors import SslkitWarning, UserError
+from sslkit.errors import SslkitWarning, UserError, WriteError
 
 TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
@@ -40,23 +47,68 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Calls ``write(tmp_path)`` then fsyncs and renames the temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turns an OSError raised inside into a :class:`~sslkit.errors.WriteError` naming ``path``: the OSError names
+    a temporary file, or (a write that failed part-way, a full disk) no file at all."""
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() makes files: safetensors makes them readable by the owner only
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Calls ``write(tmp_path)`` then fsyncs and renames the temporary file to ``path``.
+
+    Raises:
+        WriteError: the file could not be written; ``path`` is as it was and no temporary file is left.
+    """
+    atomic_write_files({Path(path): write})
+
+
+def atomic_write_files(writes: Mapping[Path, Callable[[Path], Any]]) -> None:
+    """Writes several files as one: each to a temporary file beside it, and only once all are written and synced
+    are they renamed into place. A file set that must agree (encoder.safetensors and the sha256 of it in
+    encoder.json) is then never half new, half old when the disk fills between the two.
+
+    Raises:
+        WriteError: a file could not be written; every file is as it was and no temporary file is left.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    made: list[tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.append((tmp, path))  # before writing: a file the write left half done is removed too
+                write(tmp)
+                os.chmod(tmp, 0o666 & ~umask)  # as open() makes files: safetensors makes them owner-only
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+        for tmp, path in made:
+            with writing(path):
+                os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+        for tmp, _ in made:
+            with contextlib.suppress(OSError):  # (a folder made read-only) the write's own error is the one to tell
+                tmp.unlink(missing_ok=True)
+    for folder in dict.fromkeys(path.parent for _, path in made):
+        _fsync_dir(folder)
+
+
+def torch_bytes(obj: Any) -> memoryview:
+    """``obj`` as ``torch.save`` writes it, in memory. Given a file name, torch's C++ writer raises RuntimeErrors
+    without an errno: a full disk gives "unexpected pos 35316288 vs 35316184" (the reason lost), a read-only one
+    "open file failed with strerror: Read-only file system". Written from memory by Python, the OSError carries
+    the errno and the reason."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -100,16 +152,21 @@ def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int = 3) -> Path:
-    """Writes ``step-N.pt`` atomically, points ``last.pt`` at it, and prunes to the newest ``keep``."""
+    """Writes ``step-N.pt`` atomically, points ``last.pt`` at it, and prunes to the newest ``keep``.
+
+    Raises:
+        WriteError: a file could not be written; ``last.pt`` is then still the checkpoint it was.
+    """
     folder = Path(folder)
     path = folder / f"step-{step}.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    data = torch_bytes(state)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
     def link_last(tmp: Path) -> None:
         try:
             os.link(path, tmp)  # a hard link: no second copy on disk
         except OSError:
-            torch.save(state, tmp)
+            tmp.write_bytes(data)
 
     atomic_write(folder / "last.pt", link_last)
     for _, old in step_checkpoints(folder)[:-keep]:
@@ -150,8 +207,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
     """
     folder = Path(folder)
     clean_temp_files(folder)
-    candidates = [folder / "last.pt"] if (folder / "last.pt").is_file() else []
-    candidates += [p for _, p in reversed(step_checkpoints(folder))]
+    candidates = _newest_first(folder)
     if not candidates:
         return None
     for path in candidates:
@@ -161,6 +217,26 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
             warnings.warn(f"skipping checkpoint {path}: {e}", SslkitWarning, stacklevel=2)
     raise UserError(f"no checkpoint in {str(folder)!r} could be loaded (all {len(candidates)} are corrupt) — "
                     "start a fresh run with another --out (this folder's checkpoints keep it from a new run)")
+
+
+def _newest_first(folder: Path) -> list[Path]:
+    """A folder's checkpoints in the order ``--resume`` tries them: ``last.pt``, then ``step-N.pt`` newest first."""
+    candidates = [folder / "last.pt"] if (folder / "last.pt").is_file() else []
+    return candidates + [p for _, p in reversed(step_checkpoints(folder))]
+
+
+def resume_point(folder: Path) -> tuple[int, Path] | None:
+    """The step and file of the checkpoint that ``--resume`` (:func:`load_latest`) would continue from, or None.
+
+    Only reads: no temporary file is removed and nothing is warned, for a message about a run whose folder may
+    be full or read-only. Tensors are memory-mapped, not read.
+    """
+    for path in _newest_first(Path(folder)):
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]), path
+        except Exception:  # noqa: BLE001 — as load_latest: a checkpoint that does not load is passed over
+            continue
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -196,6 +272,7 @@ def export_encoder(encoder: nn.Module, run_dir: Path, meta: dict[str, Any]) -> N
 
     Raises:
         ValueError: ``meta`` lacks one of those keys (nothing is written).
+        WriteError: a file could not be written; both files are as they were (an earlier export stays whole).
     """
     missing = [k for k in ENCODER_META_KEYS if k not in meta]
     if missing:
@@ -203,9 +280,11 @@ def export_encoder(encoder: nn.Module, run_dir: Path, meta: dict[str, Any]) -> N
                          f"{', '.join(ENCODER_META_KEYS)}")
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(encoder).state_dict().items()}
-    atomic_write(run_dir / "encoder.safetensors", lambda tmp: save_file(state, str(tmp)))
-    info = dict(meta, sha256=sha256_file(run_dir / "encoder.safetensors"))
-    atomic_write(run_dir / "encoder.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    # In memory first, as torch_bytes: safetensors' own writer gives no errno. Both files are renamed together.
+    weights = safetensors_bytes(state)
+    info = json.dumps(dict(meta, sha256=hashlib.sha256(weights).hexdigest()), indent=2) + "\n"
+    atomic_write_files({run_dir / "encoder.safetensors": lambda tmp: tmp.write_bytes(weights),
+                        run_dir / "encoder.json": lambda tmp: tmp.write_text(info)})
 
 
 def read_encoder_meta(run_or_file: str | Path) -> tuple[dict[str, Any], Path]:

@@ -1,7 +1,9 @@
 """The ``sslkit`` command: each subcommand parses its arguments and calls the library; no logic of its own.
 
 Exit codes: 0 success; 2 a mistake in the input (one line on stderr says what, where and how to fix it);
-3 training stopped on a non-finite loss; 130 stopped by SIGINT/SIGTERM after saving a checkpoint.
+3 training stopped on a non-finite loss; 74 a file could not be written (a full disk, a read-only folder: one line
+names the file, the reason and, for pretrain, the checkpoint to resume from); 130 stopped by SIGINT/SIGTERM after
+saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
-from sslkit.errors import SslkitWarning, UserError
+from sslkit.errors import SslkitWarning, UserError, WriteError
 
 EXIT_NONFINITE = 3
 LOG_COLUMNS = 160  # rich's width when no standard stream is a terminal (its default, 80, wraps sslkit's tables)
@@ -246,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLoss as e:
         print(f"sslkit {args.command}: stopped: {e}", file=sys.stderr)
         return EXIT_NONFINITE
+    except WriteError as e:
+        print(f"sslkit {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
     except Interrupted as e:
         print(f"sslkit {args.command}: {e}", file=sys.stderr)
         return 130

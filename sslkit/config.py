@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import re
 import types
 import typing
@@ -502,11 +501,11 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
     """Writes the resolved recipe (every default spelled out) as YAML, atomically.
 
     A resumed run rewrites its ``recipe.yaml``; a process killed mid-write must not leave it empty or torn.
+
+    Raises:
+        WriteError: the file could not be written (a full disk, a read-only folder); no temporary file is left.
     """
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from sslkit.checkpoint import atomic_write  # (imports torch, which loading a recipe does not need)
+
+    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

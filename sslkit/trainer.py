@@ -9,6 +9,7 @@ an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import random
 import signal
@@ -30,8 +31,10 @@ from sslkit.checkpoint import (
     clean_temp_files,
     export_encoder,
     load_latest,
+    resume_point,
     save_checkpoint,
     unwrap,
+    writing,
 )
 from sslkit.compiled import compiles
 from sslkit.config import SEED_STRIDE, Recipe, load_recipe, load_run_recipe, save_recipe
@@ -46,7 +49,7 @@ from sslkit.data import (
     stratified_split,
 )
 from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
-from sslkit.errors import UserError
+from sslkit.errors import UserError, WriteError
 from sslkit.host_memory import keep_freed_memory
 from sslkit.models import (
     ProjectionHead,
@@ -342,7 +345,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class MetricsLog:
-    """Appends one JSON object per event to ``RUN/metrics.jsonl``; on resume drops events past the checkpoint."""
+    """Appends one JSON object per event to ``RUN/metrics.jsonl``; on resume drops events past the checkpoint.
+
+    A write that fails raises :class:`~sslkit.errors.WriteError`. An append cut short by a full disk leaves at most a
+    torn last line, which readers skip and a resume drops.
+    """
 
     def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
@@ -354,12 +361,13 @@ class MetricsLog:
             self.knn_steps = {e["step"] for e in kept if "knn/top1" in e}
             atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in kept)))
         elif resume_step is None:
-            path.write_text("")
+            with writing(path):
+                path.write_text("")
 
     def write(self, **event: Any) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(event) + "\n")
         if "knn/top1" in event:
             self.knn_steps.add(event["step"])
@@ -432,7 +440,35 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         UserError: bad input, found before any training step.
         Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
         NonFiniteLoss: when the loss or a gradient is not finite and ``train.nonfinite`` says stop.
+        WriteError: a file of the run could not be written (a full disk, a folder made read-only): its message
+            names the file and the reason, the checkpoint ``--resume`` continues from and its step, and what to do.
+            Files written before are whole, and no temporary file is left.
     """
+    try:
+        return _pretrain(recipe, out, resume, console)
+    except WriteError as e:  # the one place: every writer raises it, with the file's name and the system's reason
+        raise WriteError(e.errno, e.strerror, e.filename, _after_failed_write(Path(out), e.errno)) from e
+
+
+def _after_failed_write(run: Path, code: int | None) -> str:
+    """What is safe in ``run`` after a write failed with errno ``code``, and how to go on: read from the disk,
+    as ``--resume`` would find it."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the disk of {run}"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make {run} writable"
+    else:
+        fix = "fix that"
+    saved = resume_point(run / "checkpoints")
+    if saved is None:
+        return f"no checkpoint was written yet; {fix}, then start the run again with the same command"
+    step, path = saved
+    return (f"the run is safe up to step {step:,} ({path} is complete, and no file written before was changed); "
+            f"{fix}, then continue with: sslkit pretrain {run} --resume")
+
+
+def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | None) -> dict[str, Any]:
+    """:func:`pretrain`, whose wrapper adds to a failed write what is safe and how to go on."""
     if not isinstance(recipe, Recipe):
         raise TypeError(f"pretrain takes a Recipe, e.g. sslkit.load_recipe('recipes/quickstart.yaml'), not a "
                         f"{type(recipe).__name__}")
@@ -540,9 +576,13 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
                                                     else None) if info.active else model
     forward = torch.compile(ddp) if r.train.compile and compiles(device) else ddp
     if info.is_main:  # the folder is made only now: input refused above leaves no trace of the run
-        run.mkdir(parents=True, exist_ok=True)
-        save_recipe(r, run / "recipe.yaml")
+        with writing(run):
+            run.mkdir(parents=True, exist_ok=True)
+    # metrics.jsonl before recipe.yaml: a new run that cannot write the second still leaves a folder a new start
+    # takes (recipe.yaml alone would be taken for the user's own recipe, and refused above).
     log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
+    if info.is_main:
+        save_recipe(r, run / "recipe.yaml")
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
                         num_features=feature_dim(encoder), image_size=data.pool.image_size, mean=list(data.mean),
                         std=list(data.std), dataset=r.data.dataset, split=r.data.split,

@@ -9,6 +9,8 @@ and SIGTERM, and ``sslkit.cli.main`` with bad recipes, bad checkpoints and bad a
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
 import io
 import json
@@ -33,7 +35,7 @@ from PIL import Image
 from rich.console import Console
 from safetensors.torch import load_file
 
-from sslkit.checkpoint import TMP_PREFIX, load_checkpoint, step_checkpoints
+from sslkit.checkpoint import TMP_PREFIX, load_checkpoint, load_encoder, step_checkpoints
 from sslkit.cli import main
 from sslkit.config import load_recipe
 from sslkit.data import imagefolder_pool
@@ -383,6 +385,125 @@ def test_bad_arguments_on_an_existing_run_change_no_byte(tmp_path: Path, capsys:
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
         assert snapshot(run) == before, argv
+
+
+# --- a full disk or a read-only folder mid-run -------------------------------------------------------------------
+
+
+class _DiskFillsUp:
+    """A file being written when the disk fills up: the write keeps half its bytes, then fails with ENOSPC."""
+
+    def __init__(self, f: io.IOBase) -> None:
+        self.f = f
+
+    def write(self, data: bytes | str) -> int:
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self) -> _DiskFillsUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, name: str, nth: int, code: int, run: Path) -> dict:
+    """From the ``nth`` time the file ``name`` (or its temporary file) is opened for writing, the write fails as the
+    system fails it: ENOSPC part-way through the write (a full disk), EACCES or EROFS at the open (a folder or
+    file system made read-only; as root, chmod would not stop the test). sslkit opens the files of a run with
+    ``open`` or ``Path.open``. Returns the run's files as they were when the failure struck (``"before"``)."""
+    real_open, real_path_open = builtins.open, Path.open
+    seen: dict = {"opens": 0}
+
+    def failing(file: object, mode: str, opener, *args: object, **kwargs: object):
+        if isinstance(file, (str, Path)) and any(c in mode for c in "wax") and (
+                Path(file).name == name or Path(file).name.startswith(f"{TMP_PREFIX}{name}.")):
+            seen["opens"] += 1
+            if seen["opens"] >= nth:
+                seen.setdefault("before", snapshot(run))
+                if code != errno.ENOSPC:
+                    raise OSError(code, os.strerror(code), str(file))
+                return _DiskFillsUp(opener(file, mode, *args, **kwargs))
+        return opener(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: failing(file, mode, real_open, *a, **k))
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: failing(self, mode, real_path_open, *a, **k))
+    return seen
+
+
+def test_full_disk_at_a_checkpoint_exits_74_with_one_line_and_resumes_to_the_same_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        reference: tuple[Path, dict]) -> None:
+    """It ended with exit code 1 and a 39-line traceback ending in torch's "unexpected pos 35316288 vs 35316184"
+    (measured on a full tmpfs): no file named, no reason, no way on."""
+    run = tmp_path / "run"
+    seen = fail_writes(monkeypatch, "step-5.pt", 1, errno.ENOSPC, run)
+    code = main(["pretrain", str(RECIPE), "--out", str(run), *(a for s in SETS for a in ("--set", s))])
+    err = capsys.readouterr().err
+    assert code == 74, err
+    assert err == (f"sslkit pretrain: error: could not write {run}/checkpoints/step-5.pt: No space left on device — "
+                   f"the run is safe up to step 4 ({run}/checkpoints/last.pt is complete, and no file written before "
+                   f"was changed); free space on the disk of {run}, then continue with: sslkit pretrain {run} "
+                   "--resume\n")
+    assert not temp_files(run)  # the half-written step-5.pt is gone
+    assert snapshot(run) == seen["before"]  # no byte of the run changed by the failure
+    monkeypatch.undo()  # space freed
+    assert main(["pretrain", str(run), "--resume"]) == 0
+    same_state(load_checkpoint(run / "checkpoints" / "last.pt"), reference[1])
+    assert snapshot(run)["encoder.safetensors"] == snapshot(reference[0])["encoder.safetensors"]
+
+
+@pytest.mark.parametrize("reason", [errno.EACCES, errno.EROFS], ids=["permission-denied", "read-only-file-system"])
+def test_read_only_run_folder_mid_run_exits_74_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch, reason: int) -> None:
+    """The folder made read-only at step 3's metrics line (events: the step-0 k-NN, then a loss per step)."""
+    run = tmp_path / "run"
+    seen = fail_writes(monkeypatch, "metrics.jsonl", 5, reason, run)  # the empty file made at the start, then events
+    code = main(["pretrain", str(RECIPE), "--out", str(run), *(a for s in SETS for a in ("--set", s))])
+    err = capsys.readouterr().err
+    assert code == 74, err
+    assert err == (f"sslkit pretrain: error: could not write {run}/metrics.jsonl: {os.strerror(reason)} — the run is "
+                   f"safe up to step 2 ({run}/checkpoints/last.pt is complete, and no file written before was "
+                   f"changed); make {run} writable, then continue with: sslkit pretrain {run} --resume\n")
+    assert snapshot(run) == seen["before"] and not temp_files(run)
+
+
+def test_full_disk_at_the_export_keeps_the_earlier_export_whole(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run extended with --resume exports again. encoder.safetensors was renamed into place before encoder.json
+    was written: a full disk between the two left new weights beside the old sha256, and load_encoder refused
+    the run ("the weights were changed after the export")."""
+    run = tmp_path / "run"
+    sets = [a for s in SETS for a in ("--set", s)]
+    assert main(["pretrain", str(RECIPE), "--out", str(run), *sets, "--set", "train.max_steps=2"]) == 0
+    exported = {k: v for k, v in snapshot(run).items() if k.startswith("encoder.")}
+    fail_writes(monkeypatch, "encoder.json", 1, errno.ENOSPC, run)
+    code = main(["pretrain", str(RECIPE), "--out", str(run), *sets, "--set", "train.max_steps=3", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 74 and err.startswith(f"sslkit pretrain: error: could not write {run}/encoder.json: No space "
+                                         "left on device — the run is safe up to step 3 ("), err
+    assert {k: v for k, v in snapshot(run).items() if k.startswith("encoder.")} == exported
+    assert load_encoder(run) is not None and not temp_files(run)
+    monkeypatch.undo()
+    assert main(["pretrain", str(run), "--resume", "--set", "train.max_steps=3"]) == 0
+    now = snapshot(run)["encoder.safetensors"]
+    assert json.loads((run / "encoder.json").read_text())["sha256"] == now != exported["encoder.safetensors"]
+
+
+def test_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    argv = ["pretrain", str(RECIPE), "--out", str(run), *(a for s in SETS for a in ("--set", s)),
+            "--set", "train.max_steps=1"]
+    fail_writes(monkeypatch, "metrics.jsonl", 2, errno.ENOSPC, run)  # the step-0 k-NN line
+    assert main(argv) == 74
+    assert capsys.readouterr().err == (
+        f"sslkit pretrain: error: could not write {run}/metrics.jsonl: No space left on device — no checkpoint was "
+        f"written yet; free space on the disk of {run}, then start the run again with the same command\n")
+    monkeypatch.undo()
+    assert main(argv) == 0  # as the line says
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
 
 
 # --- bad images in an image folder ---------------------------------------------------------------------------
