@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslkit.checkpoint import atomic_write
 from sslkit.errors import SslkitWarning, UserError
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "fashion-mnist-mini", "cifar10", "cifar100", "stl10", "svhn",
@@ -692,12 +693,6 @@ def _all_gray(images: np.ndarray, chunk: int = 4096) -> bool:
     return True
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def imagefolder_pool(root: str | None, image_size: int | None = None, channels: int | None = None) -> ImageSource:
     """Every image of ``root/<class>/<image>``: decoded, EXIF-rotated, resized and centre-cropped once, then cached
     (``load_source`` splits it into train and test)."""
@@ -780,9 +775,9 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             out.flush()
             del out
         os.replace(tmp, images_path)
-        _atomic_write_text(meta_path, json.dumps({"classes": classes, "labels": labels, "files": names,
-                                                  "root": str(base), "image_size": size, "mode": mode,
-                                                  "skipped": len(bad), "all_gray": all_gray}))
+        meta = json.dumps({"classes": classes, "labels": labels, "files": names, "root": str(base),
+                           "image_size": size, "mode": mode, "skipped": len(bad), "all_gray": all_gray})
+        atomic_write(meta_path, lambda part: part.write_text(meta))
         _drop_stale_caches(cache, key, size, mode)
     finally:
         if tmp is not None and tmp.exists():

@@ -526,6 +526,32 @@ def test_a_cache_pruned_by_another_process_between_check_and_read_is_decoded_aga
     assert torch.equal(again.images, first.images) and len(calls) == 2
 
 
+def test_a_cache_index_write_that_fails_leaves_no_temporary_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's index (its .json) is written as every durable file is (checkpoint.atomic_write): a write that
+    fails part-way (a full disk) leaves neither a torn index nor its temporary file in the cache, and the next
+    load decodes again and completes it."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / c / "0.png")
+    real = Path.write_text
+
+    def disk_full(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        if self.name.startswith(".tmp-") and ".json." in self.name:
+            real(self, text[:10])  # torn
+            raise OSError(28, "No space left on device")
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        imagefolder_pool(root=str(tmp_path), image_size=8)
+    cache = imagefolder_cache(tmp_path.resolve())
+    assert [p.suffix for p in cache.iterdir()] == [".npy"]  # the images, but no index and no temporary file
+    monkeypatch.undo()
+    again = imagefolder_pool(root=str(tmp_path), image_size=8)
+    assert again.images.shape == (2, 3, 8, 8) and sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+
+
 def test_imagefolder_cache_sees_a_file_replaced_with_its_old_mtime(tmp_path: Path) -> None:
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
