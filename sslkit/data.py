@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from sslkit.checkpoint import atomic_write
 from sslkit.errors import SslkitWarning, UserError
+from sslkit.host_memory import physical_memory_bytes
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "fashion-mnist-mini", "cifar10", "cifar100", "stl10", "svhn",
                              "imagefolder")
@@ -902,17 +903,9 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
         raise UserError(f"data.channels is {channels} but {dataset} images have {source.channels} channel(s) — "
                         "remove data.channels (it only converts image folders)")
     if image_size is not None and image_size != source.image_size:
-        _check_room(len(source), source.channels, image_size, _memory_bytes(), "of memory this machine has")
+        _check_room(len(source), source.channels, image_size, physical_memory_bytes(), "of memory this machine has")
         source = ImageSource(resize(source.images, image_size), source.labels, source.classes, source.name)
     return source
-
-
-def _memory_bytes() -> int | None:
-    """The machine's physical memory, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _check_room(n: int, channels: int, size: int, room: int | None, where: str) -> None:

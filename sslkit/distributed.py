@@ -15,11 +15,13 @@ from sslkit.errors import UserError
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process stands: rank among ``world`` processes, and its device index on the node."""
+    """Where this process stands: rank among ``world`` processes, its device index on the node, and how many
+    processes share the node (and, on CPUs, its memory)."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -40,6 +42,7 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
     if world <= 1:
         return DistInfo(), None
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device_name.startswith("cuda") and not torch.cuda.is_available():  # as one process refuses it
         raise UserError(f"train.device is {device_name!r} but no CUDA device is available — use train.device: "
                         "auto or cpu")
@@ -48,8 +51,8 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        return DistInfo(rank, world, local_rank), torch.device("cuda", local_rank)
-    return DistInfo(rank, world, local_rank), torch.device("cpu")
+        return DistInfo(rank, world, local_rank, local_world), torch.device("cuda", local_rank)
+    return DistInfo(rank, world, local_rank, local_world), torch.device("cpu")
 
 
 def barrier(info: DistInfo) -> None:

@@ -1,4 +1,7 @@
-"""Host memory: keep the memory that each training step frees for the next step, instead of handing it back.
+"""Host memory: how much the machine has, and keeping what each training step frees for the next step.
+
+The trainer refuses a step larger than :func:`physical_memory_bytes` before any compute (the OOM killer would
+otherwise end the run with no message).
 
 A train step on the CPU allocates and frees the same large tensors every step (activations, their gradients,
 augmented views). glibc's ``malloc`` serves blocks above a threshold with fresh ``mmap`` pages and returns them to
@@ -18,6 +21,14 @@ import os
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 _applied: bool | None = None
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def chooses_allocator(name: str) -> bool:

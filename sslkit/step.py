@@ -6,6 +6,7 @@ Setup"): embed all views in chunks without autograd, take the loss and its gradi
 embeddings on the full batch, then re-run each chunk with autograd and back-propagate its slice of that
 gradient. Parameter gradients equal the full-batch ones whenever the forward does not depend on how the batch
 is split (batch norm in train mode does: its statistics become per-chunk); memory is bounded by the chunk.
+:func:`step_memory_bytes` estimates that memory before any step runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,49 @@ from torch import nn
 from sslkit.augment import SimCLRAugment
 from sslkit.losses import nt_xent
 from sslkit.optim import Lars
+
+# Memory of one train step, for refusing a step that cannot fit before any compute (trainer.check_step_memory).
+# Bytes that each view pixel adds to the peak of a ResNet18 step beyond the view itself: the activations that the
+# forward keeps for the backward, and their gradients while it runs. Measured on sslkit's 2-core AMD EPYC CPU (torch
+# 2.14.1) by eval/measure_step_memory.py: the difference of the peak memory (max RSS) of whole train steps at
+# two batch sizes, over the difference of their view pixels, at two view sizes each; the smaller of the two, with
+# the 4 bytes of a 1-channel view taken off, rounded down:
+#   imagenet stem, fp32 516 (64 px) and 739 (128 px); 16-bit autocast 368 and 293
+#   cifar stem,    fp32 6,776 (32 px) and 5,887 (64 px); 16-bit autocast 3,845 and 3,998
+# (Check: the estimate below gives 4.8 GiB for eval/bench_chunk_memory.py's unchunked batch of 4,096 RGB 32×32
+# images, imagenet stem, whose whole process peaked at 5.26 GiB.) Keyed by (stem, bytes per activation).
+ACTIVATION_BYTES_PER_PIXEL: dict[tuple[str, int], int] = {
+    ("imagenet", 4): 510, ("imagenet", 2): 280, ("cifar", 4): 5_800, ("cifar", 2): 3_800}
+MEASURED_ENCODER = "resnet18"  # other encoders keep other activations: only their views and loss are counted
+# NT-Xent holds (2B)×(2WB) float32 matrices at its peak (logits, log-softmax, their gradients): 3 with glibc's
+# default malloc, 8 with the trainer's keep_freed_memory (measured at B=4,096); the smaller is counted.
+LOSS_MATRICES = 3
+
+
+def step_memory_bytes(batch: int, channels: int, view_size: int, stem: str, encoder: str = MEASURED_ENCODER,
+                      precision: str = "fp32", chunk_size: int | None = None, world: int = 1) -> int:
+    """A low estimate of the memory one train step takes in one process, in bytes.
+
+    The two batches of float32 views, the encoder's activations for the views back-propagated at once (all of
+    them, or a chunk of ``chunk_size``), and NT-Xent's similarity matrices against the views of all ``world``
+    processes. Weights, optimizer state, augmentation temporaries and the data are left out, and the constants
+    are the smaller of their measurements: a step estimated over the memory it has cannot fit.
+
+    Args:
+        batch: images per step in this process (its views: twice that).
+        channels: image channels. view_size: side of the views in pixels. stem: ``model.stem``.
+        encoder: ``model.encoder``; activations are counted for ResNet18 only (the one measured).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast keeps 16-bit activations).
+        chunk_size: ``train.chunk_size`` (gradient cache), or None.
+        world: processes the batch is spread over (their views are the loss's negatives).
+    """
+    views = 2 * batch
+    pixels = view_size * view_size
+    total = views * channels * pixels * 4 + LOSS_MATRICES * views * (views * world) * 4
+    if encoder == MEASURED_ENCODER:
+        in_graph = min(views, chunk_size or views)
+        total += in_graph * pixels * ACTIVATION_BYTES_PER_PIXEL[(stem, 4 if precision == "fp32" else 2)]
+    return total
 
 
 def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:

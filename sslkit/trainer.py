@@ -48,9 +48,17 @@ from sslkit.data import (
     split_length,
     stratified_split,
 )
-from sslkit.distributed import any_across, barrier, gather_objects, init_distributed, mean_across, shutdown
+from sslkit.distributed import (
+    DistInfo,
+    any_across,
+    barrier,
+    gather_objects,
+    init_distributed,
+    mean_across,
+    shutdown,
+)
 from sslkit.errors import UserError, WriteError
-from sslkit.host_memory import keep_freed_memory
+from sslkit.host_memory import keep_freed_memory, physical_memory_bytes
 from sslkit.models import (
     ProjectionHead,
     SimCLR,
@@ -62,7 +70,7 @@ from sslkit.models import (
 )
 from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.outputs import check_out_folder, is_run
-from sslkit.step import make_views, simclr_backward, step_if_finite
+from sslkit.step import MEASURED_ENCODER, make_views, simclr_backward, step_if_finite, step_memory_bytes
 
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
 
@@ -99,6 +107,23 @@ def select_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device is {name!r} but no CUDA device is available — use train.device: auto or cpu")
     return torch.device(name)
+
+
+def device_memory(device: torch.device, info: DistInfo) -> tuple[int | None, str]:
+    """The memory one training process has on ``device`` in bytes (None where unknown), and how to say it.
+
+    A GPU: what is free on it now (the data is already there), with what this process's allocator holds unused.
+    Otherwise the machine's physical memory, shared by the processes that ``torchrun`` started on it.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        held = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + held, f"free on {device}"
+    total = physical_memory_bytes()
+    if total is None or info.local_world <= 1:
+        return total, "of memory this machine has"
+    return total // info.local_world, (f"of memory each of the {info.local_world} processes on this machine has "
+                                       f"({total / 2**30:,.1f} GiB in all)")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -316,6 +341,47 @@ def check_input_size(encoder: torch.nn.Module, r: Recipe, image_shape: tuple[int
             raise UserError(f"model.encoder {r.model.encoder!r} does not take {what} ({problem}) — choose an encoder "
                             f"that takes any size (a convolutional one such as resnet18), or set data.image_size "
                             f"and augment.view_size to a size it takes{built}")
+
+
+STEP_MEMORY_MARGIN = 1.25
+"""A step is refused only when its estimate, low by design (:func:`sslkit.step.step_memory_bytes`), is more than this
+many times the memory it has: the activation constants were measured on one CPU and are applied unmeasured to GPUs,
+so a step within a quarter of the memory is left to try. Every shipped recipe and documented command passes
+(tests/test_recipes.py)."""
+
+
+def check_step_memory(r: Recipe, batch: int, world: int, channels: int, image_size: int, precision: str,
+                      room: int | None, where: str) -> None:
+    """Refuses a train step that cannot fit in the memory it has, before any compute.
+
+    Otherwise a too large ``augment.view_size`` or ``train.batch_size`` ran the model building and the step-0 k-NN
+    (minutes), then the OS killed the process in the first step, with no message.
+
+    Args:
+        r: the recipe. batch: images per step in this process (``train.batch_size`` / processes, capped by the
+            pool). world: processes. channels, image_size: the data's. precision: as resolved for the device.
+        room, where: the memory this process has and how to say it (:func:`device_memory`); None skips the check.
+
+    Raises:
+        UserError: naming the estimate, the memory, and the keys to lower.
+    """
+    view = r.augment.view_size or image_size
+    args = (batch, channels, view, r.model.stem, r.model.encoder, precision)
+    need = step_memory_bytes(*args, r.train.chunk_size, world)
+    if room is None or need <= STEP_MEMORY_MARGIN * room:
+        return
+    measured = r.model.encoder == MEASURED_ENCODER
+    chunking_helps = measured and step_memory_bytes(*args, 2, world) <= STEP_MEMORY_MARGIN * room  # views + loss fit
+    size = f"augment.view_size {view}" if r.augment.view_size else \
+        f"augment.view_size unset (views of the data's {view}×{view})"
+    per = " per process" if world > 1 else ""
+    chunk_advice = f"set train.chunk_size{' lower' if r.train.chunk_size else ''} (views back-propagated at once), "
+    raise UserError(f"{size} and train.batch_size {r.train.batch_size:,}: one training step needs about "
+                    f"{need / 2**30:,.1f} GiB ({2 * batch:,} views{per} of {channels}×{view}×{view} pixels"
+                    f"{f' and {MEASURED_ENCODER} activations for them' if measured else ''}), more than the "
+                    f"{room / 2**30:,.1f} GiB {where} — lower augment.view_size or train.batch_size, "
+                    f"{chunk_advice if chunking_helps else ''}"
+                    "or spread the batch over more devices (torchrun)")
 
 
 PROGRESS_REFRESH_PER_SECOND = 1.0
@@ -538,6 +604,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         raise UserError(f"--resume: the run's checkpoint is at step {int(state['step']):,}, past the {stop_at:,} steps "
                         f"this recipe runs (train.max_steps={r.train.max_steps}) — a run cannot be shortened; give no "
                         f"train.max_steps, or one of at least {int(state['step']):,}")
+    check_step_memory(r, local_batch, info.world, data.pool.channels, data.pool.image_size, precision,
+                      *device_memory(device, info))
 
     augment = SimCLRAugment.from_config(r.augment, data.pool.image_size, data.pool.channels, data.mean,
                                         data.std).to(device)

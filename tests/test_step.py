@@ -8,7 +8,7 @@ import torch
 from sslkit.config import OptimConfig
 from sslkit.models import ProjectionHead, SimCLR, build_encoder
 from sslkit.optim import Lars, build_optimizer
-from sslkit.step import simclr_backward, step_if_finite
+from sslkit.step import LOSS_MATRICES, simclr_backward, step_if_finite, step_memory_bytes
 
 
 def _model() -> SimCLR:
@@ -92,3 +92,18 @@ def test_nonfinite_step_leaves_parameters_untouched(where: str, optim: str) -> N
     ok = simclr_backward(model, views, 0.5, None, scaler)
     assert step_if_finite(ok, model, opt, scaler)
     assert not torch.equal(next(model.parameters()), before[next(iter(before))])
+
+
+@pytest.mark.parametrize(("chunk", "measured_gib"), [(None, 5.26), (256, 1.81), (1024, 1.86)])
+def test_step_memory_estimate_is_low_but_close_to_a_measured_peak(chunk: int | None, measured_gib: float) -> None:
+    """Against eval/results/bench_chunk_memory_cpu.md (whole-process peak RSS of one step, batch 4,096 RGB 32×32,
+    imagenet stem, fp32): the estimate stays below each peak, by less than the process's own memory (torch, the
+    model and its optimizer: about 1 GiB here), so it refuses nothing that fits and still sees what chunking saves."""
+    estimate = step_memory_bytes(4096, 3, 32, "imagenet", chunk_size=chunk) / 2**30
+    assert 0 < measured_gib - estimate < 1.0, estimate
+
+
+def test_step_memory_counts_activations_of_the_measured_encoder_only() -> None:
+    views_and_loss = 2 * 64 * 3 * 96 * 96 * 4 + LOSS_MATRICES * 128 * 256 * 4  # 2 processes: 256 keys
+    assert step_memory_bytes(64, 3, 96, "imagenet", "vit_tiny_patch16_224", world=2) == views_and_loss
+    assert step_memory_bytes(64, 3, 96, "cifar", "resnet18", "bf16", world=2) == views_and_loss + 128 * 96 * 96 * 3_800

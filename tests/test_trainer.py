@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -313,6 +314,75 @@ def test_cli_bad_override_exits_2_and_computes_nothing(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert code == 2 and "optim.lrr" in err and "did you mean 'optim.lr'" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def _no_compute(monkeypatch: pytest.MonkeyPatch, memory_gib: float) -> None:
+    """This machine has ``memory_gib`` GiB, and building a model or running the k-NN monitor fails the test."""
+    from sslkit import trainer
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("computed before refusing")
+
+    monkeypatch.setattr(trainer, "physical_memory_bytes", lambda: int(memory_gib * 2**30))
+    monkeypatch.setattr(trainer, "build_encoder", refuse)
+    monkeypatch.setattr(trainer, "knn_monitor", refuse)
+
+
+def test_cli_views_too_large_for_memory_exit_2_before_any_compute(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's command: 4096-px views of 28-px images ran the step-0 k-NN for minutes, then the OS killed
+    the run in its first step with no message. Now one line before any model is built, naming the keys to lower."""
+    _no_compute(monkeypatch, 24)
+    out = tmp_path / "run"
+    code = main(["pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--set",
+                 "augment.view_size=4096"])
+    err = capsys.readouterr().err
+    # 512 views × 4096² pixels × (4 bytes of view + 510 of ResNet18 activations) + 3 × 512² × 4 bytes of loss
+    assert err == ("sslkit pretrain: error: augment.view_size 4096 and train.batch_size 256: one training step needs "
+                   "about 4,112.0 GiB (512 views of 1×4096×4096 pixels and resnet18 activations for them), more than "
+                   "the 24.0 GiB of memory this machine has — lower augment.view_size or train.batch_size, or spread "
+                   "the batch over more devices (torchrun)\n")
+    assert code == 2 and not out.exists()
+
+
+def test_a_batch_too_large_for_memory_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_compute(monkeypatch, 4)
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["train.batch_size=9000"])  # the whole 9,000-image pool
+    with pytest.raises(UserError, match=r"^augment\.view_size unset \(views of the data's 28×28\) and "
+                                        r"train\.batch_size 9,000: one training step needs about 10\.4 GiB \(18,000 "
+                                        r"views of 1×28×28 pixels and resnet18 activations for them\), more than the "
+                                        r"4\.0 GiB of memory this machine has — lower augment\.view_size or "
+                                        r"train\.batch_size, set train\.chunk_size \(views back-propagated "
+                                        r"at once\), or spread the batch over more devices \(torchrun\)$"):
+        pretrain(r, tmp_path / "run", console=quiet())
+    assert not (tmp_path / "run").exists()
+
+
+def test_step_memory_check_margin_and_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused only beyond STEP_MEMORY_MARGIN × the memory; under torchrun each process counts its own share of
+    the batch and of the machine's memory."""
+    from sslkit import trainer
+    from sslkit.distributed import DistInfo
+    from sslkit.step import step_memory_bytes
+
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["augment.view_size=512"])
+    need = step_memory_bytes(256, 1, 512, "imagenet")
+    edge = math.ceil(need / trainer.STEP_MEMORY_MARGIN)
+    trainer.check_step_memory(r, 256, 1, 1, 28, "fp32", edge, "here")  # passes
+    with pytest.raises(UserError, match=r"about 64\.3 GiB \(512 views of 1×512×512 pixels .* than the 50\.4 GiB here"):
+        trainer.check_step_memory(r, 256, 1, 1, 28, "fp32", edge - 2**30, "here")
+    monkeypatch.setattr(trainer, "physical_memory_bytes", lambda: 24 * 2**30)
+    room, where = trainer.device_memory(torch.device("cpu"), DistInfo(rank=1, world=4, local_rank=1, local_world=2))
+    assert room == 12 * 2**30 and where == "of memory each of the 2 processes on this machine has (24.0 GiB in all)"
+    with pytest.raises(UserError, match=r"about 32\.1 GiB \(256 views per process of 1×512×512 pixels .* more than the "
+                                        r"12\.0 GiB of memory each of the 2 processes on this machine has \(24\.0 GiB "
+                                        r"in all\)"):
+        trainer.check_step_memory(r, 128, 4, 1, 28, "fp32", room, where)
+    # A GPU: what is free on it, and what this process's allocator holds but does not use.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * 2**30)
+    assert trainer.device_memory(torch.device("cuda", 1), DistInfo()) == (32 * 2**30, "free on cuda:1")
 
 
 def test_precision_auto_and_bf16_warning_on_cpus_without_native_bf16(monkeypatch) -> None:
