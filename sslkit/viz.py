@@ -254,6 +254,11 @@ NN_MARGIN = 0.15  # inches around the grid
 NN_COLUMNS = 12  # neighbours per line before wrapping
 NN_MAX_SHOWN = 48  # neighbours drawn per query (the table lists all)
 NN_MAX_QUERIES = 50  # queries drawn in one figure (the table lists all)
+NN_MIN_WIDTH = 4.8  # inches: the legend's four entries side by side take 4; a grid of fewer images is centred in it
+NN_TITLE_SIZE, NN_LEGEND_SIZE = 9.5, 7.5  # points
+NN_TOP = 0.12  # inches above the title
+NN_TITLE_LINE = 0.17  # inches per line of the title
+NN_LEGEND_ROW = 0.25  # inches for the legend, and for the note under it on what is left out
 
 
 @dataclass(frozen=True)
@@ -264,26 +269,56 @@ class NeighborGridLayout:
         size: figure ``(width, height)`` in inches.
         queries: one box per query drawn.
         neighbors: per query drawn, one box per neighbour drawn.
-        header: inches at the top for the title and the legend.
+        header: inches at the top for the title, the legend and the note.
+        title: the title's lines, wrapped to the figure's width (none without a title).
+        legend_top: inches from the figure's top to the legend; the note on what is left out (when
+            ``truncated``) goes :data:`NN_LEGEND_ROW` under it.
+        truncated: fewer queries or neighbours are drawn than were found.
     """
 
     size: tuple[float, float]
     queries: list[tuple[float, float, float, float]]
     neighbors: list[list[tuple[float, float, float, float]]]
     header: float
+    title: tuple[str, ...] = ()
+    legend_top: float = 0.05
+    truncated: bool = False
 
 
-def neighbor_grid_layout(n_queries: int, k: int, title: bool = True) -> NeighborGridLayout:
+def text_width(text: str, size: float) -> float:
+    """Inches that ``text`` takes in matplotlib's default font at ``size`` points, without drawing a figure."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    return TextToPath().get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0] / 72
+
+
+def wrap_to_width(text: str, width: float, size: float) -> list[str]:
+    """``text`` broken at spaces into the fewest lines that each fit ``width`` inches at ``size`` points."""
+    for chars in range(len(text), 0, -1):
+        lines = textwrap.wrap(text, chars)
+        if all(text_width(line, size) <= width for line in lines):
+            return lines
+    return list(text)
+
+
+def neighbor_grid_layout(n_queries: int, k: int, title: str | None = None) -> NeighborGridLayout:
     """The neighbour grid's geometry: one row per query, its neighbours wrapped after :data:`NN_COLUMNS`.
 
     At most :data:`NN_MAX_QUERIES` queries and :data:`NN_MAX_SHOWN` neighbours each are drawn, so any request
-    gives a picture a person can open.
+    gives a picture a person can open. The figure is at least :data:`NN_MIN_WIDTH` wide, so that the legend fits a
+    grid of few neighbours, and the title is wrapped to it: both were cut off at the figure's edges.
     """
     q_n, k_n = min(n_queries, NN_MAX_QUERIES), min(k, NN_MAX_SHOWN)
     cols = min(k_n, NN_COLUMNS)
     lines = math.ceil(k_n / cols)
-    header = 0.75 if title else 0.4
-    width = 2 * NN_MARGIN + NN_CELL + NN_SEPARATOR + cols * NN_CELL + (cols - 1) * NN_GAP
+    grid = 2 * NN_MARGIN + NN_CELL + NN_SEPARATOR + cols * NN_CELL + (cols - 1) * NN_GAP
+    width = max(grid, NN_MIN_WIDTH)
+    x0 = NN_MARGIN + (width - grid) / 2  # the query column; the grid is centred
+    title_lines = tuple(wrap_to_width(title, width - 2 * NN_MARGIN, NN_TITLE_SIZE)) if title else ()
+    truncated = q_n < n_queries or k_n < k
+    legend_top = NN_TOP + len(title_lines) * NN_TITLE_LINE + 0.05 if title_lines else 0.05
+    header = legend_top + NN_LEGEND_ROW * (2 if truncated else 1) + 0.16
     block = lines * (NN_CAPTION + NN_CELL) + (lines - 1) * NN_LINE_GAP
     height = header + q_n * block + (q_n - 1) * NN_QUERY_GAP + NN_MARGIN
 
@@ -294,14 +329,14 @@ def neighbor_grid_layout(n_queries: int, k: int, title: bool = True) -> Neighbor
     queries, neighbors = [], []
     for r in range(q_n):
         top = header + r * (block + NN_QUERY_GAP) + NN_CAPTION
-        queries.append(box(NN_MARGIN, top))
+        queries.append(box(x0, top))
         row = []
         for j in range(k_n):
             line, col = divmod(j, cols)
-            x = NN_MARGIN + NN_CELL + NN_SEPARATOR + col * (NN_CELL + NN_GAP)
+            x = x0 + NN_CELL + NN_SEPARATOR + col * (NN_CELL + NN_GAP)
             row.append(box(x, top + line * (NN_CAPTION + NN_CELL + NN_LINE_GAP)))
         neighbors.append(row)
-    return NeighborGridLayout((width, height), queries, neighbors, header)
+    return NeighborGridLayout((width, height), queries, neighbors, header, title_lines, legend_top, truncated)
 
 
 def frame_colours(query_labels: torch.Tensor, neighbor_labels: torch.Tensor) -> list[list[str]]:
@@ -338,7 +373,7 @@ def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
 
     queries = list(queries)
     q_n, k = idx.shape
-    layout = neighbor_grid_layout(q_n, k, title is not None)
+    layout = neighbor_grid_layout(q_n, k, title)
     y = torch.as_tensor(labels).cpu().long()
     shown_q, shown_k = len(layout.queries), len(layout.neighbors[0]) if layout.neighbors else 0
     colours = frame_colours(y[torch.tensor(queries[:shown_q])], y[idx[:shown_q, :shown_k]])
@@ -355,19 +390,20 @@ def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
             ax.set_title(f"#{i}  cos {float(sims[r, j]):.3f}\n{_short(_name(int(y[i]), classes))}", fontsize=7,
                          color="#222222", pad=3)
     height = layout.size[1]
-    if title:
-        fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=9.5)
+    if layout.title:
+        fig.text(0.5, 1 - NN_TOP / height, "\n".join(layout.title), ha="center", va="top", fontsize=NN_TITLE_SIZE,
+                 linespacing=1.25)
     handles = [Patch(facecolor="white", edgecolor=QUERY, linewidth=2.5, label="query"),
                Patch(facecolor="white", edgecolor=MATCH, linewidth=2.5, label="same class as the query"),
                Patch(facecolor="white", edgecolor=MISMATCH, linewidth=2.5, label="another class")]
     if any(NEUTRAL in row for row in colours):
         handles.append(Patch(facecolor="white", edgecolor=NEUTRAL, linewidth=2.5, label="unlabeled"))
-    labels_text = [h.get_label() for h in handles]
-    if shown_q < q_n or shown_k < k:
-        handles.append(Patch(visible=False))
-        labels_text.append(f"showing {shown_q} of {q_n} queries, {shown_k} of {k} neighbours (the table has all)")
-    fig.legend(handles, labels_text, loc="upper center", bbox_to_anchor=(0.5, 1 - (0.34 if title else 0.05) / height),
-               ncol=len(handles), frameon=False, fontsize=7.5, handlelength=1.2, columnspacing=1.4)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - layout.legend_top / height),
+               ncol=len(handles), frameon=False, fontsize=NN_LEGEND_SIZE, handlelength=1.2, columnspacing=1.4)
+    if layout.truncated:
+        fig.text(0.5, 1 - (layout.legend_top + NN_LEGEND_ROW) / height,
+                 f"showing {shown_q} of {q_n} queries, {shown_k} of {k} neighbours (the table has all)",
+                 ha="center", va="top", fontsize=NN_LEGEND_SIZE, color="#444444")
     return save_figure(fig, path)
 
 

@@ -151,7 +151,7 @@ def test_grid_has_one_row_per_query_and_frames_drawn_in_the_right_colour(tmp_pat
     sims = torch.linspace(0.9, 0.5, 5).repeat(3, 1)
     path = plot_neighbors(images, labels, [f"class {c}" for c in range(3)], queries, idx, sims, tmp_path / "g.png",
                           title="t")
-    layout = neighbor_grid_layout(3, 5, title=True)
+    layout = neighbor_grid_layout(3, 5, title="t")
     png = matplotlib.image.imread(path)
     height, width = png.shape[:2]
     assert (width, height) == (round(layout.size[0] * DPI), round(layout.size[1] * DPI))
@@ -164,6 +164,45 @@ def test_grid_has_one_row_per_query_and_frames_drawn_in_the_right_colour(tmp_pat
             np.testing.assert_allclose(png[y, x, :3], _rgb(expected[r][j]), atol=0.02,
                                        err_msg=f"frame of query {r}, neighbour {j}")
     assert {c for row in expected for c in row} == {MATCH, MISMATCH}
+
+
+def test_title_legend_and_note_fit_a_grid_of_few_neighbours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figure was as wide as its images only: at k ≤ 4 (k = 2: 504 px) the title (about 720 px) and the legend
+    were cut off at both edges, as was the note on queries left out. All header text lies inside the figure, its
+    lines one under the other and above the first captions."""
+    import sslkit.viz as viz
+
+    drawn = {}
+
+    def keep(fig, path, dpi=DPI):
+        fig.canvas.draw()
+        drawn["fig"] = fig
+        return Path(path)
+
+    monkeypatch.setattr(viz, "save_figure", keep)
+    images = torch.zeros(60, 1, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(60) % 3
+    labels[5] = -1  # an unlabeled neighbour: the legend's fourth entry
+    queries = list(range(55))  # more than are drawn: the note under the legend
+    idx = torch.tensor([[(q + 1) % 60] for q in queries])
+    title = ("a-run-with-a-rather-long-name: each query (#: its index in the test split) and its 1 nearest other test "
+             "images by cosine similarity of the resnet18 features")
+    plot_neighbors(images, labels, ["a", "b", "c"], queries, idx, torch.ones(55, 1), tmp_path / "g.png", title=title)
+    fig = drawn["fig"]
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    (legend,) = fig.legends
+    texts = [t for t in fig.texts if t.get_text()] + [legend, *legend.get_texts()] + [ax.title for ax in fig.axes]
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, (text, box, width, height)
+    assert [t.get_text() for t in legend.get_texts()] == ["query", "same class as the query", "another class",
+                                                          "unlabeled"]
+    assert " ".join(t.get_text() for t in fig.texts).replace("\n", " ").count("a-run-with-a-rather-long-name") == 1
+    assert any("showing 50 of 55 queries" in t.get_text() for t in fig.texts)
+    title_box, legend_box, note_box = (a.get_window_extent(renderer) for a in (fig.texts[0], legend, fig.texts[1]))
+    first_captions = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes[:2])
+    assert title_box.y0 > legend_box.y1 - 2 and legend_box.y0 > note_box.y1 - 2 and note_box.y0 > first_captions
 
 
 def test_large_k_wraps_and_the_picture_stays_bounded() -> None:

@@ -354,8 +354,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     path = Path(out) if out else default_output(run, split, queries, picked, k, seed, index)
     result = NeighborResult(split, picked, idx, sims, source.labels.cpu().long(), tuple(source.classes), path,
                             source.ids)
-    title = f"{run.name}: the {k} nearest {split} images to each query by cosine similarity of its {meta['encoder']} " \
-            f"features"
+    title = (f"{run.name}: each query (#: its index in the {split} split) and its {k} nearest other {split} images by "
+             f"cosine similarity of the {meta['encoder']} features")
     plot_neighbors(source.images, result.labels, result.classes, picked, idx, sims, path, title=title)
     if show_table:
         print_neighbors(result, console)
