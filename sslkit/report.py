@@ -427,7 +427,8 @@ details summary { cursor:pointer; color:var(--accent); margin:6px 0; }
 footer { color:var(--muted); font-size:12px; padding:10px 0 30px; }
 @media (max-width:760px) {
   .wrap { padding:0 10px; } section { padding:4px 12px 12px; }
-  figure { overflow-x:auto; } figure img { max-width:none; width:720px; }
+  figure a { text-decoration:none; }
+  figure a::after { content:"tap to open at full size"; display:block; font-size:12px; color:var(--muted); }
 }
 """
 

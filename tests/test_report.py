@@ -270,6 +270,40 @@ def test_chromium_renders_the_report_without_console_errors(page: Path, tmp_path
     assert dark > 0.05, "text, header and figures are drawn"
 
 
+MEASURE_FIGURES = """<script>addEventListener("load", () => {
+  const rows = [...document.querySelectorAll("figure img")].map(i => [i.getBoundingClientRect().width, i.naturalWidth,
+    i.closest("figure").getBoundingClientRect().width].map(Math.round).join(","));
+  const out = document.createElement("pre"); out.id = "measured"; out.textContent = rows.join(" ");
+  document.body.append(out);
+});</script>"""
+
+
+def test_on_a_phone_every_figure_is_shown_whole_and_never_enlarged(page: Path, tmp_path: Path) -> None:
+    """Narrow screens forced every figure to 720 px: wider than a phone, so each chart showed only its left part
+    in a scrolling box (the label-efficiency legend, two of three training curves, most of the confusion matrix
+    out of sight), and a figure narrower than that (the kernels, 643 px) was enlarged beyond its pixels. Each figure
+    now fits the screen at most at its own size, and opens at full size when tapped."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("Chromium is not installed here (Debian: apt-get install chromium): the page was not laid out")
+    probe = tmp_path / "measure.html"
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE_FIGURES + "</body>"),
+                     encoding="utf-8")
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=390,2000", "--dump-dom", probe.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    measured = re.search(r'<pre id="measured">([^<]*)</pre>', proc.stdout)
+    assert measured, proc.stderr[-2000:]
+    rows = [tuple(map(int, row.split(","))) for row in measured.group(1).split()]
+    assert len(rows) == 9, rows
+    for shown, natural, room in rows:
+        assert shown <= room, f"a {natural} px figure drawn {shown} px wide in {room} px: cut off, to be scrolled"
+        assert shown <= natural, f"a {natural} px figure enlarged to {shown} px"
+    assert any(natural > room for _, natural, room in rows), "the page has figures wider than a phone to fit"
+    assert "tap" in re.search(r"@media \(max-width:760px\) \{(.*?)\n\}", page.read_text(), re.S).group(1)
+
+
 def test_centered_mean_follows_a_falling_loss_without_lag_and_equals_the_naive_window():
     """The training-curve smoother: a straight descent comes out unchanged (a trailing average sits above it),
     and on noisy data every point is the plain mean of its symmetric, end-shrunk window."""
