@@ -229,6 +229,18 @@ def test_random_queries_are_seeded_and_reproducible(run: Path, tmp_path: Path) -
     assert retrieval.default_output(run, "test", ["3"], [3], 4, index="ivf-pq").name == "test-3-k4-ivf-pq.png"
 
 
+def test_the_same_queries_written_differently_name_the_same_grid(run: Path) -> None:
+    """The default file name was made of the tokens as typed: --query 03, --query 3 3 3 and --query 3 drew the same
+    grid into test-03-k4.png, test-3-3-3-k4.png and test-3-k4.png, and --query +3 into an opaque test-1q-<hash>."""
+    for tokens in (["3"], ["03"], ["3", "3", "3"], ["+3"], [" 3 "]):
+        queries = retrieval.parse_queries(tokens, N_TEST)
+        assert queries == [3]
+        assert retrieval.default_output(run, "test", tokens, queries, 4).name == "test-3-k4.png", tokens
+    tokens = ["random:05", "17", "random:5", "017"]
+    queries = retrieval.parse_queries(tokens, N_TEST)
+    assert retrieval.default_output(run, "test", tokens, queries, 4).name == "test-random5-17-k4.png"
+
+
 def test_an_approximate_index_shows_exact_cosines_in_exact_order(run: Path, tmp_path: Path) -> None:
     features = cached(run)[0]
     result = retrieval.find_neighbors(run, ["3", "17", "42"], k=6, index="ivf-pq", console=quiet(),

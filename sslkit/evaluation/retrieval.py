@@ -252,12 +252,25 @@ def check_k(k: int, n: int, split: str = "test") -> None:
                         f"neighbours besides the query — use -k {max(n - 1, 1)} or less")
 
 
+def _token_name(token: str | int) -> str:
+    """A ``--query`` token as it reads: ``3`` for ``03`` or ``+3``, ``random5`` for ``random:05``."""
+    text = str(token).strip()
+    m = _RANDOM_RE.match(text)
+    if m:
+        return f"random{int(m.group(1))}"
+    try:
+        return str(int(text))
+    except ValueError:
+        return text.replace(":", "")
+
+
 def default_output(run: Path, split: str, tokens: Sequence[str | int], queries: Sequence[int], k: int,
                    seed: int = 0, index: str = DEFAULT_INDEX) -> Path:
     """``RUN/neighbors/<split>-<queries>-k<k>[-seed<S>][-<index>].png``: the queries as given (``3-17``,
     ``random8``), the seed where a ``random:N`` token drew with another seed than 0, the index kind where it is not
-    the default, so that no other command's grid is overwritten."""
-    label = "-".join(str(t).strip().replace(":", "") for t in tokens)
+    the default, so that no other command's grid is overwritten. Tokens are named as :func:`parse_queries` reads
+    them (``03`` and ``+3`` are ``3``, a repeated token counts once), so the same grid always gets the same name."""
+    label = "-".join(dict.fromkeys(_token_name(t) for t in tokens))
     if len(label) > 60 or not re.fullmatch(r"[A-Za-z0-9_-]+", label):
         label = f"{len(queries)}q-{hashlib.sha256(repr(list(queries)).encode()).hexdigest()[:8]}"
     drawn = seed != 0 and any(_RANDOM_RE.match(str(t).strip()) for t in tokens)
