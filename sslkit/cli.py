@@ -165,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_value, default=0, help="seed of random:N (default: 0)")
     p.set_defaults(func=_neighbors)
 
-    p = sub.add_parser("umap", help="2-D UMAP or t-SNE map of a run's features, coloured by class",
+    p = sub.add_parser("umap", aliases=["map"], help="2-D UMAP or t-SNE map of a run's features, coloured by class",
                        description="Map a split's encoder features to 2-D with UMAP or t-SNE (cosine distances) "
-                       "and draw them coloured by class, optionally with image thumbnails.")
+                       "and draw them coloured by class, optionally with image thumbnails. `sslkit map` is the "
+                       "same command.")
     _run_arguments(p)
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--split", default="test", help="split to map (default: test)")

@@ -249,6 +249,18 @@ def test_bad_map_arguments_exit_2(run: Path, capsys: pytest.CaptureFixture) -> N
     assert e.value.code == 2
 
 
+def test_map_is_the_umap_command_under_the_name_the_design_gives_it(run: Path, capsys: pytest.CaptureFixture) -> None:
+    """DESIGN.md lists the command as `sslkit map` (it draws t-SNE maps too), but `sslkit map RUN` was refused:
+    "invalid choice: 'map'"."""
+    from sslkit.cli import _umap, build_parser
+
+    args = build_parser().parse_args(["map", str(run), "--method", "tsne"])
+    assert args.func is _umap and args.method == "tsne"
+    assert main(["map", str(run), "--max-points", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sslkit map: error: --max-points 2: a map needs at least 5 points"], err
+
+
 def test_chromium_renders_the_report_without_console_errors(page: Path, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
