@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
     p.add_argument("--split", default="test", help="split to map (default: test)")
     p.add_argument("--out", metavar="PNG", help="default: RUN/figures/<method>-<split>.png")
-    p.add_argument("--thumbnails", type=int, default=0, metavar="N", help="draw N image thumbnails on the map")
+    p.add_argument("--thumbnails", type=int, default=0, metavar="N",
+                   help="draw up to N image thumbnails on the map, as many as fit without covering each other")
     p.add_argument("--max-points", type=int, default=10_000, metavar="N",
                    help="map a seeded subset of N images when the split is larger (default: 10000)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the map and of the subset (default: 0)")

@@ -108,7 +108,7 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     Raises:
         UserError: a run without an encoder, an unknown method or split, bad counts, missing data.
     """
-    from sslkit.viz import MAP_METHODS, plot_map
+    from sslkit.viz import MAP_METHODS, plot_map, spread_points
 
     console = console or PipeSafeConsole()
     run = Path(run)
@@ -132,7 +132,11 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     title = f"{name} of {run.name}'s {meta['encoder']} features: {shown} {split} images (seed {seed})"
     plot_map(xy, source.labels[rows], source.classes, path, title, method, images=source.images[rows],
              thumbnails=thumbnails, seed=seed)
-    console.print(f"wrote {path} ({name} of {len(rows):,} images, {time.perf_counter() - t0:.1f} s)")
+    seconds = time.perf_counter() - t0
+    drawn = len(spread_points(xy, thumbnails, seed))  # the ones plot_map drew: fewer where the map has no room
+    short = (f"; {drawn} of the {thumbnails} thumbnails asked for, the most that fit without covering each other"
+             if drawn < thumbnails else "")
+    console.print(f"wrote {path} ({name} of {len(rows):,} images, {seconds:.1f} s){short}")
     return path
 
 

@@ -122,6 +122,20 @@ def test_umap_command_writes_the_map_and_reuses_its_coordinates(run: Path, tmp_p
     assert coords.stat().st_mtime_ns == stamp, "the same features and seed reuse the saved coordinates"
 
 
+def test_the_map_command_says_when_it_drew_fewer_thumbnails_than_asked(tmp_path: Path, monkeypatch) -> None:
+    """--thumbnails 30 drew 14 on the Fashion-MNIST map (no room for more without overlap) and said nothing."""
+    run = make_run(tmp_path / "run", seed=2)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.random.default_rng(0).normal(size=(len(x), 2)))
+    console = Console(record=True, width=200)
+    run_map(run, out=tmp_path / "map.png", max_points=300, thumbnails=500, console=console)
+    drawn = len(spread_points(np.load(next((run / "features").glob("*.umap-seed0-*.npy"))), 500, seed=0))
+    assert 0 < drawn < 500
+    assert f"{drawn} of the 500 thumbnails asked for" in console.export_text()
+    console = Console(record=True, width=200)
+    run_map(run, out=tmp_path / "map.png", max_points=300, thumbnails=3, console=console)
+    assert "thumbnails" not in console.export_text(), "all that were asked for: nothing to say"
+
+
 def test_thumbnails_are_spread_over_the_map() -> None:
     xy = np.random.default_rng(0).normal(size=(2000, 2))
     picks = spread_points(xy, 20, seed=0)
