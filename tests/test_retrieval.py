@@ -323,6 +323,17 @@ def test_saved_index_is_reused_and_rebuilt_when_the_features_change(tmp_path: Pa
     assert not torch.equal(changed.idx, again.idx)
 
 
+def test_index_auto_is_the_kind_it_picks_and_keeps_no_second_copy(tmp_path: Path) -> None:
+    """--index auto on a split of up to 100,000 images builds a flat index, but saved it again as a separate
+    ``.auto-<digest>.faiss`` beside the flat one (20 MB each for Fashion-MNIST's test split) and wrote its grid
+    under another name (``-auto``) than the identical flat one."""
+    run = make_run(tmp_path / "run", seed=4)
+    flat = retrieval.find_neighbors(run, ["3", "17"], k=4, console=quiet())
+    auto = retrieval.find_neighbors(run, ["3", "17"], k=4, index="auto", console=quiet())
+    assert torch.equal(auto.idx, flat.idx) and auto.path == flat.path == run / "neighbors" / "test-3-17-k4.png"
+    assert [p.name.split(".")[-2].rsplit("-", 1)[0] for p in (run / "features").glob("*.faiss")] == ["flat"]
+
+
 def test_approximate_index_kinds_answer_too(run: Path, tmp_path: Path) -> None:
     exact = retrieval.find_neighbors(run, ["3", "17"], k=5, console=quiet(), out=tmp_path / "f.png")
     hnsw = retrieval.find_neighbors(run, ["3", "17"], k=5, index="hnsw", console=quiet(), out=tmp_path / "h.png")

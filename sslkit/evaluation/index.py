@@ -71,6 +71,19 @@ def _check_kind(kind: str) -> None:
         raise UserError(f"unknown index kind {kind!r} — use one of: {', '.join(INDEX_KINDS)}")
 
 
+def resolve_kind(kind: str, n: int) -> str:
+    """The kind an index over ``n`` rows is built as: ``auto`` becomes ``flat`` or ``ivf-flat``, others stay (so that
+    an ``auto`` index is kept and named as what it is).
+
+    Raises:
+        UserError: an unknown kind.
+    """
+    _check_kind(kind)
+    if kind == "auto":
+        return "flat" if n <= AUTO_FLAT_MAX else "ivf-flat"
+    return kind
+
+
 def _chunks(features: torch.Tensor | np.ndarray, chunk_size: int):
     for start in range(0, len(features), chunk_size):
         yield unit_rows(features[start:start + chunk_size], "features")
@@ -126,8 +139,7 @@ def build_index(features: torch.Tensor | np.ndarray, kind: str = "auto", *, nlis
     n, d = int(features.shape[0]), int(features.shape[1])
     if n == 0:
         raise UserError("cannot build an index over 0 feature rows — extract features first")
-    if kind == "auto":
-        kind = "flat" if n <= AUTO_FLAT_MAX else "ivf-flat"
+    kind = resolve_kind(kind, n)
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))  # see knn._set_threads: no oversubscription
 
     if kind == "flat":

@@ -129,6 +129,7 @@ def open_index(features: torch.Tensor, features_path: Path, kind: str = DEFAULT_
         (N, D) -> index with ntotal N, dimension D
     """
     features_path = Path(features_path)
+    kind = faiss_index.resolve_kind(kind, len(features))  # an auto index is saved as what it is, not twice
     digest = features_digest(features)
     path = index_path(features_path, kind, digest)
     if path.is_file():
@@ -361,6 +362,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     source = load_split(meta, split)
     picked = parse_queries(queries, len(source), split, seed)
     check_k(k, len(source), split)
+    index = faiss_index.resolve_kind(index, len(source))  # --index auto: the grid is named as the kind it picks
 
     feats, feats_path = split_features(run, meta, source, split, console=console)
     sims, idx = search_neighbors(open_index(feats, feats_path, index), feats, picked, k)
