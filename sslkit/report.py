@@ -312,6 +312,14 @@ def _fmt(key: str, v: Any) -> str:
     return _esc(v)
 
 
+def _points(key: str, v: Any) -> Any:
+    """A difference of two rates as percentage points, its sign always shown (``+3.3 points``); its spread over
+    seeds without a sign. Other values as they are."""
+    if not isinstance(v, float) or isinstance(v, bool) or math.isnan(v) or not _is_rate(key):
+        return v
+    return f"{v * 100:.2f} points" if key.endswith(".std") else f"{v * 100:+.1f} points"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] = ()) -> str:
     """An HTML table; cells are given as HTML (escape before), ``classes`` style the columns."""
     cls = list(classes) + [""] * (len(header) - len(classes))
@@ -847,7 +855,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             # (per-seed runs with their epoch curves, FGSM, the recipe) stays one click away.
             ft.body += [f'<div class="note">{_esc(note)}</div>' for note in finetune.get("notes", [])]
             ft.body += [img(figures / name, name) for name in FINETUNE_FIGURES if (figures / name).is_file()]
-            ft.body += generic_tables({k: finetune[k] for k in ("summary", "difference") if k in finetune})
+            headline = {k: finetune[k] for k in ("summary", "difference") if k in finetune}
+            if isinstance(headline.get("difference"), dict):  # ssl − supervised: a signed gap, in points
+                headline["difference"] = {k: _points(k, v) for k, v in headline["difference"].items()}
+            ft.body += generic_tables(headline)
             rest = {k: v for k, v in finetune.items() if k not in ("summary", "difference", "notes")}
             ft.body.append("<details><summary>the rest of finetune.json (per-seed runs, sizes, protocol, recipe)"
                            "</summary>" + "".join(generic_tables(rest)) + "</details>")

@@ -217,7 +217,7 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     (run / "finetune.json").write_text(json.dumps({"name": "ft", "split": "test", "sizes": {"labeled": 5000},
                                                    "notes": ["a note on these scores"],
                                                    "summary": summary, "difference": {
-        "test_top1.mean": 0.022, "ssl_wins": 3, "seeds": 3}, "runs": runs,
+        "test_top1.mean": 0.022, "test_top1.std": 0.004, "ssl_wins": 3, "seeds": 3}, "runs": runs,
         "robustness": {"summary": {"ssl": {"mean": [0.8, 0.3]}}}}))
     (run / "figures").mkdir(exist_ok=True)
     _stub_figure(run / "figures" / "finetune.png")
@@ -228,7 +228,8 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     body = sections["finetune"]
     head, full = body.split("<details>", 1)
     assert head.count("<img ") == 1, "the chart sslkit finetune drew; the FGSM chart is absent and skipped"
-    assert "84.3%" in head and "82.1%" in head and "2.2%" in head, "the summary and difference tables lead, as %"
+    assert "84.3%" in head and "82.1%" in head, "the summary table leads, as %"
+    assert ">+2.2 points<" in head and ">0.40 points<" in head, "the difference table: signed points, and its spread"
     assert '<div class="note">a note on these scores</div>' in head and "a note on these" not in full
     assert "val_top1" not in head and "robustness" not in head, "per-epoch curves and FGSM only in the full view"
     assert "robustness" in full and "84.3%" not in full, "the rest of the document, without the tables above"
