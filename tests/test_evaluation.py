@@ -185,6 +185,77 @@ def test_a_truncated_spectrum_still_converges_at_weak_regularisation(monkeypatch
     assert objective(*thin) <= objective(*dense) + 1e-3, (objective(*thin), objective(*dense))
 
 
+@pytest.mark.parametrize(("peak", "tried", "chosen"), [
+    (10.0, ["100", "10", "1", "0.1", "0.01", "0.001", "0.0001", "1e-05"], 10.0),  # past the strong edge
+    (1e-7, ["0.1", "0.01", "0.001", "0.0001", "1e-05", "1e-06", "1e-07", "1e-08"], 1e-7),  # past the weak edge
+    (1e6, ["100", "10", "1", "0.1", "0.01", "0.001", "0.0001", "1e-05"], 100.0),  # the cap: 3 decades
+    (1e-3, ["0.1", "0.01", "0.001", "0.0001", "1e-05"], 1e-3),  # an inside optimum: the grid as it is
+    (None, ["100", "10", "1", "0.1", "0.01", "0.001", "0.0001", "1e-05"], 100.0),  # all equal: the strongest
+])
+def test_the_l2_grid_grows_past_an_edge_that_wins(peak: float | None, tried: list[str], chosen: float,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """600 Fashion-MNIST labels chose the grid's strongest λ for every model: the optimum may lie past it. The
+    grid grows a decade at a time past a winning edge, warm-started from it, while the new edge wins, at most
+    EXTRA_DECADES; every score is recorded, and the progress callbacks announce each extra fit before it runs."""
+    events = []
+
+    def fake_fit(x, y, k, wd, init=None, eig=None):  # logits are λ everywhere; the validation score peaks at ``peak``
+        events.append(("fit", wd, None if init is None else float(init[1][0])))
+        return torch.zeros(k, x.shape[1]), torch.full((k,), wd)
+
+    def fake_score(logits, y, k=1):
+        return 0.5 if peak is None else 1 / (1 + abs(math.log10(float(logits[0, 0])) - math.log10(peak)))
+
+    monkeypatch.setattr(linear_mod, "fit_logistic", fake_fit)
+    monkeypatch.setattr(linear_mod, "topk_accuracy", fake_score)
+    x, y = blobs(20, 3, 4, 1.0, 0)
+    best, scores, fit = linear_mod.select_weight_decay(x, y, 3, on_fit=lambda: events.append(("done",)),
+                                                       on_extend=lambda: events.append(("extend",)))
+    assert best == chosen and float(fit[1][0]) == pytest.approx(chosen)
+    assert list(scores) == tried, "every strength tried, strongest first"
+    fits = [e for e in events if e[0] == "fit"]
+    assert [f"{e[1]:g}" for e in fits] == ["0.1", "0.01", "0.001", "0.0001", "1e-05"] + [
+        t for t in tried if float(t) not in linear_mod.WEIGHT_DECAYS][::1 if chosen < 1e-5 else -1]
+    for e in fits[5:]:  # each extension starts from its neighbour's fit, one decade away
+        assert math.isclose(math.log10(e[1]) - math.log10(e[2]), 1 if e[1] > 0.1 else -1, abs_tol=1e-6)
+    assert events.count(("done",)) == len(tried) and events.count(("extend",)) == len(tried) - 5
+    for i, e in enumerate(events):  # announced before the extra fit runs, so a progress bar can count it
+        if e == ("extend",):
+            assert events[i + 1][0] == "fit" and events[i + 1][1] not in linear_mod.WEIGHT_DECAYS
+
+
+def test_probe_progress_counts_the_extra_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noisy blobs whose validation part prefers λ = 100: the grid grows three decades past 0.1, and the probe's
+    progress bar grows its total before each extra fit, so it ends full and never passes its total."""
+    train_x, train_y = blobs(20, 4, 64, 9.0, 0)
+    test_x, test_y = blobs(5, 4, 64, 9.0, 1)
+
+    class Bar:
+        def __init__(self) -> None:
+            self.total = self.completed = 0
+            self.over = False
+
+        def add_task(self, description: str, total: int) -> int:
+            self.total = total
+            return 0
+
+        def advance(self, task: int, n: int = 1) -> None:
+            self.completed += n
+            self.over |= self.completed > self.total
+
+        def update(self, task: int, total: int) -> None:
+            self.total = total
+
+        def remove_task(self, task: int) -> None:
+            self.removed_at = (self.completed, self.total)
+
+    bar = Bar()
+    metrics, _ = evaluate_features(train_x, train_y, test_x, test_y, 4, fractions=(1.0,), progress=bar)
+    assert list(metrics["linear.val_top1"])[:4] == ["100", "10", "1", "0.1"] and metrics["linear.weight_decay"] == 100
+    assert metrics["label_fraction.1.val_top1"] == metrics["linear.val_top1"]
+    assert bar.removed_at == (8 + 1 + 2, 8 + 1 + 2) and not bar.over  # 8 strengths, the refit, k-NN, k-means
+
+
 def test_test_labels_never_influence_the_probe() -> None:
     x, y = blobs(60, 4, 16, 9.0, 11)
     xt, yt = blobs(30, 4, 16, 9.0, 12)

@@ -6,8 +6,9 @@ any ``--compare`` runs. The two baselines normalise the images with the labeled 
 mean and std, not the run's (whose pretraining pool depends on its seed), so they are the same for every run
 of a data set. For each model, on features of the labeled train split and the evaluation split:
 
-- ``linear.*``: logistic regression, L2 strength chosen on a validation part of *train*; the evaluation split
-  is classified once, by the final model (:mod:`sslkit.evaluation.linear`);
+- ``linear.*``: logistic regression, L2 strength chosen on a validation part of *train* (``linear.val_top1``: the
+  validation top-1 of every strength tried, the grid extended past an edge that won); the evaluation split is
+  classified once, by the final model (:mod:`sslkit.evaluation.linear`);
 - ``knn.k20.*``, ``knn.k200.*``: cosine k-NN, temperature-weighted (T = 0.07) and plain majority;
 - ``kmeans.*``: k-means with k = number of classes on the evaluation features: silhouette, NMI, ARI, purity,
   Hungarian accuracy;
@@ -58,7 +59,7 @@ from sslkit.evaluation.features import (
     read_run_meta,
 )
 from sslkit.evaluation.knn import knn_evaluate
-from sslkit.evaluation.linear import WEIGHT_DECAYS, linear_probe
+from sslkit.evaluation.linear import EXTRA_DECADES, WEIGHT_DECAYS, linear_probe
 from sslkit.evaluation.retrieval import load_split
 from sslkit.outputs import check_output, check_run_writable
 from sslkit.trainer import imagefolder_changed
@@ -146,19 +147,25 @@ def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
             n = round(f * len(train_y))
             # Fewer labels than classes cannot train a classifier of every class: reported as NaN, not faked.
             subsets[f] = stratified_split(train_y, float(f), seed)[0] if n >= num_classes else None
-    fits_per_probe = len(WEIGHT_DECAYS) + 1
+    fits_per_probe = len(WEIGHT_DECAYS) + 1  # the grid and the refit; a grid extended past an edge adds to it
     task = None
+    total = fits_per_probe * (1 + sum(v is not None for v in subsets.values())) + 2
     if progress is not None:
-        total = fits_per_probe * (1 + sum(v is not None for v in subsets.values())) + 2
         task = progress.add_task(description, total=total)
 
     def step(n: int = 1) -> None:
         if progress is not None and task is not None:
             progress.advance(task, n)
 
+    def extend() -> None:  # a fit beyond the grid is about to run: the bar's total grows by it
+        nonlocal total
+        total += 1
+        if progress is not None and task is not None:
+            progress.update(task, total=total)
+
     out: dict[str, Any] = {}
     lin = linear_probe(train_x, train_y, test_x, test_y, num_classes, val_fraction=VAL_FRACTION, seed=seed,
-                       on_fit=step)
+                       on_fit=step, on_extend=extend)
     out["linear.top1"] = lin.top1
     if lin.top5 is not None:
         out["linear.top5"] = lin.top5
@@ -181,11 +188,12 @@ def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
         else:
             idx = subsets[f]
             res = linear_probe(train_x[idx], train_y[idx], test_x, test_y, num_classes, val_fraction=VAL_FRACTION,
-                               seed=seed, on_fit=step)
+                               seed=seed, on_fit=step, on_extend=extend)
         key = f"label_fraction.{f:g}"
         out[f"{key}.top1"] = res.top1 if res else float("nan")
         out[f"{key}.n"] = res.n_train if res else round(f * len(train_y))
         out[f"{key}.weight_decay"] = res.weight_decay if res else None
+        out[f"{key}.val_top1"] = res.val_top1 if res else {}  # every strength tried, the grid's extensions too
     if progress is not None and task is not None:
         progress.remove_task(task)
     return out, lin.predictions
@@ -306,7 +314,8 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         "checkpoint_sha256": meta["sha256"], "encoder": meta["encoder"], "seed": seed, "fractions": list(fractions),
         "compare": {name: str(other) for name, other in zip(names, others, strict=True)},
         "protocol": {"knn_k": list(KNN_KS), "knn_temperature": KNN_TEMPERATURE, "linear_weight_decays":
-                     list(WEIGHT_DECAYS), "linear_val_fraction": VAL_FRACTION, "kmeans_restarts": KMEANS_RESTARTS,
+                     list(WEIGHT_DECAYS), "linear_extra_decades": EXTRA_DECADES, "linear_val_fraction": VAL_FRACTION,
+                     "kmeans_restarts": KMEANS_RESTARTS,
                      "silhouette_sample": SILHOUETTE_SAMPLE, "device": device.type,
                      "baseline_mean": list(mean), "baseline_std": list(std)},
         "seconds": round(time.perf_counter() - t0, 2), "models": results,
