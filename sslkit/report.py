@@ -213,11 +213,11 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
     """The full linear probe's evaluation-split predictions: the probe's saved file when it was made for this
     encoder (its sha256, or for a file from before the hash was saved, probe.json's) and these labels, else
     recomputed with :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features."""
-    from sslkit.evaluation.probe import VAL_FRACTION, load_splits
+    from sslkit.evaluation.probe import VAL_FRACTION, labeled_splits, probe_features
 
     split = probe.get("split", "test")
     seed = int(probe.get("seed", 0))
-    train, labeled, _ = load_splits(meta, split)  # the probe's own splits (its val split is part of train)
+    whole, train, labeled, _ = labeled_splits(meta, split)  # the probe's own splits (its val split is part of train)
     saved = run / "figures" / PREDICTIONS_FILE
     if saved.is_file():
         try:
@@ -229,8 +229,9 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
             pass
     from sslkit.evaluation.linear import linear_probe
 
-    train_x, _ = retrieval.split_features(run, meta, train, "train", console=console)
-    test_x, _ = retrieval.split_features(run, meta, labeled, split, console=console)
+    train_x, test_x = probe_features(  # the probe's feature cache, sliced for a val probe as the probe does
+        lambda part, source: retrieval.split_features(run, meta, source, "train" if part == "train" else split,
+                                                      console=console)[0], whole, labeled, split)
     result = linear_probe(train_x, train.labels, test_x, labeled.labels, len(train.classes),
                           val_fraction=VAL_FRACTION, seed=seed)
     return Predictions(split, labeled, labeled.labels, result.predictions, True)

@@ -556,3 +556,37 @@ def test_probe_on_val_holds_a_fixed_part_of_train_out_of_the_probes(tmp_path: Pa
     assert torch.equal(predictions.labels, held.labels) and not predictions.computed
     assert main(["probe", str(run), "--split", "valid"]) == 2
     assert "(or val, a held-out part of train for comparing runs)" in capsys.readouterr().err
+
+
+def test_a_val_probe_slices_the_train_features_a_test_probe_cached(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--split val's two parts are rows of the labeled train split: their features are sliced from its cache, so a
+    val probe after a test probe (and the report's recomputed val predictions) runs no encoder and caches nothing
+    new; the slices are the features of those images."""
+    from sslkit.checkpoint import load_encoder
+    from sslkit.evaluation.features import read_run_meta
+    from sslkit.evaluation.probe import labeled_splits, run_features
+    from sslkit.report import probe_predictions
+
+    run = tiny_run(tmp_path)
+    calls = []
+    real = features_mod.extract_features
+    counted = lambda *a, **k: calls.append(k.get("description")) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr("sslkit.evaluation.probe.extract_features", counted)
+    monkeypatch.setattr("sslkit.evaluation.retrieval.extract_features", counted)
+    test = run_probe(run, fractions=(1.0,), console=Console(quiet=True))
+    assert len(calls) == 4  # encoder and random_init, train and test each
+    cache = sorted(p.name for p in (run / "features").iterdir())
+    val = run_probe(run, split="val", fractions=(1.0,), console=Console(quiet=True))
+    assert calls == calls[:4] and sorted(p.name for p in (run / "features").iterdir()) == cache, calls
+    assert val["protocol"]["baseline_mean"] == test["protocol"]["baseline_mean"], "one normalisation, one cache"
+    (run / "figures" / ".probe_predictions.pt").unlink()
+    meta = read_run_meta(run)
+    assert probe_predictions(run, meta, val).computed
+    assert len(calls) == 4 and sorted(p.name for p in (run / "features").iterdir()) == cache
+    _, fitted, held, _ = labeled_splits(meta, "val")
+    train_x, train_y, eval_x, eval_y = run_features(run, "val")
+    encoder = load_encoder(run, "cpu")
+    torch.testing.assert_close(train_x, real(encoder, fitted, device="cpu"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eval_x, real(encoder, held, device="cpu"), atol=1e-5, rtol=1e-5)
+    assert torch.equal(train_y, fitted.labels) and torch.equal(eval_y, held.labels)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,33 @@ HELD_OUT_SHARE = 1 / 6  # Fashion-MNIST: 10,000 of 60,000, the size of its test 
 HELD_OUT_SEED = 0  # the same part for every run and every --seed, so that runs are compared on the same images
 
 
+def held_out_parts(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the labeled train split in :data:`HELD_OUT` and the rest, as sorted index tensors.
+
+    Shape:
+        labels: (N,) -> (M,), (N - M,)
+    """
+    return stratified_split(labels, HELD_OUT_SHARE, HELD_OUT_SEED)
+
+
+def probe_features(features_of: Callable[[str, ImageSource], torch.Tensor], labeled_train: ImageSource,
+                   evaluation: ImageSource, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model's features of the probes' train part and of the evaluation split, from one cache per split.
+
+    ``features_of("train", source)`` and ``features_of("eval", source)`` give (cached) features of a whole
+    split. With ``--split val`` both parts are rows of the labeled train split, so they are sliced from its
+    features (the cache a test probe made, or one it will use) instead of being extracted and cached apart.
+
+    Shape:
+        -> (N, D) float32, (M, D) float32
+    """
+    train_x = features_of("train", labeled_train)
+    if split == HELD_OUT:
+        held, rest = held_out_parts(labeled_train.labels)
+        return train_x[rest], train_x[held]
+    return train_x, features_of("eval", evaluation)
+
+
 def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, ImageSource, str]:
     """The labeled train split, the part of it the probes learn from, and the labeled evaluation split.
 
@@ -95,7 +122,7 @@ def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, Image
         if len(train) < 2 / HELD_OUT_SHARE:
             raise UserError(f"--split {HELD_OUT}: the train split of {meta['dataset']} has {len(train)} labeled "
                             f"images, too few to hold out a {HELD_OUT_SHARE:.0%} part — use test")
-        held, rest = stratified_split(train.labels, HELD_OUT_SHARE, HELD_OUT_SEED)
+        held, rest = held_out_parts(train.labels)
         fitted, evaluation = train.subset(rest), train.subset(held)
         described = (f"{HELD_OUT} (a fixed, stratified {HELD_OUT_SHARE:.0%} of the labeled train split, held out of "
                      "the probes)")
@@ -288,15 +315,17 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
                          "few to fit a classifier of every class, so that row is empty")
 
     # The baselines see the data normalised by the labeled train split itself, so every run of a data set gets
-    # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool).
-    mean, std = channel_stats(train.images)
+    # the same baseline rows (the run's own mean/std comes from its seed-drawn pretraining pool). The whole labeled
+    # train split, with --split val too (its pixels, never its labels), so that a val probe and a test probe
+    # share the random encoder's features.
+    mean, std = channel_stats(labeled_train.images)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with progress_bar(console) as progress:
         for name, folder, m in [("encoder", run, meta), *zip(names, others, other_meta, strict=True)]:
-            features[name] = _encoder_features(name, folder, m, train, test, device, progress)
+            features[name] = _encoder_features(name, folder, m, labeled_train, test, split, device, progress)
         features["raw_pixels"] = (raw_pixels(train, mean, std), raw_pixels(test, mean, std))
-        features["random_init"] = _random_init_features(run, dict(meta, mean=mean, std=std), train, test, seed,
-                                                         device, progress)
+        features["random_init"] = _random_init_features(run, dict(meta, mean=mean, std=std), labeled_train, test,
+                                                         split, seed, device, progress)
 
         results: dict[str, dict[str, Any]] = {}
         predictions = None
@@ -340,7 +369,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
 
 def run_features(run_dir: str | Path, split: str = "test", console: Console | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A run's encoder features of its labeled train and evaluation splits, as ``sslkit probe`` uses them.
+    """A run's encoder features of the probes' train part and evaluation split, as ``sslkit probe`` uses them.
 
     Read from the run's feature cache, computed (and cached) when missing.
 
@@ -352,50 +381,56 @@ def run_features(run_dir: str | Path, split: str = "test", console: Console | No
     """
     run = Path(run_dir)
     meta = read_run_meta(run)
-    train, evaluation, _ = load_splits(meta, split)
+    labeled_train, train, evaluation, _ = labeled_splits(meta, split)
     with progress_bar(console or PipeSafeConsole()) as progress:
-        train_x, eval_x = _encoder_features("encoder", run, meta, train, evaluation, default_device(), progress)
+        train_x, eval_x = _encoder_features("encoder", run, meta, labeled_train, evaluation, split, default_device(),
+                                            progress)
     return train_x, train.labels, eval_x, evaluation.labels
 
 
-def _encoder_features(name: str, run: Path, meta: dict[str, Any], train: ImageSource, test: ImageSource,
-                      device: torch.device, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """A run's train and evaluation features, from its cache or computed (the encoder loads only if needed)."""
+def _encoder_features(name: str, run: Path, meta: dict[str, Any], labeled_train: ImageSource,
+                      evaluation: ImageSource, split: str, device: torch.device,
+                      progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's features of the probes' train part and evaluation split (:func:`probe_features`), from its cache
+    or computed (the encoder loads only if needed)."""
     encoder: torch.nn.Module | None = None
-    out = []
-    for split, source in (("train", train), ("eval", test)):
-        def compute(source: ImageSource = source, split: str = split) -> torch.Tensor:
+
+    def features_of(part: str, source: ImageSource) -> torch.Tensor:
+        def compute() -> torch.Tensor:
             nonlocal encoder
             encoder = encoder if encoder is not None else load_encoder(run, device)
             return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
-                                    description=f"{name}: {split} features")
+                                    description=f"{name}: {part} features")
 
-        path = cache_path(run, f"encoder-{meta['sha256'][:16]}", split, source, meta["mean"], meta["std"])
-        out.append(cached_features(path, source.labels, compute))
-    return out[0], out[1]
+        path = cache_path(run, f"encoder-{meta['sha256'][:16]}", part, source, meta["mean"], meta["std"])
+        return cached_features(path, source.labels, compute)
+
+    return probe_features(features_of, labeled_train, evaluation, split)
 
 
-def _random_init_features(run: Path, meta: dict[str, Any], train: ImageSource, test: ImageSource, seed: int,
-                          device: torch.device, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of a seeded random encoder of the run's architecture, batch-norm statistics from train.
+def _random_init_features(run: Path, meta: dict[str, Any], labeled_train: ImageSource, evaluation: ImageSource,
+                          split: str, seed: int, device: torch.device,
+                          progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of a seeded random encoder of the run's architecture, batch-norm statistics from the labeled
+    train split, for the probes' train part and evaluation split (:func:`probe_features`).
 
     ``meta`` carries the normalisation the baseline uses (``mean``, ``std``).
     """
     encoder: torch.nn.Module | None = None
     # The batch-norm statistics come from the train images, so they are part of what these features are.
     key = (f"random-init-{meta['encoder']}-{meta['stem']}-c{meta['in_chans']}-seed{seed}-"
-           f"bn{data_fingerprint(train)[:6]}")
-    out = []
-    for split, source in (("train", train), ("eval", test)):
-        def compute(source: ImageSource = source, split: str = split) -> torch.Tensor:
-            nonlocal encoder
-            encoder = encoder if encoder is not None else random_encoder(meta, train, seed, device)
-            return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
-                                    description=f"random_init: {split} features")
+           f"bn{data_fingerprint(labeled_train)[:6]}")
 
-        out.append(cached_features(cache_path(run, key, split, source, meta["mean"], meta["std"]), source.labels,
-                                   compute))
-    return out[0], out[1]
+    def features_of(part: str, source: ImageSource) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            nonlocal encoder
+            encoder = encoder if encoder is not None else random_encoder(meta, labeled_train, seed, device)
+            return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
+                                    description=f"random_init: {part} features")
+
+        return cached_features(cache_path(run, key, part, source, meta["mean"], meta["std"]), source.labels, compute)
+
+    return probe_features(features_of, labeled_train, evaluation, split)
 
 
 ROWS: tuple[tuple[str, str], ...] = (
