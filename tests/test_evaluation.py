@@ -590,3 +590,37 @@ def test_a_val_probe_slices_the_train_features_a_test_probe_cached(tmp_path: Pat
     torch.testing.assert_close(train_x, real(encoder, fitted, device="cpu"), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(eval_x, real(encoder, held, device="cpu"), atol=1e-5, rtol=1e-5)
     assert torch.equal(train_y, fitted.labels) and torch.equal(eval_y, held.labels)
+
+
+def test_the_probes_caches_and_predictions_are_fsynced_before_they_are_renamed_into_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file the probe leaves in the run (feature caches, labels, predictions, probe.json) reaches its name by a
+    rename of a temporary file that was fsynced first, as checkpoints do: a crash soon after cannot leave an empty
+    or partial file under a final name. A write that fails leaves the file it would replace as it was."""
+    import os
+
+    synced, renamed = set(), {}
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        renamed[Path(dst).name] = str(Path(src).resolve()) in synced
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    run = tiny_run(tmp_path)
+    run_probe(run, fractions=(1.0,), console=Console(quiet=True))
+    written = {p.name for p in (run / "features").iterdir()} | {"probe.json", ".probe_predictions.pt"}
+    assert len(written) == 2 + 8 and written <= set(renamed), written - set(renamed)
+    assert all(renamed[name] for name in written), {name for name in written if not renamed[name]}
+    assert not [p for p in run.rglob(".tmp-*")]
+    target = run / "features" / "x.npy"
+    features_mod.atomic_save_npy(target, np.arange(3))
+    monkeypatch.setattr(np, "save", lambda f, a: f.write(b"partial") and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        features_mod.atomic_save_npy(target, np.arange(5))
+    assert np.array_equal(np.load(target), np.arange(3)) and not list(target.parent.glob(".tmp-*"))

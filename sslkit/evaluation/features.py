@@ -6,14 +6,13 @@ Features are (N, D) float32 from the encoder in eval mode, with deterministic pr
 Cache files are ``RUN/features/<model>-<split>-<size>px-<prep>-<data>.npy`` (plus ``….labels.npy``), where
 ``<model>`` names the weights (the first 16 hex digits of the encoder's sha256, or the random-init recipe),
 ``<prep>`` hashes the preprocessing and ``<data>`` fingerprints the images and labels, so a second probe reuses
-them and a different encoder, preprocessing or data never does. Files are written to a temporary name and
-renamed, so an interrupted probe leaves no half-written cache behind.
+them and a different encoder, preprocessing or data never does. Files are written to a temporary name, fsynced
+and renamed (:func:`~sslkit.checkpoint.atomic_write`), so an interrupted probe leaves no half-written cache behind.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from sslkit.augment import preprocess
-from sslkit.checkpoint import read_encoder_meta, sha256_file
+from sslkit.checkpoint import atomic_write, read_encoder_meta, sha256_file
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
 from sslkit.errors import UserError
@@ -286,13 +285,14 @@ def _labels_path(path: Path) -> Path:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary name, then an atomic rename: readers never see a half-written file."""
-    tmp = path.with_name(f".tmp-{path.name[:-len('.npy')]}.{os.getpid()}.npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``np.save`` through :func:`~sslkit.checkpoint.atomic_write`: readers never see a half-written file, and
+    one that was renamed into place survives a crash."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to the temporary name
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def cached_features(path: Path, labels: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -23,7 +23,6 @@ plots test error against labeled examples, log-log.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sslkit.checkpoint import load_encoder, write_json
+from sslkit.checkpoint import atomic_write, load_encoder, write_json
 from sslkit.console import PipeSafeConsole
 from sslkit.data import (
     ImageSource,
@@ -354,11 +353,9 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     if json_path:
         write_json(json_path, report)
     figures = run / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    tmp = figures / f".tmp-probe_predictions.{os.getpid()}.pt"
     # for a confusion matrix in reports, which use it only for this encoder
-    torch.save({"labels": test.labels, "predictions": predictions, "sha256": meta["sha256"]}, tmp)
-    os.replace(tmp, figures / ".probe_predictions.pt")
+    saved = {"labels": test.labels, "predictions": predictions, "sha256": meta["sha256"]}
+    atomic_write(figures / ".probe_predictions.pt", lambda tmp: torch.save(saved, tmp))
     from sslkit.viz import plot_label_efficiency
 
     plot_label_efficiency(report, figures / "label_efficiency.png")
