@@ -276,11 +276,17 @@ def test_map_is_the_umap_command_under_the_name_the_design_gives_it(run: Path, c
     assert err == ["sslkit map: error: --max-points 2: a map needs at least 5 points"], err
 
 
-def test_chromium_renders_the_report_without_console_errors(page: Path, tmp_path: Path) -> None:
+def chromium_or_skip() -> str:
+    """The headless browser the page tests run, or a skip where none is installed."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("Chromium is not installed here (Debian: apt-get install chromium chromium-driver; `make test` "
                     "installs it): the report was not rendered")
+    return chromium
+
+
+def test_chromium_renders_the_report_without_console_errors(page: Path, tmp_path: Path) -> None:
+    chromium = chromium_or_skip()
     shot = tmp_path / "shot.png"
     proc = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr",
@@ -310,9 +316,7 @@ def test_on_a_phone_every_figure_is_shown_whole_and_never_enlarged(page: Path, t
     in a scrolling box (the label-efficiency legend, two of three training curves, most of the confusion matrix
     out of sight), and a figure narrower than that (the kernels, 643 px) was enlarged beyond its pixels. Each figure
     now fits the screen at most at its own size, and opens at full size when tapped."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if chromium is None:
-        pytest.skip("Chromium is not installed here (Debian: apt-get install chromium): the page was not laid out")
+    chromium = chromium_or_skip()
     probe = tmp_path / "measure.html"
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE_FIGURES + "</body>"),
                      encoding="utf-8")
