@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,7 @@ def test_a_truncated_spectrum_still_converges_at_weak_regularisation(monkeypatch
     assert objective(*thin) <= objective(*dense) + 1e-3, (objective(*thin), objective(*dense))
 
 
+@pytest.mark.parametrize("folds", [1, 5])
 @pytest.mark.parametrize(("peak", "tried", "chosen"), [
     (10.0, ["100", "10", "1", "0.1", "0.01", "0.001", "0.0001", "1e-05"], 10.0),  # past the strong edge
     (1e-7, ["0.1", "0.01", "0.001", "0.0001", "1e-05", "1e-06", "1e-07", "1e-08"], 1e-7),  # past the weak edge
@@ -192,18 +194,23 @@ def test_a_truncated_spectrum_still_converges_at_weak_regularisation(monkeypatch
     (1e-3, ["0.1", "0.01", "0.001", "0.0001", "1e-05"], 1e-3),  # an inside optimum: the grid as it is
     (None, ["100", "10", "1", "0.1", "0.01", "0.001", "0.0001", "1e-05"], 100.0),  # all equal: the strongest
 ])
-def test_the_l2_grid_grows_past_an_edge_that_wins(peak: float | None, tried: list[str], chosen: float,
+def test_the_l2_grid_grows_past_an_edge_that_wins(peak: float | None, tried: list[str], chosen: float, folds: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """600 Fashion-MNIST labels chose the grid's strongest λ for every model: the optimum may lie past it. The
-    grid grows a decade at a time past a winning edge, warm-started from it, while the new edge wins, at most
-    EXTRA_DECADES; every score is recorded, and the progress callbacks announce each extra fit before it runs."""
+    grid grows a decade at a time past a winning edge, in every fold, each fit warm-started from its fold's edge,
+    while the new edge wins, at most EXTRA_DECADES; every score is recorded, and the progress callbacks announce
+    each extra fit before it runs. With one validation part (60 rows: 9 held out, under CV_BELOW made 1) and
+    with 5 folds (CV_BELOW as it is)."""
+    if folds == 1:
+        monkeypatch.setattr(linear_mod, "CV_BELOW", 1)
     events = []
 
     def fake_fit(x, y, k, wd, init=None, eig=None):  # logits are λ everywhere; the validation score peaks at ``peak``
-        events.append(("fit", wd, None if init is None else float(init[1][0])))
+        events.append(("fit", wd, None if init is None else float(init[1][0]), len(x)))
         return torch.zeros(k, x.shape[1]), torch.full((k,), wd)
 
     def fake_score(logits, y, k=1):
+        assert len(logits) == len(y) == (60 if folds == 5 else 9), "scored on every held-out row at once"
         return 0.5 if peak is None else 1 / (1 + abs(math.log10(float(logits[0, 0])) - math.log10(peak)))
 
     monkeypatch.setattr(linear_mod, "fit_logistic", fake_fit)
@@ -214,46 +221,166 @@ def test_the_l2_grid_grows_past_an_edge_that_wins(peak: float | None, tried: lis
     assert best == chosen and float(fit[1][0]) == pytest.approx(chosen)
     assert list(scores) == tried, "every strength tried, strongest first"
     fits = [e for e in events if e[0] == "fit"]
-    assert [f"{e[1]:g}" for e in fits] == ["0.1", "0.01", "0.001", "0.0001", "1e-05"] + [
+    assert {e[3] for e in fits} == ({48} if folds == 5 else {51}), "each fit on its fold's fit part"
+    assert [f"{e[1]:g}" for e in fits[::folds]] == ["0.1", "0.01", "0.001", "0.0001", "1e-05"] + [
         t for t in tried if float(t) not in linear_mod.WEIGHT_DECAYS][::1 if chosen < 1e-5 else -1]
-    for e in fits[5:]:  # each extension starts from its neighbour's fit, one decade away
+    assert [e[1] for e in fits] == [e[1] for e in fits[::folds] for _ in range(folds)], "every fold, λ by λ"
+    for e in fits[5 * folds:]:  # each extension starts from its neighbour's fit, one decade away
         assert math.isclose(math.log10(e[1]) - math.log10(e[2]), 1 if e[1] > 0.1 else -1, abs_tol=1e-6)
-    assert events.count(("done",)) == len(tried) and events.count(("extend",)) == len(tried) - 5
+    assert events.count(("done",)) == len(tried) * folds and events.count(("extend",)) == (len(tried) - 5) * folds
     for i, e in enumerate(events):  # announced before the extra fit runs, so a progress bar can count it
         if e == ("extend",):
             assert events[i + 1][0] == "fit" and events[i + 1][1] not in linear_mod.WEIGHT_DECAYS
 
 
-def test_probe_progress_counts_the_extra_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Noisy blobs whose validation part prefers λ = 100: the grid grows three decades past 0.1, and the probe's
-    progress bar grows its total before each extra fit, so it ends full and never passes its total."""
+class Bar:
+    """A progress display that records how far its one task got and whether it ever passed its total."""
+
+    def __init__(self) -> None:
+        self.total = self.completed = 0
+        self.over = False
+
+    def add_task(self, description: str, total: int) -> int:
+        self.total = total
+        return 0
+
+    def advance(self, task: int, n: int = 1) -> None:
+        self.completed += n
+        self.over |= self.completed > self.total
+
+    def update(self, task: int, total: int) -> None:
+        self.total = total
+
+    def remove_task(self, task: int) -> None:
+        self.removed_at = (self.completed, self.total)
+
+
+def test_probe_progress_counts_the_extra_fits() -> None:
+    """Noisy blobs whose held-out rows prefer λ = 0.1, the grid's strongest, to 0.01: the grid grows a decade past
+    it in each of the 5 folds (1 does worse), and the probe's progress bar grows its total before each extra fit,
+    so it ends full and never passes its total."""
     train_x, train_y = blobs(20, 4, 64, 9.0, 0)
     test_x, test_y = blobs(5, 4, 64, 9.0, 1)
-
-    class Bar:
-        def __init__(self) -> None:
-            self.total = self.completed = 0
-            self.over = False
-
-        def add_task(self, description: str, total: int) -> int:
-            self.total = total
-            return 0
-
-        def advance(self, task: int, n: int = 1) -> None:
-            self.completed += n
-            self.over |= self.completed > self.total
-
-        def update(self, task: int, total: int) -> None:
-            self.total = total
-
-        def remove_task(self, task: int) -> None:
-            self.removed_at = (self.completed, self.total)
-
     bar = Bar()
     metrics, _ = evaluate_features(train_x, train_y, test_x, test_y, 4, fractions=(1.0,), progress=bar)
-    assert list(metrics["linear.val_top1"])[:4] == ["100", "10", "1", "0.1"] and metrics["linear.weight_decay"] == 100
+    assert list(metrics["linear.val_top1"]) == ["1", "0.1", "0.01", "0.001", "0.0001", "1e-05"]
     assert metrics["label_fraction.1.val_top1"] == metrics["linear.val_top1"]
-    assert bar.removed_at == (8 + 1 + 2, 8 + 1 + 2) and not bar.over  # 8 strengths, the refit, k-NN, k-means
+    assert metrics["linear.folds"] == metrics["label_fraction.1.folds"] == 5
+    assert metrics["linear.weight_decay"] == 0.1
+    assert bar.removed_at == (5 * 6 + 1 + 2, 5 * 6 + 1 + 2) and not bar.over  # 5 × 6 strengths, refit, k-NN, k-means
+
+
+def test_probe_progress_is_sized_by_each_probes_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One probe per way of choosing λ: all 200 labels on one validation part (CV_BELOW made 15: 20 held out),
+    a quarter (50: 12 held out) by 5 folds, and 2 % (one image a class) with nothing to choose, so only the
+    refit. The bar's total is sized by each probe's folds up front and ends full."""
+    monkeypatch.setattr(linear_mod, "CV_BELOW", 15)
+    train_x, train_y = blobs(50, 4, 16, 6.0, 0)
+    test_x, test_y = blobs(5, 4, 16, 6.0, 1)
+    bar = Bar()
+    metrics, _ = evaluate_features(train_x, train_y, test_x, test_y, 4, fractions=(0.02, 0.25, 1.0), progress=bar)
+    assert [metrics[f"label_fraction.{f}.folds"] for f in ("0.02", "0.25", "1")] == [0, 5, 1]
+    assert metrics["label_fraction.0.02.val_top1"] == {}
+    fits = sum(len(metrics[f"label_fraction.{f}.val_top1"]) * folds + 1
+               for f, folds in (("0.02", 0), ("0.25", 5), ("1", 1)))
+    assert bar.removed_at == (fits + 2, fits + 2) and not bar.over, (bar.removed_at, fits)
+
+
+def test_the_held_out_part_decides_between_one_split_and_folds() -> None:
+    """One validation part of 2,000 images (CV_BELOW) or more; fewer, and K = 5 folds, or as many as the rarest
+    class has images (at least 2: a class of one image leaves nothing to choose with, as before)."""
+    y = torch.arange(10).repeat(2000)  # 20,000 labels: a 10 % part holds 2,000
+    assert linear_mod.validation_folds(y, 10) == 1
+    assert linear_mod.validation_folds(y[:19_990], 10) == 5
+    assert linear_mod.validation_folds(y[:600], 10) == 5  # 1 % of Fashion-MNIST: 60 would be held out
+    assert linear_mod.validation_folds(torch.tensor([0] * 30 + [1] * 30 + [2] * 3), 3) == 3
+    assert linear_mod.validation_folds(torch.tensor([0] * 30 + [1] * 30 + [2] * 2), 3) == 2
+    assert linear_mod.validation_folds(torch.tensor([0] * 30 + [1] * 30 + [2]), 3) == 0
+    assert linear_mod.validation_folds(y[:600], 10, n_candidates=1) == 0
+
+
+def test_a_large_training_set_keeps_the_single_validation_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At and above CV_BELOW held-out images (made 10 here, so that 300 rows qualify) λ is chosen exactly as
+    before folds existed: on one stratified 10 % part, fitted on the rest standardised by it, along the warm-started
+    grid — the same scores, choice and fit, bit for bit, as that procedure written out (the grid's extension is
+    left out here; test_the_l2_grid_grows_past_an_edge_that_wins covers it on one part too)."""
+    from sslkit.data import stratified_split
+
+    monkeypatch.setattr(linear_mod, "CV_BELOW", 10)
+    x, y = blobs(100, 3, 60, 9.0, 2)  # 0.001 ties 1e-4 and 1e-5: the stronger is chosen
+    fits = []
+    best, scores, fit = linear_mod.select_weight_decay(x, y, 3, seed=4, on_fit=lambda: fits.append(1),
+                                                       extra_decades=0)
+    val, rest = stratified_split(y, 30, 4)
+    scale = Standardiser(x[rest])
+    ref, ref_fits, params = {}, {}, None
+    for wd in linear_mod.WEIGHT_DECAYS:
+        params = ref_fits[wd] = fit_logistic(scale(x[rest]), y[rest], 3, wd, init=params)
+        ref[f"{wd:g}"] = linear_mod.topk_accuracy(F.linear(scale(x[val]), *params), y[val])
+    assert linear_mod.validation_folds(y, 3) == 1 and len(fits) == 5
+    assert scores == ref and best == max(linear_mod.WEIGHT_DECAYS, key=lambda wd: (ref[f"{wd:g}"], wd))
+    assert torch.equal(fit[0], ref_fits[best][0]) and torch.equal(fit[1], ref_fits[best][1])
+    assert torch.equal(fit[2].mean, scale.mean) and torch.equal(fit[2].std, scale.std)
+    assert best == 1e-3 and len(set(ref.values())) > 1, "the strengths score differently: the test says something"
+
+
+def cross_validated_reference(x: torch.Tensor, y: torch.Tensor, grid: tuple[float, ...], folds: int,
+                              seed: int) -> dict[str, float]:
+    """Each λ's pooled held-out top-1 by the textbook loop: scikit-learn's LogisticRegression (C = 1/(λ·n), its
+    scaling of the same objective) on every fold standardised by its own fit part, hits counted over all folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ref = {}
+    for wd in grid:
+        hits = 0
+        for f, v in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x.numpy(), y.numpy()):
+            scale = Standardiser(x[f])
+            clf = LogisticRegression(C=1 / (wd * len(f)), tol=1e-10, max_iter=10_000)
+            clf.fit(scale(x[f]).numpy(), y[f].numpy())
+            hits += int((clf.predict(scale(x[v]).numpy()) == y[v].numpy()).sum())
+        ref[f"{wd:g}"] = hits / len(y)
+    return ref
+
+
+def test_folds_score_each_strength_by_its_pooled_held_out_top1() -> None:
+    """63 noisy rows (folds of 13 and 12): every strength's score is its hits over all 63 held-out predictions,
+    as scikit-learn fitted fold by fold gives; the best of them is chosen, ties to the stronger."""
+    x, y = blobs(21, 3, 5, 9.0, 5)
+    grid = (10.0, 1.0, 0.1, 0.01)
+    best, scores, _ = linear_mod.select_weight_decay(x, y, 3, grid, seed=2, extra_decades=0)
+    ref = cross_validated_reference(x, y, grid, 5, seed=2)
+    assert scores == pytest.approx(ref, abs=1e-6), (scores, ref)
+    assert best == max(grid, key=lambda wd: (ref[f"{wd:g}"], wd))
+    assert len(set(ref.values())) > 1, "the strengths score differently: the comparison says something"
+
+
+def test_rare_classes_get_as_many_folds_as_they_have_images() -> None:
+    """A class of 3 images: 3 folds, each holding it out once (no scikit-learn warning about a class too small
+    for the folds), scored as the reference loop with 3 folds scores; a class of one image: nothing to choose."""
+    x, y = blobs(20, 3, 5, 9.0, 6)
+    keep = torch.cat([torch.arange(40), torch.tensor([40, 45, 50])])
+    x, y = x[keep], y[keep]
+    grid = (1.0, 0.1, 0.01)
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        best, scores, _ = linear_mod.select_weight_decay(x, y, 3, grid, seed=1, extra_decades=0,
+                                                         on_fit=lambda: calls.append(1))
+    assert len(calls) == 3 * len(grid)
+    assert scores == pytest.approx(cross_validated_reference(x, y, grid, 3, seed=1), abs=1e-6)
+    assert linear_mod.select_weight_decay(x[:41], y[:41], 3, grid) == (0.1, {}, None)
+    result = linear_probe(x[:41], y[:41], x, y, weight_decays=grid)
+    assert (result.folds, result.weight_decay, result.val_top1) == (0, 0.1, {})
+
+
+def test_cross_validation_is_deterministic_for_a_seed() -> None:
+    """The same seed gives the same folds, scores, choice and test predictions; another seed other folds."""
+    x, y = blobs(30, 3, 5, 9.0, 7)
+    xt, yt = blobs(10, 3, 5, 9.0, 8)
+    a, b = linear_probe(x, y, xt, yt, seed=3), linear_probe(x, y, xt, yt, seed=3)
+    assert a.folds == 5 and a.val_top1 == b.val_top1 and a.weight_decay == b.weight_decay and a.top1 == b.top1
+    assert torch.equal(a.predictions, b.predictions)
+    assert linear_probe(x, y, xt, yt, seed=4).val_top1 != a.val_top1
 
 
 def test_test_labels_never_influence_the_probe() -> None:
@@ -402,6 +529,9 @@ def test_probe_writes_every_metric_and_reuses_its_feature_cache(tmp_path: Path,
                     "kmeans.purity", "label_fraction.0.5.top1", "label_fraction.1.top1"):
             assert key in m, (model, key)
     assert saved["models"]["raw_pixels"]["linear.top1"] == 1.0  # colour classes are linearly separable
+    # 48 and 24 labels would hold out 9 for λ: too few, so 5 folds; the rule is in the protocol.
+    assert saved["models"]["encoder"]["linear.folds"] == saved["models"]["encoder"]["label_fraction.0.5.folds"] == 5
+    assert (saved["protocol"]["linear_cv_below"], saved["protocol"]["linear_cv_folds"]) == (2000, 5)
     assert report["models"]["encoder"]["dim"] == 512 and report["models"]["raw_pixels"]["dim"] == 768
     assert (run / "figures" / "label_efficiency.png").stat().st_size > 0
     run_probe(run, fractions=(1.0,), console=Console(quiet=True))

@@ -6,9 +6,10 @@ any ``--compare`` runs. The two baselines normalise the images with the labeled 
 mean and std, not the run's (whose pretraining pool depends on its seed), so they are the same for every run
 of a data set. For each model, on features of the labeled train split and the evaluation split:
 
-- ``linear.*``: logistic regression, L2 strength chosen on a validation part of *train* (``linear.val_top1``: the
-  validation top-1 of every strength tried, the grid extended past an edge that won); the evaluation split is
-  classified once, by the final model (:mod:`sslkit.evaluation.linear`);
+- ``linear.*``: logistic regression, L2 strength chosen on a validation part of *train*, or by K-fold
+  cross-validation on it when that part would be under ``CV_BELOW`` images (``linear.folds``: 1 for the single
+  part, K for folds; ``linear.val_top1``: the held-out top-1 of every strength tried, the grid extended past an
+  edge that won); the evaluation split is classified once, by the final model (:mod:`sslkit.evaluation.linear`);
 - ``knn.k20.*``, ``knn.k200.*``: cosine k-NN, temperature-weighted (T = 0.07) and plain majority;
 - ``kmeans.*``: k-means with k = number of classes on the evaluation features: silhouette, NMI, ARI, purity,
   Hungarian accuracy;
@@ -58,7 +59,14 @@ from sslkit.evaluation.features import (
     read_run_meta,
 )
 from sslkit.evaluation.knn import knn_evaluate
-from sslkit.evaluation.linear import EXTRA_DECADES, WEIGHT_DECAYS, linear_probe
+from sslkit.evaluation.linear import (
+    CV_BELOW,
+    CV_FOLDS,
+    EXTRA_DECADES,
+    WEIGHT_DECAYS,
+    linear_probe,
+    validation_folds,
+)
 from sslkit.evaluation.retrieval import load_split
 from sslkit.outputs import check_output, check_run_writable
 from sslkit.trainer import imagefolder_changed
@@ -173,9 +181,12 @@ def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
             n = round(f * len(train_y))
             # Fewer labels than classes cannot train a classifier of every class: reported as NaN, not faked.
             subsets[f] = stratified_split(train_y, float(f), seed)[0] if n >= num_classes else None
-    fits_per_probe = len(WEIGHT_DECAYS) + 1  # the grid and the refit; a grid extended past an edge adds to it
+    # Each probe fits the grid once per fold (none when there is nothing to choose), then refits; a grid extended
+    # past an edge adds to it as it goes.
+    probed = [train_y] + [train_y[idx] for idx in subsets.values() if idx is not None]
     task = None
-    total = fits_per_probe * (1 + sum(v is not None for v in subsets.values())) + 2
+    total = sum(validation_folds(y, num_classes, len(WEIGHT_DECAYS), VAL_FRACTION) * len(WEIGHT_DECAYS) + 1
+                for y in probed) + 2
     if progress is not None:
         task = progress.add_task(description, total=total)
 
@@ -197,6 +208,7 @@ def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
         out["linear.top5"] = lin.top5
     out["linear.weight_decay"] = lin.weight_decay
     out["linear.val_top1"] = lin.val_top1
+    out["linear.folds"] = lin.folds
     knn = knn_evaluate(train_x, train_y, test_x, test_y, ks=KNN_KS, temperature=KNN_TEMPERATURE,
                        num_classes=num_classes)
     out.update({f"knn.{key}": value for key, value in knn.items()})
@@ -220,6 +232,7 @@ def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
         out[f"{key}.n"] = res.n_train if res else round(f * len(train_y))
         out[f"{key}.weight_decay"] = res.weight_decay if res else None
         out[f"{key}.val_top1"] = res.val_top1 if res else {}  # every strength tried, the grid's extensions too
+        out[f"{key}.folds"] = res.folds if res else None  # 1: one validation part; K: K-fold cross-validation
     if progress is not None and task is not None:
         progress.remove_task(task)
     return out, lin.predictions
@@ -343,6 +356,7 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         "compare": {name: str(other) for name, other in zip(names, others, strict=True)},
         "protocol": {"knn_k": list(KNN_KS), "knn_temperature": KNN_TEMPERATURE, "linear_weight_decays":
                      list(WEIGHT_DECAYS), "linear_extra_decades": EXTRA_DECADES, "linear_val_fraction": VAL_FRACTION,
+                     "linear_cv_below": CV_BELOW, "linear_cv_folds": CV_FOLDS,
                      "kmeans_restarts": KMEANS_RESTARTS,
                      "silhouette_sample": SILHOUETTE_SAMPLE, "device": device.type,
                      "baseline_mean": list(mean), "baseline_std": list(std)},
@@ -440,10 +454,11 @@ ROWS: tuple[tuple[str, str], ...] = (
 
 
 #: Parts of a metric's dotted key that make it a setting, a size, a cost or a spread, where the largest value is not
-#: the best one (``dim``, ``linear.weight_decay``, ``test_top1.std``, ``seconds.mean``, ``seeds``), or a score that
-#: does not compare across feature spaces (``kmeans.silhouette``: raw pixels' tight clusters can score higher while
-#: agreeing less with the classes).
-UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs", "k", "silhouette"})
+#: the best one (``dim``, ``linear.weight_decay``, ``linear.folds``, ``test_top1.std``, ``seconds.mean``, ``seeds``),
+#: or a score that does not compare across feature spaces (``kmeans.silhouette``: raw pixels' tight clusters can
+#: score higher while agreeing less with the classes).
+UNRANKED_PARTS = frozenset({"std", "seconds", "seeds", "dim", "weight_decay", "n", "epochs", "k", "silhouette",
+                            "folds"})
 
 
 def score_rows(models: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
