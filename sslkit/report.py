@@ -555,6 +555,34 @@ def _cmd(text: str) -> str:
     return f"<code>{_esc(text)}</code>"
 
 
+def probe_protocol(probe: dict[str, Any]) -> str:
+    """How the probe chose the linear probes' L2 strength, as a sentence (plain text), from ``probe.json``'s
+    protocol and each label fraction's ``folds``; empty for a probe.json that does not record it.
+
+    The choice is part of what a label-efficiency number means: at 1 % of the labels one validation part is a
+    few dozen images, so the rule (one part, or cross-validation below ``linear_cv_below`` held-out images) is
+    stated beside the table.
+    """
+    protocol = probe.get("protocol") or {}
+    share = protocol.get("linear_val_fraction")
+    if not isinstance(share, (int, float)):
+        return ""
+    text = f"The linear probes' L2 strength is chosen on the labeled train images alone: on a stratified {share:.0%} "
+    below, folds = protocol.get("linear_cv_below"), protocol.get("linear_cv_folds")
+    if not isinstance(below, int) or not isinstance(folds, int):
+        return text + "validation part."
+    text += (f"validation part, or, where that part would hold fewer than {below:,} images, by {folds}-fold "
+             "stratified cross-validation scored on every held-out prediction")
+    first = next(iter((probe.get("models") or {}).values()), {})
+    used = []
+    for f in probe.get("fractions", []):
+        k = first.get(f"label_fraction.{f:g}.folds") if isinstance(f, (int, float)) else None
+        if isinstance(k, int):
+            way = {0: "none (too few labels to choose)", 1: "one validation part"}.get(k, f"{k} folds")
+            used.append(f"{'all labels' if f >= 1 else f'{100 * f:g}% of labels'}: {way}")
+    return text + (f" (here {'; '.join(used)})." if used else ".")
+
+
 def build_report(run: str | Path, split: str = "test", method: str = "umap", out: str | Path | None = None,
                  seed: int = 0, max_points: int = MAX_MAP_POINTS, console: Console | None = None,
                  data_root: str | Path | None = None) -> Path:
@@ -739,7 +767,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 "Baselines: <b>raw_pixels</b> (the images, normalised and flattened) and <b>random_init</b> (the "
                 "same architecture with random weights), both on images normalised with the labeled train "
                 "split's own mean and std. Best score of each row in bold (not silhouette's, which does not "
-                "compare across feature spaces).</p>")
+                f"compare across feature spaces). {_esc(probe_protocol(probe))}</p>")
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
             probe_sec.body += [f'<div class="note">{_esc(note)}</div>' for note in probe.get("notes", [])]
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:

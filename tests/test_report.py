@@ -62,12 +62,14 @@ def write_probe(run: Path, labels: torch.Tensor) -> torch.Tensor:
         metrics = {key: 0.8 - 0.1 * m for key, _ in ROWS}
         for f in fractions:
             metrics.update({f"label_fraction.{f:g}.top1": 0.5 + 0.3 * f - 0.1 * m,
-                            f"label_fraction.{f:g}.n": round(10_000 * f), f"label_fraction.{f:g}.weight_decay": 1e-3})
+                            f"label_fraction.{f:g}.n": round(10_000 * f), f"label_fraction.{f:g}.weight_decay": 1e-3,
+                            f"label_fraction.{f:g}.folds": 5})  # 10,000 labels would hold out 1,000: 5 folds
         models[name] = dict(metrics, **{"linear.weight_decay": 1e-3, "dim": 512, "seconds": 1.0})
     report = {"run": str(run), "dataset": "fashion-mnist-mini", "split": "test", "split_description": "test",
               "classes": [f"class {c}" for c in range(10)], "sizes": {"train": 10_000, "test": len(labels)},
               "checkpoint_sha256": json.loads((run / "encoder.json").read_text())["sha256"], "encoder": "resnet18",
-              "seed": 0, "fractions": fractions, "compare": {}, "protocol": {}, "seconds": 3.0, "models": models}
+              "seed": 0, "fractions": fractions, "compare": {}, "seconds": 3.0, "models": models,
+              "protocol": {"linear_val_fraction": 0.1, "linear_cv_below": 2000, "linear_cv_folds": 5}}
     (run / "probe.json").write_text(json.dumps(report))
     predictions = labels.clone()
     predictions[::7] = (predictions[::7] + 1) % 10
@@ -173,12 +175,36 @@ def test_report_is_one_self_contained_page(run: Path, page: Path) -> None:
     assert noted == ["finetune"], "every section but fine-tuning is filled"
     assert "sslkit finetune" in bodies["finetune"]
     assert "80.0%" in text, "the probe's linear top-1 is in the page"
+    assert ("or, where that part would hold fewer than 2,000 images, by 5-fold stratified cross-validation scored on "
+            "every held-out prediction (here 1% of labels: 5 folds; 10% of labels: 5 folds; all labels: 5 folds)."
+            ) in bodies["probe"], "how the L2 strength was chosen is stated beside the probe's table"
     assert "temperature" in text and "quickstart" in text, "the recipe is in the page"
     for name in ("training_curves", "augmentations", "kmeans_clusters", "report-umap-test", "neighbors-test",
                  "confusion_matrix", "misclassified", "kernels", "label_efficiency"):
         assert (run / "figures" / f"{name}.png").is_file(), name
     links = re.findall(r'<a href="([^"#][^"]*)"[^>]*><img ', text)
     assert len(links) == 9 and all((page.parent / href).is_file() for href in links), "each figure links its PNG"
+
+
+def test_probe_protocol_states_the_rule_and_each_fractions_folds() -> None:
+    """probe.json's protocol as the page states it: the rule and each label fraction's folds (one validation part,
+    K folds, none); a probe.json from before cross-validation only says what it did, one without a protocol
+    nothing."""
+    from sslkit.report import probe_protocol
+
+    folds = {"0.01": 3, "0.1": 0, "0.5": None, "1": 1}  # None: a fraction too small to probe at all
+    models = {"encoder": {f"label_fraction.{f}.folds": k for f, k in folds.items()}}
+    probe = {"fractions": [0.01, 0.1, 0.5, 1.0], "models": models,
+             "protocol": {"linear_val_fraction": 0.1, "linear_cv_below": 2000, "linear_cv_folds": 5}}
+    assert probe_protocol(probe) == (
+        "The linear probes' L2 strength is chosen on the labeled train images alone: on a stratified 10% validation "
+        "part, or, where that part would hold fewer than 2,000 images, by 5-fold stratified cross-validation scored "
+        "on every held-out prediction (here 1% of labels: 3 folds; 10% of labels: none (too few labels to choose); "
+        "all labels: one validation part).")
+    assert probe_protocol(dict(probe, protocol={"linear_val_fraction": 0.1})) == (
+        "The linear probes' L2 strength is chosen on the labeled train images alone: on a stratified 10% validation "
+        "part.")
+    assert probe_protocol(dict(probe, protocol={})) == probe_protocol({}) == ""
 
 
 def _stub_figure(*args: object, **kwargs: object) -> Path:
