@@ -503,11 +503,31 @@ def _damaged_file(cls: type, base: Path, split: str, error: Exception) -> tuple[
     if hasattr(cls, "meta"):
         for path in files:
             try:
-                with open(path, "rb") as f:
-                    pickle.load(f, encoding="latin1")  # as torchvision reads them; the same files it just unpickled
+                read_array_pickle(path)
             except Exception as e:  # noqa: BLE001 — truncated, garbled or unreadable: all the same to the user
                 return path, e
     return None
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler of plain data and numpy arrays only: any other global a pickle names is refused, so reading
+    one runs no code it carries (the Python documentation's "Restricting Globals")."""
+
+    ALLOWED = frozenset({("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                         ("numpy._core.multiarray", "_reconstruct")})  # numpy < 2 and ≥ 2 name the module apart
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data file")
+        return super().find_class(module, name)
+
+
+def read_array_pickle(path: Path, encoding: str = "latin1") -> Any:
+    """The contents of a pickle of plain data and numpy arrays, such as CIFAR's batches (Python 2 pickles: their
+    byte strings decoded as ``encoding``, latin1 as torchvision reads them, or ``"bytes"`` to keep them), read
+    without running code: a pickle that names any other global is refused with an ``UnpicklingError``."""
+    with open(path, "rb") as f:
+        return _ArrayUnpickler(f, encoding=encoding).load()
 
 
 def _read_failure(dataset: str, cls: type, base: Path, split: str, download: bool, e: Exception) -> UserError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import pickle
 import pickletools
 import shutil
 import struct
@@ -26,6 +27,7 @@ from sslkit.data import (
     imagefolder_pool,
     imagefolder_split,
     load_source,
+    read_array_pickle,
     read_idx,
     resize,
     stratified_split,
@@ -203,6 +205,23 @@ def test_cifar_on_disk_format(tmp_path: Path, kind: str) -> None:
     first.write_bytes(b"\x80\x02 damaged")
     with pytest.raises(UserError, match=f"reading {kind} \\(train\\) failed: {first} is damaged"):
         load_source(kind, "train", root=str(tmp_path))
+
+
+def test_a_data_pickle_carrying_code_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
+    """sslkit's own reading of CIFAR pickles (to name the damaged one) unpickles plain data and arrays only."""
+    write_cifar(tmp_path, "cifar10", per_batch=2)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    assert read_array_pickle(batch)["data"].shape == (2, 3072)  # a real batch reads, its keys as torchvision's
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    batch.write_bytes(pickle.dumps(Payload(), protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=r"global posix\.system is not allowed in a data file"):
+        read_array_pickle(batch)
+    assert not marker.exists()
 
 
 def test_a_file_cut_short_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from torchvision.datasets import stl10 as tv_stl10
 from torchvision.datasets import svhn as tv_svhn
 
 import sslkit.data as data
-from sslkit.data import ImageSource, load_source
+from sslkit.data import ImageSource, load_source, read_array_pickle
 
 
 def _exists(fpath: str, md5: str | None = None) -> bool:
@@ -53,17 +52,15 @@ def test_fake_cifar_pickles_are_python2_dicts_of_channel_major_rows(tmp_path: Pa
                                         ("cifar100", "train", "meta", b"fine_label_names")):
         expected = write_cifar(tmp_path, kind, per_batch=2)
         folder = tmp_path / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
-        # The CIFAR page's reader: pickle.load(fo, encoding='bytes'), keys b'data', b'labels' (b'fine_labels').
-        with open(folder / first, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        # The CIFAR page's reader unpickles with encoding='bytes': keys b'data', b'labels' (b'fine_labels').
+        entry = read_array_pickle(folder / first, encoding="bytes")
         labels = b"labels" if kind == "cifar10" else b"fine_labels"
         assert {b"data", labels, b"batch_label", b"filenames"} <= set(entry)
         assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape == (2, 3072)
         image = expected["train"][1]
         assert entry[b"data"][1, 1024 + 5 * 32 + 30] == image[1, 5, 30]  # green, row 5, column 30
         assert entry[labels] == expected["train_labels"][:2].tolist()
-        with open(folder / meta, "rb") as f:
-            assert meta_key in pickle.load(f, encoding="bytes")
+        assert meta_key in read_array_pickle(folder / meta, encoding="bytes")
 
 
 def test_fake_stl10_bins_are_column_major_with_one_based_labels(tmp_path: Path) -> None:
