@@ -493,28 +493,36 @@ def _not_found(dataset: str, cls: type, base: Path, split: str, missing: list[Pa
             f"and {action} {base}")
 
 
-def _damaged_file(cls: type, base: Path, split: str, error: Exception) -> tuple[Path, Exception] | None:
-    """Which file of the split torchvision failed to read with ``error``, and why, where that can be told: SVHN's
-    split is one file; each CIFAR pickle is loaded on its own (only after a failure: torchvision's error names no
-    file, and a half-extracted archive leaves one cut short)."""
-    files = _expected_files(cls, base, split)
-    if len(files) == 1:
-        return files[0], error
-    if hasattr(cls, "meta"):
-        for path in files:
-            try:
-                read_array_pickle(path)
-            except Exception as e:  # noqa: BLE001 — truncated, garbled or unreadable: all the same to the user
-                return path, e
-    return None
+def _damaged(dataset: str, split: str, path: Path, why: Exception) -> UserError:
+    return UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: {_one_line(why)}) "
+                     "— delete it and set data.download: true, or put an intact copy there")
+
+
+def _check_cifar_pickles(dataset: str, cls: type, base: Path, split: str) -> None:
+    """Reads the CIFAR pickles that torchvision is about to unpickle with :func:`read_array_pickle` first: without
+    a download their md5 is not checked (:func:`_local_reader`), and ``pickle.load`` would run any code a file
+    carries. A file cut short, garbled or carrying code is named, which torchvision's own error does not do.
+
+    Raises:
+        UserError: naming the first such file.
+    """
+    names = [name for name, _ in (cls.train_list if split == "train" else cls.test_list)] + [cls.meta["filename"]]
+    for path in (base / cls.base_folder / name for name in names):
+        try:
+            read_array_pickle(path)
+        except Exception as e:  # noqa: BLE001 — truncated, garbled, refused or unreadable: all the same to the user
+            raise _damaged(dataset, split, path, e) from None
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     """An unpickler of plain data and numpy arrays only: any other global a pickle names is refused, so reading
     one runs no code it carries (the Python documentation's "Restricting Globals")."""
 
+    # numpy < 2 and ≥ 2 name their modules apart; protocol 5 rebuilds arrays with _frombuffer; Python 3 writes bytes
+    # into a protocol-2 pickle with _codecs.encode (CIFAR's own files, from Python 2, need neither)
     ALLOWED = frozenset({("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                         ("numpy._core.multiarray", "_reconstruct")})  # numpy < 2 and ≥ 2 name the module apart
+                         ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+                         ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")})
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
@@ -541,11 +549,9 @@ def _read_failure(dataset: str, cls: type, base: Path, split: str, download: boo
         return UserError(f"downloading or reading {dataset} ({split}) under {base} failed ({type(e).__name__}: "
                          f"{_one_line(e)}) — delete the damaged or partly downloaded files there and run again, or "
                          f"download {url} elsewhere and {action} {base}")
-    damaged = _damaged_file(cls, base, split, e)
-    if damaged is not None:
-        path, why = damaged
-        return UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: "
-                         f"{_one_line(why)}) — delete it and set data.download: true, or put an intact copy there")
+    files = _expected_files(cls, base, split)
+    if len(files) == 1:  # SVHN: the split is one file (CIFAR's pickles were read one by one before)
+        return _damaged(dataset, split, files[0], e)
     return UserError(f"reading {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
                      "delete the damaged files and set data.download: true, or put intact files there")
 
@@ -579,6 +585,8 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
     if not download:
         if dataset == "stl10":
             _check_stl10(base / cls.base_folder, split)
+        elif hasattr(cls, "meta"):
+            _check_cifar_pickles(dataset, cls, base, split)
         cls = _local_reader(cls)
     kwargs = {"train": split == "train"} if dataset.startswith("cifar") else {"split": split}
     try:

@@ -208,10 +208,16 @@ def test_cifar_on_disk_format(tmp_path: Path, kind: str) -> None:
 
 
 def test_a_data_pickle_carrying_code_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
-    """sslkit's own reading of CIFAR pickles (to name the damaged one) unpickles plain data and arrays only."""
+    """Local CIFAR files (no download, so no md5 check) are read first by an unpickler of plain data and arrays
+    only: torchvision's pickle.load would have run the command a file carries."""
     write_cifar(tmp_path, "cifar10", per_batch=2)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
     assert read_array_pickle(batch)["data"].shape == (2, 3072)  # a real batch reads, its keys as torchvision's
+    copy = tmp_path / "repacked"
+    for protocol in (2, 5):  # a copy re-pickled by Python 3 (bytes via _codecs.encode at 2, _frombuffer at 5) too
+        rows = np.arange(12, dtype=np.uint8).reshape(2, 6)
+        copy.write_bytes(pickle.dumps({b"data": rows, b"labels": [1, 2]}, protocol=protocol))
+        assert np.array_equal(read_array_pickle(copy, encoding="bytes")[b"data"], rows)
     marker = tmp_path / "ran"
 
     class Payload:
@@ -221,6 +227,9 @@ def test_a_data_pickle_carrying_code_is_refused_and_its_code_never_runs(tmp_path
     batch.write_bytes(pickle.dumps(Payload(), protocol=2))
     with pytest.raises(pickle.UnpicklingError, match=r"global posix\.system is not allowed in a data file"):
         read_array_pickle(batch)
+    with pytest.raises(UserError, match=f"reading cifar10 \\(train\\) failed: {batch} is damaged \\(UnpicklingError: "
+                                        "global posix.system is not allowed in a data file\\)"):
+        load_source("cifar10", "train", root=str(tmp_path))
     assert not marker.exists()
 
 
