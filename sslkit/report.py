@@ -130,12 +130,12 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     name = "UMAP" if method == "umap" else "t-SNE"
     shown = f"{len(rows):,} of {len(source):,}" if len(rows) < len(source) else f"{len(rows):,}"
     title = f"{name} of {run.name}'s {meta['encoder']} features: {shown} {split} images (seed {seed})"
+    picks = spread_points(xy, thumbnails, seed)  # fewer than asked where the map has no room for more
     plot_map(xy, source.labels[rows], source.classes, path, title, method, images=source.images[rows],
-             thumbnails=thumbnails, seed=seed)
+             thumbnails=picks)
     seconds = time.perf_counter() - t0
-    drawn = len(spread_points(xy, thumbnails, seed))  # the ones plot_map drew: fewer where the map has no room
-    short = (f"; {drawn} of the {thumbnails} thumbnails asked for, the most that fit without covering each other"
-             if drawn < thumbnails else "")
+    short = (f"; {len(picks)} of the {thumbnails} thumbnails asked for, the most that fit without covering each "
+             "other" if len(picks) < thumbnails else "")
     console.print(f"wrote {path} ({name} of {len(rows):,} images, {seconds:.1f} s){short}")
     return path
 
@@ -616,6 +616,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         plot_map,
         plot_misclassified,
         plot_training_curves,
+        spread_points,
     )
 
     t0 = time.perf_counter()
@@ -823,8 +824,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         shown = f"{len(rows_idx):,} of {len(source):,}" if len(rows_idx) < len(source) else f"{len(rows_idx):,}"
         path = plot_map(xy, source.labels[rows_idx], source.classes, figures / f"report-{method}-{split}.png",
                         f"{name} of {shown} {split} images (cosine, seed {seed})", method,
-                        images=source.images[rows_idx], thumbnails=min(MAP_THUMBNAILS, len(rows_idx) // 20),
-                        seed=seed)
+                        images=source.images[rows_idx],
+                        thumbnails=spread_points(xy, min(MAP_THUMBNAILS, len(rows_idx) // 20), seed))
         map_sec.body.append(img(path, f"{name} map"))
         sections.append(map_sec)
         done(f"{name} map")

@@ -474,7 +474,7 @@ def embed_2d(features: torch.Tensor | np.ndarray, method: str = "umap", seed: in
 
 
 def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path: Path, title: str,
-             method: str = "umap", images: torch.Tensor | None = None, thumbnails: int = 0, seed: int = 0) -> Path:
+             method: str = "umap", images: torch.Tensor | None = None, thumbnails: Sequence[int] = ()) -> Path:
     """A scatter of a 2-D map, one colour per class with a legend, and optionally image thumbnails.
 
     Args:
@@ -485,9 +485,8 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
         title: figure title.
         method: names the axes.
         images: (N, C, H, W) images, for thumbnails.
-        thumbnails: how many images to draw at their points (0: none), spread over the map by
-            :func:`spread_points`.
-        seed: picks the thumbnails.
+        thumbnails: the rows whose images are drawn at their points (none by default), e.g. those that
+            :func:`spread_points` spreads over the map.
 
     Shape:
         xy: (N, 2), labels: (N,), images: (N, C, H, W)
@@ -504,10 +503,9 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
         if mask.any():
             ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colours[c], alpha=0.8, linewidths=0,
                        label=f"{name} ({int(mask.sum())})")
-    if thumbnails and images is not None:
-        picks = spread_points(xy, thumbnails, seed)
+    if len(thumbnails) and images is not None:
         zoom = 26 / max(int(images.shape[-1]), 1)
-        for i in picks:
+        for i in thumbnails:
             a = _hwc(images[i])
             box = OffsetImage(a, zoom=zoom, cmap="gray" if a.ndim == 2 else None,
                               interpolation="nearest" if max(a.shape[:2]) <= 64 else "antialiased")
