@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sslkit.checkpoint import atomic_write
 from sslkit.config import load_run_recipe, safe_load
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
@@ -909,13 +910,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 f"{_esc(split)} split · made {stamp}")
     page = render_html(f"sslkit report — {run.name}", subtitle, sections,
                        f"sslkit report {_esc(run)} · seed {seed} · self-contained: every figure is embedded")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".tmp-{out_path.name}.{os.getpid()}")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     _print_summary(sections, out_path, time.perf_counter() - t0, console)
     return out_path
 

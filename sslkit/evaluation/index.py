@@ -28,13 +28,13 @@ can override them per call without changing the index.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
+from sslkit.checkpoint import atomic_write
 from sslkit.errors import UserError
 from sslkit.evaluation.knn import unit_rows
 
@@ -244,13 +244,7 @@ def save_index(index: faiss.Index, path: str | Path) -> Path:
         ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    try:
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
     return path
 
 
