@@ -27,7 +27,7 @@ from sslkit.checkpoint import load_checkpoint, read_encoder_meta
 from sslkit.config import Recipe, load_recipe
 from sslkit.errors import UserError
 from sslkit.evaluation.features import extract_features, progress_bar
-from sslkit.evaluation.probe import evaluate_features, load_splits
+from sslkit.evaluation.probe import evaluate_features, labeled_splits
 from sslkit.models import build_encoder
 from sslkit.trainer import calibrated_encoder, prepare_data
 
@@ -68,7 +68,7 @@ def main() -> None:
                                  if k.startswith("encoder.")})
         data = prepare_data(recipe, torch.device("cpu"))
         calibrated = calibrated_encoder(trained, recipe, data.calibration, data.mean, data.std)
-        train, test, _ = load_splits(meta, "test")
+        _, train, test, _ = labeled_splits(meta, "test")
         results = []
         with progress_bar(console) as progress:
             for name, encoder in (("trained", trained.eval()), ("calibrated", calibrated)):

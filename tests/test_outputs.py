@@ -59,7 +59,7 @@ def refuse_data_reads(monkeypatch: pytest.MonkeyPatch, checked: str) -> None:
     def no_data(*args, **kwargs):
         raise AssertionError(f"data were read before {checked} was checked")
 
-    monkeypatch.setattr(probe, "load_splits", no_data)
+    monkeypatch.setattr(probe, "labeled_splits", no_data)
     monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
 
 

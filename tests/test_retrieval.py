@@ -348,7 +348,7 @@ def test_an_image_folders_held_out_part_is_the_probes_whatever_the_seed(tmp_path
     was re-drawn by the seed, so a query index named another image and the split held the probe's train images)."""
     from PIL import Image
 
-    from sslkit.evaluation.probe import load_splits
+    from sslkit.evaluation.probe import labeled_splits
 
     root = tmp_path / "imgs"
     rng = np.random.default_rng(0)
@@ -357,7 +357,7 @@ def test_an_image_folders_held_out_part_is_the_probes_whatever_the_seed(tmp_path
         for i in range(10):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     meta = {"dataset": "imagefolder", "data_root": str(root), "image_size": 16, "in_chans": 3}
-    train, test, _ = load_splits(meta, "test")
+    _, train, test, _ = labeled_splits(meta, "test")
     assert torch.equal(retrieval.load_split(meta, "test").images, test.images)
     assert torch.equal(retrieval.load_split(meta, "train").images, train.images)
     seen = []

@@ -144,15 +144,6 @@ def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, Image
     return train, fitted, evaluation, described
 
 
-def load_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, str]:
-    """The labeled images the probes learn from and the labeled evaluation split (:func:`labeled_splits`).
-
-    Returns:
-        ``(train, evaluation, description of the evaluation split)``.
-    """
-    return labeled_splits(meta, split)[1:]
-
-
 def evaluate_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                       num_classes: int, fractions: Sequence[float] = FRACTIONS, seed: int = 0,
                       progress: Progress | None = None, description: str = "probing") -> tuple[dict[str, Any],
