@@ -7,7 +7,9 @@ resized and cropped once into a uint8 cache next to the images and memory-mapped
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import gzip
 import hashlib
 import http.client
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from sslkit.checkpoint import atomic_write
-from sslkit.errors import SslkitWarning, UserError
+from sslkit.errors import SslkitWarning, UserError, WriteError
 from sslkit.host_memory import physical_memory_bytes
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "fashion-mnist-mini", "cifar10", "cifar100", "stl10", "svhn",
@@ -722,6 +724,17 @@ def _all_gray(images: np.ndarray, chunk: int = 4096) -> bool:
     return True
 
 
+def _cache_write_error(e: OSError, path: Path, cache: Path) -> WriteError:
+    """The one-line error of an image cache that could not be written (nothing of it kept), naming ``path`` (the
+    cache file: ``e`` names its temporary file, or no file) and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the disk of the image cache {cache}, or set SSLKIT_CACHE to a folder on a disk with room"
+    else:
+        fix = "set SSLKIT_CACHE to a folder that can be written"
+    return WriteError(e.errno, e.strerror or _one_line(e), e.filename if isinstance(e, WriteError) else str(path),
+                      f"nothing of the image cache was kept; {fix}, then run the command again")
+
+
 def imagefolder_pool(root: str | None, image_size: int | None = None, channels: int | None = None) -> ImageSource:
     """Every image of ``root/<class>/<image>``: decoded, EXIF-rotated, resized and centre-cropped once, then cached
     (``load_source`` splits it into train and test)."""
@@ -774,7 +787,18 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
                       "on the next run — set SSLKIT_CACHE to a writable folder to cache", SslkitWarning,
                       stacklevel=3)
         out, tmp = np.empty(shape, dtype=np.uint8), None
+    compact = cache / f".tmp-{key}.{os.getpid()}.compact.npy"
+    kept: list[Path] = []  # cache files put in place, removed again if the cache cannot be completed
     try:
+        if tmp is not None and hasattr(os, "posix_fallocate"):
+            # Reserve the file's blocks before decoding: open_memmap leaves it sparse, and a disk that fills while
+            # the mapping is written kills the process with SIGBUS (no message, the temporary file left behind).
+            try:
+                with open(tmp, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):  # else: cannot reserve, go on
+                    raise _cache_write_error(e, images_path, cache) from e
         labels, bad = _decode_all(files, size, mode, out, base)
         n = len(labels)
         skipped = {p for p, _ in bad}
@@ -795,22 +819,27 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         if tmp is None:
             return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name,
                                tuple(names))
-        if n < len(files):  # skipped files left empty rows at the end: keep only the decoded ones
-            compact = cache / f".tmp-{key}.{os.getpid()}.compact.npy"
-            np.save(compact, out[:n])
-            del out
-            os.replace(compact, tmp)
-        else:
-            out.flush()
-            del out
-        os.replace(tmp, images_path)
-        meta = json.dumps({"classes": classes, "labels": labels, "files": names, "root": str(base),
-                           "image_size": size, "mode": mode, "skipped": len(bad), "all_gray": all_gray})
-        atomic_write(meta_path, lambda part: part.write_text(meta))
+        try:
+            if n < len(files):  # skipped files left empty rows at the end: keep only the decoded ones
+                np.save(compact, out[:n])
+                del out
+                os.replace(compact, tmp)
+            else:
+                out.flush()
+                del out
+            os.replace(tmp, images_path)
+            kept.append(images_path)
+            meta = json.dumps({"classes": classes, "labels": labels, "files": names, "root": str(base),
+                               "image_size": size, "mode": mode, "skipped": len(bad), "all_gray": all_gray})
+            atomic_write(meta_path, lambda part: part.write_text(meta))
+        except OSError as e:  # WriteError too (the index); the images without their index are never read
+            raise _cache_write_error(e, images_path, cache) from e
+        kept.clear()
         _drop_stale_caches(cache, key, size, mode)
     finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
+        for p in (*kept, *((tmp, compact) if tmp is not None else ())):
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
     return _load_cached(images_path, meta_path, name)
 
 

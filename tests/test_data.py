@@ -574,7 +574,7 @@ def test_a_cache_index_write_that_fails_leaves_no_temporary_file(tmp_path: Path,
     with pytest.raises(OSError, match="No space left on device"):
         imagefolder_pool(root=str(tmp_path), image_size=8)
     cache = imagefolder_cache(tmp_path.resolve())
-    assert [p.suffix for p in cache.iterdir()] == [".npy"]  # the images, but no index and no temporary file
+    assert list(cache.iterdir()) == []  # no index, no temporary file, and no images without their index
     monkeypatch.undo()
     again = imagefolder_pool(root=str(tmp_path), image_size=8)
     assert again.images.shape == (2, 3, 8, 8) and sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
@@ -783,3 +783,80 @@ def test_an_image_size_larger_than_the_machine_holds_is_one_line_naming_the_key(
         imagefolder_pool(root=str(tmp_path), image_size=100_000_000)
     cache = imagefolder_cache(tmp_path.resolve())
     assert not cache.exists() or not any(cache.iterdir())  # refused before the cache file was made
+
+
+# --- an image cache the disk fills up under ------------------------------------------------------------------
+
+
+class _FillsUp:
+    """A file being written when the disk fills up: the write keeps half its bytes, then fails with ENOSPC (as
+    tests/test_reliability.py fakes a full disk)."""
+
+    def __init__(self, f: object) -> None:
+        self.f = f
+
+    def write(self, data: bytes | str) -> int:
+        import errno
+
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self) -> _FillsUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+@pytest.mark.parametrize("where", ["reserve", "compact", "index"])
+def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The disk fills after the free-space check (another process, or an estimate that was off): when the cache
+    file's blocks are reserved, while the decoded images are compacted (a skipped file), or at the index. It was a
+    traceback, or (the mapping written on a full disk) SIGBUS, exit 135, with no message; now a WriteError (exit 74)
+    naming the file, the reason and what to do, and nothing of the cache is left: no temporary file, no images
+    without their index, nothing a later run reads."""
+    import builtins
+    import errno
+    import re
+
+    from sslkit.errors import WriteError
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((10, 12, 3), 40 * i + (c == "b"), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "b" / "9_bad.png").write_bytes(b"not a png")  # skipped: the decoded rows are compacted
+    if where == "reserve":
+        def no_room(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "posix_fallocate", no_room)
+    else:
+        marker = ".compact.npy" if where == "compact" else ".json."  # (the index's temporary file: atomic_write)
+        real_open, real_path_open = builtins.open, Path.open
+
+        def failing(opener: object, file: object, mode: str, *args: object, **kwargs: object) -> object:
+            f = opener(file, mode, *args, **kwargs)
+            return _FillsUp(f) if any(c in mode for c in "wax") and marker in Path(file).name else f
+
+        monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: failing(real_open, file, mode, *a, **k))
+        monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: failing(real_path_open, self, mode, *a, **k))
+    cache = imagefolder_cache(tmp_path.resolve())
+    with warnings.catch_warnings(), pytest.raises(WriteError) as failed:
+        warnings.simplefilter("ignore")  # the skipped file
+        imagefolder_pool(root=str(tmp_path), image_size=8)
+    named = r"[0-9a-f]{20}\.json" if where == "index" else r"[0-9a-f]{20}\.npy"
+    assert re.fullmatch(rf"could not write {re.escape(str(cache))}/{named}: No space left on device — nothing of the "
+                        rf"image cache was kept; free space on the disk of the image cache {re.escape(str(cache))}, "
+                        r"or set SSLKIT_CACHE to a folder on a disk with room, then run the command again",
+                        str(failed.value)), str(failed.value)
+    assert failed.value.exit_code == 74 and failed.value.errno == errno.ENOSPC
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()  # space freed: decoded again, and cached
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image"):
+        again = imagefolder_pool(root=str(tmp_path), image_size=8)
+    assert again.images.shape == (6, 3, 8, 8) and again.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert again.images[:, 0, 0, 0].tolist() == [0, 40, 80, 1, 41, 81]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
