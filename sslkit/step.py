@@ -21,7 +21,8 @@ from sslkit.augment import SimCLRAugment
 from sslkit.losses import nt_xent
 from sslkit.optim import Lars
 
-# Memory of one train step, for refusing a step that cannot fit before any compute (trainer.check_step_memory).
+# Memory of one train step, for refusing a step that cannot fit before any compute (trainer.check_step_memory; the
+# fine-tuning step of sslkit finetune too: evaluation/finetune.check_finetune_memory, through activation_bytes).
 # Bytes that each view pixel adds to the peak of a ResNet18 step beyond the view itself: the activations that the
 # forward keeps for the backward, and their gradients while it runs. Measured on sslkit's 2-core AMD EPYC CPU (torch
 # 2.14.1) by eval/measure_step_memory.py: the difference of the peak memory (max RSS) of whole train steps at
@@ -57,12 +58,19 @@ def step_memory_bytes(batch: int, channels: int, view_size: int, stem: str, enco
         world: processes the batch is spread over (their views are the loss's negatives).
     """
     views = 2 * batch
-    pixels = view_size * view_size
-    total = views * channels * pixels * 4 + LOSS_MATRICES * views * (views * world) * 4
-    if encoder == MEASURED_ENCODER:
-        in_graph = min(views, chunk_size or views)
-        total += in_graph * pixels * ACTIVATION_BYTES_PER_PIXEL[(stem, 4 if precision == "fp32" else 2)]
-    return total
+    total = views * channels * view_size * view_size * 4 + LOSS_MATRICES * views * (views * world) * 4
+    return total + activation_bytes(min(views, chunk_size or views), view_size, stem, encoder, precision)
+
+
+def activation_bytes(images: int, size: int, stem: str, encoder: str = MEASURED_ENCODER,
+                     precision: str = "fp32") -> int:
+    """What a forward kept for its backward takes, with the gradients of it while the backward runs, for ``images``
+    images of ``size``×``size`` pixels back-propagated at once: ``ACTIVATION_BYTES_PER_PIXEL`` per pixel for
+    ResNet18 (the SimCLR step and a fine-tuning step both back-propagate through it), 0 for another encoder (not
+    measured). Used by :func:`step_memory_bytes` and by ``sslkit finetune``'s check."""
+    if encoder != MEASURED_ENCODER:
+        return 0
+    return images * size * size * ACTIVATION_BYTES_PER_PIXEL[(stem, 4 if precision == "fp32" else 2)]
 
 
 def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
