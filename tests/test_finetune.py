@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -510,3 +511,111 @@ def test_a_split_without_labels_pretrains_without_a_monitor_and_says_so(tmp_path
     pretrain(r, tmp_path / "run2", console=Console(file=log, width=200))
     assert ("no k-NN monitor: the train+unlabeled split has 4 labeled image(s), too few to hold out "
             "monitor.val_size=4 — lower it") in log.getvalue()
+
+
+# --- a step that cannot fit in memory ------------------------------------------------------------------------
+
+
+def test_the_memory_check_shares_the_pretraining_constants_and_refuses_only_past_the_margin() -> None:
+    """A fine-tuning step is a forward and backward of one view per image: pretraining's estimate of a batch of b
+    images (2b views) is exactly the fine-tuning estimate of 2b images plus NT-Xent's matrices. Refused beyond
+    STEP_MEMORY_MARGIN × the memory, naming the keys and the largest values that fit."""
+    from sslkit.evaluation.finetune_config import FinetuneRecipe, FinetuneTrain
+    from sslkit.step import ACTIVATION_BYTES_PER_PIXEL, LOSS_MATRICES, step_memory_bytes
+    from sslkit.trainer import STEP_MEMORY_MARGIN
+
+    meta = dict(encoder="resnet18", stem="imagenet", in_chans=3, image_size=224)
+    per = ft.supervised_step_bytes(1, meta, "fp32")
+    assert per == 3 * 224 * 224 * 4 + 224 * 224 * ACTIVATION_BYTES_PER_PIXEL[("imagenet", 4)]
+    assert ft.supervised_step_bytes(1, meta, "bf16") == 3 * 224 * 224 * 4 + 224 * 224 * ACTIVATION_BYTES_PER_PIXEL[
+        ("imagenet", 2)]
+    assert step_memory_bytes(64, 3, 224, "imagenet") == ft.supervised_step_bytes(128, meta, "fp32") + (
+        LOSS_MATRICES * 128 * 128 * 4)
+    assert ft.supervised_step_bytes(10, dict(meta, encoder="vit_tiny_patch16_224"), "fp32") == 10 * 3 * 224 * 224 * 4
+
+    r = FinetuneRecipe(run="r", train=FinetuneTrain(batch_size=1024, eval_batch_size=500))
+    room = 16 * 2**30
+    edge = int(STEP_MEMORY_MARGIN * room // per)
+    fits = room // per  # the value the message suggests: its estimate fits without the margin
+    ft.check_finetune_memory(r, meta, edge, edge, "fp32", room, "here")  # at the margin's edge: left to try
+    ft.check_finetune_memory(r, meta, 10**6, 10**6, "fp32", None, "here")  # memory unknown: no check
+    with pytest.raises(UserError) as refused:
+        ft.check_finetune_memory(r, meta, edge + 1, 0, "fp32", room, "here")
+    assert str(refused.value) == (
+        f"train.batch_size 1,024: a training step needs about {(edge + 1) * per / 2**30:,.1f} GiB ({edge + 1:,} images "
+        f"of 3×224×224 pixels and resnet18 activations for them) — more than the 16.0 GiB here: lower "
+        f"train.batch_size to at most {fits:,}")
+    ft.check_finetune_memory(r, meta, edge + 1, 0, "bf16", room, "here")  # 16-bit activations: it fits
+    per_bf16 = ft.supervised_step_bytes(1, meta, "bf16")
+    with pytest.raises(UserError) as refused:  # FGSM's gradient is float32 whatever the training precision
+        ft.check_finetune_memory(r, meta, int(STEP_MEMORY_MARGIN * room // per_bf16) + 1, edge + 1, "bf16", room,
+                                 "here")
+    assert str(refused.value).endswith(f"— more than the 16.0 GiB here: lower train.batch_size to at most "
+                                       f"{room // per_bf16:,} and lower train.eval_batch_size to at most {fits:,} "
+                                       "(or set robustness.epsilons: [] to measure no FGSM)")
+    assert "; train.eval_batch_size 500: an FGSM gradient needs about" in str(refused.value)
+    with pytest.raises(UserError, match=r"GiB here: fine-tune on a device with more memory \(not even 2 of the "
+                                        r"run's 224×224 images fit a training step\)$"):
+        ft.check_finetune_memory(r, meta, 2, 0, "fp32", per, "here")
+
+
+def test_a_fine_tune_that_cannot_fit_exits_2_before_any_arm_is_built(run_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was killed by the OS in its first step, with no message, after loading the data and building the arm."""
+    monkeypatch.setattr(ft, "device_memory", lambda device, info: (2**20, "of memory this machine has"))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an arm was built")
+
+    monkeypatch.setattr(ft, "build_classifier", never)
+    sets = [*TINY, "labeled.size=40", "labeled.val_size=8"]  # 32 training images: 2 steps of 16
+    assert main(["finetune", str(run_dir), *sum((["--set", s] for s in sets), []), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    # 16×16 1-channel images (the run's): 1 KiB of input and 16×16×510 bytes of activations each; 7 fit in 1 MiB.
+    assert err == ("sslkit finetune: error: train.batch_size 16: a training step needs about 0.0 GiB (16 images of "
+                   "1×16×16 pixels and resnet18 activations for them); train.eval_batch_size 256: an FGSM gradient "
+                   "needs about 0.0 GiB (40 images of 1×16×16 pixels and resnet18 activations for them) — more than "
+                   "the 0.0 GiB of memory this machine has: lower train.batch_size to at most 7 and lower "
+                   "train.eval_batch_size to at most 7 (or set robustness.epsilons: [] to measure no FGSM)\n")
+    assert not (tmp_path / "o").exists()
+
+
+def _documented_finetune_commands() -> list[tuple[Path, list[str]]]:
+    """Every ``sslkit finetune recipes/….yaml`` command in the README and in the fine-tune recipes' headers: (recipe,
+    its --set overrides). The README's "$ …" lines show refused input."""
+    root = RECIPES.parent
+    found = []
+    for text in [(root / "README.md").read_text(), *(p.read_text() for p in FINETUNE_RECIPES)]:
+        for m in re.finditer(r"^(?!\$).*?sslkit finetune (recipes/\S+\.yaml)(.*)$", text.replace("\\\n", " "), re.M):
+            found.append((root / m.group(1), re.findall(r"--set (\S+)", m.group(2))))
+    return found
+
+
+def _run_meta(recipe: Path, run: str) -> dict:
+    """The encoder.json of ``run`` as the pretraining command in ``recipe``'s header makes it."""
+    m = re.search(rf"sslkit pretrain (recipes/\S+\.yaml) --out {re.escape(run)}(.*)",
+                  recipe.read_text().replace("\\\n", " "))
+    assert m, (recipe, run)
+    r = load_recipe(RECIPES.parent / m.group(1), re.findall(r"--set (\S+)", m.group(2)))
+    channels, native = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96)}[
+        r.data.dataset]
+    return dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=channels, image_size=r.data.image_size or native)
+
+
+def test_every_documented_fine_tune_fits_the_memory_check(run_dir: Path) -> None:
+    """No fine-tune the project documents is refused, in fp32 (the larger estimate) on this project's 2-core CPU
+    machine of 24 GiB (the GPU recipe too): its largest training batch and FGSM batch."""
+    commands = _documented_finetune_commands()
+    assert {(p.stem, tuple(s)) for p, s in commands} >= {
+        ("fashion_mnist_finetune", ()), ("fashion_mnist_finetune", ("labeled.size=600", "train.epochs=30")),
+        ("cifar100_seed003", ())}
+    room = 24 * 2**30
+    for path, sets in commands:
+        meta = _run_meta(path, re.search(r"^run: (\S+)", path.read_text(), re.M)[1])  # the run it documents
+        r = load_finetune_recipe(path, [*sets, f"run={run_dir}"])
+        batch = r.train.batch_size + 1  # steps_per_finetune_epoch's batches hold at most one image more
+        attack = min(r.train.eval_batch_size, r.robustness.n_images or 10_000) if r.robustness.epsilons else 0
+        ft.check_finetune_memory(r, meta, batch, attack, "fp32", room, "(test)")
+        need = max(ft.supervised_step_bytes(batch, meta, "fp32"), ft.supervised_step_bytes(attack, meta, "fp32"))
+        assert need <= room, (path.stem, sets, need / 2**30)  # fits without STEP_MEMORY_MARGIN too

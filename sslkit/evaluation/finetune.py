@@ -46,6 +46,7 @@ from sslkit.checkpoint import read_encoder_meta, write_json
 from sslkit.config import load_run_recipe
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
+from sslkit.distributed import DistInfo
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
 from sslkit.evaluation.features import IMAGEFOLDER_CHANGED, pretraining_overlap_note, read_run_meta
@@ -60,9 +61,12 @@ from sslkit.evaluation.finetune_config import (
 from sslkit.models import build_encoder, feature_dim
 from sslkit.optim import build_scheduler, scaled_lr
 from sslkit.outputs import check_out_folder
+from sslkit.step import MEASURED_ENCODER, activation_bytes
 from sslkit.trainer import (
     PROGRESS_REFRESH_PER_SECOND,
+    STEP_MEMORY_MARGIN,
     NonFiniteLoss,
+    device_memory,
     epoch_order,
     imagefolder_changed,
     pool_files_changed,
@@ -317,6 +321,57 @@ def steps_per_finetune_epoch(n: int, batch: int) -> int:
     return max(1, min(math.ceil(n / batch), n // 2))
 
 
+def supervised_step_bytes(images: int, meta: dict[str, Any], precision: str) -> int:
+    """A low estimate of the memory of one forward and backward of ``images`` images through the run's network, in
+    bytes: the float32 augmented batch and the encoder's activations for it (:func:`sslkit.step.activation_bytes`,
+    the constants of the pretraining check; here one view per image, where SimCLR's step has two). The logits and
+    cross-entropy (images × classes), weights, optimizer state and the data are left out."""
+    size = int(meta["image_size"])
+    return images * int(meta["in_chans"]) * size * size * 4 + activation_bytes(images, size, meta["stem"],
+                                                                               meta["encoder"], precision)
+
+
+def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, attack: int, precision: str,
+                          room: int | None, where: str) -> None:
+    """Refuses a fine-tune whose training step or FGSM gradient cannot fit in the memory it has, before any arm is
+    built (otherwise the OS killed the process in the first step, with no message). Refused, as pretraining is
+    (:func:`sslkit.trainer.check_step_memory`), only beyond ``STEP_MEMORY_MARGIN`` × the memory.
+
+    Args:
+        r: the recipe. meta: the run's ``encoder.json`` (encoder, stem, channels, image size).
+        batch: the most images one training step takes (``train.batch_size``, capped by the training images).
+        attack: the most images one FGSM gradient takes (``train.eval_batch_size``, capped by the attacked
+            images); 0 without FGSM.
+        precision: the training steps', as resolved for the device (FGSM runs in float32).
+        room, where: the memory this process has and how to say it (:func:`sslkit.trainer.device_memory`); None
+            skips the check.
+
+    Raises:
+        UserError: naming the estimates, the memory, and the largest values of the keys whose estimates fit in it.
+    """
+    if room is None:
+        return
+    limit = STEP_MEMORY_MARGIN * room
+    size, channels = int(meta["image_size"]), int(meta["in_chans"])
+    acts = f" and {MEASURED_ENCODER} activations for them" if meta["encoder"] == MEASURED_ENCODER else ""
+    said, fixes = [], []
+    for key, value, images, what, prec, least, other in (
+            ("train.batch_size", r.train.batch_size, batch, "a training step", precision, 2, ""),
+            ("train.eval_batch_size", r.train.eval_batch_size, attack, "an FGSM gradient", "fp32", 1,
+             " (or set robustness.epsilons: [] to measure no FGSM)")):
+        need = supervised_step_bytes(images, meta, prec)
+        if not images or need <= limit:
+            continue
+        said.append(f"{key} {value:,}: {what} needs about {need / 2**30:,.1f} GiB ({images:,} images of "
+                    f"{channels}×{size}×{size} pixels{acts})")
+        fits = room // supervised_step_bytes(1, meta, prec)  # within the memory itself, not the margin's
+        fixes.append(f"lower {key} to at most {fits:,}{other}" if fits >= least else
+                     f"fine-tune on a device with more memory (not even {least} of the run's {size}×{size} images "
+                     f"fit {what})")
+    if said:
+        raise UserError(f"{'; '.join(said)} — more than the {room / 2**30:,.1f} GiB {where}: {' and '.join(fixes)}")
+
+
 def epoch_indices(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The training images of one epoch, in order: a permutation, or n class-balanced draws with replacement."""
     if weights is None:
@@ -517,6 +572,9 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     info = data.info
     batch = min(r.train.batch_size, len(data.train))
     steps_per_epoch = steps_per_finetune_epoch(len(data.train), batch)
+    attack = min(r.train.eval_batch_size, len(data.attack)) if data.attack is not None else 0
+    check_finetune_memory(r, meta, -(-len(data.train) // steps_per_epoch), attack, precision,
+                      *device_memory(device, DistInfo()))
     counts = [c for c in info["class_counts"] if c > 0]
     pool = ""
     if info.get("disjoint_from_pool"):
