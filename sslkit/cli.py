@@ -231,7 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sslkit.host_memory import keep_freed_memory
 
     keep_freed_memory()  # training and evaluation reuse the large blocks they free (glibc; see sslkit.host_memory)
+    from sslkit.data import data_root_option
     from sslkit.trainer import Interrupted, NonFiniteLoss
+
+    # Missing or damaged data is reported in the command's terms: --data-root for the commands that read a run
+    # (_run_arguments), the recipe's data.root and data.download for pretrain and finetune.
+    option = "--data-root" if "data_root" in vars(args) else None
 
     # SIGTERM outside the training loop (which checkpoints on it) stops the command like Ctrl-C: exit 130.
     try:
@@ -239,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread
         old_term = None
     try:
-        with log_width(), one_line_warnings(args.command):
+        with log_width(), one_line_warnings(args.command), data_root_option(option):
             return args.func(args)
     except KeyboardInterrupt:
         print(f"sslkit {args.command}: interrupted; files already written are complete", file=sys.stderr)

@@ -22,6 +22,7 @@ import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,39 @@ IMAGEFOLDER_DEFAULT_SIZE = 64
 _CACHE_VERSION = 3  # 2: 16-bit grayscale scaled instead of clipped; 3: the decoded files' names kept
 _TOLD: set[str] = set()  # image-folder caches whose skipped files or gray images this process has named
 _IDX_UINT8 = 0x08  # the IDX type code of unsigned bytes, the only one MNIST-style files use
+
+# How the user tells sslkit where the data is, for the advice in the errors below: None, the recipe's data.root and
+# data.download (`sslkit pretrain`, `sslkit finetune`, the library); else the option of a command that reads a
+# finished run (`--data-root` of `sslkit probe`, `neighbors`, `map`, `report`), which reads no data.* key.
+_DATA_ROOT_OPTION: ContextVar[str | None] = ContextVar("sslkit_data_root_option", default=None)
+
+
+@contextlib.contextmanager
+def data_root_option(option: str | None) -> Iterator[None]:
+    """Inside, data that is missing or damaged is reported with ``option`` (``"--data-root"``) as the way to point
+    at another folder, and a download by hand (the URL) as the way to get the files, instead of the recipe keys
+    data.root and data.download, which a command that reads a finished run does not read. None: the recipe keys."""
+    token = _DATA_ROOT_OPTION.set(option)
+    try:
+        yield
+    finally:
+        _DATA_ROOT_OPTION.reset(token)
+
+
+def _point_at(folder: str) -> str:
+    """The advice to read the data from ``folder`` (a description: "a folder with …"), as the caller sets it."""
+    option = _DATA_ROOT_OPTION.get()
+    return f"give {option} DIR, {folder}" if option else f"set data.root to {folder}"
+
+
+def _replace(dataset: str, split: str, damaged: str, intact: str) -> str:
+    """The advice for ``damaged`` files ("it", "both"), for which ``intact`` ("an intact copy") is wanted: the
+    recipe's download, or, for a command that reads a run, the files by hand or another folder of them."""
+    option = _DATA_ROOT_OPTION.get()
+    if option is None:
+        return f"delete {damaged} and set data.download: true, or put {intact} there"
+    url, _ = _download_source(_torchvision_class(dataset), split)
+    return f"put {intact} there (from {url}), or give {option} DIR, a folder with intact files"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field has no single truth value
@@ -350,7 +384,8 @@ def _fashion_mnist(split: str, root: str | None, download: bool) -> ImageSource:
         pair = _idx_pair(folder, split)
         if pair:
             if base is not None and folder == FASHION_MNIST_SYSTEM_DIR:
-                warnings.warn(f"data.root {str(base)!r} holds no Fashion-MNIST {split} files: read those of {folder}",
+                given = "data.root" if _DATA_ROOT_OPTION.get() is None else "the data folder"
+                warnings.warn(f"{given} {str(base)!r} holds no Fashion-MNIST {split} files: read those of {folder}",
                               SslkitWarning, stacklevel=3)
             return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
     target = base or DEFAULT_ROOT
@@ -367,9 +402,9 @@ def _fashion_mnist(split: str, root: str | None, download: bool) -> ImageSource:
             return _read_fashion_mnist(pair, f"fashion-mnist/{split}")
     looked = ", ".join(str(f) for f in folders)
     images, labels = _idx_names(split)
+    download = "" if _DATA_ROOT_OPTION.get() else ", or set data.download: true"
     raise UserError(f"Fashion-MNIST {split} files not found (looked in {looked}) — apt-get install "
-                    f"dataset-fashion-mnist, or set data.root to a folder with {images}.gz and {labels}.gz, or set "
-                    "data.download: true")
+                    f"dataset-fashion-mnist, or {_point_at(f'a folder with {images}.gz and {labels}.gz')}{download}")
 
 
 def _fashion_mnist_mini(split: str) -> ImageSource:
@@ -398,7 +433,7 @@ def split_length(dataset: str, split: str, root: str | None) -> int:
         return _stl10_images(path)
     except OSError as e:
         raise UserError(f"{path} cannot be read ({type(e).__name__}: {_one_line(e)}) — put STL-10's unlabeled "
-                        "images there, or point data.root at them") from None
+                        f"images there, or {_point_at('the folder that holds stl10_binary/ with them')}") from None
 
 
 _STL10_IMAGE_BYTES = 3 * 96 * 96
@@ -414,7 +449,7 @@ def _stl10_images(path: Path) -> int:
     size = path.stat().st_size
     if size == 0 or size % _STL10_IMAGE_BYTES:
         raise UserError(f"{path} holds {size:,} bytes, not a whole number of 96×96 RGB images ({_STL10_IMAGE_BYTES:,} "
-                        "bytes each) — delete it and set data.download: true, or put the intact file there")
+                        f"bytes each) — {_replace('stl10', 'train', 'it', 'the intact file')}")
     return size // _STL10_IMAGE_BYTES
 
 
@@ -433,12 +468,11 @@ def _check_stl10(folder: Path, split: str) -> None:
             continue
         if len(labels) != n:
             raise UserError(f"{folder / f'{part}_y.bin'} holds {len(labels):,} labels but {part}_X.bin {n:,} images "
-                            "— one of them is cut short: delete both and set data.download: true, or put the intact "
-                            "files there")
+                            f"— one of them is cut short: {_replace('stl10', part, 'both', 'the intact files')}")
         bad = np.flatnonzero((labels < 1) | (labels > 10))
         if len(bad):
             raise UserError(f"{folder / f'{part}_y.bin'} holds label {labels[bad[0]]} at image {bad[0]:,}, outside "
-                            "STL-10's 1..10 — delete it and set data.download: true, or put the intact file there")
+                            f"STL-10's 1..10 — {_replace('stl10', part, 'it', 'the intact file')}")
 
 
 def _torchvision_class(dataset: str) -> type:
@@ -475,6 +509,10 @@ def _check_layout(dataset: str, cls: type, base: Path) -> None:
     if folder is None or (base / folder).is_dir():
         return
     if base.name == folder:
+        option = _DATA_ROOT_OPTION.get()
+        if option:
+            raise UserError(f"{base} is the {folder} folder itself — give {option} {base.parent}, the folder that "
+                            "holds it")
         raise UserError(f"data.root {base} is the {folder} folder itself — set data.root to the folder that holds "
                         f"it, {base.parent}")
     names = [name for name, _ in cls.train_list + cls.test_list]
@@ -486,18 +524,25 @@ def _check_layout(dataset: str, cls: type, base: Path) -> None:
 def _not_found(dataset: str, cls: type, base: Path, split: str, missing: list[Path]) -> str:
     """Why ``split`` of ``dataset`` cannot be read from ``base`` without a download, and how to get its files."""
     what = f"{missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+    option = _DATA_ROOT_OPTION.get()
     archive = base / getattr(cls, "filename", "")
     if getattr(cls, "filename", None) and archive.is_file():
-        return (f"{archive} is not extracted (missing {what}) — extract it there (tar -xzf {archive} -C {base}), or "
-                "set data.download: true, which checks it and extracts it")
+        download = "" if option else ", or set data.download: true, which checks it and extracts it"
+        return (f"{archive} is not extracted (missing {what}) — extract it there (tar -xzf {archive} -C {base})"
+                f"{download}")
     url, action = _download_source(cls, split)
+    if option:
+        top = missing[0].relative_to(base).parts  # the folder (CIFAR, STL-10) or file (SVHN) data.root holds
+        held = f"{top[0]}/" if len(top) > 1 else top[0]
+        return (f"{dataset} files not found under {base} (missing {what}) — give {option} DIR, the folder that holds "
+                f"{held} now, or download {url} and {action} {base}")
     return (f"{dataset} files not found under {base} (missing {what}) — set data.download: true, or download {url} "
             f"and {action} {base}")
 
 
 def _damaged(dataset: str, split: str, path: Path, why: Exception) -> UserError:
     return UserError(f"reading {dataset} ({split}) failed: {path} is damaged ({type(why).__name__}: {_one_line(why)}) "
-                     "— delete it and set data.download: true, or put an intact copy there")
+                     f"— {_replace(dataset, split, 'it', 'an intact copy')}")
 
 
 def _check_cifar_pickles(dataset: str, cls: type, base: Path, split: str) -> None:
@@ -555,7 +600,7 @@ def _read_failure(dataset: str, cls: type, base: Path, split: str, download: boo
     if len(files) == 1:  # SVHN: the split is one file (CIFAR's pickles were read one by one before)
         return _damaged(dataset, split, files[0], e)
     return UserError(f"reading {dataset} ({split}) under {base} failed ({type(e).__name__}: {_one_line(e)}) — "
-                     "delete the damaged files and set data.download: true, or put intact files there")
+                     f"{_replace(dataset, split, 'the damaged files', 'intact files')}")
 
 
 def _local_reader(cls: type) -> type:
@@ -741,11 +786,12 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     from numpy.lib.format import open_memmap
 
     if not root:
-        raise UserError("data.dataset imagefolder needs data.root — set it to a folder of class subfolders "
-                        "(root/<class>/<image>)")
+        option = _DATA_ROOT_OPTION.get()
+        where = f"a folder — give {option} DIR," if option else "data.root — set it to"
+        raise UserError(f"data.dataset imagefolder needs {where} a folder of class subfolders (root/<class>/<image>)")
     base = Path(root).expanduser().resolve()
     if not base.is_dir():
-        raise UserError(f"imagefolder root {base} is not a folder — set data.root to a folder of class subfolders")
+        raise UserError(f"imagefolder root {base} is not a folder — {_point_at('a folder of class subfolders')}")
     if channels not in (None, 1, 3):
         raise UserError(f"data.channels is {channels} but an image folder is read as 1 (grayscale) or 3 (RGB) "
                         "channels — set data.channels to 1 or 3")

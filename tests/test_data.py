@@ -447,6 +447,119 @@ def test_svhn_on_disk_format(tmp_path: Path) -> None:
         load_source("svhn", "test", root=str(tmp_path))
 
 
+# --- the way out, in the terms of the command that failed ----------------------------------------------------
+
+STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def random_run(run: Path, dataset: str, image_size: int, data_root: Path) -> Path:
+    """A run directory holding a random encoder said to be pretrained on ``dataset`` in ``data_root``."""
+    from sslkit.checkpoint import export_encoder
+    from sslkit.models import build_encoder
+
+    torch.manual_seed(0)
+    export_encoder(build_encoder("resnet18", "cifar", 3), run,
+                   dict(encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=image_size,
+                        mean=[0.5] * 3, std=[0.25] * 3, dataset=dataset, data_root=str(data_root), recipe="tiny"))
+    return run
+
+
+def test_commands_that_read_a_run_say_data_root_where_pretrain_says_the_recipe_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sslkit probe`, `neighbors`, `map` and `report` read no recipe: their way to another folder is --data-root.
+    Missing or damaged data told them to 'set data.download: true' or 'set data.root', keys only pretraining reads."""
+    from sslkit.cli import main
+
+    def refused(*argv: str) -> str:
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, (code, err)
+        assert "data.download" not in err and "data.root" not in err, err
+        assert not (Path(argv[1]) / "probe.json").exists() and not (Path(argv[1]) / "features").exists()
+        return err
+
+    moved = tmp_path / "moved"  # where the run pretrained: nothing there any more
+    moved.mkdir()
+    stl_run = random_run(tmp_path / "stl-run", "stl10", 96, moved)
+    assert refused("probe", str(stl_run)) == (
+        f"sslkit probe: error: stl10 files not found under {moved} (missing {moved / 'stl10_binary' / 'train_X.bin'} "
+        f"and 1 more) — give --data-root DIR, the folder that holds stl10_binary/ now, or download {STL10_URL} and "
+        f"extract it in {moved}\n")
+
+    stl = tmp_path / "stl"
+    write_stl10(stl, n_train=4, n_test=3, n_unlabeled=2)
+    labels = stl / "stl10_binary" / "test_y.bin"
+    labels.write_bytes(labels.read_bytes()[:2])
+    assert refused("neighbors", str(stl_run), "--query", "0", "--data-root", str(stl)) == (
+        f"sslkit neighbors: error: {labels} holds 2 labels but test_X.bin 3 images — one of them is cut short: put "
+        f"the intact files there (from {STL10_URL}), or give --data-root DIR, a folder with intact files\n")
+
+    cifar = tmp_path / "cifar"
+    write_cifar(cifar, "cifar10", per_batch=2)
+    batch = cifar / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:3000])
+    cifar_run = random_run(tmp_path / "cifar-run", "cifar10", 32, moved)
+    assert refused("map", str(cifar_run), "--data-root", str(cifar)) == (
+        f"sslkit map: error: reading cifar10 (test) failed: {batch} is damaged (UnpicklingError: pickle data was "
+        f"truncated) — put an intact copy there (from {CIFAR10_URL}), or give --data-root DIR, a folder with intact "
+        "files\n")
+    inner = tmp_path / "inner" / "cifar-10-batches-py"
+    inner.mkdir(parents=True)
+    assert refused("report", str(cifar_run), "--data-root", str(inner)) == (
+        f"sslkit report: error: {inner} is the cifar-10-batches-py folder itself — give --data-root {inner.parent}, "
+        "the folder that holds it\n")
+
+    # pretrain (and finetune, whose recipe has data.root and data.download too) keeps the recipe's keys
+    first = cifar / "cifar-10-batches-py" / "data_batch_1"
+    first.write_bytes(first.read_bytes()[:3000])
+    code = main(["pretrain", str(REPO / "recipes" / "cifar10.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 f"data.root={cifar}", "--set", "data.download=false"])
+    assert code == 2 and capsys.readouterr().err.endswith("— delete it and set data.download: true, or put an "
+                                                          "intact copy there\n")
+
+
+def test_data_root_option_changes_the_advice_of_every_data_error_inside_it_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
+    stl = tmp_path / "stl"
+    write_stl10(stl, n_train=2, n_test=2, n_unlabeled=1)
+    (stl / "stl10_binary" / "unlabeled_X.bin").write_bytes(bytes(27649))
+    (tmp_path / "stl10_binary.tar.gz").write_bytes(b"")
+
+    def messages() -> list[str]:
+        out = []
+        for call in (lambda: load_source("fashion-mnist", "test", root=str(tmp_path)),
+                     lambda: load_source("stl10", "unlabeled", root=str(stl)),
+                     lambda: load_source("stl10", "test", root=str(tmp_path)),
+                     lambda: data.split_length("stl10", "unlabeled", str(tmp_path)),
+                     lambda: imagefolder_pool(str(tmp_path / "missing")),
+                     lambda: imagefolder_pool(None)):
+            with pytest.raises(UserError) as err:
+                call()
+            out.append(str(err.value))
+        return out
+
+    with data.data_root_option("--data-root"):
+        given = messages()
+    recipe = messages()
+    for message in given:
+        assert "data.root" not in message and "data.download" not in message, message
+    assert given[0].endswith("— apt-get install dataset-fashion-mnist, or give --data-root DIR, a folder with "
+                             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+    assert given[1].endswith(f"(27,648 bytes each) — put the intact file there (from {STL10_URL}), or give "
+                             "--data-root DIR, a folder with intact files")
+    assert given[2].endswith(f"— extract it there (tar -xzf {tmp_path / 'stl10_binary.tar.gz'} -C {tmp_path})")
+    assert given[3].endswith("— put STL-10's unlabeled images there, or give --data-root DIR, the folder that holds "
+                             "stl10_binary/ with them")
+    assert given[4].endswith("is not a folder — give --data-root DIR, a folder of class subfolders")
+    assert given[5] == ("data.dataset imagefolder needs a folder — give --data-root DIR, a folder of class subfolders "
+                        "(root/<class>/<image>)")
+    assert all("data.root" in m or "data.download" in m for m in recipe), recipe  # as before, outside it
+    assert recipe[5] == ("data.dataset imagefolder needs data.root — set it to a folder of class subfolders "
+                         "(root/<class>/<image>)")
+
+
 # --- image folders ----------------------------------------------------------------------------------------
 
 
