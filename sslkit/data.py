@@ -43,18 +43,25 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cifar10": ("train", "test"),
     "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
+    # SVHN's extra: 531,131 more digits, "somewhat less difficult" in its authors' words, published as extra
+    # training data. A split to pretrain on, never scored (TRAINING_ONLY).
     "svhn": ("train", "test", "extra"),
     # An image folder is one pool of images, split once: test is a fixed stratified part held out of everything a
     # run trains on (imagefolder_split), train is the rest.
     "imagefolder": ("train", "test"),
 }
 IMAGEFOLDER_TEST_FRACTION = 0.2  # held out of every run, the same files for every command, seed and recipe
+# Labeled splits published as training data, disjoint from train and test: a run may pretrain on them, so no
+# probe or fine-tune scores on them (and a score on easier images would not compare with the published ones).
+TRAINING_ONLY: dict[str, str] = {"svhn": "extra"}
 
 
 def scored_splits(dataset: str) -> tuple[str, ...]:
-    """The splits of ``dataset`` a model trained on its train split can be scored on: labeled and disjoint from
-    train (STL-10's ``train+unlabeled`` holds the train images, its ``unlabeled`` has no labels)."""
-    return tuple(s for s in SPLITS[dataset] if "train" not in s.split("+") and s != "unlabeled")
+    """The splits of ``dataset`` a model trained on its train split can be scored on: labeled, disjoint from train
+    (STL-10's ``train+unlabeled`` holds the train images, its ``unlabeled`` has no labels) and not training data
+    (SVHN's ``extra``, which a run may have pretrained on: :data:`TRAINING_ONLY`)."""
+    return tuple(s for s in SPLITS[dataset]
+                 if "train" not in s.split("+") and s != "unlabeled" and s != TRAINING_ONLY.get(dataset))
 
 
 def pretraining_splits(dataset: str) -> tuple[str, ...]:
@@ -80,7 +87,12 @@ def scored_split_problem(dataset: str, split: str, option: str, fitted: str) -> 
     if split not in SPLITS[dataset]:
         hint = _did_you_mean(split, SPLITS[dataset], usable=scored_splits(dataset))
         return f"{dataset} has no split {split!r} ({option}){hint} — use {usable}"
-    why = "has no labels" if split == "unlabeled" else f"holds the train images {fitted}"
+    if split == "unlabeled":
+        why = "has no labels"
+    elif split == TRAINING_ONLY.get(dataset):
+        why = "is extra training data (easier images, and a run may have pretrained on them), not an evaluation split"
+    else:
+        why = f"holds the train images {fitted}"
     return f"{option} {split!r} of {dataset} {why} — use {usable}"
 
 
@@ -966,7 +978,8 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
 
     Args:
         dataset: one of ``DATASETS``.
-        split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``, SVHN also ``extra``. An
+        split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``, SVHN also ``extra`` (more
+            training data: pretraining may use it, the probes do not score on it; :func:`scored_splits`). An
             image folder's test split is a fixed part of it (:func:`imagefolder_split`), its train split the rest;
             :func:`imagefolder_pool` reads the whole folder.
         root: where the files are: searched first for Fashion-MNIST, required for an image folder, the download
