@@ -632,8 +632,66 @@ def _local_reader(cls: type) -> type:
     return type(f"Local{cls.__name__}", (cls,), attrs)
 
 
+def _md5_checked_files(cls: type, base: Path, split: str) -> list[Path]:
+    """The files whose md5 torchvision's ``cls`` compares with the release's when made with ``download=True``, even
+    when nothing is missing: SVHN the split's .mat (extra: 1.3 GB); CIFAR and STL-10 every file of the release,
+    whichever the split (STL-10: 3.1 GB, most of it the unlabeled images)."""
+    if hasattr(cls, "split_list"):
+        return [base / cls.split_list[split][1]]
+    files = [base / cls.base_folder / name for name, _ in cls.train_list + cls.test_list]
+    if hasattr(cls, "meta"):
+        files.append(base / cls.base_folder / cls.meta["filename"])
+    return files
+
+
+def _verified_record(base: Path) -> Path:
+    """Where the files of the data folder ``base`` that passed torchvision's md5 check are recorded: in sslkit's
+    cache (``$SSLKIT_CACHE/verified/``), not in the data folder, which may be shared or read-only."""
+    resolved = base.resolve()
+    tag = hashlib.sha256(str(resolved).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return _cache_root() / "verified" / f"{resolved.name}-{tag}.json"
+
+
+def _file_state(path: Path) -> list[int]:
+    """What changes when a file is rewritten, replaced or cut short: size, mtime and ctime (which tools that restore
+    a replaced file's mtime cannot set back)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _md5_verified(cls: type, base: Path, split: str) -> bool:
+    """Whether every file torchvision would md5 for ``split`` passed that check before and is unchanged since."""
+    try:
+        record = json.loads(_verified_record(base).read_text())
+        return all(record.get(str(p.relative_to(base))) == _file_state(p) for p in _md5_checked_files(cls, base, split))
+    except (OSError, ValueError, AttributeError):  # no record, a file gone, a record that is not a JSON object
+        return False
+
+
+def _remember_md5_verified(cls: type, base: Path, split: str) -> None:
+    """Records the files torchvision has just checked (or downloaded and checked) for ``split``, as they are now."""
+    path = _verified_record(base)
+    try:
+        record = json.loads(path.read_text())
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        record = {}
+    try:
+        record.update({str(p.relative_to(base)): _file_state(p) for p in _md5_checked_files(cls, base, split)})
+        text = json.dumps(record, indent=1)
+        atomic_write(path, lambda part: part.write_text(text))
+    except OSError:  # a file gone since, or no writable cache (WriteError is an OSError): checked again next time
+        pass
+
+
 def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> ImageSource:
-    """CIFAR-10/100, STL-10 and SVHN through torchvision's own readers, as one (N, 3, H, W) uint8 tensor."""
+    """CIFAR-10/100, STL-10 and SVHN through torchvision's own readers, as one (N, 3, H, W) uint8 tensor.
+
+    With ``download``, torchvision compares the md5 of every file of the release on each load, even when nothing is
+    missing (:func:`_md5_checked_files`; STL-10: 3.1 GB, a few seconds to minutes on every pretrain, resume and
+    fine-tune). Files that passed once and are unchanged since (:func:`_md5_verified`) are read as local files
+    instead, checked only as those are.
+    """
     cls = _torchvision_class(dataset)
     base = Path(root).expanduser() if root else DEFAULT_ROOT
     missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
@@ -641,6 +699,8 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
         _check_layout(dataset, cls, base)  # before a download too, which would fetch a second copy in the wrong place
         if not download:
             raise UserError(_not_found(dataset, cls, base, split, missing))
+    if download and not missing and _md5_verified(cls, base, split):
+        download = False  # nothing to fetch, and torchvision would md5 every file again
     if not download:
         if dataset == "stl10":
             _check_stl10(base / cls.base_folder, split)
@@ -652,6 +712,8 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
         ds = cls(str(base), download=download, **kwargs)
     except Exception as e:  # noqa: BLE001 — offline, bad checksum, damaged pickle/.mat/.bin: one line for all
         raise _read_failure(dataset, cls, base, split, download, e) from None
+    if download:
+        _remember_md5_verified(cls, base, split)
     data = np.asarray(ds.data)
     if dataset.startswith("cifar"):  # torchvision turns CIFAR's channel-major rows into N×H×W×C; undo that
         data = data.transpose(0, 3, 1, 2)
@@ -906,9 +968,13 @@ def imagefolder_cache(base: Path) -> Path:
     folder stays as the user made it (torchvision's ``ImageFolder`` would take a cache folder in it for a class),
     in ``$SSLKIT_CACHE/imagefolder/<folder name>-<hash of its path>``; ``SSLKIT_CACHE`` defaults to
     ``~/.cache/sslkit``."""
-    root = Path(os.environ.get("SSLKIT_CACHE") or "~/.cache/sslkit").expanduser()
     tag = hashlib.sha256(str(base).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return root / "imagefolder" / f"{base.name}-{tag}"
+    return _cache_root() / "imagefolder" / f"{base.name}-{tag}"
+
+
+def _cache_root() -> Path:
+    """sslkit's cache folder: ``$SSLKIT_CACHE``, by default ``~/.cache/sslkit``."""
+    return Path(os.environ.get("SSLKIT_CACHE") or "~/.cache/sslkit").expanduser()
 
 
 def _drop_stale_caches(cache: Path, key: str, size: int, mode: str) -> None:

@@ -431,6 +431,46 @@ def test_stl10_files_cut_short_are_named_before_reading(tmp_path: Path, capsys: 
                                        "data.download: true, or put the intact files there\n")
 
 
+def test_files_torchvision_verified_once_are_not_md5_checked_again_on_every_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With data.download: true, torchvision's STL10 compares the md5 of all five files of the release (3.1 GB with
+    the unlabeled images) each time it is made, whichever the split and though nothing is missing: every pretrain,
+    resume and fine-tune (which loads train and test) read and hashed them all again."""
+    from torchvision.datasets import stl10 as tv_stl10
+    from torchvision.datasets import svhn as tv_svhn
+    from torchvision.datasets import utils as tv_utils
+
+    checked: list[str] = []
+
+    def check_integrity(fpath: str, md5: str | None = None) -> bool:  # the fakes cannot match the release's md5
+        checked.append(Path(fpath).name)
+        return os.path.isfile(fpath)
+
+    for module in (tv_stl10, tv_svhn, tv_utils):  # utils: SVHN's download_url checks the file it has
+        monkeypatch.setattr(module, "check_integrity", check_integrity)
+    monkeypatch.setattr(tv_stl10, "download_and_extract_archive", lambda *a, **k: pytest.fail("downloaded"))
+    expected = write_stl10(tmp_path, n_train=4, n_test=3, n_unlabeled=2)
+    test = load_source("stl10", "test", root=str(tmp_path), download=True)
+    assert sorted(checked) == ["test_X.bin", "test_y.bin", "train_X.bin", "train_y.bin", "unlabeled_X.bin"]
+    assert torch.equal(test.images, torch.from_numpy(expected["test"]))
+    checked.clear()
+    train = load_source("stl10", "train", root=str(tmp_path), download=True)  # another split, the same files
+    assert load_source("stl10", "test", root=str(tmp_path), download=True).labels.tolist() == test.labels.tolist()
+    assert checked == [] and torch.equal(train.images, torch.from_numpy(expected["train"]))
+
+    labels = tmp_path / "stl10_binary" / "train_y.bin"
+    labels.write_bytes(labels.read_bytes())  # rewritten (a new copy): checked again, once
+    load_source("stl10", "train", root=str(tmp_path), download=True)
+    load_source("stl10", "train", root=str(tmp_path), download=True)
+    assert len(checked) == 5
+    checked.clear()
+
+    write_svhn(tmp_path, "extra", n=5)  # SVHN checked the .mat twice per load (its download, then its constructor)
+    for _ in range(3):
+        load_source("svhn", "extra", root=str(tmp_path), download=True)
+    assert checked == ["extra_32x32.mat"] * 2
+
+
 def test_svhn_on_disk_format(tmp_path: Path) -> None:
     from scipy.io import savemat
 
