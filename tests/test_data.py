@@ -505,28 +505,6 @@ def random_run(run: Path, dataset: str, image_size: int, data_root: Path) -> Pat
     return run
 
 
-def test_svhn_extra_is_training_data_to_pretrain_on_and_never_a_scored_split(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """SVHN's extra (531,131 digits its authors publish as somewhat less difficult extra training data) was a
-    split the probes scored on, and so one no run could pretrain on: the other way round."""
-    from sslkit.cli import main
-    from sslkit.config import load_recipe
-    from sslkit.evaluation.finetune_config import test_split_problem
-
-    assert data.scored_splits("svhn") == ("test",) and data.pretraining_splits("svhn") == ("train", "extra")
-    assert load_recipe(REPO / "recipes" / "quickstart.yaml", ["data.dataset=svhn", "data.split=extra"]).data.split \
-        == "extra"
-    run = random_run(tmp_path / "run", "svhn", 32, tmp_path)  # no data there: refused before any is read
-    assert main(["probe", str(run), "--split", "extra"]) == 2
-    assert capsys.readouterr().err == ("sslkit probe: error: --split 'extra' of svhn is extra training data (easier "
-                                       "images, and a run may have pretrained on them), not an evaluation split — "
-                                       "use test (or val, a held-out part of train for comparing runs)\n")
-    assert not (run / "probe.json").exists()
-    assert test_split_problem("svhn", "extra") == ("data.test_split 'extra' of svhn is extra training data (easier "
-                                                   "images, and a run may have pretrained on them), not an "
-                                                   "evaluation split — use test")
-
-
 def test_commands_that_read_a_run_say_data_root_where_pretrain_says_the_recipe_keys(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`sslkit probe`, `neighbors`, `map` and `report` read no recipe: their way to another folder is --data-root.
@@ -620,6 +598,37 @@ def test_data_root_option_changes_the_advice_of_every_data_error_inside_it_only(
     assert all("data.root" in m or "data.download" in m for m in recipe), recipe  # as before, outside it
     assert recipe[5] == ("data.dataset imagefolder needs data.root — set it to a folder of class subfolders "
                          "(root/<class>/<image>)")
+
+    write_fashion_mnist(tmp_path / "system", n_train=2, n_test=2)  # read from there when the given folder has none
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
+    with data.data_root_option("--data-root"), pytest.warns(UserWarning, match=rf"^the data folder '{stl}' holds no "
+                                                                              "Fashion-MNIST test files: read those"):
+        load_source("fashion-mnist", "test", root=str(stl))
+
+
+# --- splits that are training data ----------------------------------------------------------------------------
+
+
+def test_svhn_extra_is_training_data_to_pretrain_on_and_never_a_scored_split(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SVHN's extra (531,131 digits its authors publish as somewhat less difficult extra training data) was a
+    split the probes scored on, and so one no run could pretrain on: the other way round."""
+    from sslkit.cli import main
+    from sslkit.config import load_recipe
+    from sslkit.evaluation.finetune_config import test_split_problem
+
+    assert data.scored_splits("svhn") == ("test",) and data.pretraining_splits("svhn") == ("train", "extra")
+    assert load_recipe(REPO / "recipes" / "quickstart.yaml", ["data.dataset=svhn", "data.split=extra"]).data.split \
+        == "extra"
+    run = random_run(tmp_path / "run", "svhn", 32, tmp_path)  # no data there: refused before any is read
+    assert main(["probe", str(run), "--split", "extra"]) == 2
+    assert capsys.readouterr().err == ("sslkit probe: error: --split 'extra' of svhn is extra training data (easier "
+                                       "images, and a run may have pretrained on them), not an evaluation split — "
+                                       "use test (or val, a held-out part of train for comparing runs)\n")
+    assert not (run / "probe.json").exists()
+    assert test_split_problem("svhn", "extra") == ("data.test_split 'extra' of svhn is extra training data (easier "
+                                                   "images, and a run may have pretrained on them), not an "
+                                                   "evaluation split — use test")
 
 
 # --- image folders ----------------------------------------------------------------------------------------
