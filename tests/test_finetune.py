@@ -243,7 +243,10 @@ def test_fgsm_at_zero_is_clean_accuracy_and_never_helps(tmp_path: Path) -> None:
      r"'train\+unlabeled' of stl10 holds the train images the labeled subset is drawn from — use test"),
     ("data:\n  dataset: stl10\n  test_split: unlabeled\n", [], r"'unlabeled' of stl10 has no labels — use test"),
     ("data:\n  dataset: svhn\n  test_split: trian\n", [],
-     r"svhn has no split 'trian' \(data\.test_split\) — use test, extra"),
+     r"svhn has no split 'trian' \(data\.test_split\) — use test$"),
+    ("data:\n  dataset: svhn\n  test_split: extra\n", [],
+     r"data\.test_split 'extra' of svhn is extra training data \(easier images, and a run may have pretrained on "
+     r"them\), not an evaluation split — use test$"),
 ])
 def test_bad_recipes_exit_2_naming_the_key(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            text: str, sets: list[str], pattern: str) -> None:
