@@ -254,6 +254,9 @@ NN_MARGIN = 0.15  # inches around the grid
 NN_COLUMNS = 12  # neighbours per line before wrapping
 NN_MAX_SHOWN = 48  # neighbours drawn per query (the table lists all)
 NN_MAX_QUERIES = 50  # queries drawn in one figure (the table lists all)
+# Lines of images in one figure: 50 queries of up to 12 neighbours, or 12 of 48 (four lines each). 50 of 48 made
+# a PNG of 2004 × 39,111 pixels (326 inches tall, 2,400 images) that took 30 s to draw.
+NN_MAX_LINES = 50
 NN_MIN_WIDTH = 4.8  # inches: the legend's four entries side by side take 4; a grid of fewer images is centred in it
 NN_TITLE_SIZE, NN_LEGEND_SIZE = 9.5, 7.5  # points
 NN_TOP = 0.12  # inches above the title
@@ -305,13 +308,15 @@ def wrap_to_width(text: str, width: float, size: float) -> list[str]:
 def neighbor_grid_layout(n_queries: int, k: int, title: str | None = None) -> NeighborGridLayout:
     """The neighbour grid's geometry: one row per query, its neighbours wrapped after :data:`NN_COLUMNS`.
 
-    At most :data:`NN_MAX_QUERIES` queries and :data:`NN_MAX_SHOWN` neighbours each are drawn, so any request
-    gives a picture a person can open. The figure is at least :data:`NN_MIN_WIDTH` wide, so that the legend fits a
-    grid of few neighbours, and the title is wrapped to it: both were cut off at the figure's edges.
+    At most :data:`NN_MAX_QUERIES` queries, :data:`NN_MAX_SHOWN` neighbours each and :data:`NN_MAX_LINES` lines of
+    images in all are drawn, so any request gives a picture a person can open. The figure is at least
+    :data:`NN_MIN_WIDTH` wide, so that the legend fits a grid of few neighbours, and the title is wrapped to it: both
+    were cut off at the figure's edges.
     """
-    q_n, k_n = min(n_queries, NN_MAX_QUERIES), min(k, NN_MAX_SHOWN)
+    k_n = min(k, NN_MAX_SHOWN)
     cols = min(k_n, NN_COLUMNS)
     lines = math.ceil(k_n / cols)
+    q_n = min(n_queries, NN_MAX_QUERIES, max(1, NN_MAX_LINES // lines))
     grid = 2 * NN_MARGIN + NN_CELL + NN_SEPARATOR + cols * NN_CELL + (cols - 1) * NN_GAP
     width = max(grid, NN_MIN_WIDTH)
     x0 = NN_MARGIN + (width - grid) / 2  # the query column; the grid is centred
@@ -363,8 +368,9 @@ def plot_neighbors(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     """One row per query: the query, then its neighbours captioned with index, cosine similarity and class.
 
     Neighbours are framed green when their class is the query's, red when not, grey when unlabeled
-    (:func:`frame_colours`); :func:`neighbor_grid_layout` places them, wrapping long rows. Beyond
-    :data:`NN_MAX_QUERIES` queries or :data:`NN_MAX_SHOWN` neighbours the figure shows the first ones and says so.
+    (:func:`frame_colours`); :func:`neighbor_grid_layout` places them, wrapping long rows. Beyond what fits its
+    bounds (:data:`NN_MAX_QUERIES` queries, :data:`NN_MAX_SHOWN` neighbours, :data:`NN_MAX_LINES` lines) the figure
+    shows the first ones and says so.
 
     Shape:
         images: (N, C, H, W), labels: (N,), idx: (Q, k), sims: (Q, k)

@@ -29,6 +29,7 @@ from sslkit.viz import (
     MISMATCH,
     NEUTRAL,
     NN_COLUMNS,
+    NN_MAX_LINES,
     NN_MAX_SHOWN,
     frame_colours,
     neighbor_grid_layout,
@@ -211,6 +212,14 @@ def test_large_k_wraps_and_the_picture_stays_bounded() -> None:
     lefts = {round(b[0], 6) for b in layout.neighbors[0]}
     assert len(lefts) == NN_COLUMNS, "neighbours wrap after NN_COLUMNS"
     assert layout.size[0] < 20 and layout.size[1] < 40
+
+
+def test_many_wrapped_neighbours_draw_fewer_queries_in_a_bounded_picture() -> None:
+    layout = neighbor_grid_layout(10_000, 9_999)  # 48 neighbours drawn: four lines a query
+    lines = sum(len({round(b[1], 6) for b in row}) for row in layout.neighbors)
+    assert lines <= NN_MAX_LINES and len(layout.queries) == NN_MAX_LINES // 4 and layout.truncated
+    assert layout.size[1] * DPI < 12_000, "50 queries of 48 neighbours were 39,111 pixels tall"
+    assert len(neighbor_grid_layout(55, 3).queries) == 50, "one line a query: as many queries as before"
 
 
 def test_random_queries_are_seeded_and_reproducible(run: Path, tmp_path: Path) -> None:
