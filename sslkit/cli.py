@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(p)
     p.add_argument("--query", nargs="+", required=True, metavar="I",
                    help="image indices into the split, or random:N for N seeded random queries")
-    p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8)")
+    p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8); queries × k at most 10,000, one "
+                   "table line each (the grid draws the first of them)")
     p.add_argument("--split", default="test", help="split to search (default: test)")
     p.add_argument("--out", metavar="PNG",
                    help="where to write the grid (default: RUN/neighbors/<split>-<queries>-k<k>.png)")

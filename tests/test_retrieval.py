@@ -222,6 +222,42 @@ def test_many_wrapped_neighbours_draw_fewer_queries_in_a_bounded_picture() -> No
     assert len(neighbor_grid_layout(55, 3).queries) == 50, "one line a query: as many queries as before"
 
 
+def test_more_neighbours_than_the_table_lists_are_refused_before_any_compute(
+        run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compute(*args: object, **kwargs: object) -> None:
+        raise AssertionError("features were read or computed")
+
+    monkeypatch.setattr(retrieval, "split_features", no_compute)
+    before = _files(run)
+    assert main(["neighbors", str(run), "--query", "random:2000", "-k", "1999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslkit neighbors: error: --query and -k ask for 3,998,000 "), err
+    assert f"more than the {retrieval.TABLE_MAX_ROWS:,} allowed: the table lists each on a line" in err[0]
+    assert "at most 5 queries at -k 1999 (e.g. --query random:5) or -k 5 or less for 2,000 queries" in err[0]
+    assert _files(run) == before
+    with pytest.raises(SystemExit):
+        main(["neighbors", "--help"])
+    assert f"at most {retrieval.TABLE_MAX_ROWS:,}" in " ".join(capsys.readouterr().out.split()), "-k's help is true"
+
+
+def test_the_neighbour_limit_is_inclusive_and_larger_without_the_table(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval, "TABLE_MAX_ROWS", 20)
+    monkeypatch.setattr(retrieval, "RESULT_MAX_ROWS", 30)
+    assert retrieval.find_neighbors(run, ["random:5"], k=4, console=quiet(), out=tmp_path / "a.png").idx.shape == (5, 4)
+    with pytest.raises(UserError, match=r"ask for 25 neighbours \(5 queries × 5\), more than the 20 allowed"):
+        retrieval.find_neighbors(run, ["random:5"], k=5, console=quiet(), out=tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()
+    found = retrieval.find_neighbors(run, ["random:5"], k=6, show_table=False, out=tmp_path / "c.png")
+    assert found.idx.shape == (5, 6)
+    with pytest.raises(UserError, match="more than the 30 allowed: the result holds 12 bytes per neighbour"):
+        retrieval.find_neighbors(run, ["random:5"], k=7, show_table=False, out=tmp_path / "d.png")
+    with pytest.raises(UserError, match="at most 1 query at -k 30 .* or -k 6 or less for 5 queries"):
+        retrieval.check_request(5, 30, table=False)
+    with pytest.raises(UserError, match="ask for 30 or fewer in all"):
+        retrieval.check_request(31, 31, table=False)
+
+
 def test_random_queries_are_seeded_and_reproducible(run: Path, tmp_path: Path) -> None:
     a = retrieval.parse_queries(["random:5"], N_TEST, seed=0)
     assert a == retrieval.parse_queries(["random:5"], N_TEST, seed=0)

@@ -10,6 +10,10 @@ changed in any way get a new index instead of a stale one.
 
 A query is an image of the split itself, so its own row is always among its best matches; it is dropped from
 the answer, which holds the k most similar *other* images.
+
+The table lists every neighbour found, one line each, so queries × k is bounded (:data:`TABLE_MAX_ROWS`) and
+checked before any feature is computed; the grid draws the first queries and neighbours of a larger request
+(:func:`sslkit.viz.neighbor_grid_layout`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ from sslkit.outputs import FIGURE_SUFFIXES, check_output, check_run_writable
 INDEX_KINDS: tuple[str, ...] = faiss_index.INDEX_KINDS
 DEFAULT_INDEX = "flat"  # exact: a split of a few hundred thousand images is searched in well under a second
 _RANDOM_RE = re.compile(r"^random:(\d+)$")
+# Neighbours the printed table may list (queries × k), one line each. Rich builds the whole table before printing
+# it, about 1 ms a line here: 10,000 lines print in seconds, while --query random:10000 -k 9999 on Fashion-MNIST's
+# test split (99,990,000 lines) held 8 GB after three minutes without printing one. Nobody reads more anyway.
+TABLE_MAX_ROWS = 10_000
+# Neighbours one search may return without a table (show_table=False): 12 bytes each (cosine, row number), about
+# 0.5 GB at the peak of a search of this many; all of a 60,000-image split against itself would take 43 GB.
+RESULT_MAX_ROWS = 10_000_000
 
 
 # --- the run's split and its features ------------------------------------------------------------------------
@@ -253,6 +264,27 @@ def check_k(k: int, n: int, split: str = "test") -> None:
                         f"neighbours besides the query — use -k {max(n - 1, 1)} or less")
 
 
+def check_request(n_queries: int, k: int, table: bool = True) -> None:
+    """Raises UserError when ``n_queries`` × ``k`` neighbours are more than :data:`TABLE_MAX_ROWS` (with the table,
+    which lists each on a line of its own) or :data:`RESULT_MAX_ROWS` (without it), naming what fits instead."""
+    limit = TABLE_MAX_ROWS if table else RESULT_MAX_ROWS
+    total = n_queries * k
+    if total <= limit:
+        return
+    why = ("the table lists each on a line of its own, about 1 ms a line to print, and a longer list is not read"
+           if table else "the result holds 12 bytes per neighbour, and a larger one may not fit in memory")
+    def queries(n: int) -> str:
+        return f"{n:,} {'query' if n == 1 else 'queries'}"
+
+    fits = []
+    if k <= limit:
+        fits.append(f"at most {queries(limit // k)} at -k {k} (e.g. --query random:{limit // k})")
+    if n_queries <= limit:
+        fits.append(f"-k {limit // n_queries} or less for {queries(n_queries)}")
+    raise UserError(f"--query and -k ask for {total:,} neighbours ({queries(n_queries)} × {k:,}), more than the "
+                    f"{limit:,} allowed: {why} — ask for {' or '.join(fits) or f'{limit:,} or fewer in all'}")
+
+
 def _token_name(token: str | int) -> str:
     """A ``--query`` token as it reads: ``3`` for ``03`` or ``+3``, ``random5`` for ``random:05``."""
     text = str(token).strip()
@@ -325,7 +357,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     """Finds each query's k nearest images of the split, writes the grid PNG and prints the table.
 
     Every argument is checked (the run's encoder record, the index kind, the queries and k against the split's
-    size) before any feature is computed or any file written.
+    size, queries × k against :data:`TABLE_MAX_ROWS` — :data:`RESULT_MAX_ROWS` without the table) before any
+    feature is computed or any file written.
 
     Args:
         run: the run directory (it needs ``encoder.safetensors`` and ``encoder.json``).
@@ -344,7 +377,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
 
     Raises:
         UserError: a run without an encoder, an unknown index kind, an index outside the split, k too large,
-            missing data.
+            more neighbours in all than the limit, missing data.
     """
     from sslkit.viz import plot_neighbors
 
@@ -362,6 +395,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     source = load_split(meta, split)
     picked = parse_queries(queries, len(source), split, seed)
     check_k(k, len(source), split)
+    check_request(len(picked), k, table=show_table)
     index = faiss_index.resolve_kind(index, len(source))  # --index auto: the grid is named as the kind it picks
 
     feats, feats_path = split_features(run, meta, source, split, console=console)
