@@ -29,6 +29,9 @@ from sslkit.errors import UserError  # noqa: E402
 COLOURS = {"encoder": "#1f77b4", "raw_pixels": "#7f7f7f", "random_init": "#d62728"}
 OTHER_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2")  # --compare runs: none of those
 MATCH, MISMATCH, NEUTRAL, QUERY = "#2ca02c", "#d62728", "#9e9e9e", "#1f3b73"
+# Unlabeled points of a map: unfilled, opaque black rings beside the filled discs of the classes. A grey one was taken
+# for a class: tab10's class 7 is #7f7f7f, tab20's classes 14 and 15 are #7f7f7f and #c7c7c7.
+UNLABELED = "#000000"
 MAP_METHODS: tuple[str, ...] = ("umap", "tsne")
 DPI = 120
 
@@ -485,7 +488,7 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
 
     Args:
         xy: (N, 2) coordinates.
-        labels: (N,) classes (−1 drawn grey as unlabeled).
+        labels: (N,) classes (−1: unlabeled, drawn as :data:`UNLABELED` rings, unlike any class's discs).
         classes: class names.
         path: the PNG.
         title: figure title.
@@ -503,7 +506,8 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
     fig, ax = plt.subplots(figsize=(9.5, 7.5))
     size = float(np.clip(2.5e4 / max(len(xy), 1), 2, 30))
     if (y < 0).any():
-        ax.scatter(xy[y < 0, 0], xy[y < 0, 1], s=size, color=NEUTRAL, alpha=0.5, linewidths=0, label="unlabeled")
+        ax.scatter(xy[y < 0, 0], xy[y < 0, 1], s=size, facecolors="none", edgecolors=UNLABELED, linewidths=0.4,
+                   label=f"unlabeled ({int((y < 0).sum())})")
     for c, name in enumerate(classes):
         mask = y == c
         if mask.any():
@@ -516,7 +520,7 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
             box = OffsetImage(a, zoom=zoom, cmap="gray" if a.ndim == 2 else None,
                               interpolation="nearest" if max(a.shape[:2]) <= 64 else "antialiased")
             box.get_children()[0].set_clim(0, 255)
-            colour = colours[y[i]] if y[i] >= 0 else NEUTRAL
+            colour = colours[y[i]] if y[i] >= 0 else UNLABELED
             ax.add_artist(AnnotationBbox(box, xy[i], frameon=True, pad=0.1,
                                          bboxprops={"edgecolor": colour, "linewidth": 2.5}))
     label = "UMAP" if method == "umap" else "t-SNE"

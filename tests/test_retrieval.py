@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
@@ -31,8 +32,10 @@ from sslkit.viz import (
     NN_COLUMNS,
     NN_MAX_LINES,
     NN_MAX_SHOWN,
+    UNLABELED,
     frame_colours,
     neighbor_grid_layout,
+    plot_map,
     plot_neighbors,
 )
 
@@ -256,6 +259,55 @@ def test_the_neighbour_limit_is_inclusive_and_larger_without_the_table(
         retrieval.check_request(5, 30, table=False)
     with pytest.raises(UserError, match="ask for 30 or fewer in all"):
         retrieval.check_request(31, 31, table=False)
+
+
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+    """The colour an RGBA colour shows on the white page."""
+    rgba = np.asarray(rgba, dtype=np.float64).reshape(-1, 4)
+    return rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:])
+
+
+@pytest.mark.parametrize("n_classes", [3, 10, 20, 40])
+def test_unlabeled_points_on_a_map_look_unlike_every_class(n_classes: int, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unlabeled points were light grey discs (#9e9e9e at half opacity), beside tab10's grey class 7 (#7f7f7f) and
+    tab20's #c7c7c7. As drawn on the white page, their colour now lies at least 0.5 (RGB in [0, 1]) from every
+    class's, for any number of classes, and they are unfilled rings where every class is a filled disc."""
+    import matplotlib.pyplot as plt
+
+    import sslkit.viz as viz
+
+    drawn = {}
+
+    def keep(fig, path, dpi=DPI):
+        drawn["fig"] = fig
+        return Path(path)
+
+    monkeypatch.setattr(viz, "save_figure", keep)
+    labels = torch.arange(-1, n_classes).repeat(3)
+    xy = np.random.default_rng(0).normal(size=(len(labels), 2))
+    images = torch.zeros(len(labels), 1, 8, 8, dtype=torch.uint8)
+    plot_map(xy, labels, [f"class {c}" for c in range(n_classes)], tmp_path / "m.png", "map", images=images,
+             thumbnails=[0, 1])  # row 0 is unlabeled, row 1 of class 0
+    fig = drawn["fig"]
+    try:
+        (ax,) = fig.axes
+        unlabeled = [c for c in ax.collections if c.get_label().startswith("unlabeled")]
+        classes = [c for c in ax.collections if c.get_label().startswith("class ")]
+        assert len(unlabeled) == 1 and len(classes) == n_classes
+        (ring,) = unlabeled
+        assert ring.get_label() == "unlabeled (3)"
+        assert len(ring.get_facecolor()) == 0 or np.all(np.asarray(ring.get_facecolor())[:, 3] == 0), "unfilled"
+        ring_colour = _on_white(ring.get_edgecolor())
+        np.testing.assert_allclose(ring_colour, _on_white(matplotlib.colors.to_rgba(UNLABELED)))
+        for disc in classes:
+            assert np.all(np.asarray(disc.get_facecolor())[:, 3] > 0), "class points are filled"
+            gap = np.linalg.norm(ring_colour - _on_white(disc.get_facecolor()), axis=1).min()
+            assert gap >= 0.5, (disc.get_label(), gap)
+        frames = [box.patch.get_edgecolor() for box in ax.artists]
+        np.testing.assert_allclose(frames[0], matplotlib.colors.to_rgba(UNLABELED))  # the unlabeled thumbnail
+    finally:
+        plt.close(fig)
 
 
 def test_random_queries_are_seeded_and_reproducible(run: Path, tmp_path: Path) -> None:
