@@ -2,8 +2,9 @@
 
 A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed over its
 final name, so a file with a final name is always complete. ``last.pt`` is the newest checkpoint; ``step-N.pt``
-keeps the last ``keep`` ones. Loading always uses ``torch.load(weights_only=True)``: a checkpoint carrying
-pickled code is refused instead of run.
+keeps the last ``keep`` ones, and ``--resume`` takes a ``step-N.pt`` newer than ``last.pt`` (a process killed
+between the two renames). Loading always uses ``torch.load(weights_only=True)``: a checkpoint carrying pickled
+code is refused instead of run.
 
 A write that fails (a full disk, a folder made read-only) raises :class:`~sslkit.errors.WriteError` naming the
 file and the system's reason, removes its temporary file, and leaves every file written before as it was.
@@ -220,9 +221,40 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
 
 
 def _newest_first(folder: Path) -> list[Path]:
-    """A folder's checkpoints in the order ``--resume`` tries them: ``last.pt``, then ``step-N.pt`` newest first."""
-    candidates = [folder / "last.pt"] if (folder / "last.pt").is_file() else []
-    return candidates + [p for _, p in reversed(step_checkpoints(folder))]
+    """A folder's checkpoints in the order ``--resume`` tries them: newest step first, ``last.pt`` before the
+    ``step-N.pt`` of its own step.
+
+    :func:`save_checkpoint` renames ``step-N.pt`` into place before it points ``last.pt`` at it, so a process
+    killed between the two leaves a complete ``step-N.pt`` and ``last.pt`` at the checkpoint before; trusting
+    ``last.pt`` first repeated the steps between. Its step is that of the ``step-N.pt`` it is a hard link to; a
+    copy (a file system without hard links) is read for it, and one that does not load is tried first, so that
+    loading it says what is wrong with it.
+    """
+    steps = list(reversed(step_checkpoints(folder)))  # newest first
+    last = folder / "last.pt"
+    if not last.is_file():
+        return [p for _, p in steps]
+    at = next((n for n, p in steps if _same_file(last, p)), None)
+    if at is None:
+        at = _saved_step(last)
+    if at is None:
+        return [last, *(p for _, p in steps)]
+    return [p for n, p in steps if n > at] + [last] + [p for n, p in steps if n <= at]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _saved_step(path: Path) -> int | None:
+    """The step a checkpoint was saved at, or None when it does not load; tensors are memory-mapped, not read."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # noqa: BLE001 — as load_latest: a checkpoint that does not load is passed over
+        return None
 
 
 def resume_point(folder: Path) -> tuple[int, Path] | None:
@@ -232,10 +264,9 @@ def resume_point(folder: Path) -> tuple[int, Path] | None:
     be full or read-only. Tensors are memory-mapped, not read.
     """
     for path in _newest_first(Path(folder)):
-        try:
-            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"]), path
-        except Exception:  # noqa: BLE001 — as load_latest: a checkpoint that does not load is passed over
-            continue
+        step = _saved_step(path)
+        if step is not None:
+            return step, path
     return None
 
 

@@ -15,6 +15,7 @@ from sslkit.checkpoint import (
     load_checkpoint,
     load_encoder,
     load_latest,
+    resume_point,
     save_checkpoint,
     step_checkpoints,
 )
@@ -43,6 +44,26 @@ def test_corrupt_last_falls_back_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="last.pt"):
         state, path = load_latest(tmp_path)
     assert state["step"] == 1 and path.name == "step-1.pt"
+
+
+@pytest.mark.parametrize("last", ["hard-link", "copy"])
+def test_a_step_file_newer_than_last_is_resumed_from(tmp_path: Path, last: str) -> None:
+    """A process killed after step-3.pt was renamed into place but before last.pt pointed at it: last.pt is at
+    step 2. --resume took last.pt, and trained step 3 again."""
+    for s in (1, 2):
+        save_checkpoint(_state(s), tmp_path, s, keep=3)
+    if last == "copy":  # a file system without hard links: save_checkpoint writes last.pt as a copy
+        (tmp_path / "last.pt").unlink()
+        (tmp_path / "last.pt").write_bytes((tmp_path / "step-2.pt").read_bytes())
+    torch.save(_state(3), tmp_path / "step-3.pt")  # the kill's leftover, complete
+    state, path = load_latest(tmp_path)
+    assert state["step"] == 3 and path.name == "step-3.pt"
+    assert resume_point(tmp_path) == (3, tmp_path / "step-3.pt")
+    (tmp_path / "step-3.pt").write_bytes((tmp_path / "step-3.pt").read_bytes()[:100])  # torn: last.pt is next
+    with pytest.warns(UserWarning, match="step-3.pt"):
+        state, path = load_latest(tmp_path)
+    assert state["step"] == 2 and path.name == "last.pt"
+    assert resume_point(tmp_path) == (2, tmp_path / "last.pt")
 
 
 def test_all_corrupt_is_one_clear_error(tmp_path: Path) -> None:

@@ -109,6 +109,46 @@ def test_resume_is_bitwise_exact(tmp_path: Path, stop: int) -> None:
     assert losses(full) == losses(part)
 
 
+def test_a_kill_between_the_step_file_and_last_pt_resumes_from_the_step_file(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_checkpoint renames step-N.pt into place, then points last.pt at it. A process killed between the two
+    left last.pt at the checkpoint before, and --resume took it: the steps between were trained twice."""
+    import sslkit.checkpoint as checkpoint
+
+    extra = "train.checkpoint_every=3"  # checkpoints at steps 3, 4 (the epoch's end), 6 and 8
+    full, part = tmp_path / "full", tmp_path / "part"
+    pretrain(tiny_recipe(extra), full, console=quiet())
+
+    class Killed(BaseException):
+        pass
+
+    real = checkpoint.atomic_write
+
+    def killed_at_step_6(path: Path, write) -> None:
+        if path.name == "last.pt" and (path.parent / "step-6.pt").is_file():
+            raise Killed
+        real(path, write)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", killed_at_step_6)
+    with pytest.raises(Killed):
+        pretrain(tiny_recipe(extra), part, console=quiet())
+    monkeypatch.undo()
+    ck = part / "checkpoints"
+    assert load_checkpoint(ck / "last.pt")["step"] == 4 and load_checkpoint(ck / "step-6.pt")["step"] == 6
+    console = Console(record=True, width=300)
+    assert pretrain(tiny_recipe(extra), part, resume=True, console=console)["steps"] == 8
+    text = console.export_text()
+    assert f"resuming from {ck / 'step-6.pt'} (step 6)" in text and "resumed at step 6" in text, text
+    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(ck / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert losses(full) == losses(part)
+    assert (full / "encoder.safetensors").read_bytes() == (part / "encoder.safetensors").read_bytes()
+
+
 def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     pretrain(tiny_recipe("train.max_steps=1"), out, console=quiet())
@@ -260,6 +300,7 @@ def test_resuming_another_number_of_processes_says_the_stream_does_not_carry_ove
     console = Console(record=True, width=300)
     pretrain(tiny_recipe("train.max_steps=3"), out, resume=True, console=console)
     assert "process(es)" not in console.export_text()  # one process, then one: nothing to say
+    (out / "checkpoints" / "step-3.pt").unlink()  # --resume would take it: newer than the step-2 one below
     save_checkpoint(dict(state, rng_ranks=[state["rng"], state["rng"]]), out / "checkpoints", 2)  # as from 2
     pretrain(tiny_recipe("train.max_steps=3"), out, resume=True, console=console)
     assert ("the checkpoint was written by 2 process(es), not 1: the augmentation's random stream does not carry "
