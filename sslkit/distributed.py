@@ -3,7 +3,9 @@ trainer needs. With one process every function is a cheap no-op, so the loop rea
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,60 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
     return DistInfo(rank, world, local_rank, local_world), torch.device("cpu")
 
 
+_failed_together = False  # main_work ended in a failure that every rank knows of: shutdown() waits for all
+
+
+class OtherRankFailed(SystemExit):
+    """Ends a rank whose own work went well because another rank's failed: rank 0 could not write a checkpoint,
+    say (:func:`main_work`). The failing rank raises its own error and says what went wrong; every other rank
+    raises this, which exits the process with the same status (``code``) and prints nothing, as ``sys.exit``
+    does: one message for the run, not one per process. A ``SystemExit``, so that a script run under
+    ``torchrun`` ends the same way without handling it."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+
+
+def _exit_status(e: BaseException) -> int:
+    """The exit status that ``sslkit``'s CLI gives ``e``: its ``exit_code`` (a WriteError's 74, a UserError's 2),
+    1 for any other error."""
+    code = getattr(e, "exit_code", 1)
+    return code if isinstance(code, int) and code > 0 else 1
+
+
+@contextlib.contextmanager
+def main_work(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """A block of work that one rank does (rank 0 writes the checkpoint, the metrics, the export) while the
+    others pass through: every rank leaves it together, as from a barrier, and knows whether it failed.
+
+    Without it, a rank 0 that failed a write left the others waiting at the next collective: until the process
+    group's timeout (minutes, on NCCL), or ending in a traceback of their own ("Connection closed by peer" from
+    gloo) that hid rank 0's message. The block costs one all-reduce of one number, at the points (checkpoints,
+    log lines) where the ranks met at a barrier or did no more than that.
+
+    Raises:
+        The failing rank's own error, on that rank (an error raised on several ranks, on each of them).
+        OtherRankFailed: on every other rank, with the failing rank's exit status.
+    """
+    if not info.active:
+        yield
+        return
+    status, error = 0, None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 — re-raised below, once every rank knows
+        status, error = _exit_status(e), e
+    agreed = torch.tensor([status], device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    worst = int(agreed.item())
+    global _failed_together
+    _failed_together = worst > 0
+    if error is not None:
+        raise error
+    if worst:
+        raise OtherRankFailed(worst)
+
+
 def barrier(info: DistInfo) -> None:
     if info.active:
         dist.barrier()
@@ -88,6 +144,15 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def shutdown() -> None:
-    """Leaves the process group, if this process joined one."""
+    """Leaves the process group, if this process joined one.
+
+    After a failure that :func:`main_work` made known to every rank, the ranks leave together, so that the
+    failing one has its error ready to tell before any other exits: ``torchrun`` stops the processes left (SIGTERM)
+    as soon as one of them exits.
+    """
+    global _failed_together
     if dist.is_available() and dist.is_initialized():
+        if _failed_together:
+            dist.barrier()
         dist.destroy_process_group()
+    _failed_together = False

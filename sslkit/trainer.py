@@ -54,6 +54,7 @@ from sslkit.distributed import (
     barrier,
     gather_objects,
     init_distributed,
+    main_work,
     mean_across,
     shutdown,
 )
@@ -643,14 +644,17 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None) if info.active else model
     forward = torch.compile(ddp) if r.train.compile and compiles(device) else ddp
-    if info.is_main:  # the folder is made only now: input refused above leaves no trace of the run
-        with writing(run):
-            run.mkdir(parents=True, exist_ok=True)
-    # metrics.jsonl before recipe.yaml: a new run that cannot write the second still leaves a folder a new start
-    # takes (recipe.yaml alone would be taken for the user's own recipe, and refused above).
-    log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
-    if info.is_main:
-        save_recipe(r, run / "recipe.yaml")
+    # Rank 0 writes every file of the run, each time in a main_work block: the other ranks wait at its end and
+    # learn there whether a write failed, to exit with rank 0 (OtherRankFailed) instead of waiting for it.
+    with main_work(info, device):
+        if info.is_main:  # the folder is made only now: input refused above leaves no trace of the run
+            with writing(run):
+                run.mkdir(parents=True, exist_ok=True)
+        # metrics.jsonl before recipe.yaml: a new run that cannot write the second still leaves a folder a new
+        # start takes (recipe.yaml alone would be taken for the user's own recipe, and refused above).
+        log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)
+        if info.is_main:
+            save_recipe(r, run / "recipe.yaml")
     encoder_meta = dict(encoder=r.model.encoder, stem=r.model.stem, in_chans=data.pool.channels,
                         num_features=feature_dim(encoder), image_size=data.pool.image_size, mean=list(data.mean),
                         std=list(data.std), dataset=r.data.dataset, split=r.data.split,
@@ -665,18 +669,26 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         ranks = gather_objects(rng, info) if info.active else None
-        if info.is_main:
-            save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict(), "step": step, "skipped": skipped, "rng": rng,
-                             "rng_ranks": ranks,
-                             "recipe": r.to_dict(), "knn_start": knn_start, "encoder_meta": encoder_meta},
-                            ckpt_dir, step, keep=r.train.keep_last)
-        barrier(info)
+        with main_work(info, device):
+            if info.is_main:
+                save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict(), "step": step, "skipped": skipped, "rng": rng,
+                                 "rng_ranks": ranks,
+                                 "recipe": r.to_dict(), "knn_start": knn_start, "encoder_meta": encoder_meta},
+                                ckpt_dir, step, keep=r.train.keep_last)
 
-    def monitor(evaluated: Callable[[], torch.nn.Module]) -> float | None:
-        enabled = info.is_main and data.monitor_bank is not None  # once, not per rank
-        value = knn_monitor(evaluated(), data, r, amp) if enabled else None
-        barrier(info)
+    def knn_logged(evaluated: Callable[[], torch.nn.Module], **event: Any) -> float | None:
+        """Rank 0's k-NN monitor, logged as ``event`` (None on other ranks and without monitor images)."""
+        if not info.is_main or data.monitor_bank is None:  # once, not per rank
+            return None
+        value = knn_monitor(evaluated(), data, r, amp)
+        if value is not None and event["step"] not in log.knn_steps:  # (a resumed run logged its final one)
+            log.write(**event, **{"knn/top1": value})
+        return value
+
+    def monitor(evaluated: Callable[[], torch.nn.Module], **event: Any) -> float | None:
+        with main_work(info, device):
+            value = knn_logged(evaluated, **event)
         return value
 
     steps = f"{stop_at:,} of {total_steps:,} steps (train.max_steps)" if stop_at < total_steps else \
@@ -698,9 +710,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
                       f"few to hold out monitor.val_size={r.monitor.val_size} — lower it")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
-        knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True))
+        knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True), step=0, epoch=0)
         if knn_start is not None:
-            log.write(step=0, epoch=0, **{"knn/top1": knn_start})
             console.print(f"k-NN top-1 at step 0 (untrained network): {knn_start:.4f}")
     knn_last = knn_start
 
@@ -750,7 +761,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
                 img_per_s = window_imgs / max(now - window_t, 1e-9)
                 window_t, window_imgs = now, 0
                 lr = optimizer.param_groups[0]["lr"]
-                log.write(step=step, epoch=step / steps_per_epoch, loss=loss_value, lr=lr, img_per_s=img_per_s)
+                with main_work(info, device):
+                    log.write(step=step, epoch=step / steps_per_epoch, loss=loss_value, lr=lr, img_per_s=img_per_s)
                 progress.update(task, completed=step, epoch=epoch + 1, loss=loss_value, lr=lr, ips=img_per_s)
                 if not console.is_terminal:  # logs and CI get plain lines; a terminal gets the live bar
                     elapsed = now - t_start
@@ -760,9 +772,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
             else:
                 progress.update(task, completed=step)
             if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:
-                knn_last = monitor(lambda: evaluated_encoder(encoder, data, r))
+                knn_last = monitor(lambda: evaluated_encoder(encoder, data, r), step=step, epoch=epoch + 1)
                 if knn_last is not None:
-                    log.write(step=step, epoch=epoch + 1, **{"knn/top1": knn_last})
                     progress.console.print(f"epoch {epoch + 1}: k-NN top-1 {knn_last:.4f}")
                 window_t = time.perf_counter()  # evaluation time is not training throughput
             # The last step is checkpointed here, before the final evaluation: a signal during that evaluation
@@ -778,16 +789,15 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
 
     # --- the end: final evaluation, encoder export (the last step's checkpoint is written) -------------------
     seconds = time.perf_counter() - t_start
-    final = evaluated_encoder(encoder, data, r) if info.is_main else None
-    knn_end = monitor(lambda: final)
+    knn_end = None
+    with main_work(info, device):
+        if info.is_main:
+            final = evaluated_encoder(encoder, data, r)
+            knn_end = knn_logged(lambda: final, step=step, epoch=step / steps_per_epoch)
+            export_encoder(unwrap(final), run, dict(encoder_meta, bn_calibration=(
+                0 if data.calibration is None else int(data.calibration.shape[0]))))
     if knn_end is not None:
-        if step not in log.knn_steps:  # a resumed run whose final evaluation was logged before logs it once
-            log.write(step=step, epoch=step / steps_per_epoch, **{"knn/top1": knn_end})
         knn_last = knn_end
-    if info.is_main:
-        export_encoder(unwrap(final), run, dict(encoder_meta, bn_calibration=(
-            0 if data.calibration is None else int(data.calibration.shape[0]))))
-    barrier(info)
     summary = dict(steps=step, seconds=seconds, img_per_s=((step - start_step) * batch) / max(seconds, 1e-9),
                    knn_start=knn_start, knn_end=knn_last, run=str(run), world=info.world)
     if knn_start is not None and knn_last is not None:

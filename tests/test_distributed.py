@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,9 +67,10 @@ def test_two_ranks_equal_one_process(tmp_path: Path, chunk_size: int | None) -> 
     assert n > 50
 
 
-def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _torchrun(out: Path, *extra: str, program: tuple[str, ...] = ("-m", "sslkit"),
+              timeout: float = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sslkit", "pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out),
+           *program, "pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out),
            "--set", "data.pool_size=64", "--set", "monitor.val_size=40", "--set", "monitor.bank_size=80",
            "--set", "train.batch_size=16", "--set", "train.epochs=2", "--set", "train.log_every=1",
            "--set", "train.threads=1", *extra]
@@ -76,7 +78,7 @@ def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
     scratch = out.parent / "tmp"
     scratch.mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(scratch))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_torchrun_pretrain_and_resume(tmp_path: Path) -> None:
@@ -109,6 +111,58 @@ def test_torchrun_calibrated_export_and_sync_bn_refused_on_cpu(tmp_path: Path) -
     assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr  # each rank: a UserError, exit 2
     assert "error: train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only" in refused.stderr
     assert not (tmp_path / "sync" / "checkpoints").exists()
+
+
+# `sslkit` with rank 0's disk full: test_reliability's fault, from the nth write of one file of the run on. Each
+# process leaves the status it ended with (or the exception it ended in) in RANK.status beside the run.
+_FULL_DISK_ON_RANK_0 = """
+import errno, os, sys
+from pathlib import Path
+
+sys.path.insert(0, {tests!r})
+run, rank = Path({run!r}), os.environ["RANK"]
+if rank == "0":
+    import pytest
+    from test_reliability import fail_writes
+
+    fail_writes(pytest.MonkeyPatch(), {name!r}, {nth}, errno.ENOSPC, run)
+from sslkit.cli import main
+
+status = "none"
+try:
+    status = main(sys.argv[1:])
+except SystemExit as e:
+    status = e.code
+    raise
+except BaseException as e:
+    status = type(e).__name__
+    raise
+finally:
+    (run.parent / f"{{rank}}.status").write_text(str(status))
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize(("name", "nth"), [("step-2.pt", 1), ("metrics.jsonl", 5)],
+                         ids=["checkpoint", "metrics-line"])  # metrics.jsonl: made, the step-0 k-NN, steps 1, 2, 3
+def test_a_write_failed_on_rank_0_ends_every_rank_with_its_status_and_one_line(tmp_path: Path, name: str,
+                                                                            nth: int) -> None:
+    """Rank 0 alone writes. When a write failed, rank 0 exited 74 with its line and the other rank went on to the
+    next collective: on gloo it died there in a traceback ("Connection closed by peer"), and torchrun reported it
+    as the first failure or killed it (SIGTERM); on NCCL it waited for the process group's timeout (minutes)."""
+    run = tmp_path / "run"
+    launcher = tmp_path / "full_disk_on_rank_0.py"
+    launcher.write_text(_FULL_DISK_ON_RANK_0.format(tests=str(ROOT / "tests"), run=str(run), name=name, nth=nth))
+    t0 = time.monotonic()
+    failed = _torchrun(run, "--set", "train.checkpoint_every=1", program=(str(launcher),), timeout=120)
+    assert time.monotonic() - t0 < 100 and failed.returncode != 0, failed.stderr[-2000:]
+    assert (tmp_path / "0.status").read_text() == (tmp_path / "1.status").read_text() == "74", failed.stderr[-3000:]
+    lines = [x for x in failed.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+    assert lines == [f"sslkit pretrain: error: could not write {run}/{'checkpoints/' * (nth == 1)}{name}: No space "
+                     f"left on device — the run is safe up to step {1 if nth == 1 else 2} ({run}/checkpoints/"
+                     f"last.pt is complete, and no file written before was changed); free space on the disk of "
+                     f"{run}, then continue with: sslkit pretrain {run} --resume"], failed.stderr[-3000:]
+    assert "[rank" not in failed.stderr and "Connection closed" not in failed.stderr, failed.stderr[-3000:]
 
 
 def test_torchrun_asking_for_cuda_without_it_is_refused_not_run_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
