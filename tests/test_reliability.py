@@ -506,6 +506,28 @@ def test_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path: Pat
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
 
 
+
+def test_full_disk_at_the_image_cache_keeps_its_own_advice(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image folder's cache lies outside the run: a disk that cannot hold it is the cache's disk, and there is
+    no run to resume yet. pretrain() replaced every WriteError's advice with the run's ("free space on the disk of
+    RUN … start the run again"); a cache error now keeps its own."""
+    root = write_noise_folder(tmp_path / "imgs", per_class=6)
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    monkeypatch.setenv("SSLKIT_CACHE", str(cache))
+
+    def no_room(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    argv = ["pretrain", str(RECIPE), "--out", str(run), "--set", "data.dataset=imagefolder", "--set",
+            f"data.root={root}", "--set", "data.image_size=8", "--set", "train.max_steps=1"]
+    assert main(argv) == 74
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{cache}/imagefolder/" in err, err
+    assert "free space on the disk of the image cache" in err and str(run) not in err, err
+    assert not run.exists()
+
 # --- bad images in an image folder ---------------------------------------------------------------------------
 
 
