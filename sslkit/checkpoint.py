@@ -207,8 +207,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         UserError: when there are checkpoints but none of them loads.
     """
     folder = Path(folder)
-    clean_temp_files(folder)
-    candidates = _newest_first(folder)
+    candidates = _newest_first(folder)  # temporary files are never candidates (the trainer removes them)
     if not candidates:
         return None
     for path in candidates:

@@ -567,9 +567,6 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         raise UserError(f"train.batch_size {r.train.batch_size} does not split evenly over {info.world} processes "
                         f"— use a multiple of {info.world}")
     barrier(info)  # every rank has checked the folder before rank 0 writes into it
-    if info.is_main:
-        for folder in (run, ckpt_dir):  # what a process killed mid-write left behind
-            clean_temp_files(folder)
 
     # --- set-up: everything that can fail on bad input fails here, before the first step -----------------
     seed_everything(r.seed)
@@ -652,6 +649,9 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         if info.is_main:  # the folder is made only now: input refused above leaves no trace of the run
             with writing(run):
                 run.mkdir(parents=True, exist_ok=True)
+            for folder in (run, ckpt_dir):  # what a process killed mid-write left behind
+                with writing(folder):
+                    clean_temp_files(folder)
         # metrics.jsonl before recipe.yaml: a new run that cannot write the second still leaves a folder a new
         # start takes (recipe.yaml alone would be taken for the user's own recipe, and refused above).
         log = MetricsLog(run / "metrics.jsonl", step if state is not None else None, enabled=info.is_main)

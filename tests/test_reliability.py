@@ -161,22 +161,15 @@ def test_sigkill_during_writes_loses_nothing(tmp_path: Path, reference: tuple[Pa
     assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
 
 
-def test_a_killed_first_write_does_not_block_a_fresh_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sslkit.trainer as trainer
-
-    class GotPast(Exception):
-        pass
-
-    def stop(*args: object, **kwargs: object) -> None:
-        raise GotPast
-
-    monkeypatch.setattr(trainer, "prepare_data", stop)
+def test_a_killed_first_write_does_not_block_a_fresh_start(tmp_path: Path) -> None:
+    """All that a SIGKILL during the first checkpoint left is a temporary file: the folder holds no run, so a new
+    start is not refused (as "already holds a run"), and the file is removed."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / f"{TMP_PREFIX}step-1.pt.4242").write_bytes(b"partial")  # all a SIGKILL left
-    with pytest.raises(GotPast):
-        pretrain(load_recipe(RECIPE, SETS), run, console=quiet())
+    pretrain(load_recipe(RECIPE, [*SETS, "train.max_steps=1"]), run, console=quiet())
     assert not temp_files(run)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
 
 
 # --- a reader that goes away (sslkit pretrain … | head) ----------------------------------------------------------
@@ -468,6 +461,33 @@ def test_read_only_run_folder_mid_run_exits_74_with_one_line(tmp_path: Path, cap
                    f"changed); make {run} writable, then continue with: sslkit pretrain {run} --resume\n")
     assert snapshot(run) == seen["before"] and not temp_files(run)
 
+
+def test_resume_into_a_read_only_folder_with_a_leftover_temp_file_exits_74(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed write's temporary file is removed when the run starts again: in a folder made read-only since,
+    that removal ended the command with a PermissionError traceback (exit 1). Now the one line of every failed
+    write, before any step, and the run as it was."""
+    run = tmp_path / "run"
+    sets = [a for s in SETS for a in ("--set", s)]
+    assert main(["pretrain", str(RECIPE), "--out", str(run), *sets, "--set", "train.max_steps=2"]) == 0
+    left = run / "checkpoints" / f"{TMP_PREFIX}step-3.pt.123"
+    left.write_bytes(b"half a checkpoint")
+    before = snapshot(run)
+    real_unlink = Path.unlink
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        if self.name.startswith(TMP_PREFIX) and self.parent.parent == run:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    capsys.readouterr()
+    assert main(["pretrain", str(run), "--resume"]) == 74
+    err = capsys.readouterr().err
+    assert err == (f"sslkit pretrain: error: could not write {run}/checkpoints: Permission denied — the run is safe "
+                   f"up to step 2 ({run}/checkpoints/last.pt is complete, and no file written before was changed); "
+                   f"make {run} writable, then continue with: sslkit pretrain {run} --resume\n"), err
+    assert snapshot(run) == before and left.exists()
 
 def test_full_disk_at_the_export_keeps_the_earlier_export_whole(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
