@@ -137,12 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="linear probe, k-NN and k-means of a run's encoder against baselines",
                        description="Score a run's frozen encoder against raw pixels and a random encoder: linear "
                        "probe (all labels and fractions), weighted and majority k-NN, k-means (silhouette, NMI, ARI). "
-                       "Writes RUN/probe.json and RUN/figures/.")
+                       "Writes RUN/probe.json and RUN/figures/ (another --split than test: RUN/probe-<split>.json and "
+                       "figures of its own, so that the test split's are kept).")
     _run_arguments(p)
     p.add_argument("--split", default="test", help="evaluation split (default: test); val: a fixed sixth of the "
                    "labeled train split held out of the probes, to compare runs without looking at test")
     p.add_argument("--compare", action="append", metavar="RUN2", help="another run to put in the table")
-    p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json is always written)")
+    p.add_argument("--json", metavar="PATH", help="also write the results here (RUN/probe.json, or "
+                   "RUN/probe-<split>.json, is always written)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0],
                    help="labeled fractions for the label-efficiency probe (default: 0.01 0.1 1.0)")
     p.add_argument("--seed", type=seed_value, default=0,
@@ -185,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Gather a run's recipe, training curves, augmentations, probe results, map, "
                        "neighbours, clusters and fine-tuning into one HTML page with the figures inlined.")
     _run_arguments(p)
-    p.add_argument("--split", default="test", help="split for the map, neighbours and clusters (default: test)")
+    p.add_argument("--split", default="test", help="split of the probe results, map, neighbours and clusters "
+                   "(default: test); val: the part of train that `sslkit probe --split val` scores on")
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
-    p.add_argument("--out", metavar="HTML", help="default: RUN/report.html")
+    p.add_argument("--out", metavar="HTML", help="default: RUN/report.html (RUN/report-<split>.html for another "
+                   "split than test)")
     p.add_argument("--max-points", type=int, default=10_000, metavar="N",
                    help="most images on the map (default: 10000)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed of the map, neighbours and clusters (default: 0)")

@@ -15,10 +15,35 @@ from sslkit.errors import UserError
 #: What ``sslkit pretrain``, ``probe`` and ``finetune`` leave in a run directory, which other commands read.
 RUN_FILES = frozenset({"encoder.safetensors", "encoder.json", "recipe.yaml", "metrics.jsonl", "probe.json",
                        "finetune.json", "report.html"})
+#: Run files that a command writes once per evaluation split: the test split's under these names, any other split's
+#: beside them (:func:`split_file`), so that checking a choice on ``val`` never overwrites the test split's numbers.
+SPLIT_FILES = ("probe.json", "report.html")
 #: Folders of a run that hold files of its own (checkpoints, cached features and indexes).
 RUN_FOLDERS = ("checkpoints", "features")
 #: The figure formats the commands write (matplotlib picks the format from the extension).
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def split_file(name: str, split: str) -> str:
+    """The name of a file a command writes per evaluation split: ``name`` itself for ``test``, the split the
+    published numbers are of, else ``name`` with ``-<split>`` before its extension (``probe-val.json``,
+    ``.probe_predictions-val.pt``)."""
+    if split == "test":
+        return name
+    path = Path(name)
+    return f"{path.stem}-{split}{path.suffix}"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether ``name`` is one of :data:`RUN_FILES`, or one of :data:`SPLIT_FILES` of a split a probe or report can
+    be of (``probe-val.json``, ``report-extra.html``; not ``report-final.html``, a name of the user's own)."""
+    if name in RUN_FILES:
+        return True
+    from sslkit.data import SPLITS
+    from sslkit.evaluation.probe import HELD_OUT  # here, not above: the probe imports this module
+
+    splits = {s for names in SPLITS.values() for s in names} | {HELD_OUT}
+    return any(name == split_file(f, s) for f in SPLIT_FILES for s in splits)
 
 
 def file_in_the_way(folder: Path) -> Path | None:
@@ -71,7 +96,8 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
         suffixes: the extensions the command can write, the usual one first.
         run: the run directory the command reads; its files (:data:`RUN_FILES`, except ``own``) and folders
             (:data:`RUN_FOLDERS`) are refused, and so are those of any other run (a folder with an
-            ``encoder.json``, or a ``recipe.yaml`` with ``metrics.jsonl`` or ``checkpoints/``), ``own`` included.
+            ``encoder.json``, or a ``recipe.yaml`` with ``metrics.jsonl`` or ``checkpoints/``), ``own`` included;
+            a split's probe or report (``probe-val.json``) is a run file too.
         own: the run file this command itself writes by default (writing it again is what the user asked for).
 
     Returns:
@@ -94,7 +120,7 @@ def check_output(path: str | Path, option: str, suffixes: tuple[str, ...], run: 
     if run is not None:  # the files and folders of the run read here, or of any other run, are not written over
         folder, where = Path(run).resolve(), p.resolve()
         owner = where.parent
-        if where.name in RUN_FILES and (where.name != own if owner == folder else is_run(owner)):
+        if is_run_file(where.name) and (where.name != own if owner == folder else is_run(owner)):
             whose = f"the run's own {where.name}" if owner == folder else f"the {where.name} of another run, {owner}"
             raise UserError(f"{option} {path} would overwrite {whose} — give another name")
         inside = next((d for d in where.parents if d.name in RUN_FOLDERS and (d.parent == folder or is_run(d.parent))),

@@ -7,7 +7,9 @@ What is cheap is computed here: training curves, augmentation preview, first-lay
 features (from the probe's cache when it has run), a UMAP/t-SNE map, k-means samples and a seeded neighbour
 grid; grids the user made with ``sslkit neighbors`` since the encoder was exported are shown beside it.
 What is not (the probe's many fits, fine-tuning) is read from ``probe.json`` / ``finetune.json`` when present;
-when absent, the page says which command to run instead of running minutes of work silently.
+when absent, the page says which command to run instead of running minutes of work silently. A page is of one
+split (``--split``, test by default): ``--split val`` reads the val probe's ``probe-val.json`` and draws the val
+images, into ``report-val.html``, and shows no number of another split.
 """
 
 from __future__ import annotations
@@ -39,14 +41,13 @@ from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
 from sslkit.evaluation.features import atomic_save_npy, progress_bar
-from sslkit.evaluation.probe import best_score
-from sslkit.outputs import FIGURE_SUFFIXES, check_output, check_run_writable
+from sslkit.evaluation.probe import best_score, probe_files
+from sslkit.outputs import FIGURE_SUFFIXES, check_output, check_run_writable, split_file
 
 MAX_MAP_POINTS = 10_000
 MAP_THUMBNAILS = 24  # images drawn on the report's map, spread out so they do not cover each other
 NEIGHBOR_QUERIES = 6  # random queries of the report's own neighbour grid
 MAX_EMBED_BYTES = 3_000_000  # a user's neighbour grid larger than this is left out of the page
-PREDICTIONS_FILE = ".probe_predictions.pt"  # written by `sslkit probe` next to its figures
 
 
 # --- run-level figures -----------------------------------------------------------------------------------------
@@ -211,15 +212,16 @@ class Predictions:
 
 def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], console: Console | None = None
                       ) -> Predictions:
-    """The full linear probe's evaluation-split predictions: the probe's saved file when it was made for this
-    encoder (its sha256, or for a file from before the hash was saved, probe.json's) and these labels, else
-    recomputed with :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features."""
+    """The full linear probe's evaluation-split predictions: the probe's saved file of that split
+    (:func:`~sslkit.evaluation.probe.probe_files`) when it was made for this encoder (its sha256, or for a file from
+    before the hash was saved, probe.json's) and these labels, else recomputed with
+    :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features."""
     from sslkit.evaluation.probe import VAL_FRACTION, labeled_splits, probe_features
 
     split = probe.get("split", "test")
     seed = int(probe.get("seed", 0))
     whole, train, labeled, _ = labeled_splits(meta, split)  # the probe's own splits (its val split is part of train)
-    saved = run / "figures" / PREDICTIONS_FILE
+    saved = probe_files(run, split)[1]
     if saved.is_file():
         try:
             data = torch.load(saved, weights_only=True)
@@ -236,6 +238,68 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
     result = linear_probe(train_x, train.labels, test_x, labeled.labels, len(train.classes),
                           val_fraction=VAL_FRACTION, seed=seed)
     return Predictions(split, labeled, labeled.labels, result.predictions, True)
+
+
+def report_split(meta: dict[str, Any], split: str) -> tuple[ImageSource, str]:
+    """The images the report's figures of ``split`` are drawn from, and how the page names the split: a split of the
+    run's data, or :data:`~sslkit.evaluation.probe.HELD_OUT` (``val``), the labeled part of train that
+    ``sslkit probe --split val`` scores on.
+
+    Raises:
+        UserError: a split the run's data set does not have, or missing data.
+    """
+    from sslkit.data import SPLITS, split_description
+    from sslkit.evaluation.probe import HELD_OUT, labeled_splits
+
+    usable = (*SPLITS.get(meta["dataset"], ()), HELD_OUT)
+    if split not in usable:
+        raise UserError(f"--split {split!r}: {meta['dataset']} has no such split — use one of: {', '.join(usable)} "
+                        f"({HELD_OUT}: the part of train that `sslkit probe --split {HELD_OUT}` scores on)")
+    if split == HELD_OUT:
+        _, _, held, described = labeled_splits(meta, split)
+        return held, described
+    return retrieval.load_split(meta, split), split_description(meta["dataset"], split)
+
+
+def report_features(run: Path, meta: dict[str, Any], split: str, source: ImageSource,
+                    console: Console | None = None) -> tuple[torch.Tensor, Path]:
+    """The encoder's features of the report's split (:func:`report_split`), from the run's feature cache, and the
+    path the map coordinates and index derived from them are named after.
+
+    ``val``'s are the rows of the train split's features the probe holds out (sliced as the probe slices them,
+    :func:`~sslkit.evaluation.probe.probe_features`), named ``<train cache>.val.npy`` (no such file is written) so
+    that their map and index never replace the train split's.
+
+    Shape:
+        -> (N, D) float32
+    """
+    from sslkit.evaluation.probe import HELD_OUT, labeled_splits, probe_features
+
+    if split != HELD_OUT:
+        return retrieval.split_features(run, meta, source, split, console=console)
+    whole = labeled_splits(meta, split)[0]
+    paths = []
+
+    def features_of(part: str, images: ImageSource) -> torch.Tensor:
+        feats, path = retrieval.split_features(run, meta, images, part, console=console)
+        paths.append(path)
+        return feats
+
+    _, feats = probe_features(features_of, whole, source, split)
+    return feats, paths[0].with_name(f"{paths[0].name[:-len('.npy')]}.{split}.npy")
+
+
+def neighbour_grid(source: ImageSource, feats: torch.Tensor, feats_path: Path, split: str, n_queries: int, k: int,
+                   seed: int, path: Path, title: str) -> Path:
+    """The report's own grid: ``n_queries`` seeded random images of the split and their ``k`` nearest others (exact
+    search, the index kept beside ``feats_path``), as ``sslkit neighbors RUN --query random:N`` draws them."""
+    from sslkit.viz import plot_neighbors
+
+    picked = retrieval.parse_queries([f"random:{n_queries}"], len(source), split, seed)
+    sims, idx = retrieval.search_neighbors(retrieval.open_index(feats, feats_path, retrieval.DEFAULT_INDEX), feats,
+                                           picked, k)
+    return plot_neighbors(source.images, source.labels.cpu().long(), source.classes, picked, idx, sims, path,
+                          title=title)
 
 
 def user_grids(run: Path, most: int = 3) -> list[Path]:
@@ -530,9 +594,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"value": data}
 
 
-def _check_probe_json(probe: dict[str, Any] | None, path: Path) -> None:
+def _check_probe_json(probe: dict[str, Any] | None, path: Path, command: str) -> None:
     """A ``UserError`` when ``probe.json`` lacks the layout the report reads (a table of models, each a mapping of
-    scores; its split; numeric label fractions): the report died on it with a traceback after drawing its figures."""
+    scores; its split; numeric label fractions): the report died on it with a traceback after drawing its figures.
+    ``command`` is the probe that writes the file again."""
     if probe is None:
         return
     models, fractions = probe.get("models"), probe.get("fractions", [])
@@ -544,12 +609,17 @@ def _check_probe_json(probe: dict[str, Any] | None, path: Path) -> None:
     elif not isinstance(fractions, list) or not all(isinstance(f, (int, float)) for f in fractions):
         problem = "'fractions' that are not a list of numbers"
     if problem:
-        raise UserError(f"{path} is not as `sslkit probe` writes it ({problem}) — run `sslkit probe {path.parent}` "
-                        "again, or move the file away")
+        raise UserError(f"{path} is not as `sslkit probe` writes it ({problem}) — run `{command}` again, or move the "
+                        "file away")
 
 
 def _count(n: Any) -> str:
     return f"{n:,}" if isinstance(n, int) else "?"
+
+
+def _split_arg(split: str) -> str:
+    """`` --split SPLIT`` for a command line, nothing for the default split (test)."""
+    return "" if split == "test" else f" --split {split}"
 
 
 def _cmd(text: str) -> str:
@@ -590,11 +660,17 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     """Writes ``RUN/report.html``: recipe, training, augmentations, probe, clusters, map, neighbours, errors,
     kernels and fine-tuning of one run, on one self-contained page.
 
+    The page is of one split: the probe's numbers are those of that split's probe (``probe.json`` for test,
+    ``probe-<split>.json`` for another, as ``sslkit probe --split`` writes them), and its map, neighbours and clusters
+    are drawn from it. ``val`` is the labeled part of train the val probe scores on. A page of another split than
+    test is written to ``RUN/report-<split>.html``, so that the test split's page is kept, and shows no test-split
+    number (the fine-tuning results, of the test split, are left to that page).
+
     Args:
         run: the run directory (it needs an exported encoder).
-        split: the split the map, neighbours and clusters are drawn from.
+        split: the split the probe results, map, neighbours and clusters are of.
         method: the map: ``umap`` or ``tsne``.
-        out: where to write the page; ``RUN/report.html`` by default.
+        out: where to write the page; ``RUN/report.html`` (``RUN/report-<split>.html``) by default.
         seed: seeds every sampled figure.
         max_points: most images on the map (a seeded subset beyond).
         console: where progress and the summary go.
@@ -607,8 +683,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         UserError: a run without an encoder, an unknown split or map method, missing data, or a broken
             ``probe.json`` / ``finetune.json``.
     """
+    from sslkit.data import scored_splits
     from sslkit.evaluation.clustering import kmeans
-    from sslkit.evaluation.probe import BASELINES, ROWS, score_rows
+    from sslkit.evaluation.probe import BASELINES, HELD_OUT, ROWS, score_rows
     from sslkit.viz import (
         MAP_METHODS,
         plot_clusters,
@@ -628,19 +705,39 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
     if max_points < 5:
         raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
-    out_path = check_output(out, "--out", (".html", ".htm"), run, own="report.html") if out else run / "report.html"
+    own = split_file("report.html", split)
+    out_path = check_output(out, "--out", (".html", ".htm"), run, own=own) if out else run / own
     check_run_writable(run, ("features", "figures"), "its features cache and figures")
-    probe = _read_json(run / "probe.json")
-    _check_probe_json(probe, run / "probe.json")
+    results = probe_files(run, split)[0]
+    # The command that writes this split's probe; None for a split the probes learn from or that has no labels.
+    probed = split == HELD_OUT or split in scored_splits(meta["dataset"])
+    probe_cmd = f"sslkit probe {run}{_split_arg(split)}" if probed else None
+    probe = _read_json(results)
+    _check_probe_json(probe, results, probe_cmd or f"sslkit probe {run}")
+    elsewhere = None  # the split of a probe file that holds another split's probe (an older sslkit's val probe)
+    if probe and probe["split"] != split:
+        elsewhere, probe = probe["split"], None
     finetune = _read_json(run / "finetune.json")
     foreign = None  # a finetune.json written here by the fine-tune of another run's encoder (its --out)
     if finetune and finetune.get("encoder_sha256") not in (None, meta["sha256"]):
         foreign, finetune = finetune, None
-    source = retrieval.load_split(meta, split)
+    finetune_split = finetune.get("split", "test") if finetune else None
+    if finetune_split not in (None, split):  # its numbers are of another split: left to that split's page
+        finetune = None
+    source, described = report_split(meta, split)
+    # Why the probe's sections are empty, and what fills them (HTML).
+    if probe_cmd is None:
+        no_probe = (f"The probes are not scored on the {_esc(split)} split ("
+                    f"{'they learn from it' if 'train' in split.split('+') else 'it has no labels'}): the probe's "
+                    f"results are on the test split's page, {_cmd(f'sslkit report {run}')}.")
+    elif elsewhere is not None:
+        no_probe = (f"{_esc(results.name)} holds a probe of the {_esc(elsewhere)} split, not of {_esc(split)} (an "
+                    f"older sslkit wrote every split's probe there): run {_cmd(probe_cmd)}.")
+    else:
+        no_probe = None
     figures = run / "figures"
     events = read_events(run)
     sections: list[Section] = []
-    quiet = Console(quiet=True)
 
     def img(path: Path, alt: str) -> str:
         return _img(path, alt, page=out_path)
@@ -690,15 +787,15 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             sub = ", ".join(f"{b.replace('_', ' ')} {v:.1%}" for b, v in base.items() if v is not None)
             if enc.get("linear.top1") is not None:
                 if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
-                    sub = f"of another encoder than the run's — re-run {_cmd(f'sslkit probe {run}')}"
+                    sub = f"of another encoder than the run's — re-run {_cmd(probe_cmd)}"
                 cards.append(_card(f"linear probe ({probe['split']})", f"{enc['linear.top1']:.1%}", sub))
         if finetune:
             cards.append(_finetune_card(finetune))
         overview.body.append(f'<div class="cards">{"".join(cards)}</div>')
         todo = []
-        if probe is None:
-            todo.append(_cmd(f"sslkit probe {run}"))
-        if finetune is None:
+        if probe is None and no_probe is None:
+            todo.append(_cmd(probe_cmd))
+        if finetune is None and finetune_split is None:
             todo.append(_cmd(f"sslkit finetune {run}"))
         if todo:
             said = ("their sections below say what they", "its section below says what it")[len(todo) == 1]
@@ -773,10 +870,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
             probe_sec.body += [f'<div class="note">{_esc(note)}</div>' for note in probe.get("notes", [])]
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
-                probe_sec.body.append('<div class="note">probe.json was measured on another encoder '
+                probe_sec.body.append(f'<div class="note">{_esc(results.name)} was measured on another encoder '
                                       f"(sha256 {_esc(probe['checkpoint_sha256'][:12])}) than the run's "
-                                      f"current one — re-run {_cmd(f'sslkit probe {run}')}.</div>")
-            efficiency_png = figures / "label_efficiency.png"
+                                      f"current one — re-run {_cmd(probe_cmd)}.</div>")
+            efficiency_png = probe_files(run, split)[2]
             if probe.get("fractions"):
                 plot_label_efficiency(probe, efficiency_png)
                 eff.body.append(img(efficiency_png, "label efficiency"))
@@ -786,17 +883,19 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                     eff_rows.append((f"{key}.top1", f"{100 * f:g}% of labels (n={_count(first.get(f'{key}.n'))})"))
                 eff.body.append(metrics_table(models, eff_rows, BASELINES))
             else:
-                eff.missing = "probe.json holds no label fractions."
+                eff.missing = f"{_esc(results.name)} holds no label fractions."
+        elif no_probe is not None:
+            probe_sec.missing = eff.missing = no_probe
         else:
-            probe_sec.missing = (f"{_cmd(f'sslkit probe {run}')} has not been run for this run: it fits the linear "
+            probe_sec.missing = (f"{_cmd(probe_cmd)} has not been run for this run: it fits the linear "
                                  "probe, k-NN and k-means of the encoder beside raw-pixel and random-init baselines "
-                                 "and writes probe.json; then run this report again.")
-            eff.missing = f"Comes from the probe: run {_cmd(f'sslkit probe {run}')}."
+                                 f"and writes {_esc(results.name)}; then run this report again.")
+            eff.missing = f"Comes from the probe: run {_cmd(probe_cmd)}."
         sections += [probe_sec, eff]
         done("probe")
 
         # features for the split-level figures
-        feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
+        feats, feats_path = report_features(run, meta, split, source, console=console)
         done(f"{split} features")
 
         clusters = Section("clusters", "k-means clusters")
@@ -807,11 +906,13 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             clusters.body.append(metrics_table(probe["models"], km_rows, BASELINES))
         else:
             clusters.body.append(f'<div class="note">Metrics (silhouette, NMI, ARI, purity) come from '
-                                 f"{_cmd(f'sslkit probe {run}')}, which has not been run.</div>")
+                                 f"{_cmd(probe_cmd)}, which has not been run.</div>" if no_probe is None else
+                                 f'<div class="note">{no_probe}</div>')
         k = max(2, len(torch.unique(source.labels[source.labels >= 0]))) if bool((source.labels >= 0).any()) else 10
         k = min(k, len(source))
         assign = kmeans(feats, k, seed=seed)
-        path = plot_clusters(source.images, assign, source.labels, source.classes, figures / "kmeans_clusters.png",
+        path = plot_clusters(source.images, assign, source.labels, source.classes,
+                             figures / split_file("kmeans_clusters.png", split),
                              seed=seed, title=f"k-means (k={k}) on {len(source):,} {split} images: random members, "
                                               "green = the cluster's majority class, red = another (named)")
         clusters.body.append(img(path, "k-means cluster samples"))
@@ -832,17 +933,18 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         done(f"{name} map")
 
         nn_sec = Section("neighbors", "Nearest neighbours")
+        neighbors_cmd = f"sslkit neighbors {run} --query 3 17{_split_arg(split)}"
+        more = "" if split == HELD_OUT else f" More with {_cmd(neighbors_cmd)}."  # the command searches no val split
         nn_sec.body.append('<p class="muted">Each row: a query image, then its most similar images by cosine '
                            "similarity of the encoder's features (the query excluded); green frames share the "
-                           f"query's class, red ones do not. More with {_cmd(f'sslkit neighbors {run} --query 3 17')}."
-                           "</p>")
+                           f"query's class, red ones do not.{more}</p>")
         n_q, k_nn = min(NEIGHBOR_QUERIES, len(source)), min(8, len(source) - 1)
         if k_nn >= 1:
-            own = retrieval.find_neighbors(run, [f"random:{n_q}"], k=k_nn, split=split, seed=seed, console=quiet,
-                                           show_table=False, out=figures / f"neighbors-{split}.png",
-                                           data_root=data_root)
+            path = neighbour_grid(source, feats, feats_path, split, n_q, k_nn, seed, figures / f"neighbors-{split}.png",
+                                  f"{run.name}: each query (#: its index in the {split} split) and its {k_nn} nearest "
+                                  f"other {split} images by cosine similarity of the {meta['encoder']} features")
             nn_sec.body.append(f"<h3>{n_q} random {_esc(split)} images (seed {seed})</h3>"
-                               + img(own.path, "nearest neighbours of random queries"))
+                               + img(path, "nearest neighbours of random queries"))
         else:
             nn_sec.missing = "The split is too small for a neighbour search."
         for g in user_grids(run):
@@ -856,19 +958,20 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         if probe:
             pred = probe_predictions(run, meta, probe, console)
             how = " (recomputed here for the run's encoder)" if pred.computed else ""
-            path = plot_confusion(pred.labels, pred.predictions, pred.source.classes, figures / "confusion_matrix.png",
+            path = plot_confusion(pred.labels, pred.predictions, pred.source.classes,
+                                  figures / split_file("confusion_matrix.png", split),
                                   title=f"Linear probe on {pred.split}{how}")
             conf.body.append(img(path, "confusion matrix"))
             wrong = misclassified_indices(pred.labels, pred.predictions, 32, seed)
             n_wrong = int((pred.labels != pred.predictions).sum())
             path = plot_misclassified(pred.source.images, pred.labels, pred.predictions, pred.source.classes, wrong,
-                                      figures / "misclassified.png",
+                                      figures / split_file("misclassified.png", split),
                                       title=f"{len(wrong)} of the {n_wrong:,} {pred.split} images the linear probe "
                                             f"gets wrong{'' if len(wrong) == n_wrong else f' (random, seed {seed})'}")
             mis.body.append('<p class="muted">Indices refer to the labeled images of the split, in file order.</p>')
             mis.body.append(img(path, "misclassified examples"))
         else:
-            conf.missing = f"Needs the linear probe's predictions: run {_cmd(f'sslkit probe {run}')}."
+            conf.missing = no_probe or f"Needs the linear probe's predictions: run {_cmd(probe_cmd)}."
             mis.missing = conf.missing
         sections += [conf, mis]
         done("confusion matrix")
@@ -898,6 +1001,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                           f"{_esc(foreign.get('run', '?'))}, sha256 {_esc(str(foreign['encoder_sha256'])[:12])}; this "
                           f"run's is now {_esc(meta['sha256'][:12])}), so it is not shown: "
                           f"{_cmd(f'sslkit finetune {run}')} fine-tunes this one.")
+        elif finetune_split is not None:
+            ft.missing = (f"Fine-tuning was scored on the {_esc(finetune_split)} split, so its results are on that "
+                          f"split's page, not on this {_esc(split)} page: "
+                          f"{_cmd(f'sslkit report {run}{_split_arg(finetune_split)}')}.")
         else:
             ft.missing = (f"{_cmd(f'sslkit finetune {run}')} has not been run for this run: it fine-tunes the "
                           "encoder and a supervised model from scratch on the same labels and writes "
@@ -906,10 +1013,13 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         done("fine-tuning")
 
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    subtitle = (f"{_esc(meta['dataset'])} · {_esc(meta['encoder'])} ({_esc(meta['stem'])} stem) · figures on the "
-                f"{_esc(split)} split · made {stamp}")
-    page = render_html(f"sslkit report — {run.name}", subtitle, sections,
-                       f"sslkit report {_esc(run)} · seed {seed} · self-contained: every figure is embedded")
+    named = f"{split} split{described.removeprefix(split)}"  # val split (a fixed, stratified 17% of …)
+    subtitle = (f"{_esc(meta['dataset'])} · {_esc(meta['encoder'])} ({_esc(meta['stem'])} stem) · scores and figures "
+                f"of the {_esc(named)} · made {stamp}")
+    title = f"sslkit report — {run.name}" + ("" if split == "test" else f" ({split} split)")
+    command = f"sslkit report {run}{_split_arg(split)}"
+    page = render_html(title, subtitle, sections,
+                       f"{_esc(command)} · seed {seed} · self-contained: every figure is embedded")
     atomic_write(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     _print_summary(sections, out_path, time.perf_counter() - t0, console)
     return out_path

@@ -710,7 +710,7 @@ def test_a_val_probe_slices_the_train_features_a_test_probe_cached(tmp_path: Pat
     val = run_probe(run, split="val", fractions=(1.0,), console=Console(quiet=True))
     assert calls == calls[:4] and sorted(p.name for p in (run / "features").iterdir()) == cache, calls
     assert val["protocol"]["baseline_mean"] == test["protocol"]["baseline_mean"], "one normalisation, one cache"
-    (run / "figures" / ".probe_predictions.pt").unlink()
+    (run / "figures" / ".probe_predictions-val.pt").unlink()
     meta = read_run_meta(run)
     assert probe_predictions(run, meta, val).computed
     assert len(calls) == 4 and sorted(p.name for p in (run / "features").iterdir()) == cache
@@ -720,6 +720,32 @@ def test_a_val_probe_slices_the_train_features_a_test_probe_cached(tmp_path: Pat
     torch.testing.assert_close(train_x, real(encoder, fitted, device="cpu"), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(eval_x, real(encoder, held, device="cpu"), atol=1e-5, rtol=1e-5)
     assert torch.equal(train_y, fitted.labels) and torch.equal(eval_y, held.labels)
+
+
+def test_a_val_probe_keeps_the_test_probes_files_and_writes_its_own(tmp_path: Path, capsys) -> None:
+    """`sslkit probe RUN --split val` wrote RUN/probe.json, the predictions and the label-efficiency figure over the
+    test probe's: checking a choice on val destroyed the published test numbers. A val probe now writes
+    probe-val.json and figures of its own and leaves every byte of the test probe's; --json cannot point it at
+    probe.json either."""
+    from sslkit.evaluation.probe import probe_files
+
+    run = tiny_run(tmp_path)
+    run_probe(run, fractions=(0.5, 1.0), console=Console(quiet=True))
+    test_files = probe_files(run, "test")
+    assert [p.name for p in test_files] == ["probe.json", ".probe_predictions.pt", "label_efficiency.png"]
+    before = {p: p.read_bytes() for p in test_files}
+    val = run_probe(run, split="val", fractions=(0.5, 1.0), console=Console(quiet=True))
+    assert {p: p.read_bytes() for p in test_files} == before, "the test probe's files are as they were"
+    assert json.loads((run / "probe.json").read_text())["split"] == "test"
+    results, predictions, figure = probe_files(run, "val")
+    assert [p.name for p in (results, predictions, figure)] == ["probe-val.json", ".probe_predictions-val.pt",
+                                                                "label_efficiency-val.png"]
+    assert json.loads(results.read_text())["sizes"] == val["sizes"] == {"train": 40, "val": 8}
+    saved = torch.load(predictions, weights_only=True)
+    assert len(saved["labels"]) == 8 and figure.stat().st_size > 0
+    assert main(["probe", str(run), "--split", "val", "--json", str(run / "probe.json")]) == 2
+    assert "would overwrite the run's own probe.json" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in test_files} == before
 
 
 def test_the_probes_caches_and_predictions_are_fsynced_before_they_are_renamed_into_place(

@@ -24,14 +24,14 @@ import pytest
 import torch
 from rich.console import Console
 from rich.table import Table
-from test_retrieval import cached, make_run
+from test_retrieval import cached, clustered_features, make_run, write_features
 from threadpoolctl import threadpool_limits
 
 from sslkit import viz
 from sslkit.cli import LOG_COLUMNS, log_width, main
 from sslkit.config import load_recipe, save_recipe
-from sslkit.evaluation.probe import BASELINES, ROWS
-from sslkit.report import PREDICTIONS_FILE, _finetune_card, build_report, metrics_table, run_map
+from sslkit.evaluation.probe import BASELINES, PREDICTIONS_FILE, ROWS, probe_files
+from sslkit.report import _finetune_card, build_report, metrics_table, run_map
 from sslkit.viz import embed_2d, spread_points
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,28 +53,29 @@ def write_training_log(run: Path) -> None:
     (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
-def write_probe(run: Path, labels: torch.Tensor) -> torch.Tensor:
-    """A ``probe.json`` with every metric key ``sslkit probe`` writes, and its prediction file; returns the
-    predictions (the labels with every seventh one wrong)."""
+def write_probe(run: Path, labels: torch.Tensor, split: str = "test", score: float = 0.8) -> torch.Tensor:
+    """A ``probe.json`` (``probe-<split>.json``) with every metric key ``sslkit probe`` writes, the encoder's scores
+    ``score``, and its prediction file; returns the predictions (the labels with every seventh one wrong)."""
     fractions = [0.01, 0.1, 1.0]
     models = {}
     for m, name in enumerate(("encoder", *BASELINES)):
-        metrics = {key: 0.8 - 0.1 * m for key, _ in ROWS}
+        metrics = {key: score - 0.1 * m for key, _ in ROWS}
         for f in fractions:
-            metrics.update({f"label_fraction.{f:g}.top1": 0.5 + 0.3 * f - 0.1 * m,
+            metrics.update({f"label_fraction.{f:g}.top1": score - 0.3 + 0.3 * f - 0.1 * m,
                             f"label_fraction.{f:g}.n": round(10_000 * f), f"label_fraction.{f:g}.weight_decay": 1e-3,
                             f"label_fraction.{f:g}.folds": 5})  # 10,000 labels would hold out 1,000: 5 folds
         models[name] = dict(metrics, **{"linear.weight_decay": 1e-3, "dim": 512, "seconds": 1.0})
-    report = {"run": str(run), "dataset": "fashion-mnist-mini", "split": "test", "split_description": "test",
-              "classes": [f"class {c}" for c in range(10)], "sizes": {"train": 10_000, "test": len(labels)},
+    report = {"run": str(run), "dataset": "fashion-mnist-mini", "split": split, "split_description": split,
+              "classes": [f"class {c}" for c in range(10)], "sizes": {"train": 10_000, split: len(labels)},
               "checkpoint_sha256": json.loads((run / "encoder.json").read_text())["sha256"], "encoder": "resnet18",
               "seed": 0, "fractions": fractions, "compare": {}, "seconds": 3.0, "models": models,
               "protocol": {"linear_val_fraction": 0.1, "linear_cv_below": 2000, "linear_cv_folds": 5}}
-    (run / "probe.json").write_text(json.dumps(report))
+    results, saved, _ = probe_files(run, split)
+    results.write_text(json.dumps(report))
     predictions = labels.clone()
     predictions[::7] = (predictions[::7] + 1) % 10
     (run / "figures").mkdir(exist_ok=True)
-    torch.save({"labels": labels, "predictions": predictions}, run / "figures" / PREDICTIONS_FILE)
+    torch.save({"labels": labels, "predictions": predictions}, saved)
     return predictions
 
 
@@ -269,6 +270,56 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
     assert "84.3%" not in text and "fine-tuning (test)" not in sections["overview"]
     assert ("finetune.json here fine-tuned another encoder than this run's (run runs/other, sha256 abababababab"
             in sections["finetune"])
+
+
+def test_a_val_page_shows_the_val_probe_and_no_test_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """`sslkit report RUN --split val` was refused ("no split 'val'") though `sslkit probe --split val` exists. Its
+    page is now of the val split throughout: the val probe's scores and predictions, figures of the held-out train
+    images, fine-tuning (scored on test) left to the test page; written beside the test page, not over it. A
+    probe.json that an older sslkit's val probe wrote is not shown as the test split's."""
+    from sslkit.evaluation import linear
+    from sslkit.evaluation.probe import labeled_splits
+
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    monkeypatch.setattr(linear, "linear_probe", lambda *a, **k: pytest.fail("the probe's predictions were refitted"))
+    run = make_run(tmp_path / "run", seed=5)
+    meta = json.loads((run / "encoder.json").read_text())
+    whole, _, held, _ = labeled_splits(dict(meta, data_root=None), "val")
+    write_features(run, clustered_features(whole.labels, 5), "train")
+    write_probe(run, cached(run)[1], "test", score=0.8)
+    write_probe(run, held.labels, "val", score=0.6)
+    summary = {"ssl": {"test_top1.mean": 0.8431}, "supervised": {"test_top1.mean": 0.8211}}
+    (run / "finetune.json").write_text(json.dumps({"split": "test", "sizes": {"labeled": 5000}, "summary": summary,
+                                                   "difference": {"test_top1.mean": 0.022, "ssl_wins": 3,
+                                                                  "seeds": 3}}))
+    test_page = build_report(run, method="tsne", max_points=80, console=quiet())
+    before = test_page.read_bytes()
+    page = build_report(run, split="val", method="tsne", max_points=80, console=quiet())
+    assert page == run / "report-val.html" and test_page.read_bytes() == before, "the test page is kept"
+    text = page.read_text(encoding="utf-8")
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    assert "sslkit report — run (val split)" in text and "of the val split" in text
+    assert "linear probe (val)" in sections["overview"] and "60.0%" in sections["probe"]
+    assert "80.0%" not in text and "84.3%" not in text, "no test-split number on the val page"
+    assert f"sslkit report {run}</code>" in sections["finetune"], "fine-tuning is left to the test page"
+    assert "<img " in sections["confusion"] and "<img " in sections["misclassified"]
+    for name in ("confusion_matrix-val", "misclassified-val", "kmeans_clusters-val", "label_efficiency-val",
+                 "neighbors-val", "report-tsne-val"):
+        assert (run / "figures" / f"{name}.png").is_file(), name
+    assert not list((run / "features").glob("*.val.npy")), "val's features are the train cache's rows, not a file"
+
+    # The test page of a run whose probe.json an older sslkit's val probe wrote: no val number as the test split's.
+    (run / "probe.json").write_text((run / "probe-val.json").read_text())
+    text = build_report(run, method="tsne", max_points=80, console=quiet()).read_text(encoding="utf-8")
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    assert "60.0%" not in text and "probe.json holds a probe of the val split, not of test" in sections["probe"]
+    assert main(["report", str(run), "--split", "valid"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "use one of: train, test, val" in err, err
 
 
 @pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])

@@ -18,7 +18,10 @@ of a data set. For each model, on features of the labeled train split and the ev
 ``RUN/probe.json`` holds, per model, these flat dotted keys (``models.encoder["knn.k20.top1"]``), plus the data
 set, split sizes, the encoder's sha256, the protocol and the seconds taken; a score that could not be measured
 (a label fraction too small for every class) is null. ``RUN/figures/label_efficiency.png``
-plots test error against labeled examples, log-log.
+plots test error against labeled examples, log-log, and ``RUN/figures/.probe_predictions.pt`` keeps the linear
+probe's predictions for the report. Those are the test split's files; a probe of another split writes its own
+beside them (:func:`probe_files`: ``probe-val.json`` …), so that checking a choice on ``val`` leaves the test
+split's numbers as they were.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from sslkit.evaluation.linear import (
     validation_folds,
 )
 from sslkit.evaluation.retrieval import load_split
-from sslkit.outputs import check_output, check_run_writable
+from sslkit.outputs import check_output, check_run_writable, split_file
 from sslkit.trainer import imagefolder_changed
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.1, 1.0)
@@ -83,6 +86,18 @@ BASELINES = ("raw_pixels", "random_init")
 HELD_OUT = "val"  # --split val: a part of the labeled train split, held out of the probes, for comparing runs
 HELD_OUT_SHARE = 1 / 6  # Fashion-MNIST: 10,000 of 60,000, the size of its test split
 HELD_OUT_SEED = 0  # the same part for every run and every --seed, so that runs are compared on the same images
+
+
+PREDICTIONS_FILE = ".probe_predictions.pt"  # in RUN/figures: the linear probe's predictions, for the report
+
+
+def probe_files(run: Path, split: str) -> tuple[Path, Path, Path]:
+    """Where the probe of ``split`` keeps its results, predictions and label-efficiency figure: ``RUN/probe.json``,
+    ``RUN/figures/.probe_predictions.pt`` and ``RUN/figures/label_efficiency.png`` for the test split, the same
+    names with ``-<split>`` before the extension for any other (``RUN/probe-val.json``)."""
+    figures = Path(run) / "figures"
+    return (Path(run) / split_file("probe.json", split), figures / split_file(PREDICTIONS_FILE, split),
+            figures / split_file("label_efficiency.png", split))
 
 
 def held_out_parts(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,14 +277,15 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         run_dir: the run directory (it needs ``encoder.safetensors`` and ``encoder.json``).
         split: the evaluation split; the probes learn from the labeled train split.
         compare: other run directories for the table (trained on the same data set and image size).
-        json_path: also write the results here; ``RUN/probe.json`` is always written.
+        json_path: also write the results here; ``RUN/probe.json`` (``RUN/probe-<split>.json`` for a split other
+            than test, see :func:`probe_files`) is always written.
         fractions: labeled fractions of the train split for the label-efficiency probe.
         seed: seeds the validation and label splits, k-means and the random encoder.
         console: where the table and progress go.
         data_root: where the runs' data is now, in place of its ``data.root`` (``--data-root``).
 
     Returns:
-        What is written to ``probe.json``.
+        What is written to ``probe.json`` (or the split's own file).
 
     Raises:
         UserError: a missing or incomplete run, an invalid split or fraction, compare runs of other data,
@@ -279,9 +295,10 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     console = console or PipeSafeConsole()
     run = Path(run_dir)
     meta = read_run_meta(run, data_root)  # a run without an exported encoder fails here, before any data is read
+    results_path, predictions_path, efficiency_path = probe_files(run, split)
     if json_path:
-        json_path = check_output(json_path, "--json", (".json",), run, own="probe.json")
-    check_run_writable(run, ("features", "figures"), "its features cache, probe.json and figures")
+        json_path = check_output(json_path, "--json", (".json",), run, own=results_path.name)
+    check_run_writable(run, ("features", "figures"), f"its features cache, {results_path.name} and figures")
     if split == "train":
         raise UserError("--split train would score the probes on the images they were fitted on — use test (or "
                         "another held-out split)")
@@ -354,18 +371,17 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         "seconds": round(time.perf_counter() - t0, 2), "models": results,
     }
     print_table(report, console)
-    write_json(run / "probe.json", report)
+    write_json(results_path, report)
     if json_path:
         write_json(json_path, report)
-    figures = run / "figures"
     # for a confusion matrix in reports, which use it only for this encoder
     saved = {"labels": test.labels, "predictions": predictions, "sha256": meta["sha256"]}
-    atomic_write(figures / ".probe_predictions.pt", lambda tmp: torch.save(saved, tmp))
+    atomic_write(predictions_path, lambda tmp: torch.save(saved, tmp))
     from sslkit.viz import plot_label_efficiency
 
-    plot_label_efficiency(report, figures / "label_efficiency.png")
-    console.print(f"wrote {run / 'probe.json'}{f' and {json_path}' if json_path else ''}, "
-                  f"{figures / 'label_efficiency.png'} ({report['seconds']:.0f} s)")
+    plot_label_efficiency(report, efficiency_path)
+    console.print(f"wrote {results_path}{f' and {json_path}' if json_path else ''}, {efficiency_path} "
+                  f"({report['seconds']:.0f} s)")
     return report
 
 
