@@ -5,7 +5,7 @@ anywhere without a network or the run directory. Each figure is also kept as a P
 
 What is cheap is computed here: training curves, augmentation preview, first-layer kernels, the split's
 features (from the probe's cache when it has run), a UMAP/t-SNE map, k-means samples and a seeded neighbour
-grid; grids the user made with ``sslkit neighbors`` since the encoder was exported are shown beside it.
+grid; grids the user made with ``sslkit neighbors`` with the run's current encoder are shown beside it.
 What is not (the probe's many fits, fine-tuning) is read from ``probe.json`` / ``finetune.json`` when present;
 when absent, the page says which command to run instead of running minutes of work silently. A page is of one
 split (``--split``, test by default): ``--split val`` reads the val probe's ``probe-val.json`` and draws the val
@@ -302,14 +302,24 @@ def neighbour_grid(source: ImageSource, feats: torch.Tensor, feats_path: Path, s
                           title=title)
 
 
-def user_grids(run: Path, most: int = 3) -> list[Path]:
-    """The newest ``sslkit neighbors`` grids of the run made since its encoder was exported (older ones show
-    another encoder's neighbours), newest first, skipping any over :data:`MAX_EMBED_BYTES`."""
+def user_grids(run: Path, encoder_sha256: str, most: int = 3) -> list[Path]:
+    """The newest ``sslkit neighbors`` grids of the run drawn by its current encoder (``encoder_sha256``; others show
+    another encoder's neighbours), newest first, skipping any over :data:`MAX_EMBED_BYTES`.
+
+    A grid's encoder is the one its record names (:func:`~sslkit.evaluation.retrieval.grid_encoder`), whatever the
+    file times: a copy of the run (``cp -r``) gives every file a new time, in the order they were copied. A grid
+    without a record (drawn before grids had one) is counted as the current encoder's when it is no older than
+    ``encoder.safetensors``, as it was before."""
     folder, weights = Path(run) / "neighbors", Path(run) / "encoder.safetensors"
     if not folder.is_dir() or not weights.is_file():
         return []
     since = weights.stat().st_mtime
-    grids = [p for p in folder.glob("*.png") if p.stat().st_mtime >= since and p.stat().st_size <= MAX_EMBED_BYTES]
+
+    def current(grid: Path) -> bool:
+        drawn_by = retrieval.grid_encoder(grid)
+        return grid.stat().st_mtime >= since if drawn_by is None else drawn_by == encoder_sha256
+
+    grids = [p for p in folder.glob("*.png") if p.stat().st_size <= MAX_EMBED_BYTES and current(p)]
     return sorted(grids, key=lambda p: p.stat().st_mtime, reverse=True)[:most]
 
 
@@ -947,7 +957,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                                + img(path, "nearest neighbours of random queries"))
         else:
             nn_sec.missing = "The split is too small for a neighbour search."
-        for g in user_grids(run):
+        for g in user_grids(run, meta["sha256"]):
             nn_sec.body.append(f"<h3>{_esc(g.name)} (from <code>sslkit neighbors</code>)</h3>"
                                + img(g, f"neighbours {g.name}"))
         sections.append(nn_sec)

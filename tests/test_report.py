@@ -322,6 +322,42 @@ def test_a_val_page_shows_the_val_probe_and_no_test_number(tmp_path: Path, monke
     assert len(err.splitlines()) == 1 and "use one of: train, test, val" in err, err
 
 
+def test_neighbour_grids_are_shown_by_the_encoder_that_drew_them_not_by_file_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report showed the `sslkit neighbors` grids no older than encoder.safetensors. `cp -r RUN COPY` (and
+    shutil.copytree with copy_function=shutil.copy) gives every file a new time in the order it is copied, so a copy
+    hid grids of its encoder and showed another encoder's (shutil.copytree's default, copy2, keeps the times). A grid
+    now carries a record of the encoder that drew it; one without a record is judged by its time, as before."""
+    from sslkit.evaluation import retrieval
+    from sslkit.report import user_grids
+
+    monkeypatch.setattr(viz, "plot_neighbors", _stub_figure)
+    run = make_run(tmp_path / "run")
+    sha = json.loads((run / "encoder.json").read_text())["sha256"]
+    fresh = retrieval.find_neighbors(run, ["3"], k=4, console=quiet(), show_table=False).path
+    stale = retrieval.find_neighbors(run, ["5"], k=4, console=quiet(), show_table=False).path
+    retrieval.record_grid(stale, "0" * 64)  # as if drawn before the encoder was exported again
+    legacy = run / "neighbors" / "old.png"  # from before grids had a record
+    _stub_figure(legacy)
+    assert retrieval.grid_encoder(fresh) == sha and retrieval.grid_encoder(legacy) is None
+    assert sorted(p.name for p in (run / "neighbors").iterdir()) == [
+        ".test-3-k4.png.json", ".test-5-k4.png.json", "old.png", "test-3-k4.png", "test-5-k4.png"]
+
+    kept = shutil.copytree(run, tmp_path / "copy2")  # copy2: the times are kept, so they are no test of the record
+    assert (kept / "neighbors" / fresh.name).stat().st_mtime == fresh.stat().st_mtime
+    copy = shutil.copytree(run, tmp_path / "copy", copy_function=shutil.copy)  # new times, as cp -r gives
+    weights = (copy / "encoder.safetensors").stat().st_mtime
+    for name, offset in ((fresh.name, -60), (stale.name, 60), ("old.png", 30)):  # copied before / after the weights
+        os.utime(copy / "neighbors" / name, (weights + offset, weights + offset))
+    assert [p.name for p in user_grids(copy, sha)] == ["old.png", fresh.name]
+    os.utime(copy / "neighbors" / "old.png", (weights - 30, weights - 30))
+    assert [p.name for p in user_grids(copy, sha)] == [fresh.name], "an unrecorded grid older than the weights"
+    rewritten = copy / "neighbors" / fresh.name
+    rewritten.write_bytes(rewritten.read_bytes() + b"\0")
+    os.utime(rewritten, (weights - 60, weights - 60))
+    assert user_grids(copy, sha) == [], "a grid rewritten since its record goes by its time again"
+
+
 @pytest.mark.parametrize("command", [["neighbors", "--query", "3"], ["umap"], ["report"]])
 def test_run_without_encoder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str]) -> None:
     save_recipe(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path / "recipe.yaml")

@@ -19,6 +19,7 @@ checked before any feature is computed; the grid draws the first queries and nei
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sslkit.checkpoint import load_encoder
+from sslkit.checkpoint import load_encoder, sha256_file, write_json
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource, load_source
 from sslkit.errors import UserError
@@ -311,6 +312,30 @@ def default_output(run: Path, split: str, tokens: Sequence[str | int], queries: 
                                 f"{f'-{index}' if index != DEFAULT_INDEX else ''}.png")
 
 
+def grid_record(grid: Path) -> Path:
+    """Where the record of the grid ``grid`` is kept: ``.<name>.json`` beside it (hidden, so that a folder of grids
+    lists grids)."""
+    return Path(grid).with_name(f".{Path(grid).name}.json")
+
+
+def record_grid(grid: Path, encoder_sha256: str) -> None:
+    """Records which encoder drew ``grid`` (its sha256), and the grid's own sha256: what the report decides a grid's
+    freshness by (:func:`grid_encoder`), where file times would not do (``cp -r`` gives every file a new one)."""
+    write_json(grid_record(grid), {"encoder_sha256": encoder_sha256, "grid_sha256": sha256_file(grid)})
+
+
+def grid_encoder(grid: Path) -> str | None:
+    """The sha256 of the encoder that drew ``grid``, from its record; None where there is no readable record of
+    these exact bytes (a grid from before records, or rewritten since)."""
+    try:
+        record = json.loads(grid_record(grid).read_text())
+        if record["grid_sha256"] == sha256_file(grid):
+            return str(record["encoder_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
@@ -406,6 +431,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
     title = (f"{run.name}: each query (#: its index in the {split} split) and its {k} nearest other {split} images by "
              f"cosine similarity of the {meta['encoder']} features")
     plot_neighbors(source.images, result.labels, result.classes, picked, idx, sims, path, title=title)
+    if path.parent.resolve() == (run / "neighbors").resolve():  # the grids the report shows (user_grids)
+        record_grid(path, meta["sha256"])
     if show_table:
         print_neighbors(result, console)
         console.print(f"wrote {path}")
