@@ -493,6 +493,7 @@ h3 { font-size:15px; margin:16px 0 6px; color:var(--muted); }
 figure { margin:10px 0; text-align:center; }
 figure img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:4px; }
 .scroll { overflow-x:auto; }
+.scroll tr > :first-child { white-space:nowrap; }  /* a metric's name on one line: a narrow screen scrolls the table */
 table { border-collapse:collapse; margin:8px 0 12px; font-size:14px; }
 th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:left; }
 th { background:#f0f3f8; font-weight:600; }
