@@ -87,9 +87,9 @@ class Proc:
             return ""
 
     def past_setup(self) -> bool:
-        """True once the process printed the line that follows its start-up clean-up of temp files."""
-        t = self.text()
-        return "resuming from" in t or "sslkit pretrain quickstart:" in t
+        """True once the process printed the line that follows its start-up clean-up of temp files: the run's header,
+        printed after rank 0's first write block (``resuming from`` comes before it, since a5a07cf)."""
+        return "sslkit pretrain quickstart:" in self.text()
 
     def steps_logged(self) -> int:
         found = re.findall(r"^step (\d+)/\d+", self.text(), flags=re.M)
