@@ -898,7 +898,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     shape = (len(files), len(mode), size, size)
     room = next((p for p in (cache, *cache.parents) if p.exists()), None)
     _check_room(*shape[:3], shutil.disk_usage(room).free if room is not None else None,
-                f"free on the disk of the image cache {cache}")
+                f"free on the disk of the image cache {cache}", cache)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         out: np.ndarray = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -1090,14 +1090,24 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
     return source
 
 
-def _check_room(n: int, channels: int, size: int, room: int | None, where: str) -> None:
-    """A ``UserError`` naming data.image_size when ``n`` images resized to it would not fit in ``room`` bytes
-    (before any allocation: otherwise an allocator error, or the OOM killer, later)."""
+def _check_room(n: int, channels: int, size: int, room: int | None, where: str, cache: Path | None = None) -> None:
+    """A ``UserError`` when ``n`` images resized to ``size`` would not fit in ``room`` bytes (before any allocation:
+    otherwise an allocator error, or the OOM killer, later): ``where`` says what ``room`` is, memory or the free
+    space on the disk of the image cache ``cache``. The way out fits the command: pretraining can lower
+    data.image_size; a command that reads a finished run (:func:`data_root_option`) cannot, its encoder fixes the
+    size, so it is told to make room instead."""
     need = n * channels * size * size
-    if room is not None and need > room:
-        raise UserError(f"data.image_size {size}: {n:,} images of {channels}×{size}×{size} pixels need "
-                        f"{need / 2**30:,.1f} GiB, more than the {room / 2**30:,.1f} GiB {where} — lower "
-                        "data.image_size")
+    if room is None or need <= room:
+        return
+    run = _DATA_ROOT_OPTION.get() is not None
+    if cache is None:
+        fix = "run it on a machine with more memory" if run else "lower data.image_size"
+    else:
+        fix = (f"{'' if run else 'lower data.image_size, '}free space on that disk, or set SSLKIT_CACHE to a folder on "
+               "a disk with room")
+    named = f"the run's image size {size}" if run else f"data.image_size {size}"
+    raise UserError(f"{named}: {n:,} images of {channels}×{size}×{size} pixels need {need / 2**30:,.1f} GiB, more "
+                    f"than the {room / 2**30:,.1f} GiB {where} — {fix}")
 
 
 def _did_you_mean(value: str, valid: tuple[str, ...], usable: tuple[str, ...] | None = None) -> str:

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import pickle
 import pickletools
+import re
 import shutil
 import struct
 import warnings
@@ -969,6 +970,33 @@ def test_an_image_size_larger_than_the_machine_holds_is_one_line_naming_the_key(
     assert not cache.exists() or not any(cache.iterdir())  # refused before the cache file was made
 
 
+def test_a_command_that_reads_a_run_is_told_to_make_room_not_to_lower_data_image_size(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sslkit probe`, `neighbors`, `map` and `report` take the image size from the run's encoder and read no recipe:
+    "lower data.image_size" was advice they cannot follow. Pretraining keeps it, and is told of SSLKIT_CACHE too."""
+    from sslkit.cli import main
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "imgs" / c / "0.png")
+    cache = imagefolder_cache((tmp_path / "imgs").resolve())
+    run = random_run(tmp_path / "run", "imagefolder", 100_000_000, tmp_path / "imgs")
+    assert main(["probe", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"sslkit probe: error: the run's image size 100000000: 2 images of 3×100000000×100000000 "
+                        r"pixels need [\d,.]+ GiB, more than the [\d,.]+ GiB free on the disk of the image cache "
+                        rf"{re.escape(str(cache))} — free space on that disk, or set SSLKIT_CACHE to a folder on a "
+                        r"disk with room\n", err), err
+    assert not cache.exists() or not any(cache.iterdir())
+    with data.data_root_option("--data-root"), pytest.raises(UserError) as in_memory:
+        load_source("fashion-mnist-mini", "test", image_size=100_000)
+    assert str(in_memory.value).startswith("the run's image size 100000: 2,000 images of 1×100000×100000 pixels")
+    assert str(in_memory.value).endswith("GiB of memory this machine has — run it on a machine with more memory")
+    with pytest.raises(UserError, match=r"^data\.image_size 100000000: .* — lower data\.image_size, free space on that "
+                                        r"disk, or set SSLKIT_CACHE to a folder on a disk with room$"):
+        imagefolder_pool(root=str(tmp_path / "imgs"), image_size=100_000_000)
+
+
 # --- an image cache the disk fills up under ------------------------------------------------------------------
 
 
@@ -1003,7 +1031,6 @@ def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_ca
     without their index, nothing a later run reads."""
     import builtins
     import errno
-    import re
 
     from sslkit.errors import WriteError
 
