@@ -907,7 +907,6 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
                       "on the next run — set SSLKIT_CACHE to a writable folder to cache", SslkitWarning,
                       stacklevel=3)
         out, tmp = np.empty(shape, dtype=np.uint8), None
-    compact = cache / f".tmp-{key}.{os.getpid()}.compact.npy"
     kept: list[Path] = []  # cache files put in place, removed again if the cache cannot be completed
     try:
         if tmp is not None and hasattr(os, "posix_fallocate"):
@@ -940,13 +939,10 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name,
                                tuple(names))
         try:
+            out.flush()
+            del out  # unmapped before the file is cut: a mapping past a file's end faults when touched
             if n < len(files):  # skipped files left empty rows at the end: keep only the decoded ones
-                np.save(compact, out[:n])
-                del out
-                os.replace(compact, tmp)
-            else:
-                out.flush()
-                del out
+                _keep_first_rows(tmp, n)
             os.replace(tmp, images_path)
             kept.append(images_path)
             meta = json.dumps({"classes": classes, "labels": labels, "files": names, "root": str(base),
@@ -957,10 +953,31 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         kept.clear()
         _drop_stale_caches(cache, key, size, mode)
     finally:
-        for p in (*kept, *((tmp, compact) if tmp is not None else ())):
+        for p in (*kept, *((tmp,) if tmp is not None else ())):
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
     return _load_cached(images_path, meta_path, name)
+
+
+def _keep_first_rows(path: Path, n: int) -> None:
+    """Cuts the .npy file ``path`` (written by ``open_memmap``, no longer mapped) to its first ``n`` rows in place:
+    the shape in its header rewritten, the rest of the file truncated. Compacting into a second file would need
+    room on the disk for a second copy of the images, which the free-space check before decoding does not count.
+
+    The new header is padded to the old one's length, so the rows stay where they are: it holds a shape of no more
+    digits (``n`` is smaller), and numpy pads every header with spaces anyway (a reader ignores them)."""
+    from numpy.lib import format as npy
+
+    with open(path, "r+b") as f:
+        version = npy.read_magic(f)
+        assert version == (1, 0), "open_memmap writes a version 1.0 header for uint8 images"
+        header_start = f.tell() + 2  # after the 2-byte length of a version 1.0 header, which stays as it is
+        shape, fortran_order, dtype = npy.read_array_header_1_0(f)
+        data_start = f.tell()
+        header = repr({"descr": npy.dtype_to_descr(dtype), "fortran_order": fortran_order, "shape": (n, *shape[1:])})
+        f.seek(header_start)
+        f.write(header.ljust(data_start - header_start - 1).encode("latin1") + b"\n")
+        f.truncate(data_start + n * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
 
 
 def imagefolder_cache(base: Path) -> Path:

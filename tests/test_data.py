@@ -997,6 +997,47 @@ def test_a_command_that_reads_a_run_is_told_to_make_room_not_to_lower_data_image
         imagefolder_pool(root=str(tmp_path / "imgs"), image_size=100_000_000)
 
 
+def test_skipped_files_are_cut_from_the_image_cache_in_place_without_a_second_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding fills the cache file front to back; the rows of files that could not be decoded were then dropped by
+    writing the decoded ones to a second file (.compact.npy): for a moment two copies of the images on the disk,
+    where the free-space check counted one. Now the file is cut in place: its header's shape rewritten, its end
+    truncated."""
+    import builtins
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((10, 12, 3), 40 * i + (c == "b"), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "9_bad.png").write_bytes(b"not a png")
+    (tmp_path / "b" / "9_bad.png").write_bytes(b"")
+    cache = imagefolder_cache(tmp_path.resolve())
+    written: list[str] = []  # the files of the cache folder opened for writing
+    real_open, real_path_open = builtins.open, Path.open
+
+    def noted(opener: object, file: object, mode: str, *args: object, **kwargs: object) -> object:
+        if any(c in mode for c in "wax") and Path(file).parent == cache:
+            written.append(Path(file).name)
+        return opener(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: noted(real_open, file, mode, *a, **k))
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: noted(real_path_open, self, mode, *a, **k))
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\) of 8"):
+        pool = imagefolder_pool(root=str(tmp_path), image_size=8)
+    monkeypatch.undo()
+    images = [p.name for p in cache.glob("*.npy")]
+    assert len(images) == 1
+    key = images[0].removesuffix(".npy")
+    assert [name for name in written if ".json." not in name] == [f".tmp-{key}.{os.getpid()}.npy"]  # one copy
+    assert pool.images.shape == (6, 3, 8, 8) and pool.images[:, 0, 0, 0].tolist() == [0, 40, 80, 1, 41, 81]
+    on_disk = np.load(cache / images[0])
+    assert on_disk.shape == (6, 3, 8, 8) and np.array_equal(on_disk, pool.images.numpy())
+    with open(cache / images[0], "rb") as f:  # the rows start where they did, and nothing follows the sixth
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        assert f.tell() % 64 == 0 and (cache / images[0]).stat().st_size == f.tell() + 6 * 3 * 8 * 8
+
+
 # --- an image cache the disk fills up under ------------------------------------------------------------------
 
 
@@ -1021,11 +1062,12 @@ class _FillsUp:
         self.f.close()
 
 
-@pytest.mark.parametrize("where", ["reserve", "compact", "index"])
+@pytest.mark.parametrize("where", ["reserve", "index"])
 def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_cache(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """The disk fills after the free-space check (another process, or an estimate that was off): when the cache
-    file's blocks are reserved, while the decoded images are compacted (a skipped file), or at the index. It was a
+    file's blocks are reserved, or at the index (compacting the images after a skipped file takes no space: it is
+    done in place, test_skipped_files_are_cut_from_the_image_cache_in_place_without_a_second_copy). It was a
     traceback, or (the mapping written on a full disk) SIGBUS, exit 135, with no message; now a WriteError (exit 74)
     naming the file, the reason and what to do, and nothing of the cache is left: no temporary file, no images
     without their index, nothing a later run reads."""
@@ -1045,7 +1087,7 @@ def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_ca
 
         monkeypatch.setattr(os, "posix_fallocate", no_room)
     else:
-        marker = ".compact.npy" if where == "compact" else ".json."  # (the index's temporary file: atomic_write)
+        marker = ".json."  # the index's temporary file (atomic_write)
         real_open, real_path_open = builtins.open, Path.open
 
         def failing(opener: object, file: object, mode: str, *args: object, **kwargs: object) -> object:
