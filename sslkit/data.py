@@ -16,7 +16,10 @@ import http.client
 import json
 import os
 import pickle
+import re
 import shutil
+import socket
+import time
 import urllib.error
 import warnings
 import zlib
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslkit.checkpoint import atomic_write
+from sslkit.checkpoint import TMP_PREFIX, atomic_write
 from sslkit.errors import SslkitWarning, UserError, WriteError
 from sslkit.host_memory import physical_memory_bytes
 
@@ -894,8 +897,9 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             pass
 
     # Decode straight into the cache file, so a folder larger than memory never has to fit in it.
-    tmp = cache / f".tmp-{key}.{os.getpid()}.npy"
+    tmp = cache / f"{TMP_PREFIX}{key}.{os.getpid()}.{_host_tag()}.npy"  # its writer named: _remove_stale_temp_files
     shape = (len(files), len(mode), size, size)
+    _remove_stale_temp_files(cache)  # before the free-space check: what they held is free again
     room = next((p for p in (cache, *cache.parents) if p.exists()), None)
     _check_room(*shape[:3], shutil.disk_usage(room).free if room is not None else None,
                 f"free on the disk of the image cache {cache}", cache)
@@ -957,6 +961,58 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
     return _load_cached(images_path, meta_path, name)
+
+
+# The temporary files of an image cache: the images (decoded into it, then renamed), named by the writer's pid and a
+# tag of its machine's name; the index's, named by atomic_write with the pid only; and, from older versions, the
+# images' with the pid only and their compacted copy.
+_TEMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{20}}\.(?:(?P<pid>\d+)\.(?P<host>[0-9a-f]{{8}})\.npy"
+                        r"|(?P<old_pid>\d+)(?:\.compact)?\.npy|json\.(?P<index_pid>\d+))")
+# A temporary file without its machine's tag is left this long after its last change before its pid is believed:
+# the writer may run on another machine that shares the cache folder (a home folder on NFS), where the pid means
+# nothing here. Writing an index takes seconds.
+_UNTAGGED_STALE_AFTER_S = 3600
+
+
+def _host_tag() -> str:
+    """A short tag of this machine's name, for temporary files that other machines may see."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may be running on this machine (believed so whenever that cannot be told)."""
+    if os.name != "posix":  # os.kill would end the process on Windows, not probe it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: another user's process
+        return True
+    return True
+
+
+def _remove_stale_temp_files(cache: Path) -> None:
+    """Removes the temporary files that processes killed while writing the image cache ``cache`` left there (the
+    images' is as large as the cache, and nothing else would ever remove it). A file is kept while its writer may
+    run: one of this machine whose process is alive, one of another machine, and one without a machine's tag that
+    changed within the last hour (:data:`_UNTAGGED_STALE_AFTER_S`)."""
+    try:
+        entries = list(cache.iterdir())
+    except OSError:  # no cache folder yet, or an unreadable one (its write fails and says so)
+        return
+    for path in entries:
+        m = _TEMP_NAME.fullmatch(path.name)
+        if m is None:
+            continue
+        with contextlib.suppress(OSError):  # gone already (its writer finished), or not ours to remove
+            if m["host"] is not None:
+                stale = m["host"] == _host_tag() and not _alive(int(m["pid"]))
+            else:
+                age = time.time() - path.stat().st_mtime
+                stale = age > _UNTAGGED_STALE_AFTER_S and not _alive(int(m["old_pid"] or m["index_pid"]))
+            if stale:
+                path.unlink(missing_ok=True)
 
 
 def _keep_first_rows(path: Path, n: int) -> None:

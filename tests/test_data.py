@@ -1028,7 +1028,7 @@ def test_skipped_files_are_cut_from_the_image_cache_in_place_without_a_second_co
     images = [p.name for p in cache.glob("*.npy")]
     assert len(images) == 1
     key = images[0].removesuffix(".npy")
-    assert [name for name in written if ".json." not in name] == [f".tmp-{key}.{os.getpid()}.npy"]  # one copy
+    assert [name for name in written if ".json." not in name] == [f".tmp-{key}.{os.getpid()}.{data._host_tag()}.npy"]
     assert pool.images.shape == (6, 3, 8, 8) and pool.images[:, 0, 0, 0].tolist() == [0, 40, 80, 1, 41, 81]
     on_disk = np.load(cache / images[0])
     assert on_disk.shape == (6, 3, 8, 8) and np.array_equal(on_disk, pool.images.numpy())
@@ -1036,6 +1036,91 @@ def test_skipped_files_are_cut_from_the_image_cache_in_place_without_a_second_co
         np.lib.format.read_magic(f)
         np.lib.format.read_array_header_1_0(f)
         assert f.tell() % 64 == 0 and (cache / images[0]).stat().st_size == f.tell() + 6 * 3 * 8 * 8
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_decoding_leaves_a_temporary_file_the_next_write_of_the_cache_removes(tmp_path: Path) -> None:
+    """A process killed while decoding (the OOM killer, SIGKILL, a node's time limit) left its temporary images
+    file, as large as the cache, in $SSLKIT_CACHE/imagefolder/... for good. The next write of that cache removes it,
+    before its free-space check."""
+    import signal
+    import subprocess
+    import sys
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "imgs" / c / f"{i}.png")
+    kill_while_decoding = (  # a real decoding, killed once its temporary file is made and filled in part
+        "import os, signal, sslkit.data as d\n"
+        "def killed(files, size, mode, out, base):\n"
+        "    out[0] = 7\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "d._decode_all = killed\n"
+        f"d.imagefolder_pool({str(tmp_path / 'imgs')!r}, 8)\n")
+    done = subprocess.Popen([sys.executable, "-c", kill_while_decoding], stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.wait() == -signal.SIGKILL, done.communicate()[1]
+    cache = imagefolder_cache((tmp_path / "imgs").resolve())
+    left = [p.name for p in cache.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".tmp-") and f".{done.pid}." in left[0]
+    assert (cache / left[0]).stat().st_size > 6 * 3 * 8 * 8
+
+    pool = imagefolder_pool(str(tmp_path / "imgs"), 8)
+    assert pool.images.shape == (6, 3, 8, 8)
+    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+
+
+def test_stale_temporary_files_of_the_image_cache_are_removed_those_of_live_writers_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only files whose writer has surely ended go: this machine's, of a pid no longer running; one of another
+    machine (a cache folder shared over NFS) is kept; one without a machine's tag (the index's, named by
+    atomic_write, or an older version's) only once it is an hour old and its pid is not running here."""
+    import shutil
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "imgs" / c / "0.png")
+    cache = imagefolder_cache((tmp_path / "imgs").resolve())
+    cache.mkdir(parents=True)
+    dead, alive, here = _dead_pid(), os.getpid(), data._host_tag()
+    elsewhere = "0" * 8 if here != "0" * 8 else "1" * 8
+    names = {  # name: (removed?, hours since its last change)
+        f".tmp-{'a' * 20}.{dead}.{here}.npy": (True, 0),
+        f".tmp-{'b' * 20}.{alive}.{here}.npy": (False, 5),  # a live process decoding the folder at another size
+        f".tmp-{'c' * 20}.{dead}.{elsewhere}.npy": (False, 5),  # the pid of another machine says nothing here
+        f".tmp-{'d' * 20}.{dead}.npy": (True, 2),
+        f".tmp-{'d' * 20}.{dead}.compact.npy": (True, 2),
+        f".tmp-{'e' * 20}.{dead}.npy": (False, 0),
+        f".tmp-{'f' * 20}.json.{dead}": (True, 2),
+        f".tmp-{'f' * 20}.json.{alive}": (False, 2),
+        ".tmp-notes.txt": (False, 5),  # not a name the cache makes
+    }
+    for name, (_, hours) in names.items():
+        (cache / name).write_bytes(bytes(1000))
+        os.utime(cache / name, (os.path.getatime(cache / name) - hours * 3600,) * 2)
+    stale = cache / f".tmp-{'a' * 20}.{dead}.{here}.npy"
+    seen_by_the_check: list[bool] = []
+    real_usage = shutil.disk_usage
+
+    def usage(path: object) -> object:
+        seen_by_the_check.append(stale.exists())
+        return real_usage(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    imagefolder_pool(str(tmp_path / "imgs"), 8)
+    assert seen_by_the_check == [False]  # removed before the free-space check
+    kept = {p.name for p in cache.iterdir() if p.name.startswith(".tmp-")}
+    assert kept == {name for name, (removed, _) in names.items() if not removed}
 
 
 # --- an image cache the disk fills up under ------------------------------------------------------------------
