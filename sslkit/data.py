@@ -47,8 +47,9 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     # SVHN's extra: 531,131 more digits, "somewhat less difficult" in its authors' words, published as extra
-    # training data. A split to pretrain on, never scored (TRAINING_ONLY).
-    "svhn": ("train", "test", "extra"),
+    # training data. A split to pretrain on, alone or after train (train+extra, as STL-10's train+unlabeled), never
+    # scored (TRAINING_ONLY).
+    "svhn": ("train", "test", "extra", "train+extra"),
     # An image folder is one pool of images, split once: test is a fixed stratified part held out of everything a
     # run trains on (imagefolder_split), train is the rest.
     "imagefolder": ("train", "test"),
@@ -61,8 +62,8 @@ TRAINING_ONLY: dict[str, str] = {"svhn": "extra"}
 
 def scored_splits(dataset: str) -> tuple[str, ...]:
     """The splits of ``dataset`` a model trained on its train split can be scored on: labeled, disjoint from train
-    (STL-10's ``train+unlabeled`` holds the train images, its ``unlabeled`` has no labels) and not training data
-    (SVHN's ``extra``, which a run may have pretrained on: :data:`TRAINING_ONLY`)."""
+    (STL-10's ``train+unlabeled`` and SVHN's ``train+extra`` hold the train images, STL-10's ``unlabeled`` has no
+    labels) and not training data (SVHN's ``extra``, which a run may have pretrained on: :data:`TRAINING_ONLY`)."""
     return tuple(s for s in SPLITS[dataset]
                  if "train" not in s.split("+") and s != "unlabeled" and s != TRAINING_ONLY.get(dataset))
 
@@ -451,6 +452,33 @@ def split_length(dataset: str, split: str, root: str | None) -> int:
                         f"images there, or {_point_at('the folder that holds stl10_binary/ with them')}") from None
 
 
+def split_labels(dataset: str, split: str, root: str | None) -> torch.Tensor:
+    """The labels of a split (-1 where it has none) without decoding its images: what a run pretrained on train and
+    ``split`` (``data.split`` ``train+unlabeled`` or ``train+extra``) needs, after the train labels, to recompute
+    which train images it took (:func:`sslkit.trainer.train_images_in_pool`). STL-10's unlabeled: none, one per
+    image counted from the file's size (2.7 GB); SVHN's extra: the digits of its .mat file, read without its
+    images (1.3 GB), 10 read as 0 as torchvision does.
+
+    Raises:
+        UserError: the file is missing or damaged.
+    """
+    if (dataset, split) != ("svhn", "extra"):
+        return torch.full((split_length(dataset, split, root),), -1, dtype=torch.long)
+    from scipy.io import loadmat
+
+    cls = _torchvision_class(dataset)
+    path = _expected_files(cls, Path(root).expanduser() if root else DEFAULT_ROOT, split)[0]
+    if not path.is_file():
+        url, action = _download_source(cls, split)
+        raise UserError(f"{path} is missing — put SVHN's extra digits there (download {url} and {action} "
+                        f"{path.parent}), or {_point_at('the folder that holds extra_32x32.mat')}")
+    try:
+        y = np.asarray(loadmat(path, variable_names=["y"])["y"], dtype=np.int64).reshape(-1)
+    except Exception as e:  # noqa: BLE001 — cut short, garbled or no y: damaged, as torchvision's read would find it
+        raise _damaged(dataset, split, path, e) from None
+    return torch.from_numpy(np.where(y == 10, 0, y))
+
+
 _STL10_IMAGE_BYTES = 3 * 96 * 96
 
 
@@ -695,6 +723,10 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
     fine-tune). Files that passed once and are unchanged since (:func:`_md5_verified`) are read as local files
     instead, checked only as those are.
     """
+    if dataset == "svhn" and "+" in split:  # torchvision reads SVHN a .mat file at a time: each part, train first
+        parts = [_torchvision(dataset, part, root, download) for part in split.split("+")]
+        return ImageSource(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), parts[0].classes,
+                           f"{dataset}/{split}")
     cls = _torchvision_class(dataset)
     base = Path(root).expanduser() if root else DEFAULT_ROOT
     missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
@@ -1118,7 +1150,8 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
     Args:
         dataset: one of ``DATASETS``.
         split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``, SVHN also ``extra`` (more
-            training data: pretraining may use it, the probes do not score on it; :func:`scored_splits`). An
+            training data: pretraining may use it, the probes do not score on it; :func:`scored_splits`) and
+            ``train+extra`` (the train images, then extra's). An
             image folder's test split is a fixed part of it (:func:`imagefolder_split`), its train split the rest;
             :func:`imagefolder_pool` reads the whole folder.
         root: where the files are: searched first for Fashion-MNIST, required for an image folder, the download

@@ -45,7 +45,7 @@ from sslkit.data import (
     channel_stats,
     files_digest,
     load_source,
-    split_length,
+    split_labels,
     stratified_split,
 )
 from sslkit.distributed import (
@@ -186,7 +186,8 @@ def train_images_in_pool(r: Recipe, train_labels: torch.Tensor, root: str | None
 
     For fine-tuning on labeled images outside the pool. A pretraining split without the train images (STL-10's
     unlabeled) took none of them; its pool size is then None (known only by loading it). STL-10's
-    train+unlabeled is the train images followed by the unlabeled ones, whose count comes from the file's size.
+    train+unlabeled is the train images followed by the unlabeled ones, whose count comes from the file's size;
+    SVHN's train+extra the train images followed by extra's, whose labels come from its file (split_labels).
 
     Args:
         r: the run's recipe. train_labels: the labels of the data set's train split. root: where its files are.
@@ -197,8 +198,8 @@ def train_images_in_pool(r: Recipe, train_labels: torch.Tensor, root: str | None
     parts = r.data.split.split("+")
     if "train" not in parts:
         return torch.empty(0, dtype=torch.long), None
-    extra = sum(split_length(r.data.dataset, part, root) for part in parts if part != "train")
-    labels = torch.cat([train_labels, torch.full((extra,), -1, dtype=train_labels.dtype)])
+    labels = torch.cat([train_labels, *(split_labels(r.data.dataset, part, root).to(train_labels.dtype)
+                                        for part in parts if part != "train")])
     _, pool_idx, _ = split_train(r, labels)
     return pool_idx[pool_idx < len(train_labels)], len(pool_idx)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import os
 import pickle
 import pickletools
@@ -618,7 +619,8 @@ def test_svhn_extra_is_training_data_to_pretrain_on_and_never_a_scored_split(
     from sslkit.config import load_recipe
     from sslkit.evaluation.finetune_config import test_split_problem
 
-    assert data.scored_splits("svhn") == ("test",) and data.pretraining_splits("svhn") == ("train", "extra")
+    assert data.scored_splits("svhn") == ("test",)
+    assert data.pretraining_splits("svhn") == ("train", "extra", "train+extra")
     assert load_recipe(REPO / "recipes" / "quickstart.yaml", ["data.dataset=svhn", "data.split=extra"]).data.split \
         == "extra"
     run = random_run(tmp_path / "run", "svhn", 32, tmp_path)  # no data there: refused before any is read
@@ -630,6 +632,65 @@ def test_svhn_extra_is_training_data_to_pretrain_on_and_never_a_scored_split(
     assert test_split_problem("svhn", "extra") == ("data.test_split 'extra' of svhn is extra training data (easier "
                                                    "images, and a run may have pretrained on them), not an "
                                                    "evaluation split — use test")
+
+
+def test_svhn_train_plus_extra_pretrains_on_both_and_the_finetune_leaves_that_pool_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """data.split: train+extra (the usual SVHN training set), as STL-10's train+unlabeled: the train digits, then
+    extra's. Never scored; the fine-tune's disjoint labeled subset avoids exactly the train images of the pool,
+    whose draw depends on extra's labels (stratified), read from its file without its images."""
+    from rich.console import Console
+
+    import sslkit.evaluation.finetune as ft
+    from sslkit.checkpoint import load_encoder
+    from sslkit.cli import main
+    from sslkit.config import load_recipe
+    from sslkit.evaluation.finetune_config import load_finetune_recipe, test_split_problem
+    from sslkit.trainer import pretrain, split_train, train_images_in_pool
+
+    root = tmp_path / "data"
+    train = write_svhn(root, "train", n=40, seed=1)
+    extra = write_svhn(root, "extra", n=30, seed=2)
+    write_svhn(root, "test", n=20, seed=3)
+    both = load_source("svhn", "train+extra", root=str(root))
+    assert both.name == "svhn/train+extra" and both.classes == tuple("0123456789")
+    assert torch.equal(both.images, torch.from_numpy(np.concatenate([train["images"], extra["images"]])))
+    assert both.labels.tolist() == [*train["labels"].tolist(), *extra["labels"].tolist()]
+    assert torch.equal(data.split_labels("svhn", "extra", str(root)), torch.from_numpy(extra["labels"]))
+
+    r = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        "data.dataset=svhn", f"data.root={root}", "data.split=train+extra", "data.pool_size=50",
+        "monitor.val_size=10", "monitor.bank_size=40", "train.batch_size=16", "train.epochs=1", "train.threads=1"])
+    log = io.StringIO()
+    pretrain(r, tmp_path / "run", console=Console(file=log, width=200))
+    assert "svhn (train+extra) — 50 images for pretraining" in log.getvalue()
+    _, pool, _ = split_train(r, both.labels)
+    assert 0 < int((pool >= 40).sum()) < 30  # extra digits in the pool, and train ones
+    in_train, size = train_images_in_pool(r, load_source("svhn", "train", root=str(root)).labels, str(root))
+    assert torch.equal(in_train, pool[pool < 40]) and size == 50
+    unlabeled_extra = torch.cat([both.labels[:40], torch.full((30,), -1)])  # extra's labels matter to the draw
+    assert not torch.equal(split_train(r, unlabeled_extra)[1], pool)
+
+    ft_path = tmp_path / "ft.yaml"
+    ft_path.write_text(f"name: t\nrun: {tmp_path / 'run'}\n")
+    meta = load_encoder(tmp_path / "run").sslkit_meta
+    assert meta["split"] == "train+extra"
+    labeled = ft.prepare_data(load_finetune_recipe(ft_path, ["labeled.size=12", "labeled.val_size=4"]), meta,
+                              torch.device("cpu"))
+    assert labeled.info["pool"] == 50 and labeled.info["candidates"] == 40 - len(in_train)
+    assert not set(labeled.info["labeled_indices"]) & set(in_train.tolist())
+
+    assert main(["probe", str(tmp_path / "run"), "--split", "train+extra"]) == 2  # probes fitted on train
+    assert "--split 'train+extra' of svhn holds the train images the probes are fitted on — use test" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run" / "probe.json").exists()
+    assert test_split_problem("svhn", "train+extra").startswith("data.test_split 'train+extra' of svhn holds the "
+                                                                "train images")
+    (root / "extra_32x32.mat").unlink()
+    with data.data_root_option("--data-root"), pytest.raises(UserError, match=r"extra_32x32\.mat is missing — put "
+                                                                               r"SVHN's extra digits there .* give "
+                                                                               r"--data-root DIR, the folder"):
+        data.split_labels("svhn", "extra", str(root))
 
 
 # --- image folders ----------------------------------------------------------------------------------------

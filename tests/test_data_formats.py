@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fakes import STL10_CLASS_NAMES, write_cifar, write_fashion_mnist, write_stl10, write_svhn
+from torch.utils.data import ConcatDataset
 from torchvision import datasets as tvd
 from torchvision.datasets import cifar as tv_cifar
 from torchvision.datasets import stl10 as tv_stl10
@@ -121,6 +122,16 @@ def test_svhn_as_torchvision_reads_it(tmp_path: Path, torchvision_without_md5: N
     same_as_torchvision(source, tvd.SVHN(str(tmp_path), split="extra", download=False))
     assert source.labels.tolist() == expected["labels"].tolist() and source.labels[0] == 0  # 10 on disk
     assert torch.equal(source.images, torch.from_numpy(expected["images"]))
+
+
+def test_svhn_train_plus_extra_as_torchvision_reads_its_two_files(tmp_path: Path,
+                                                                  torchvision_without_md5: None) -> None:
+    """torchvision's SVHN reads one .mat file a split; sslkit's train+extra is its train split, then its extra."""
+    write_svhn(tmp_path, "train", n=7, seed=1)
+    write_svhn(tmp_path, "extra", n=12, seed=2)
+    train, extra = (tvd.SVHN(str(tmp_path), split=split, download=False) for split in ("train", "extra"))
+    same_as_torchvision(load_source("svhn", "train+extra", root=str(tmp_path)), ConcatDataset([train, extra]))
+    assert torch.equal(data.split_labels("svhn", "extra", str(tmp_path)), torch.from_numpy(extra.labels))
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "extracted"])
