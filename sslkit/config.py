@@ -81,7 +81,8 @@ class DataConfig:
     """Where the images come from and how they are held out for monitoring."""
 
     dataset: str = "fashion-mnist-mini"
-    split: str = "train"  # the split pretrained on: train, or STL-10's train+unlabeled or unlabeled
+    split: str = "train"  # the split pretrained on (data.pretraining_splits): train; STL-10 also unlabeled or
+    # train+unlabeled, SVHN also extra or train+extra
     root: str | None = None  # searched first; required for imagefolder
     download: bool = False  # let torchvision download when the files are missing
     image_size: int | None = _f(None, ge=8)  # resize once at load; None keeps the native size
