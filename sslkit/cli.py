@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image indices into the split, or random:N for N seeded random queries")
     p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8); queries × k at most 10,000, one "
                    "table line each (the grid draws the first of them)")
-    p.add_argument("--split", default="test", help="split to search (default: test)")
+    p.add_argument("--split", default="test", help="split to search (default: test); val: the part of train that "
+                   "`sslkit probe --split val` scores on (indices into it, in train's order)")
     p.add_argument("--out", metavar="PNG",
                    help="where to write the grid (default: RUN/neighbors/<split>-<queries>-k<k>.png)")
     p.add_argument("--index", default="flat", metavar="KIND",
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "same command.")
     _run_arguments(p)
     p.add_argument("--method", choices=("umap", "tsne"), default="umap", help="map method (default: umap)")
-    p.add_argument("--split", default="test", help="split to map (default: test)")
+    p.add_argument("--split", default="test", help="split to map (default: test); val: the part of train that "
+                   "`sslkit probe --split val` scores on")
     p.add_argument("--out", metavar="PNG", help="default: RUN/figures/<method>-<split>.png")
     p.add_argument("--thumbnails", type=int, default=0, metavar="N",
                    help="draw up to N image thumbnails on the map, as many as fit without covering each other")

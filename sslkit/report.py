@@ -5,7 +5,8 @@ anywhere without a network or the run directory. Each figure is also kept as a P
 
 What is cheap is computed here: training curves, augmentation preview, first-layer kernels, the split's
 features (from the probe's cache when it has run), a UMAP/t-SNE map, k-means samples and a seeded neighbour
-grid; grids the user made with ``sslkit neighbors`` with the run's current encoder are shown beside it.
+grid (drawn by ``sslkit neighbors``' own code); the grids the user made with ``sslkit neighbors`` of the page's split
+with the run's current encoder are shown beside it.
 What is not (the probe's many fits, fine-tuning) is read from ``probe.json`` / ``finetune.json`` when present;
 when absent, the page says which command to run instead of running minutes of work silently. A page is of one
 split (``--split``, test by default): ``--split val`` reads the val probe's ``probe-val.json`` and draws the val
@@ -41,7 +42,7 @@ from sslkit.data import ImageSource
 from sslkit.errors import UserError
 from sslkit.evaluation import retrieval
 from sslkit.evaluation.features import atomic_save_npy, progress_bar
-from sslkit.evaluation.probe import best_score, probe_files
+from sslkit.evaluation.probe import HELD_OUT, best_score, probe_files
 from sslkit.outputs import FIGURE_SUFFIXES, check_output, check_run_writable, split_file
 
 MAX_MAP_POINTS = 10_000
@@ -99,7 +100,8 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     Args:
         run: the run directory.
         method: ``umap`` or ``tsne``.
-        split: the split to map.
+        split: the split to map; ``val``: the labeled part of train that ``sslkit probe --split val`` scores on
+            (:func:`~sslkit.evaluation.retrieval.load_evaluation_split`).
         out: the PNG; ``RUN/figures/<method>-<split>.png`` by default.
         thumbnails: how many seeded images to draw on the map.
         max_points: above this many images a seeded random subset is mapped.
@@ -124,8 +126,9 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     path = check_output(out, "--out", FIGURE_SUFFIXES, run) if out else run / "figures" / f"{method}-{split}.png"
     check_run_writable(run, ("features",) if out else ("features", "figures"),
                        "its features cache and map coordinates" if out else "its features cache, coordinates and map")
-    source = retrieval.load_split(meta, split)
-    feats, feats_path = retrieval.split_features(run, meta, source, split, console=console)
+    mapped = retrieval.load_evaluation_split(meta, split)
+    source = mapped.source
+    feats, feats_path = retrieval.evaluation_features(run, meta, mapped, console=console)
     rows = _subsample(len(source), max_points, seed)
     t0 = time.perf_counter()
     xy = map_coordinates(feats, feats_path, rows, method, seed)
@@ -240,71 +243,13 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
     return Predictions(split, labeled, labeled.labels, result.predictions, True)
 
 
-def report_split(meta: dict[str, Any], split: str) -> tuple[ImageSource, str]:
-    """The images the report's figures of ``split`` are drawn from, and how the page names the split: a split of the
-    run's data, or :data:`~sslkit.evaluation.probe.HELD_OUT` (``val``), the labeled part of train that
-    ``sslkit probe --split val`` scores on.
+def user_grids(run: Path, encoder_sha256: str, split: str = "test", most: int = 3) -> list[Path]:
+    """The newest ``sslkit neighbors`` grids of the run's ``split`` drawn by its current encoder (``encoder_sha256``;
+    others show another encoder's neighbours), newest first, skipping any over :data:`MAX_EMBED_BYTES`.
 
-    Raises:
-        UserError: a split the run's data set does not have, or missing data.
-    """
-    from sslkit.data import SPLITS, split_description
-    from sslkit.evaluation.probe import HELD_OUT, labeled_splits
-
-    usable = (*SPLITS.get(meta["dataset"], ()), HELD_OUT)
-    if split not in usable:
-        raise UserError(f"--split {split!r}: {meta['dataset']} has no such split — use one of: {', '.join(usable)} "
-                        f"({HELD_OUT}: the part of train that `sslkit probe --split {HELD_OUT}` scores on)")
-    if split == HELD_OUT:
-        _, _, held, described = labeled_splits(meta, split)
-        return held, described
-    return retrieval.load_split(meta, split), split_description(meta["dataset"], split)
-
-
-def report_features(run: Path, meta: dict[str, Any], split: str, source: ImageSource,
-                    console: Console | None = None) -> tuple[torch.Tensor, Path]:
-    """The encoder's features of the report's split (:func:`report_split`), from the run's feature cache, and the
-    path the map coordinates and index derived from them are named after.
-
-    ``val``'s are the rows of the train split's features the probe holds out (sliced as the probe slices them,
-    :func:`~sslkit.evaluation.probe.probe_features`), named ``<train cache>.val.npy`` (no such file is written) so
-    that their map and index never replace the train split's.
-
-    Shape:
-        -> (N, D) float32
-    """
-    from sslkit.evaluation.probe import HELD_OUT, labeled_splits, probe_features
-
-    if split != HELD_OUT:
-        return retrieval.split_features(run, meta, source, split, console=console)
-    whole = labeled_splits(meta, split)[0]
-    paths = []
-
-    def features_of(part: str, images: ImageSource) -> torch.Tensor:
-        feats, path = retrieval.split_features(run, meta, images, part, console=console)
-        paths.append(path)
-        return feats
-
-    _, feats = probe_features(features_of, whole, source, split)
-    return feats, paths[0].with_name(f"{paths[0].name[:-len('.npy')]}.{split}.npy")
-
-
-def neighbour_grid(source: ImageSource, feats: torch.Tensor, feats_path: Path, split: str, n_queries: int, k: int,
-                   seed: int, path: Path, title: str) -> Path:
-    """The report's own grid: ``n_queries`` seeded random images of the split and their ``k`` nearest others (exact
-    search, the index kept beside ``feats_path``), as ``sslkit neighbors RUN --query random:N`` draws them."""
-    from sslkit.viz import plot_neighbors
-
-    picked = retrieval.parse_queries([f"random:{n_queries}"], len(source), split, seed)
-    sims, idx = retrieval.search_neighbors(retrieval.open_index(feats, feats_path, retrieval.DEFAULT_INDEX), feats,
-                                           picked, k)
-    return plot_neighbors(source.images, source.labels.cpu().long(), source.classes, picked, idx, sims, path,
-                          title=title)
-
-
-def user_grids(run: Path, encoder_sha256: str, most: int = 3) -> list[Path]:
-    """The newest ``sslkit neighbors`` grids of the run drawn by its current encoder (``encoder_sha256``; others show
-    another encoder's neighbours), newest first, skipping any over :data:`MAX_EMBED_BYTES`.
+    A grid's split is the one its record names (:func:`~sslkit.evaluation.retrieval.grid_split`); a grid whose
+    record does not name one was drawn before ``--split val`` could be searched, and is shown on every page but
+    val's, as it was before.
 
     A grid's encoder is the one its record names (:func:`~sslkit.evaluation.retrieval.grid_encoder`), whatever the
     file times: a copy of the run (``cp -r``) gives every file a new time, in the order they were copied. A grid
@@ -319,7 +264,11 @@ def user_grids(run: Path, encoder_sha256: str, most: int = 3) -> list[Path]:
         drawn_by = retrieval.grid_encoder(grid)
         return grid.stat().st_mtime >= since if drawn_by is None else drawn_by == encoder_sha256
 
-    grids = [p for p in folder.glob("*.png") if p.stat().st_size <= MAX_EMBED_BYTES and current(p)]
+    def of_split(grid: Path) -> bool:
+        searched = retrieval.grid_split(grid)
+        return split != HELD_OUT if searched is None else searched == split
+
+    grids = [p for p in folder.glob("*.png") if p.stat().st_size <= MAX_EMBED_BYTES and current(p) and of_split(p)]
     return sorted(grids, key=lambda p: p.stat().st_mtime, reverse=True)[:most]
 
 
@@ -696,7 +645,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     """
     from sslkit.data import scored_splits
     from sslkit.evaluation.clustering import kmeans
-    from sslkit.evaluation.probe import BASELINES, HELD_OUT, ROWS, score_rows
+    from sslkit.evaluation.probe import BASELINES, ROWS, score_rows
     from sslkit.viz import (
         MAP_METHODS,
         plot_clusters,
@@ -735,7 +684,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     finetune_split = finetune.get("split", "test") if finetune else None
     if finetune_split not in (None, split):  # its numbers are of another split: left to that split's page
         finetune = None
-    source, described = report_split(meta, split)
+    evaluated = retrieval.load_evaluation_split(meta, split)  # the images of the map, neighbours and clusters
+    source, described = evaluated.source, evaluated.described
     # Why the probe's sections are empty, and what fills them (HTML).
     if probe_cmd is None:
         no_probe = (f"The probes are not scored on the {_esc(split)} split ("
@@ -906,7 +856,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         done("probe")
 
         # features for the split-level figures
-        feats, feats_path = report_features(run, meta, split, source, console=console)
+        feats, feats_path = retrieval.evaluation_features(run, meta, evaluated, console=console)
         done(f"{split} features")
 
         clusters = Section("clusters", "k-means clusters")
@@ -945,20 +895,19 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
 
         nn_sec = Section("neighbors", "Nearest neighbours")
         neighbors_cmd = f"sslkit neighbors {run} --query 3 17{_split_arg(split)}"
-        more = "" if split == HELD_OUT else f" More with {_cmd(neighbors_cmd)}."  # the command searches no val split
         nn_sec.body.append('<p class="muted">Each row: a query image, then its most similar images by cosine '
                            "similarity of the encoder's features (the query excluded); green frames share the "
-                           f"query's class, red ones do not.{more}</p>")
+                           f"query's class, red ones do not. More with {_cmd(neighbors_cmd)}.</p>")
         n_q, k_nn = min(NEIGHBOR_QUERIES, len(source)), min(8, len(source) - 1)
-        if k_nn >= 1:
-            path = neighbour_grid(source, feats, feats_path, split, n_q, k_nn, seed, figures / f"neighbors-{split}.png",
-                                  f"{run.name}: each query (#: its index in the {split} split) and its {k_nn} nearest "
-                                  f"other {split} images by cosine similarity of the {meta['encoder']} features")
+        if k_nn >= 1:  # as `sslkit neighbors RUN --query random:N` draws them, exact search
+            picked = retrieval.parse_queries([f"random:{n_q}"], len(source), split, seed)
+            path = retrieval.draw_neighbors(run, meta, evaluated, feats, feats_path, picked, k_nn,
+                                            figures / f"neighbors-{split}.png").path
             nn_sec.body.append(f"<h3>{n_q} random {_esc(split)} images (seed {seed})</h3>"
                                + img(path, "nearest neighbours of random queries"))
         else:
             nn_sec.missing = "The split is too small for a neighbour search."
-        for g in user_grids(run, meta["sha256"]):
+        for g in user_grids(run, meta["sha256"], split):
             nn_sec.body.append(f"<h3>{_esc(g.name)} (from <code>sslkit neighbors</code>)</h3>"
                                + img(g, f"neighbours {g.name}"))
         sections.append(nn_sec)

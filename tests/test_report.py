@@ -323,6 +323,72 @@ def test_a_val_page_shows_the_val_probe_and_no_test_number(tmp_path: Path, monke
     assert len(err.splitlines()) == 1 and "use one of: train, test, val" in err, err
 
 
+def test_the_map_of_the_val_split_is_of_the_probes_held_out_images_and_named_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sslkit map RUN --split val` was refused ("fashion-mnist-mini has no split 'val'"). It now maps the images the
+    val probe scores on, from the rows of the train split's cached features the probe slices, into
+    figures/umap-val.png, its coordinates named apart from the train split's map."""
+    from sslkit.evaluation.probe import held_out_parts, labeled_splits
+
+    run = make_run(tmp_path / "run", seed=7)
+    whole, _, held, _ = labeled_splits(json.loads((run / "encoder.json").read_text()), "val")
+    train = clustered_features(whole.labels, 7)
+    write_features(run, train, "train")
+    mapped, drawn = [], []
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: mapped.append(x) or np.zeros((len(x), 2), np.float32))
+    monkeypatch.setattr(viz, "plot_map", lambda xy, labels, *a, **k: drawn.append(labels) or _stub_figure(*a, **k))
+    assert main(["map", str(run), "--split", "train", "--max-points", "20000"]) == 0
+    assert main(["map", str(run), "--split", "val", "--max-points", "20000"]) == 0
+    assert torch.equal(mapped[1], train[held_out_parts(whole.labels)[0]]) and torch.equal(drawn[1], held.labels)
+    assert (run / "figures" / "umap-val.png").is_file() and (run / "figures" / "umap-train.png").is_file()
+    assert len(list((run / "features").glob("*-train-*[0-9a-f].umap-seed0-*.npy"))) == 1, "train's map is kept"
+    assert len(list((run / "features").glob("*-train-*.val.umap-seed0-*.npy"))) == 1, "val's beside it"
+
+
+def test_a_page_draws_its_grid_as_sslkit_neighbors_does_and_shows_the_user_grids_of_its_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's own neighbour grid went through a copy of `sslkit neighbors`' query picking, search and
+    drawing; it now goes through the same function, so both draw the same grid. `sslkit neighbors --split val` grids
+    are shown on the val page only, and the test split's on the test page only (a grid recorded before records named
+    the split is shown on every page but val's, as before)."""
+    from sslkit.evaluation import retrieval
+    from sslkit.evaluation.probe import labeled_splits
+
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    grids = []
+
+    def plot_neighbors(images, labels, classes, queries, idx, sims, path, title):
+        grids.append((list(queries), idx, sims, title))
+        return _stub_figure(path)
+
+    monkeypatch.setattr(viz, "plot_neighbors", plot_neighbors)
+    run = make_run(tmp_path / "run", seed=8)
+    meta = json.loads((run / "encoder.json").read_text())
+    whole, _, held, _ = labeled_splits(dict(meta, data_root=None), "val")
+    write_features(run, clustered_features(whole.labels, 8), "train")
+    write_probe(run, held.labels, "val", score=0.6)
+    val_grid = retrieval.find_neighbors(run, ["random:6"], k=8, split="val", console=quiet(), show_table=False).path
+    test_grid = retrieval.find_neighbors(run, ["3"], k=4, console=quiet(), show_table=False).path
+    legacy = retrieval.find_neighbors(run, ["5"], k=4, console=quiet(), show_table=False).path
+    record = retrieval.grid_record(legacy)
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "split"}))
+
+    page = build_report(run, split="val", method="tsne", max_points=80, console=quiet())
+    own = grids[-1]
+    assert own[0] == grids[0][0] and own[3] == grids[0][3], "the same queries and title as sslkit neighbors"
+    assert torch.equal(own[1], grids[0][1]) and torch.equal(own[2], grids[0][2]), "and the same neighbours"
+    section = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page.read_text(encoding="utf-8"), re.S))
+    assert val_grid.name in section["neighbors"] and test_grid.name not in section["neighbors"]
+    assert legacy.name not in section["neighbors"]
+    assert f"sslkit neighbors {run} --query 3 17 --split val" in section["neighbors"]
+    from sslkit.report import user_grids
+
+    assert sorted(p.name for p in user_grids(run, meta["sha256"], "test")) == sorted([test_grid.name, legacy.name])
+    assert user_grids(run, meta["sha256"], "val") == [val_grid]
+
+
 def test_neighbour_grids_are_shown_by_the_encoder_that_drew_them_not_by_file_times(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The report showed the `sslkit neighbors` grids no older than encoder.safetensors. `cp -r RUN COPY` (and
@@ -337,7 +403,7 @@ def test_neighbour_grids_are_shown_by_the_encoder_that_drew_them_not_by_file_tim
     sha = json.loads((run / "encoder.json").read_text())["sha256"]
     fresh = retrieval.find_neighbors(run, ["3"], k=4, console=quiet(), show_table=False).path
     stale = retrieval.find_neighbors(run, ["5"], k=4, console=quiet(), show_table=False).path
-    retrieval.record_grid(stale, "0" * 64)  # as if drawn before the encoder was exported again
+    retrieval.record_grid(stale, "0" * 64, "test")  # as if drawn before the encoder was exported again
     legacy = run / "neighbors" / "old.png"  # from before grids had a record
     _stub_figure(legacy)
     assert retrieval.grid_encoder(fresh) == sha and retrieval.grid_encoder(legacy) is None

@@ -469,3 +469,35 @@ def test_an_image_folders_held_out_part_is_the_probes_whatever_the_seed(tmp_path
         with pytest.raises(UserError, match="stop here"):
             retrieval.find_neighbors(tmp_path, ["3", "random:2"], k=2, seed=seed)
     assert len(seen) == 2 and torch.equal(seen[0], test.images) and torch.equal(seen[1], test.images)
+
+
+def test_neighbours_of_the_val_split_are_searched_among_the_probes_held_out_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`sslkit neighbors RUN --split val` was refused ("fashion-mnist-mini has no split 'val'") though `sslkit probe
+    --split val` and `sslkit report --split val` score on and draw that split. It now searches the images the val
+    probe scores on (index i: the i-th of them), in the rows of the train split's cached features the probe slices;
+    its grid and index are named apart, so that neither replaces the train split's."""
+    from sslkit.evaluation.probe import held_out_parts, labeled_splits
+
+    run = make_run(tmp_path / "run", seed=6)
+    whole, _, held, _ = labeled_splits(retrieval.read_meta(run), "val")
+    train = clustered_features(whole.labels, 6)
+    write_features(run, train, "train")
+    train_grid = retrieval.find_neighbors(run, ["0", "7"], k=5, split="train", console=quiet()).path
+    train_files = {p: p.read_bytes() for p in (run / "features").glob("*-train-*")}
+
+    result = retrieval.find_neighbors(run, ["0", "7"], k=5, split="val", console=quiet())
+    rows = held_out_parts(whole.labels)[0]
+    sims, idx = brute_force(train[rows], [0, 7], 5)
+    assert torch.equal(result.idx, idx) and torch.equal(result.labels, held.labels)
+    torch.testing.assert_close(result.sims, sims, atol=1e-5, rtol=0)
+    assert result.path == run / "neighbors" / "val-0-7-k5.png" != train_grid and train_grid.is_file()
+    assert retrieval.grid_split(result.path) == "val" and retrieval.grid_split(train_grid) == "train"
+    assert {p: p.read_bytes() for p in (run / "features").glob("*-train-*") if p in train_files} == train_files
+    assert len(list((run / "features").glob("*-train-*.val.flat-*.faiss"))) == 1, "val's index beside train's"
+    assert len(list((run / "features").glob("*-train-*[0-9a-f].flat-*.faiss"))) == 1, "train's index is kept"
+    assert not list((run / "features").glob("*.val.npy")), "val's features are rows of train's, not a file"
+
+    assert main(["neighbors", str(run), "--split", "val", "--query", str(len(held))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"outside the val split, which has {len(held)} images" in err and len(err.splitlines()) == 1, err

@@ -8,6 +8,10 @@ splits. The index is saved next to the features it was built from, under a name 
 contents (``RUN/features/<features>.<kind>-<digest>.faiss``): a second search loads it, and features that
 changed in any way get a new index instead of a stale one.
 
+``--split val`` searches the part of the labeled train split that ``sslkit probe --split val`` scores on (index i is
+its i-th image, in train's file order), with the rows of the train split's cached features the probe uses
+(:func:`evaluation_features`).
+
 A query is an image of the split itself, so its own row is always among its best matches; it is dropped from
 the answer, which holds the k most similar *other* images.
 
@@ -18,6 +22,7 @@ checked before any feature is computed; the grid draws the first queries and nei
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -35,7 +40,7 @@ from rich.table import Table
 
 from sslkit.checkpoint import load_encoder, sha256_file, write_json
 from sslkit.console import PipeSafeConsole
-from sslkit.data import ImageSource, load_source
+from sslkit.data import SPLITS, ImageSource, load_source, split_description
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
 from sslkit.evaluation.features import (
@@ -103,6 +108,74 @@ def split_features(run: str | Path, meta: dict[str, Any], source: ImageSource, s
                                     description=f"{split} features")
 
     return cached_features(path, source.labels, compute), path
+
+
+@dataclass(frozen=True)
+class EvaluationSplit:
+    """The images a reading command (``sslkit neighbors``, ``umap``, ``report``) takes as ``--split``.
+
+    Attributes:
+        name: the split as given (``test``, ``val`` …).
+        source: its images; indices given to the commands point here.
+        described: how a page names it (:func:`~sslkit.data.split_description`).
+        labeled_train: for ``val``, the labeled train split it is a part of, whose cached features it is sliced from
+            (:func:`evaluation_features`); None for a split of the run's data.
+    """
+
+    name: str
+    source: ImageSource
+    described: str
+    labeled_train: ImageSource | None = None
+
+
+def load_evaluation_split(meta: dict[str, Any], split: str) -> EvaluationSplit:
+    """``split`` of the run's data, every image in file order (:func:`load_split`), or
+    :data:`~sslkit.evaluation.probe.HELD_OUT` (``val``): the labeled part of train that ``sslkit probe --split val``
+    scores on, in train's file order (:func:`~sslkit.evaluation.probe.labeled_splits`).
+
+    Raises:
+        UserError: a split the run's data set does not have, too few labeled train images to hold out ``val``, or
+            missing data.
+    """
+    from sslkit.evaluation.probe import HELD_OUT, labeled_splits  # here, not above: the probe imports this module
+
+    usable = (*SPLITS.get(meta["dataset"], ()), HELD_OUT)
+    if split not in usable:
+        close = difflib.get_close_matches(split, usable, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"--split: {meta['dataset']} has no split {split!r}{hint} — use one of: {', '.join(usable)} "
+                        f"({HELD_OUT}: the part of train that `sslkit probe --split {HELD_OUT}` scores on)")
+    if split == HELD_OUT:
+        whole, _, held, described = labeled_splits(meta, split)
+        return EvaluationSplit(split, held, described, whole)
+    return EvaluationSplit(split, load_split(meta, split), split_description(meta["dataset"], split))
+
+
+def evaluation_features(run: str | Path, meta: dict[str, Any], split: EvaluationSplit,
+                        console: Console | None = None) -> tuple[torch.Tensor, Path]:
+    """The encoder's features of ``split.source`` from the run's feature cache (:func:`split_features`), and the
+    path the index and map coordinates derived from them are named after.
+
+    ``val``'s are the rows of the train split's features the probe holds out (sliced as the probe slices them,
+    :func:`~sslkit.evaluation.probe.probe_features`), named ``<train cache>.val.npy`` (no such file is written) so
+    that their index and map never replace the train split's.
+
+    Shape:
+        -> (N, D) float32
+    """
+    from sslkit.evaluation.probe import probe_features
+
+    if split.labeled_train is None:
+        return split_features(run, meta, split.source, split.name, console=console)
+    paths = []
+
+    def features_of(part: str, images: ImageSource) -> torch.Tensor:
+        feats, path = split_features(run, meta, images, part, console=console)
+        paths.append(path)
+        return feats
+
+    _, feats = probe_features(features_of, split.labeled_train, split.source, split.name)
+    return feats, paths[0].with_name(f"{paths[0].name[:-len('.npy')]}.{split.name}.npy")
 
 
 def features_digest(features: torch.Tensor | np.ndarray) -> str:
@@ -318,22 +391,37 @@ def grid_record(grid: Path) -> Path:
     return Path(grid).with_name(f".{Path(grid).name}.json")
 
 
-def record_grid(grid: Path, encoder_sha256: str) -> None:
-    """Records which encoder drew ``grid`` (its sha256), and the grid's own sha256: what the report decides a grid's
-    freshness by (:func:`grid_encoder`), where file times would not do (``cp -r`` gives every file a new one)."""
-    write_json(grid_record(grid), {"encoder_sha256": encoder_sha256, "grid_sha256": sha256_file(grid)})
+def record_grid(grid: Path, encoder_sha256: str, split: str) -> None:
+    """Records which encoder drew ``grid`` (its sha256), of which split, and the grid's own sha256: what the report
+    decides a grid's freshness (:func:`grid_encoder`) and page (:func:`grid_split`) by, where file times would not do
+    (``cp -r`` gives every file a new one)."""
+    write_json(grid_record(grid), {"encoder_sha256": encoder_sha256, "split": split,
+                                   "grid_sha256": sha256_file(grid)})
+
+
+def _read_record(grid: Path) -> dict[str, Any] | None:
+    """The record of ``grid`` when it is readable and of these exact bytes, else None."""
+    try:
+        record = json.loads(grid_record(grid).read_text())
+        if record["grid_sha256"] == sha256_file(grid):
+            return dict(record)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def grid_encoder(grid: Path) -> str | None:
     """The sha256 of the encoder that drew ``grid``, from its record; None where there is no readable record of
     these exact bytes (a grid from before records, or rewritten since)."""
-    try:
-        record = json.loads(grid_record(grid).read_text())
-        if record["grid_sha256"] == sha256_file(grid):
-            return str(record["encoder_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+    record = _read_record(grid)
+    return None if record is None or "encoder_sha256" not in record else str(record["encoder_sha256"])
+
+
+def grid_split(grid: Path) -> str | None:
+    """The split ``grid`` searched, from its record; None where the record does not say (a grid drawn before records
+    named the split, which was then one of the data's own: ``val`` grids came later)."""
+    record = _read_record(grid)
+    return None if record is None or "split" not in record else str(record["split"])
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
@@ -389,7 +477,9 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         run: the run directory (it needs ``encoder.safetensors`` and ``encoder.json``).
         queries: indices into the split, or ``random:N`` tokens (N seeded picks).
         k: neighbours per query, the query excluded.
-        split: which split of the run's data to search (``test`` by default).
+        split: which split of the run's data to search (``test`` by default), or ``val``: the labeled part of train
+            that ``sslkit probe --split val`` scores on (:func:`load_evaluation_split`; its features are rows of the
+            train split's, its index kept apart from train's).
         out: the PNG to write; ``RUN/neighbors/<split>-<queries>-k<k>.png`` by default (see :func:`default_output`).
         seed: seeds ``random:N``.
         index: one of :data:`INDEX_KINDS`; ``flat`` (exact) by default.
@@ -404,8 +494,6 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         UserError: a run without an encoder, an unknown index kind, an index outside the split, k too large,
             more neighbours in all than the limit, missing data.
     """
-    from sslkit.viz import plot_neighbors
-
     console = console or PipeSafeConsole()
     run = Path(run)
     meta = read_meta(run, data_root)
@@ -417,25 +505,50 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
                        "its features cache and index" if out else "its features cache, index and grid")
     if k < 1:
         check_k(k, 2, split)
-    source = load_split(meta, split)
-    picked = parse_queries(queries, len(source), split, seed)
-    check_k(k, len(source), split)
+    searched = load_evaluation_split(meta, split)
+    n = len(searched.source)
+    picked = parse_queries(queries, n, split, seed)
+    check_k(k, n, split)
     check_request(len(picked), k, table=show_table)
-    index = faiss_index.resolve_kind(index, len(source))  # --index auto: the grid is named as the kind it picks
+    index = faiss_index.resolve_kind(index, n)  # --index auto: the grid is named as the kind it picks
 
-    feats, feats_path = split_features(run, meta, source, split, console=console)
-    sims, idx = search_neighbors(open_index(feats, feats_path, index), feats, picked, k)
+    feats, feats_path = evaluation_features(run, meta, searched, console=console)
     path = Path(out) if out else default_output(run, split, queries, picked, k, seed, index)
-    result = NeighborResult(split, picked, idx, sims, source.labels.cpu().long(), tuple(source.classes), path,
-                            source.ids)
-    title = (f"{run.name}: each query (#: its index in the {split} split) and its {k} nearest other {split} images by "
-             f"cosine similarity of the {meta['encoder']} features")
-    plot_neighbors(source.images, result.labels, result.classes, picked, idx, sims, path, title=title)
+    result = draw_neighbors(run, meta, searched, feats, feats_path, picked, k, path, index)
     if path.parent.resolve() == (run / "neighbors").resolve():  # the grids the report shows (user_grids)
-        record_grid(path, meta["sha256"])
+        record_grid(path, meta["sha256"], split)
     if show_table:
         print_neighbors(result, console)
         console.print(f"wrote {path}")
+    return result
+
+
+def draw_neighbors(run: Path, meta: dict[str, Any], split: EvaluationSplit, features: torch.Tensor,
+                   features_path: Path, queries: Sequence[int], k: int, path: Path,
+                   index: str = DEFAULT_INDEX) -> NeighborResult:
+    """Searches each query's k nearest other images of the split and draws the grid to ``path``: what
+    ``sslkit neighbors`` and the report's neighbour grid both do, once the queries are picked
+    (:func:`parse_queries`) and checked.
+
+    Args:
+        run: the run directory (its name titles the grid). meta: its encoder record.
+        split: the images searched (:func:`load_evaluation_split`).
+        features: their features; features_path: what the index is kept beside (:func:`evaluation_features`).
+        queries: row numbers of the split. k: neighbours per query. path: the figure to write.
+        index: the index kind, resolved (not ``auto``).
+
+    Shape:
+        features: (N, D) -> idx, sims (Q, k)
+    """
+    from sslkit.viz import plot_neighbors
+
+    sims, idx = search_neighbors(open_index(features, features_path, index), features, queries, k)
+    source = split.source
+    result = NeighborResult(split.name, list(queries), idx, sims, source.labels.cpu().long(), tuple(source.classes),
+                            path, source.ids)
+    title = (f"{run.name}: each query (#: its index in the {split.name} split) and its {k} nearest other "
+             f"{split.name} images by cosine similarity of the {meta['encoder']} features")
+    plot_neighbors(source.images, result.labels, result.classes, result.queries, idx, sims, path, title=title)
     return result
 
 
