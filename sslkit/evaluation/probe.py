@@ -70,7 +70,7 @@ from sslkit.evaluation.linear import (
     linear_probe,
     validation_folds,
 )
-from sslkit.evaluation.retrieval import load_split
+from sslkit.evaluation.retrieval import load_split, load_splits
 from sslkit.outputs import check_output, check_run_writable, split_file
 from sslkit.trainer import imagefolder_changed
 
@@ -138,9 +138,12 @@ def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, Image
         ``(labeled train split, probes' train part, evaluation, description of the evaluation split)``; the
         first two are the same but for ``val``.
     """
-    train = load_split(meta, "train")
-    train = train.subset(torch.nonzero(train.labels >= 0).flatten())
     if split == HELD_OUT:
+        train, evaluation = load_split(meta, "train"), None
+    else:  # both in one read: an image folder's are cut from one read of the whole folder (load_splits)
+        train, evaluation = load_splits(meta, ("train", split))
+    train = train.subset(torch.nonzero(train.labels >= 0).flatten())
+    if evaluation is None:
         if len(train) < 2 / HELD_OUT_SHARE:
             raise UserError(f"--split {HELD_OUT}: the train split of {meta['dataset']} has {len(train)} labeled "
                             f"images, too few to hold out a {HELD_OUT_SHARE:.0%} part — use test")
@@ -149,7 +152,6 @@ def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, Image
         described = (f"{HELD_OUT} (a fixed, stratified {HELD_OUT_SHARE:.0%} of the labeled train split, held out of "
                      "the probes)")
     else:
-        evaluation = load_split(meta, split)
         evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
         fitted, described = train, split_description(meta["dataset"], split)
     for part, what in ((fitted, "train"), (evaluation, split)):
