@@ -505,6 +505,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="scratch folder (default: a new temporary folder, removed at the end)")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "fault_injection.md")
     args = ap.parse_args()
+    # A shell without job control starts a background job (`nohup … &`) with SIGINT ignored, and the runs under
+    # test would inherit that: Python keeps an ignored SIGINT ignored, so the SIGINT trials outside the loop would
+    # find a process that cannot be interrupted (exit 0). A handled signal is reset to its default on exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     command = (f"python eval/fault_injection.py --kills {args.kills} --signals {args.signals} --seed {args.seed}")
     rng = random.Random(args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="sslkit-faults-"))
