@@ -7,7 +7,9 @@ every one with torchvision's own data set classes.
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -174,3 +176,22 @@ def write_noise_folder(root: Path, per_class: int, classes: tuple[str, ...] = ("
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
     return root
+
+
+class DiskFillsUp:
+    """Wraps a file opened for writing as if its disk filled up during the write: the write keeps half its bytes,
+    then fails with ENOSPC (a full disk, as tests/test_reliability.py and test_data.py fake one)."""
+
+    def __init__(self, f: object) -> None:
+        self.f = f
+
+    def write(self, data: bytes | str) -> int:
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self) -> DiskFillsUp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import stl10_bytes, write_cifar, write_fashion_mnist, write_idx, write_stl10, write_svhn
+from fakes import DiskFillsUp, stl10_bytes, write_cifar, write_fashion_mnist, write_idx, write_stl10, write_svhn
 from PIL import Image
 
 import sslkit.data as data
@@ -1187,27 +1187,6 @@ def test_stale_temporary_files_of_the_image_cache_are_removed_those_of_live_writ
 # --- an image cache the disk fills up under ------------------------------------------------------------------
 
 
-class _FillsUp:
-    """A file being written when the disk fills up: the write keeps half its bytes, then fails with ENOSPC (as
-    tests/test_reliability.py fakes a full disk)."""
-
-    def __init__(self, f: object) -> None:
-        self.f = f
-
-    def write(self, data: bytes | str) -> int:
-        import errno
-
-        self.f.write(data[:len(data) // 2])
-        self.f.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __enter__(self) -> _FillsUp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.f.close()
-
-
 @pytest.mark.parametrize("where", ["reserve", "index"])
 def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_cache(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
@@ -1238,7 +1217,7 @@ def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_ca
 
         def failing(opener: object, file: object, mode: str, *args: object, **kwargs: object) -> object:
             f = opener(file, mode, *args, **kwargs)
-            return _FillsUp(f) if any(c in mode for c in "wax") and marker in Path(file).name else f
+            return DiskFillsUp(f) if any(c in mode for c in "wax") and marker in Path(file).name else f
 
         monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: failing(real_open, file, mode, *a, **k))
         monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: failing(real_path_open, self, mode, *a, **k))

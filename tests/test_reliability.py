@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import write_noise_folder
+from fakes import DiskFillsUp, write_noise_folder
 from PIL import Image
 from rich.console import Console
 from safetensors.torch import load_file
@@ -383,24 +383,6 @@ def test_bad_arguments_on_an_existing_run_change_no_byte(tmp_path: Path, capsys:
 # --- a full disk or a read-only folder mid-run -------------------------------------------------------------------
 
 
-class _DiskFillsUp:
-    """A file being written when the disk fills up: the write keeps half its bytes, then fails with ENOSPC."""
-
-    def __init__(self, f: io.IOBase) -> None:
-        self.f = f
-
-    def write(self, data: bytes | str) -> int:
-        self.f.write(data[:len(data) // 2])
-        self.f.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __enter__(self) -> _DiskFillsUp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.f.close()
-
-
 def fail_writes(monkeypatch: pytest.MonkeyPatch, name: str, nth: int, code: int, run: Path) -> dict:
     """From the ``nth`` time the file ``name`` (or its temporary file) is opened for writing, the write fails as the
     system fails it: ENOSPC part-way through the write (a full disk), EACCES or EROFS at the open (a folder or
@@ -417,7 +399,7 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, name: str, nth: int, code: int,
                 seen.setdefault("before", snapshot(run))
                 if code != errno.ENOSPC:
                     raise OSError(code, os.strerror(code), str(file))
-                return _DiskFillsUp(opener(file, mode, *args, **kwargs))
+                return DiskFillsUp(opener(file, mode, *args, **kwargs))
         return opener(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: failing(file, mode, real_open, *a, **k))

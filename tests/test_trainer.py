@@ -46,6 +46,19 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(e["step"], e["loss"]) for e in events if "loss" in e]
 
 
+def assert_same_training(full: Path, part: Path, steps: int) -> None:
+    """The two runs' last checkpoints hold the same step, weights and optimizer state, bit for bit, and their logs
+    the same losses."""
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == steps
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert losses(full) == losses(part)
+
+
 def test_run_directory_contract(tmp_path: Path) -> None:
     out = tmp_path / "run"
     summary = pretrain(tiny_recipe(), out, console=quiet())
@@ -99,14 +112,7 @@ def test_resume_is_bitwise_exact(tmp_path: Path, stop: int) -> None:
     (part / ".tmp-encoder.safetensors.4242").write_bytes(b"partial")
     pretrain(tiny_recipe(*extra), part, resume=True, console=quiet())
     assert not (part / ".tmp-encoder.safetensors.4242").exists()
-    a = load_checkpoint(full / "checkpoints" / "last.pt")
-    b = load_checkpoint(part / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == 8
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert losses(full) == losses(part)
+    assert_same_training(full, part, 8)
 
 
 def test_a_kill_between_the_step_file_and_last_pt_resumes_from_the_step_file(tmp_path: Path,
@@ -139,13 +145,7 @@ def test_a_kill_between_the_step_file_and_last_pt_resumes_from_the_step_file(tmp
     assert pretrain(tiny_recipe(extra), part, resume=True, console=console)["steps"] == 8
     text = console.export_text()
     assert f"resuming from {ck / 'step-6.pt'} (step 6)" in text and "resumed at step 6" in text, text
-    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(ck / "last.pt")
-    assert a["step"] == b["step"] == 8
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert losses(full) == losses(part)
+    assert_same_training(full, part, 8)
     assert (full / "encoder.safetensors").read_bytes() == (part / "encoder.safetensors").read_bytes()
 
 
