@@ -133,6 +133,23 @@ def data_root_option(option: str | None) -> Iterator[None]:
         _DATA_ROOT_OPTION.reset(token)
 
 
+# Whether the image size is the run's (its encoder's), not data.image_size: true inside `sslkit finetune`'s data
+# loading, which reads the recipe keys data.root and data.download (so _DATA_ROOT_OPTION stays None) but has no
+# data.image_size to lower. The commands with --data-root read a run too: _check_room counts them without this.
+_IMAGE_SIZE_OF_RUN: ContextVar[bool] = ContextVar("sslkit_image_size_of_run", default=False)
+
+
+@contextlib.contextmanager
+def image_size_of_run() -> Iterator[None]:
+    """Inside, data too large for memory or for the image cache's disk is reported as the run's image size, with
+    room to make as the way out, instead of "lower data.image_size" (a key a fine-tune recipe does not have)."""
+    token = _IMAGE_SIZE_OF_RUN.set(True)
+    try:
+        yield
+    finally:
+        _IMAGE_SIZE_OF_RUN.reset(token)
+
+
 def _point_at(folder: str) -> str:
     """The advice to read the data from ``folder`` (a description: "a folder with …"), as the caller sets it."""
     option = _DATA_ROOT_OPTION.get()
@@ -1200,12 +1217,12 @@ def _check_room(n: int, channels: int, size: int, room: int | None, where: str, 
     """A ``UserError`` when ``n`` images resized to ``size`` would not fit in ``room`` bytes (before any allocation:
     otherwise an allocator error, or the OOM killer, later): ``where`` says what ``room`` is, memory or the free
     space on the disk of the image cache ``cache``. The way out fits the command: pretraining can lower
-    data.image_size; a command that reads a finished run (:func:`data_root_option`) cannot, its encoder fixes the
-    size, so it is told to make room instead."""
+    data.image_size; a command that reads a finished run (:func:`data_root_option`) or fine-tunes one
+    (:func:`image_size_of_run`) cannot, its encoder fixes the size, so it is told to make room instead."""
     need = n * channels * size * size
     if room is None or need <= room:
         return
-    run = _DATA_ROOT_OPTION.get() is not None
+    run = _DATA_ROOT_OPTION.get() is not None or _IMAGE_SIZE_OF_RUN.get()
     if cache is None:
         fix = "run it on a machine with more memory" if run else "lower data.image_size"
     else:

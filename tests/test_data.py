@@ -1238,3 +1238,33 @@ def test_a_disk_that_fills_up_under_the_image_cache_is_one_line_and_leaves_no_ca
     assert again.images.shape == (6, 3, 8, 8) and again.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert again.images[:, 0, 0, 0].tolist() == [0, 40, 80, 1, 41, 81]
     assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy"]
+
+
+def test_finetune_is_told_to_make_room_not_to_lower_data_image_size_and_keeps_its_recipe_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fine-tune's image size is its run's encoder's, and its recipe has no data.image_size: an image folder whose
+    cache cannot fit on disk told `sslkit finetune` to "lower data.image_size". Now it is told to make room, as the
+    commands with --data-root are, while its other advice still names its recipe keys data.root and data.download."""
+    from sslkit.cli import main
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (200, 0, i)).save(tmp_path / "imgs" / c / f"{i}.png")
+    cache = imagefolder_cache((tmp_path / "imgs").resolve())
+    run = random_run(tmp_path / "run", "imagefolder", 100_000_000, tmp_path / "imgs")
+    assert main(["finetune", str(run), "--set", "labeled.disjoint_from_pool=false"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"sslkit finetune: error: the run's image size 100000000: 6 images of 3×100000000×100000000 "
+                        r"pixels need [\d,.]+ GiB, more than the [\d,.]+ GiB free on the disk of the image cache "
+                        rf"{re.escape(str(cache))} — free space on that disk, or set SSLKIT_CACHE to a folder on a "
+                        r"disk with room\n", err), err
+    assert not cache.exists() or not any(cache.iterdir())
+    with data.image_size_of_run(), pytest.raises(UserError) as in_memory:
+        load_source("fashion-mnist-mini", "test", image_size=100_000)
+    assert str(in_memory.value).startswith("the run's image size 100000: 2,000 images of 1×100000×100000 pixels")
+    assert str(in_memory.value).endswith("GiB of memory this machine has — run it on a machine with more memory")
+    with data.image_size_of_run(), pytest.raises(UserError, match=r"set data\.download: true"):
+        load_source("cifar10", "train", root=str(tmp_path / "empty"))
+    with pytest.raises(UserError, match=r"^data\.image_size 100000: .* — lower data\.image_size$"):
+        load_source("fashion-mnist-mini", "test", image_size=100_000)  # outside it: pretraining's advice

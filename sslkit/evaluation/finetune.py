@@ -45,7 +45,7 @@ from sslkit.augment import preprocess
 from sslkit.checkpoint import read_encoder_meta, write_json
 from sslkit.config import load_run_recipe
 from sslkit.console import PipeSafeConsole
-from sslkit.data import ImageSource, load_source, scored_splits, split_description, stratified_split
+from sslkit.data import ImageSource, image_size_of_run, load_source, scored_splits, split_description, stratified_split
 from sslkit.distributed import DistInfo
 from sslkit.errors import UserError
 from sslkit.evaluation import robustness
@@ -150,7 +150,8 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     kwargs: dict[str, Any] = dict(root=root, download=d.download, image_size=int(meta["image_size"]))
     if dataset == "imagefolder":
         kwargs["channels"] = int(meta["in_chans"])
-    train = load_source(dataset, "train", **kwargs)
+    with image_size_of_run():  # the encoder's size: too large for memory or disk is not fixed by a recipe key
+        train = load_source(dataset, "train", **kwargs)
     if train.channels != int(meta["in_chans"]):
         raise UserError(f"data.dataset {dataset} has {train.channels}-channel images but the run's encoder takes "
                         f"{meta['in_chans']} — fine-tune on the data set the run was pretrained on")
@@ -178,7 +179,8 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         changed = imagefolder_changed(run_dir_of(r.run), meta, train)
         candidates = torch.nonzero(labeled_mask).flatten()
 
-    test = load_source(dataset, d.test_split, **kwargs)
+    with image_size_of_run():
+        test = load_source(dataset, d.test_split, **kwargs)
     test = test.subset(torch.nonzero(test.labels >= 0).flatten())
     test_name = split_description(dataset, d.test_split)
     where = "outside the run's pretraining pool" if lab.disjoint_from_pool else "of the train split"
