@@ -35,7 +35,7 @@ class RecipeLoader(yaml.SafeLoader):
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Mark] = {}
+        seen: dict[Any, yaml.ScalarNode] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges; keys after it may override
                 continue
@@ -43,10 +43,19 @@ class RecipeLoader(yaml.SafeLoader):
             if not isinstance(key, (str, int, float, bool, type(None))):  # lists as keys: PyYAML refuses them itself
                 continue
             if key in seen:
-                raise DuplicateKeyError(None, None, f"key {key!r} appears twice in one mapping (first at line "
-                                        f"{seen[key].line + 1}) — keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark
+                raise DuplicateKeyError(None, None, _duplicate_key(seen[key], key_node), key_node.start_mark)
+            seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+def _duplicate_key(first: yaml.ScalarNode, again: yaml.ScalarNode) -> str:
+    """The message for two keys of one mapping that load as one, named as written: two spellings (``0.1`` and
+    ``.1``, ``1`` and ``true``, ``~`` and ``null``) are both named, as the loaded value would match neither."""
+    lines = first.start_mark.line + 1, again.start_mark.line + 1
+    if first.value == again.value:
+        return f"key {first.value!r} appears twice in one mapping (lines {lines[0]} and {lines[1]}) — keep one"
+    return (f"keys {first.value!r} (line {lines[0]}) and {again.value!r} (line {lines[1]}) of one mapping load as the "
+            "same key — keep one")
 
 
 RecipeLoader.add_implicit_resolver(

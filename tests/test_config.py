@@ -124,12 +124,16 @@ def test_safe_load_is_yaml_safe_load_plus_exponent_floats(tmp_path: Path) -> Non
     ("[1, 2]\n", r"a recipe must be a mapping"),
     ("train:\n  epochs: 1\n   bad: indentation\n", r"r\.yaml:\d+: not valid YAML"),
     ("optim:\n  lr: 0.1\ntrain:\n  epochs: 2\noptim:\n  lr: 0.5\n",
-     r"r\.yaml:5: not valid YAML \(key 'optim' appears twice in one mapping \(first at line 1\) — keep one\)"),
-    ("train:\n  epochs: 2\n  epochs: 3\n", r"r\.yaml:3: .*key 'epochs' appears twice"),
+     r"r\.yaml:5: not valid YAML \(key 'optim' appears twice in one mapping \(lines 1 and 5\) — keep one\)"),
+    ("train:\n  epochs: 2\n  epochs: 3\n", r"r\.yaml:3: .*key 'epochs' appears twice in one mapping \(lines 2 and 3\)"),
+    # Two spellings of one loaded key: both named as written (the loaded 0.1 or True matched only one of them).
+    ("train:\n  0.1: 1\n  .1: 2\n", r"r\.yaml:3: not valid YAML \(keys '0\.1' \(line 2\) and '\.1' \(line 3\) of one "
+     r"mapping load as the same key — keep one\)"),
+    ("train:\n  1: 1\n  true: 2\n", r"r\.yaml:3: .*keys '1' \(line 2\) and 'true' \(line 3\) of one mapping load as"),
     ("", r"r\.yaml is empty — a recipe names at least its data"),
     ("# only a comment\n", r"is empty"),
     ("{}\n", r"is empty"),
-    ("train:\n  epochs: 2\n  ~: 1\n  null: 2\n", r"r\.yaml:4: .*key None appears twice"),
+    ("train:\n  epochs: 2\n  ~: 1\n  null: 2\n", r"r\.yaml:4: .*keys '~' \(line 3\) and 'null' \(line 4\) of one"),
     ("data:\n  mean: []\n  std: []\n", r"r\.yaml:2: data\.mean and data\.std must both be set, with one value per"),
 ])
 def test_bad_recipes_name_the_key(tmp_path: Path, text: str, pattern: str) -> None:
