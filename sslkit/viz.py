@@ -32,6 +32,10 @@ MATCH, MISMATCH, NEUTRAL, QUERY = "#2ca02c", "#d62728", "#9e9e9e", "#1f3b73"
 # Unlabeled points of a map: unfilled, opaque black rings beside the filled discs of the classes. A grey one was taken
 # for a class: tab10's class 7 is #7f7f7f, tab20's classes 14 and 15 are #7f7f7f and #c7c7c7.
 UNLABELED = "#000000"
+# An unlabeled thumbnail's frame: UNLABELED, then a white line inside it (the frame's white fill, left showing by a
+# wider pad). Black alone vanished around a dark image (Fashion-MNIST's black backgrounds); black and white show
+# against dark and light images and the white page alike, and match no class's solid frame.
+UNLABELED_INNER, UNLABELED_PAD = "#ffffff", 0.3
 MAP_METHODS: tuple[str, ...] = ("umap", "tsne")
 DPI = 120
 
@@ -488,7 +492,8 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
 
     Args:
         xy: (N, 2) coordinates.
-        labels: (N,) classes (−1: unlabeled, drawn as :data:`UNLABELED` rings, unlike any class's discs).
+        labels: (N,) classes (−1: unlabeled, drawn as :data:`UNLABELED` rings, unlike any class's discs, their
+            thumbnails framed in black with a white line inside, :data:`UNLABELED_INNER`).
         classes: class names.
         path: the PNG.
         title: figure title.
@@ -520,9 +525,11 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
             box = OffsetImage(a, zoom=zoom, cmap="gray" if a.ndim == 2 else None,
                               interpolation="nearest" if max(a.shape[:2]) <= 64 else "antialiased")
             box.get_children()[0].set_clim(0, 255)
-            colour = colours[y[i]] if y[i] >= 0 else UNLABELED
-            ax.add_artist(AnnotationBbox(box, xy[i], frameon=True, pad=0.1,
-                                         bboxprops={"edgecolor": colour, "linewidth": 2.5}))
+            if y[i] >= 0:
+                pad, frame = 0.1, {"edgecolor": colours[y[i]], "linewidth": 2.5}
+            else:  # the fill is the white line: a wider pad leaves it showing between the black line and the image
+                pad, frame = UNLABELED_PAD, {"edgecolor": UNLABELED, "facecolor": UNLABELED_INNER, "linewidth": 2.5}
+            ax.add_artist(AnnotationBbox(box, xy[i], frameon=True, pad=pad, bboxprops=frame))
     label = "UMAP" if method == "umap" else "t-SNE"
     ax.set_xlabel(f"{label} 1")
     ax.set_ylabel(f"{label} 2")

@@ -501,3 +501,43 @@ def test_neighbours_of_the_val_split_are_searched_among_the_probes_held_out_imag
     assert main(["neighbors", str(run), "--split", "val", "--query", str(len(held))]) == 2
     err = capsys.readouterr().err.strip()
     assert f"outside the val split, which has {len(held)} images" in err and len(err.splitlines()) == 1, err
+
+
+def test_an_unlabeled_thumbnail_s_frame_shows_against_dark_and_light_images_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unlabeled thumbnail's frame was black alone: around a dark image (Fashion-MNIST's black background) it
+    vanished, the thumbnail looking unframed. As rendered, the frame of a black and of a white unlabeled image now
+    holds a white line (seen against a dark image) and a black one (seen against a light image and the white page);
+    a labeled thumbnail keeps its one class colour."""
+    import matplotlib.pyplot as plt
+
+    import sslkit.viz as viz
+
+    drawn = {}
+
+    def keep(fig, path, dpi=DPI):
+        drawn["fig"] = fig
+        return Path(path)
+
+    monkeypatch.setattr(viz, "save_figure", keep)
+    images = torch.stack([torch.zeros(1, 28, 28), torch.full((1, 28, 28), 255.0), torch.zeros(1, 28, 28)]).byte()
+    xy = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]])
+    plot_map(xy, torch.tensor([-1, -1, 0]), ["class 0"], tmp_path / "m.png", "map", images=images,
+             thumbnails=[0, 1, 2])
+    fig = drawn["fig"]
+    try:
+        fig.set_dpi(DPI)  # as saved
+        fig.canvas.draw()
+        pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float64).mean(axis=2) / 255
+        renderer = fig.canvas.get_renderer()
+        half = 2.5 * fig.dpi / 72 / 2  # the frame line's half width in pixels
+        frames = []  # each thumbnail's frame, from the line's outer edge to the image, along the middle row
+        for box in fig.axes[0].artists:  # the thumbnails, in order
+            edge, image = box.patch.get_window_extent(), box.offsetbox.get_window_extent(renderer)
+            row = pixels.shape[0] - round((image.y0 + image.y1) / 2)  # display y counts up from the bottom
+            frames.append(pixels[row, int(np.ceil(edge.x0 - half)):int(np.floor(image.x0))])
+        for frame in frames[:2]:  # unlabeled, around a black and a white image
+            assert frame.max() > 0.9 and frame.min() < 0.1, frame
+        assert len(frames[2]) and np.ptp(frames[2]) < 0.1, frames[2]  # class 0's one colour
+    finally:
+        plt.close(fig)
