@@ -584,6 +584,73 @@ def test_a_fine_tune_that_cannot_fit_exits_2_before_any_arm_is_built(run_dir: Pa
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+def test_the_largest_activation_counted_is_resnet18s_own(stem: str) -> None:
+    """The evaluation-batch check counts ResNet18's largest single activation from its architecture: for each stem
+    and odd and even sizes it is the largest output of any of the built encoder's modules, as a forward makes it."""
+    encoder = build_encoder("resnet18", stem, 3).eval()
+    made: list[int] = []  # the bytes of every module's output
+    for m in encoder.modules():
+        if m is not encoder:
+            m.register_forward_hook(lambda module, args, out: made.append(out.numel() * 4))
+    for size in (16, 28, 33, 40):
+        made.clear()
+        with torch.no_grad():
+            encoder(torch.zeros(2, 3, size, size))
+        assert ft.largest_activation_bytes(2, size, stem) == max(made), (size, max(made))
+    assert ft.largest_activation_bytes(2, 32, stem, "vit_tiny_patch16_224") == 0  # not counted, as in training
+
+
+def test_an_evaluation_batch_that_cannot_fit_is_refused_with_fgsm_off_too() -> None:
+    """With robustness.epsilons: [] no batch of train.eval_batch_size was checked, though validation and the test
+    split run through it: a huge one exhausted the memory after the first epoch. Its estimate is the float32 batch
+    and ResNet18's largest activation (a forward without autograd keeps no activations for a backward: the
+    training constants would refuse batches that fit); FGSM's larger estimate, when it refuses, is the one named."""
+    from sslkit.evaluation.finetune_config import FinetuneRecipe, FinetuneTrain
+    from sslkit.trainer import STEP_MEMORY_MARGIN
+
+    meta = dict(encoder="resnet18", stem="cifar", in_chans=3, image_size=96)
+    per = ft.evaluation_batch_bytes(1, meta)
+    assert per == 3 * 96 * 96 * 4 + 64 * 96 * 96 * 4
+    assert ft.evaluation_batch_bytes(10, dict(meta, encoder="vit_tiny_patch16_224")) == 10 * 3 * 96 * 96 * 4
+    assert per < ft.supervised_step_bytes(1, meta, "fp32") / 10  # far less than a forward and backward
+    r = FinetuneRecipe(run="r", train=FinetuneTrain(batch_size=2, eval_batch_size=100_000))
+    room = 16 * 2**30
+    edge = int(STEP_MEMORY_MARGIN * room // per)
+    ft.check_finetune_memory(r, meta, 2, 0, "fp32", room, "here", evaluation=edge)  # at the margin's edge: tried
+    with pytest.raises(UserError) as refused:
+        ft.check_finetune_memory(r, meta, 2, 0, "fp32", room, "here", evaluation=edge + 1)
+    assert str(refused.value) == (
+        f"train.eval_batch_size 100,000: an evaluation batch needs about {(edge + 1) * per / 2**30:,.1f} GiB "
+        f"({edge + 1:,} images of 3×96×96 pixels and resnet18's largest activation for them) — more than the 16.0 GiB "
+        f"here: lower train.eval_batch_size to at most {room // per:,}")
+    fgsm_edge = int(STEP_MEMORY_MARGIN * room // ft.supervised_step_bytes(1, meta, "fp32"))
+    with pytest.raises(UserError) as refused:  # FGSM's refusal covers the evaluation batch: one advice per key
+        ft.check_finetune_memory(r, meta, 2, fgsm_edge + 1, "fp32", room, "here", evaluation=edge + 1)
+    assert str(refused.value).count("train.eval_batch_size") == 2 and "an evaluation batch" not in str(refused.value)
+    assert str(refused.value).endswith("(or set robustness.epsilons: [] to measure no FGSM)")
+
+
+def test_a_fine_tune_whose_evaluation_batch_cannot_fit_exits_2_before_any_arm_is_built(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """FGSM off, training batches that fit, and a train.eval_batch_size whose batch of the 200 test images does
+    not: refused before any arm is built, where it used to train an epoch first."""
+    monkeypatch.setattr(ft, "device_memory", lambda device, info: (2 * 2**20, "of memory this machine has"))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an arm was built")
+
+    monkeypatch.setattr(ft, "build_classifier", never)
+    sets = [*TINY, "labeled.size=40", "labeled.val_size=8", "robustness.epsilons=[]"]
+    assert main(["finetune", str(run_dir), *sum((["--set", s] for s in sets), []), "--out", str(tmp_path / "o")]) == 2
+    # 16×16 1-channel images (the run's): 1 KiB of input and 64×8×8 float32 stem outputs each; 120 fit in 2 MiB.
+    assert capsys.readouterr().err == (
+        "sslkit finetune: error: train.eval_batch_size 256: an evaluation batch needs about 0.0 GiB (200 images of "
+        "1×16×16 pixels and resnet18's largest activation for them) — more than the 0.0 GiB of memory this machine "
+        "has: lower train.eval_batch_size to at most 120\n")
+    assert not (tmp_path / "o").exists()
+
+
 def _documented_finetune_commands() -> list[tuple[Path, list[str]]]:
     """Every ``sslkit finetune recipes/….yaml`` command in the README and in the fine-tune recipes' headers: (recipe,
     its --set overrides). The README's "$ …" lines show refused input."""
@@ -608,7 +675,7 @@ def _run_meta(recipe: Path, run: str) -> dict:
 
 def test_every_documented_fine_tune_fits_the_memory_check(run_dir: Path) -> None:
     """No fine-tune the project documents is refused, in fp32 (the larger estimate) on this project's 2-core CPU
-    machine of 24 GiB (the GPU recipe too): its largest training batch and FGSM batch."""
+    machine of 24 GiB (the GPU recipe too): its largest training, FGSM and evaluation batches."""
     commands = _documented_finetune_commands()
     assert {(p.stem, tuple(s)) for p, s in commands} >= {
         ("fashion_mnist_finetune", ()), ("fashion_mnist_finetune", ("labeled.size=600", "train.epochs=30")),
@@ -619,6 +686,8 @@ def test_every_documented_fine_tune_fits_the_memory_check(run_dir: Path) -> None
         r = load_finetune_recipe(path, [*sets, f"run={run_dir}"])
         batch = r.train.batch_size + 1  # steps_per_finetune_epoch's batches hold at most one image more
         attack = min(r.train.eval_batch_size, r.robustness.n_images or 10_000) if r.robustness.epsilons else 0
-        ft.check_finetune_memory(r, meta, batch, attack, "fp32", room, "(test)")
-        need = max(ft.supervised_step_bytes(batch, meta, "fp32"), ft.supervised_step_bytes(attack, meta, "fp32"))
+        evaluation = min(r.train.eval_batch_size, 26_032)  # SVHN's test split, the largest one registered
+        ft.check_finetune_memory(r, meta, batch, attack, "fp32", room, "(test)", evaluation=evaluation)
+        need = max(ft.supervised_step_bytes(batch, meta, "fp32"), ft.supervised_step_bytes(attack, meta, "fp32"),
+                   ft.evaluation_batch_bytes(evaluation, meta))
         assert need <= room, (path.stem, sets, need / 2**30)  # fits without STEP_MEMORY_MARGIN too

@@ -333,11 +333,35 @@ def supervised_step_bytes(images: int, meta: dict[str, Any], precision: str) -> 
                                                                                meta["encoder"], precision)
 
 
+def largest_activation_bytes(images: int, size: int, stem: str, encoder: str = MEASURED_ENCODER) -> int:
+    """The float32 bytes of the largest single activation of ResNet18 for ``images`` images of ``size``×``size``
+    pixels: its stem's output, 64 channels at the input's side (``cifar`` stem: 3×3 conv, stride 1) or at half of
+    it, rounded up (``imagenet``: 7×7 conv, stride 2, padding 3). Every later one is smaller: the max-pool and each
+    stage halve the side (a quarter of the pixels) and at most double the channels. 0 for another encoder (not
+    counted, as in :func:`sslkit.step.activation_bytes`)."""
+    if encoder != MEASURED_ENCODER:
+        return 0
+    side = size if stem == "cifar" else (size + 1) // 2
+    return images * 64 * side * side * 4
+
+
+def evaluation_batch_bytes(images: int, meta: dict[str, Any]) -> int:
+    """A low estimate of the memory of one evaluation batch (:func:`evaluate`: float32, no autograd) of ``images``
+    images, in bytes: the float32 batch and the forward's largest activation (:func:`largest_activation_bytes`),
+    which are held together while it is made. A forward without autograd keeps nothing for a backward
+    (``ACTIVATION_BYTES_PER_PIXEL``, measured on train steps, would overstate it many times): only what the layer
+    at work reads and writes. The other activations, the weights and the data are left out."""
+    size = int(meta["image_size"])
+    return images * int(meta["in_chans"]) * size * size * 4 + largest_activation_bytes(images, size, meta["stem"],
+                                                                                       meta["encoder"])
+
+
 def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, attack: int, precision: str,
-                          room: int | None, where: str) -> None:
-    """Refuses a fine-tune whose training step or FGSM gradient cannot fit in the memory it has, before any arm is
-    built (otherwise the OS killed the process in the first step, with no message). Refused, as pretraining is
-    (:func:`sslkit.trainer.check_step_memory`), only beyond ``STEP_MEMORY_MARGIN`` × the memory.
+                          room: int | None, where: str, evaluation: int = 0) -> None:
+    """Refuses a fine-tune whose training step, FGSM gradient or evaluation batch cannot fit in the memory it has,
+    before any arm is built (otherwise the OS killed the process in the first step, or at the first validation,
+    with no message). Refused, as pretraining is (:func:`sslkit.trainer.check_step_memory`), only beyond
+    ``STEP_MEMORY_MARGIN`` × the memory.
 
     Args:
         r: the recipe. meta: the run's ``encoder.json`` (encoder, stem, channels, image size).
@@ -347,6 +371,9 @@ def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, a
         precision: the training steps', as resolved for the device (FGSM runs in float32).
         room, where: the memory this process has and how to say it (:func:`sslkit.trainer.device_memory`); None
             skips the check.
+        evaluation: the most images one evaluation batch takes (``train.eval_batch_size``, capped by the larger of
+            the validation and test splits; :func:`evaluation_batch_bytes`), with or without FGSM. It needs less
+            per image than an FGSM gradient, so it is named only when that fits.
 
     Raises:
         UserError: naming the estimates, the memory, and the largest values of the keys whose estimates fit in it.
@@ -355,18 +382,26 @@ def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, a
         return
     limit = STEP_MEMORY_MARGIN * room
     size, channels = int(meta["image_size"]), int(meta["in_chans"])
-    acts = f" and {MEASURED_ENCODER} activations for them" if meta["encoder"] == MEASURED_ENCODER else ""
-    said, fixes = [], []
-    for key, value, images, what, prec, least, other in (
-            ("train.batch_size", r.train.batch_size, batch, "a training step", precision, 2, ""),
-            ("train.eval_batch_size", r.train.eval_batch_size, attack, "an FGSM gradient", "fp32", 1,
-             " (or set robustness.epsilons: [] to measure no FGSM)")):
-        need = supervised_step_bytes(images, meta, prec)
-        if not images or need <= limit:
+    resnet = meta["encoder"] == MEASURED_ENCODER
+    acts = f" and {MEASURED_ENCODER} activations for them" if resnet else ""
+    largest = f" and {MEASURED_ENCODER}'s largest activation for them" if resnet else ""
+    checks: list[tuple[str, int, int, str, Callable[[int], int], str, int, str]] = [
+        ("train.batch_size", r.train.batch_size, batch, "a training step",
+         lambda n: supervised_step_bytes(n, meta, precision), acts, 2, ""),
+        ("train.eval_batch_size", r.train.eval_batch_size, attack, "an FGSM gradient",
+         lambda n: supervised_step_bytes(n, meta, "fp32"), acts, 1,
+         " (or set robustness.epsilons: [] to measure no FGSM)"),
+        ("train.eval_batch_size", r.train.eval_batch_size, evaluation, "an evaluation batch",
+         lambda n: evaluation_batch_bytes(n, meta), largest, 1, "")]
+    said, fixes, refused = [], [], set()
+    for key, value, images, what, estimate, counted, least, other in checks:
+        need = estimate(images)
+        if not images or need <= limit or key in refused:
             continue
+        refused.add(key)
         said.append(f"{key} {value:,}: {what} needs about {need / 2**30:,.1f} GiB ({images:,} images of "
-                    f"{channels}×{size}×{size} pixels{acts})")
-        fits = room // supervised_step_bytes(1, meta, prec)  # within the memory itself, not the margin's
+                    f"{channels}×{size}×{size} pixels{counted})")
+        fits = room // estimate(1)  # within the memory itself, not the margin's
         fixes.append(f"lower {key} to at most {fits:,}{other}" if fits >= least else
                      f"fine-tune on a device with more memory (not even {least} of the run's {size}×{size} images "
                      f"fit {what})")
@@ -575,8 +610,9 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     batch = min(r.train.batch_size, len(data.train))
     steps_per_epoch = steps_per_finetune_epoch(len(data.train), batch)
     attack = min(r.train.eval_batch_size, len(data.attack)) if data.attack is not None else 0
+    evaluation = min(r.train.eval_batch_size, max(len(data.val), len(data.test)))
     check_finetune_memory(r, meta, -(-len(data.train) // steps_per_epoch), attack, precision,
-                      *device_memory(device, DistInfo()))
+                          *device_memory(device, DistInfo()), evaluation=evaluation)
     counts = [c for c in info["class_counts"] if c > 0]
     pool = ""
     if info.get("disjoint_from_pool"):
