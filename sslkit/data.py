@@ -741,9 +741,32 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
     instead, checked only as those are.
     """
     if dataset == "svhn" and "+" in split:  # torchvision reads SVHN a .mat file at a time: each part, train first
-        parts = [_torchvision(dataset, part, root, download) for part in split.split("+")]
-        return ImageSource(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), parts[0].classes,
-                           f"{dataset}/{split}")
+        return _svhn_parts(split, root, download)
+    data, labels, classes = _torchvision_arrays(dataset, split, root, download)
+    return ImageSource(torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels), classes,
+                       f"{dataset}/{split}")
+
+
+def _svhn_parts(split: str, root: str | None, download: bool) -> ImageSource:
+    """SVHN's ``train+extra``: each part's images copied from torchvision's array straight into their place in one
+    tensor made for all of them. Made contiguous one by one and then concatenated, they were held twice (1.9 GB
+    each): at the end only the result and the array of the part being copied are."""
+    parts = [_torchvision_arrays("svhn", part, root, download) for part in split.split("+")]
+    images = torch.empty((sum(len(data) for data, _, _ in parts), *parts[0][0].shape[1:]), dtype=torch.uint8)
+    labels = torch.from_numpy(np.concatenate([part_labels for _, part_labels, _ in parts]))
+    classes, start = parts[0][2], 0
+    while parts:
+        data = parts.pop(0)[0]  # dropped once copied
+        images[start:start + len(data)] = torch.from_numpy(data)
+        start += len(data)
+        del data
+    return ImageSource(images, labels, classes, f"svhn/{split}")
+
+
+def _torchvision_arrays(dataset: str, split: str, root: str | None,
+                        download: bool) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One split as torchvision's reader holds it: images (N, C, H, W) uint8, maybe a strided view of the file's
+    own layout (SVHN's .mat is (H, W, C, N)), labels (N,) int64, and the class names (:func:`_torchvision`)."""
     cls = _torchvision_class(dataset)
     base = Path(root).expanduser() if root else DEFAULT_ROOT
     missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
@@ -776,8 +799,7 @@ def _torchvision(dataset: str, split: str, root: str | None, download: bool) -> 
         classes = tuple(getattr(ds, "classes", None) or STL10_CLASSES)  # class_names.txt is optional
     else:
         classes = tuple(ds.classes)
-    return ImageSource(torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels), classes,
-                       f"{dataset}/{split}")
+    return data, labels, classes
 
 
 # --- image folders ----------------------------------------------------------------------------------------

@@ -1268,3 +1268,4 @@ def test_finetune_is_told_to_make_room_not_to_lower_data_image_size_and_keeps_it
         load_source("cifar10", "train", root=str(tmp_path / "empty"))
     with pytest.raises(UserError, match=r"^data\.image_size 100000: .* — lower data\.image_size$"):
         load_source("fashion-mnist-mini", "test", image_size=100_000)  # outside it: pretraining's advice
+
