@@ -23,7 +23,7 @@ import time
 import urllib.error
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -1207,19 +1207,43 @@ def load_source(dataset: str, split: str, root: str | None = None, download: boo
         UserError: an unknown data set or split, missing or damaged files (the message says where it looked and
             how to get them), or an image folder with an empty class.
     """
+    return load_sources(dataset, (split,), root, download, image_size, channels)[0]
+
+
+def load_sources(dataset: str, splits: Sequence[str], root: str | None = None, download: bool = False,
+                 image_size: int | None = None, channels: int | None = None) -> tuple[ImageSource, ...]:
+    """Several splits of one data set (:func:`load_source`, the same arguments), in the order asked, each split
+    named twice loaded once.
+
+    An image folder's splits are all cut from one read of the whole folder (:func:`imagefolder_pool`: every file
+    listed, stat'ed and hashed, then its decoded cache mapped — 0.4–0.5 s at 20,000 files), which loading them one
+    by one would repeat for each. Every split is checked before anything is read.
+
+    Raises:
+        UserError: as :func:`load_source`.
+    """
     if dataset not in DATASETS:
         raise UserError(f"unknown data set {dataset!r}{_did_you_mean(dataset, DATASETS)} — set data.dataset to "
                         f"one of: {', '.join(DATASETS)}")
     valid = SPLITS[dataset]
-    if split not in valid:
-        raise UserError(f"{dataset} has no split {split!r}{_did_you_mean(split, valid)} — use one of: "
-                        f"{', '.join(valid)}")
+    for split in splits:
+        if split not in valid:
+            raise UserError(f"{dataset} has no split {split!r}{_did_you_mean(split, valid)} — use one of: "
+                            f"{', '.join(valid)}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise UserError(f"data.image_size must be a positive whole number of pixels, got {image_size!r}")
 
-    if dataset == "imagefolder":
+    if dataset == "imagefolder" and splits:
         train, test = imagefolder_split(imagefolder_pool(root, image_size, channels))  # resized while decoding
-        return train if split == "train" else test
+        return tuple(train if split == "train" else test for split in splits)
+    loaded = {split: _load_split(dataset, split, root, download, image_size, channels)
+              for split in dict.fromkeys(splits)}
+    return tuple(loaded[split] for split in splits)
+
+
+def _load_split(dataset: str, split: str, root: str | None, download: bool, image_size: int | None,
+                channels: int | None) -> ImageSource:
+    """One split of a data set that is not an image folder, its arguments checked (:func:`load_sources`)."""
     if dataset == "fashion-mnist":
         source = _fashion_mnist(split, root, download)
     elif dataset == "fashion-mnist-mini":

@@ -29,6 +29,7 @@ from sslkit.data import (
     imagefolder_pool,
     imagefolder_split,
     load_source,
+    load_sources,
     read_array_pickle,
     read_idx,
     resize,
@@ -944,6 +945,29 @@ def test_imagefolder_test_split_is_a_fixed_stratified_part_held_out_of_train(tmp
 
 
 # --- splits and names -------------------------------------------------------------------------------------
+
+
+def test_several_splits_of_an_image_folder_come_from_one_read_of_it(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_source reads the whole folder (every file listed, stat'ed and hashed, the decoded cache mapped) for each
+    split; load_sources cuts every split asked for from one read, the same images as one by one, and checks every
+    split name before reading anything. Other data sets load a split named twice once."""
+    from fakes import write_noise_folder
+
+    root = str(write_noise_folder(tmp_path / "imgs", per_class=10))
+    apart = {split: load_source("imagefolder", split, root=root, image_size=8) for split in ("train", "test")}
+    reads = []
+    real = data.imagefolder_pool
+    monkeypatch.setattr(data, "imagefolder_pool", lambda *a, **k: reads.append(a) or real(*a, **k))
+    test, train, again = load_sources("imagefolder", ("test", "train", "test"), root=root, image_size=8)
+    assert len(reads) == 1
+    assert (train.ids, test.ids) == (apart["train"].ids, apart["test"].ids) and again is test
+    assert torch.equal(train.images, apart["train"].images) and torch.equal(test.images, apart["test"].images)
+    with pytest.raises(UserError, match="imagefolder has no split 'val' — use one of: train, test"):
+        load_sources("imagefolder", ("train", "val"), root=root)
+    assert len(reads) == 1, "a bad split name is refused before the folder is read"
+    first, second = load_sources("fashion-mnist-mini", ("test", "test"))
+    assert first is second and len(first) == len(load_source("fashion-mnist-mini", "test"))
 
 
 def test_stratified_split_properties() -> None:
