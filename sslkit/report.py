@@ -161,17 +161,19 @@ def read_events(run: Path) -> list[dict[str, Any]]:
 
 
 def figure_augmentations(run: Path, meta: dict[str, Any], path: Path, n_images: int = 6, n_views: int = 6,
-                         seed: int = 0) -> Path:
-    """A few pretraining-pool images and random views of them, made by the run's own recipe and statistics."""
+                         seed: int = 0, load: retrieval.SplitLoader | None = None) -> Path:
+    """A few pretraining-pool images and random views of them, made by the run's own recipe and statistics.
+
+    ``load`` reads the pretraining split (:func:`~sslkit.evaluation.retrieval.load_splits` when None; the report's
+    :class:`~sslkit.evaluation.retrieval.SplitMemo`), at the run's image size and channels, as it pretrained."""
     from sslkit.augment import SimCLRAugment
-    from sslkit.data import load_source
     from sslkit.trainer import split_train
     from sslkit.viz import plot_augmentations
 
     r = load_run_recipe(run)
     d, a = r.data, r.augment
     root = meta.get("data_root", d.root)  # where the data is now (--data-root), else where it was
-    source = load_source(d.dataset, d.split, root=root, image_size=d.image_size, channels=d.channels)
+    source = (load or retrieval.load_splits)(dict(meta, data_root=root), (d.split,))[0]
     _, pool_idx, _ = split_train(r, source.labels)
     g = torch.Generator().manual_seed(seed)
     picked = pool_idx[torch.randperm(len(pool_idx), generator=g)[:n_images]].sort().values
@@ -213,17 +215,18 @@ class Predictions:
     computed: bool  # True when recomputed here rather than read from the probe's file
 
 
-def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], console: Console | None = None
-                      ) -> Predictions:
+def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], console: Console | None = None,
+                      load: retrieval.SplitLoader | None = None) -> Predictions:
     """The full linear probe's evaluation-split predictions: the probe's saved file of that split
     (:func:`~sslkit.evaluation.probe.probe_files`) when it was made for this encoder (its sha256, or for a file from
     before the hash was saved, probe.json's) and these labels, else recomputed with
-    :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features."""
+    :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features. ``load`` reads the probe's splits
+    (:func:`~sslkit.evaluation.probe.labeled_splits`)."""
     from sslkit.evaluation.probe import VAL_FRACTION, labeled_splits, probe_features
 
     split = probe.get("split", "test")
     seed = int(probe.get("seed", 0))
-    whole, train, labeled, _ = labeled_splits(meta, split)  # the probe's own splits (its val split is part of train)
+    whole, train, labeled, _ = labeled_splits(meta, split, load)  # the probe's own (its val split is part of train)
     saved = probe_files(run, split)[1]
     if saved.is_file():
         try:
@@ -684,7 +687,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     finetune_split = finetune.get("split", "test") if finetune else None
     if finetune_split not in (None, split):  # its numbers are of another split: left to that split's page
         finetune = None
-    evaluated = retrieval.load_evaluation_split(meta, split)  # the images of the map, neighbours and clusters
+    # Each split of the run's data read once for the whole page (this split, the pretraining one, the probe's).
+    load = retrieval.SplitMemo()
+    evaluated = retrieval.load_evaluation_split(meta, split, load)  # the images of the map, neighbours and clusters
     source, described = evaluated.source, evaluated.described
     # Why the probe's sections are empty, and what fills them (HTML).
     if probe_cmd is None:
@@ -802,8 +807,8 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         def make_augment() -> None:
             if not recipe_path.is_file():
                 raise UserError("the run has no recipe.yaml")
-            augment.body.append(img(figure_augmentations(run, meta, figures / "augmentations.png", seed=seed),
-                                     "augmentation preview"))
+            augment.body.append(img(figure_augmentations(run, meta, figures / "augmentations.png", seed=seed,
+                                                         load=load), "augmentation preview"))
 
         attempt(augment, make_augment)
         sections.append(augment)
@@ -916,7 +921,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         conf = Section("confusion", "Confusion matrix (linear probe)")
         mis = Section("misclassified", "Misclassified examples")
         if probe:
-            pred = probe_predictions(run, meta, probe, console)
+            pred = probe_predictions(run, meta, probe, console, load)
             how = " (recomputed here for the run's encoder)" if pred.computed else ""
             path = plot_confusion(pred.labels, pred.predictions, pred.source.classes,
                                   figures / split_file("confusion_matrix.png", split),

@@ -60,7 +60,7 @@ def refuse_data_reads(monkeypatch: pytest.MonkeyPatch, checked: str) -> None:
         raise AssertionError(f"data were read before {checked} was checked")
 
     monkeypatch.setattr(probe, "labeled_splits", no_data)
-    monkeypatch.setattr("sslkit.evaluation.retrieval.load_split", no_data)
+    monkeypatch.setattr("sslkit.evaluation.retrieval.load_splits", no_data)  # load_split and SplitMemo read by it
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -679,8 +679,63 @@ def test_a_probe_json_not_in_the_probes_layout_is_one_line_before_any_figure(tmp
     def no_data(*args, **kwargs):
         raise AssertionError("data were read before probe.json was checked")
 
-    monkeypatch.setattr(report.retrieval, "load_split", no_data)
+    monkeypatch.setattr(report.retrieval, "load_splits", no_data)  # every read of the run's splits
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{run / 'probe.json'} is not as `sslkit probe` writes it" in err and len(err.splitlines()) == 1, err
     assert not (run / "report.html").exists() and (run / "probe.json").read_text() == text
+
+
+def imagefolder_run(folder: Path) -> Path:
+    """A run pretrained (as far as the report can tell) on a tiny image folder of 2 classes, 24 train and 6 test
+    images of 8×8, with synthetic cached features of both splits."""
+    from fakes import write_noise_folder
+
+    from sslkit.checkpoint import export_encoder
+    from sslkit.evaluation import retrieval
+    from sslkit.models import build_encoder
+
+    images = write_noise_folder(folder / "imgs", per_class=15)
+    run = folder / "run"
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", ["data.dataset=imagefolder", f"data.root={images}",
+                                                                 "data.image_size=8"])
+    run.mkdir(parents=True)
+    save_recipe(recipe, run / "recipe.yaml")
+    torch.manual_seed(0)
+    meta = {"encoder": "resnet18", "stem": "cifar", "in_chans": 3, "num_features": 512, "image_size": 8,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "dataset": "imagefolder", "split": "train",
+            "data_root": str(images), "recipe": recipe.name, "imagefolder_test_held_out": 0.2}
+    export_encoder(build_encoder("resnet18", "cifar", 3), run, meta)
+    for split in ("train", "test"):
+        write_features(run, clustered_features(retrieval.load_split(retrieval.read_meta(run), split).labels, 0,
+                                               dim=512), split)
+    return run
+
+
+def test_a_report_reads_the_image_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report read its run's data once per use: the page's split, the augmentation preview's pretraining split,
+    the probe's train and evaluation splits; an image folder three times over, each read listing, stat'ing and
+    hashing every file and mapping its decoded cache. Each page now reads the folder once, every figure drawn."""
+    import sslkit.data as data
+    from sslkit.evaluation import linear, retrieval
+    from sslkit.evaluation.probe import labeled_splits
+
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels", "plot_confusion", "plot_misclassified", "plot_label_efficiency"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    monkeypatch.setattr(linear, "linear_probe", lambda *a, **k: pytest.fail("the probe's predictions were refitted"))
+    run = imagefolder_run(tmp_path)
+    meta = retrieval.read_meta(run)
+    write_probe(run, retrieval.load_split(meta, "test").labels, "test")
+    write_probe(run, labeled_splits(meta, "val")[2].labels, "val")
+    reads = []  # each read of the folder lists it first, whoever reads it (imagefolder_pool is imported by name)
+    real = data._list_images
+    monkeypatch.setattr(data, "_list_images", lambda *a, **k: reads.append(a) or real(*a, **k))
+    for split in ("test", "val"):
+        reads.clear()
+        text = build_report(run, split=split, method="tsne", max_points=80, console=quiet()).read_text("utf-8")
+        sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+        for key in ("augmentations", "clusters", "map", "neighbors", "confusion", "misclassified"):
+            assert "<img " in sections[key], (split, key)
+        assert len(reads) == 1, f"the {split} page read the image folder {len(reads)} times"

@@ -70,7 +70,7 @@ from sslkit.evaluation.linear import (
     linear_probe,
     validation_folds,
 )
-from sslkit.evaluation.retrieval import load_split, load_splits
+from sslkit.evaluation.retrieval import SplitLoader, load_splits
 from sslkit.outputs import check_output, check_run_writable, split_file
 from sslkit.trainer import imagefolder_changed
 
@@ -127,21 +127,26 @@ def probe_features(features_of: Callable[[str, ImageSource], torch.Tensor], labe
     return train_x, features_of("eval", evaluation)
 
 
-def labeled_splits(meta: dict[str, Any], split: str) -> tuple[ImageSource, ImageSource, ImageSource, str]:
+def labeled_splits(meta: dict[str, Any], split: str, load: SplitLoader | None = None
+                   ) -> tuple[ImageSource, ImageSource, ImageSource, str]:
     """The labeled train split, the part of it the probes learn from, and the labeled evaluation split.
 
     An image folder's test split is the part of it that ``imagefolder_split`` holds out of pretraining. ``val``
     (:data:`HELD_OUT`) is a fixed, stratified sixth of the labeled train split, which the probes do not learn
     from: a split to compare runs on (to choose a recipe, say) while the test split waits for the chosen one.
 
+    ``load`` reads the run's splits (:func:`~sslkit.evaluation.retrieval.load_splits` when None; the report passes
+    its :class:`~sslkit.evaluation.retrieval.SplitMemo`, which has read them already).
+
     Returns:
         ``(labeled train split, probes' train part, evaluation, description of the evaluation split)``; the
         first two are the same but for ``val``.
     """
+    load = load or load_splits
     if split == HELD_OUT:
-        train, evaluation = load_split(meta, "train"), None
+        train, evaluation = load(meta, ("train",))[0], None
     else:  # both in one read: an image folder's are cut from one read of the whole folder (load_splits)
-        train, evaluation = load_splits(meta, ("train", split))
+        train, evaluation = load(meta, ("train", split))
     train = train.subset(torch.nonzero(train.labels >= 0).flatten())
     if evaluation is None:
         if len(train) < 2 / HELD_OUT_SHARE:

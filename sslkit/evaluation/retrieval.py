@@ -26,7 +26,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,36 @@ def load_splits(meta: dict[str, Any], splits: Sequence[str]) -> tuple[ImageSourc
                         channels=int(meta["in_chans"]))
 
 
+SplitLoader = Callable[[dict[str, Any], Sequence[str]], tuple[ImageSource, ...]]
+"""What loads splits of a run's data: :func:`load_splits`, or a :class:`SplitMemo` of one command."""
+
+
+class SplitMemo:
+    """:func:`load_splits` for one command that needs the run's splits in several places, reading each at most once.
+
+    ``sslkit report`` asks for its page's split, then for the pretraining split (the augmentation preview), then for
+    the probe's train and evaluation splits (the confusion matrix): each read again, an image folder three times
+    over (every file listed, stat'ed and hashed, its decoded cache mapped). One memo passed to each of them reads
+    it once. An image folder's splits all come from that one read, so the first split asked for keeps the others.
+
+    Keyed by the data set, its root, image size and channels, and the split. Made by a command and dropped when it
+    ends, never kept between commands: the files may change in between.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[Any, ...], ImageSource] = {}
+
+    def __call__(self, meta: dict[str, Any], splits: Sequence[str]) -> tuple[ImageSource, ...]:
+        data = (meta["dataset"], meta.get("data_root"), int(meta["image_size"]), int(meta["in_chans"]))
+        missing = [split for split in dict.fromkeys(splits) if (*data, split) not in self._loaded]
+        if missing and meta["dataset"] == "imagefolder":  # one read cuts every split: all kept for later asks
+            missing = list(dict.fromkeys([*missing, *SPLITS["imagefolder"]]))
+        if missing:
+            for split, source in zip(missing, load_splits(meta, missing), strict=True):
+                self._loaded[(*data, split)] = source
+        return tuple(self._loaded[(*data, split)] for split in splits)
+
+
 def split_features(run: str | Path, meta: dict[str, Any], source: ImageSource, split: str,
                    device: torch.device | str | None = None, console: Console | None = None
                    ) -> tuple[torch.Tensor, Path]:
@@ -138,10 +168,13 @@ class EvaluationSplit:
     labeled_train: ImageSource | None = None
 
 
-def load_evaluation_split(meta: dict[str, Any], split: str) -> EvaluationSplit:
+def load_evaluation_split(meta: dict[str, Any], split: str, load: SplitLoader | None = None) -> EvaluationSplit:
     """``split`` of the run's data, every image in file order (:func:`load_split`), or
     :data:`~sslkit.evaluation.probe.HELD_OUT` (``val``): the labeled part of train that ``sslkit probe --split val``
     scores on, in train's file order (:func:`~sslkit.evaluation.probe.labeled_splits`).
+
+    ``load`` reads the run's splits (:func:`load_splits` when None): a command's :class:`SplitMemo` where it reads
+    them again elsewhere.
 
     Raises:
         UserError: a split the run's data set does not have, too few labeled train images to hold out ``val``, or
@@ -156,9 +189,10 @@ def load_evaluation_split(meta: dict[str, Any], split: str) -> EvaluationSplit:
         raise UserError(f"--split: {meta['dataset']} has no split {split!r}{hint} — use one of: {', '.join(usable)} "
                         f"({HELD_OUT}: the part of train that `sslkit probe --split {HELD_OUT}` scores on)")
     if split == HELD_OUT:
-        whole, _, held, described = labeled_splits(meta, split)
+        whole, _, held, described = labeled_splits(meta, split, load)
         return EvaluationSplit(split, held, described, whole)
-    return EvaluationSplit(split, load_split(meta, split), split_description(meta["dataset"], split))
+    source = (load or load_splits)(meta, (split,))[0]
+    return EvaluationSplit(split, source, split_description(meta["dataset"], split))
 
 
 def evaluation_features(run: str | Path, meta: dict[str, Any], split: EvaluationSplit,
