@@ -557,7 +557,6 @@ def test_a_probe_reads_an_image_folder_once(tmp_path: Path, monkeypatch: pytest.
         return real(*args, **kwargs)
 
     monkeypatch.setattr(data, "imagefolder_pool", pool)
-    monkeypatch.setattr(retrieval, "imagefolder_pool", pool, raising=False)
     train, _, test, _ = labeled_splits(meta, "test")
     assert len(reads) == 1
     assert (train.ids, test.ids) == (apart[0].ids, apart[1].ids) and torch.equal(test.images, apart[1].images)
