@@ -2,7 +2,7 @@
 
 Small data sets (Fashion-MNIST, CIFAR, STL-10, SVHN) are read once into an (N, C, H, W) uint8 tensor, so a
 training batch is one index operation: no per-sample Python, no worker processes. Image folders are decoded,
-resized and cropped once into a uint8 cache next to the images and memory-mapped from then on.
+resized and cropped once into a uint8 cache (in ``$SSLKIT_CACHE``) and memory-mapped from then on.
 """
 
 from __future__ import annotations
@@ -954,11 +954,13 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     # ctime too: tools that restore a replaced file's mtime (cp -p, rsync -t, tar) cannot set it back.
     listing = [(p.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                for (_, p), st in zip(files, stats, strict=True)]
-    key = hashlib.sha256(json.dumps([_CACHE_VERSION, listing, size, mode], ensure_ascii=True,
-                                    default=str).encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    key = _listing_key(listing, size, mode)[:20]
+    contents = _listing_key([entry[:3] for entry in listing], size, mode)  # ctimes left out: see _adopt_cache
     cache = imagefolder_cache(base)
     images_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
     name = f"imagefolder/{base.name}"
+    if not (images_path.is_file() and meta_path.is_file()):
+        _adopt_cache(cache, key, contents, base, size, mode)
     if images_path.is_file() and meta_path.is_file():
         try:
             remind = key not in _TOLD
@@ -1021,7 +1023,8 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             os.replace(tmp, images_path)
             kept.append(images_path)
             meta = json.dumps({"classes": classes, "labels": labels, "files": names, "root": str(base),
-                               "image_size": size, "mode": mode, "skipped": len(bad), "all_gray": all_gray})
+                               "image_size": size, "mode": mode, "skipped": len(bad), "all_gray": all_gray,
+                               "contents": contents})
             atomic_write(meta_path, lambda part: part.write_text(meta))
         except OSError as e:  # WriteError too (the index); the images without their index are never read
             raise _cache_write_error(e, images_path, cache) from e
@@ -1107,11 +1110,96 @@ def _keep_first_rows(path: Path, n: int) -> None:
         f.truncate(data_start + n * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
 
 
+def _listing_key(listing: list[tuple[Any, ...]], size: int, mode: str) -> str:
+    """The SHA-256 of an image folder's listing (each file's path in the folder and facts from its stat) and of
+    how it is decoded."""
+    return hashlib.sha256(json.dumps([_CACHE_VERSION, listing, size, mode], ensure_ascii=True,
+                                     default=str).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _adopt_cache(cache: Path, key: str, contents: str, base: Path, size: int, mode: str) -> None:
+    """Makes another path's cache of the same files the cache ``key`` of the image folder ``base`` (in ``cache``),
+    so that a folder moved, copied or mounted elsewhere is not decoded again: moved here from a path whose folder is
+    gone (the caches of the same files at other such paths removed too), else hard-linked (no second copy on disk;
+    each path's index is its own, so a change at one path never drops the other's cache). Does nothing when none is
+    found, or it cannot be put here (decoded then).
+
+    The same files: ``contents``, the key of the same listing without ctimes, recorded in every index, which are
+    the same relative paths, sizes and mtimes (to the nanosecond), or the whole key (an index written before
+    ``contents``: a folder renamed or mounted elsewhere keeps its ctimes). Not ctimes: a copy (shutil.copytree,
+    ``cp -a``, ``rsync -a``, ``mv`` to another disk) keeps the mtimes but cannot keep them. A copy with new mtimes
+    (``cp -r``) is decoded again; it has to be: equal names and sizes alone do not tell two folders apart. And a
+    few files, spread over the folder, are decoded and compared with the cache first (:func:`_decodes_as_cached`).
+    What neither can tell: a few files of a copy replaced, before the copy is first read, with others of their
+    sizes whose mtimes were set back to the old ones'; the copy then shows the old images of those.
+
+    Only for a path without a cache of this size and mode: one that does not match says the folder here changed
+    since (ctimes tell a file replaced with its old size and mtime), and it is decoded again, as before.
+    """
+    if any(_index_of(p, size, mode) is not None for p in cache.glob("*.json")):
+        return
+    found = []  # (index path, index, whether the folder it was made for is gone)
+    for meta_path in sorted(cache.parent.glob("*/*.json")):
+        meta = _index_of(meta_path, size, mode) if meta_path.parent != cache else None
+        if meta is not None and (meta.get("contents") == contents or meta_path.stem == key):
+            found.append((meta_path, meta, meta.get("root") is not None and not Path(meta["root"]).exists()))
+    if not found:
+        return
+    meta_path, meta, moved = min(found, key=lambda f: not f[2])  # the cache of a folder moved here, if any
+    images = meta_path.with_suffix(".npy")
+    if not _decodes_as_cached(images, meta.get("files"), base, size, mode):
+        return
+    tmp = cache / f"{TMP_PREFIX}{key}.{os.getpid()}.{_host_tag()}.npy"  # _TEMP_NAME's, removed if left
+    index = json.dumps(dict(meta, root=str(base), contents=contents))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        (os.replace if moved else os.link)(images, tmp)
+        os.replace(tmp, cache / f"{key}.npy")
+        atomic_write(cache / f"{key}.json", lambda part: part.write_text(index))
+    except OSError:  # no hard links on this disk, gone since, or no room for the index: decoded instead
+        for p in (tmp, cache / f"{key}.npy"):
+            with contextlib.suppress(OSError):
+                if moved and p.is_file():
+                    os.replace(p, images)  # put back where it was
+                p.unlink(missing_ok=True)
+        return
+    for old, _, gone in found:  # the caches of these files at paths that are gone are not left behind
+        if gone:
+            with contextlib.suppress(OSError):
+                old.with_suffix(".npy").unlink(missing_ok=True)
+                old.unlink(missing_ok=True)
+                old.parent.rmdir()  # only if it held nothing else
+
+
+def _decodes_as_cached(images: Path, files: list[str] | None, base: Path, size: int, mode: str,
+                       samples: int = 16) -> bool:
+    """Whether a few of the files of ``base`` named in a cache's index (``files``, its rows' files), spread over
+    it, decode to its rows: the same listing of two different folders (timestamps made equal, as a reproducible
+    archive leaves them, or the same second on a disk that keeps no finer time) is told apart for a few decodings."""
+    try:
+        cached = np.load(images, mmap_mode="r")
+        if files is None or len(files) != len(cached) or not files:
+            return False
+        rows = sorted({round(i) for i in np.linspace(0, len(files) - 1, min(len(files), samples))})
+        return all(np.array_equal(_decode(base / files[i], size, mode), cached[i]) for i in rows)
+    except (OSError, ValueError):
+        return False
+
+
+def _index_of(meta_path: Path, size: int, mode: str) -> dict[str, Any] | None:
+    """The index of an image cache of ``size`` and ``mode``; None for another decoding, or an unreadable one."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("image_size") == size and meta.get("mode") == mode else None
+
+
 def imagefolder_cache(base: Path) -> Path:
     """Where the decoded images of the image folder ``base`` (a resolved path) are cached: outside it, so that the
     folder stays as the user made it (torchvision's ``ImageFolder`` would take a cache folder in it for a class),
     in ``$SSLKIT_CACHE/imagefolder/<folder name>-<hash of its path>``; ``SSLKIT_CACHE`` defaults to
-    ``~/.cache/sslkit``."""
+    ``~/.cache/sslkit``. A folder moved or copied to another path takes its cache along (:func:`_adopt_cache`)."""
     tag = hashlib.sha256(str(base).encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return _cache_root() / "imagefolder" / f"{base.name}-{tag}"
 
@@ -1125,13 +1213,7 @@ def _drop_stale_caches(cache: Path, key: str, size: int, mode: str) -> None:
     """Deletes the folder's other caches of the same size and mode: they hold its files as they were before a
     change (or an older decoding), and would otherwise pile up, one full copy per change."""
     for meta_path in cache.glob("*.json"):
-        if meta_path.stem == key:
-            continue
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("image_size") == size and meta.get("mode") == mode:
+        if meta_path.stem != key and _index_of(meta_path, size, mode) is not None:
             meta_path.with_suffix(".npy").unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
 

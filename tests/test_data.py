@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import json
 import os
 import pickle
 import pickletools
@@ -1293,3 +1294,101 @@ def test_finetune_is_told_to_make_room_not_to_lower_data_image_size_and_keeps_it
     with pytest.raises(UserError, match=r"^data\.image_size 100000: .* — lower data\.image_size$"):
         load_source("fashion-mnist-mini", "test", image_size=100_000)  # outside it: pretraining's advice
 
+
+
+def count_decodings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders decoded from now on, one entry per decoding (data._decode_all is what every decoding calls)."""
+    real, decoded = data._decode_all, []
+
+    def counted(files: list[tuple[int, Path]], size: int, mode: str, out: np.ndarray, base: Path
+                ) -> tuple[list[int], list[tuple[Path, str]]]:
+        decoded.append(base)
+        return real(files, size, mode, out, base)
+
+    monkeypatch.setattr(data, "_decode_all", counted)
+    return decoded
+
+
+def small_folder(root: Path, shade: int = 0) -> Path:
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i + shade, 100 if c == "b" else 0, 0)).save(root / c / f"{i}.bmp")
+    return root
+
+
+def test_a_moved_or_copied_image_folder_takes_its_cache_along_and_a_change_in_it_is_decoded_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is found by the folder's path: a folder moved (os.rename, shutil.move) or copied (shutil.copytree)
+    to another path was decoded again from scratch, and a moved one's old cache stayed on disk. Now the same files
+    (relative paths, sizes, mtimes) at a new path take the cache along: moved with a moved folder, hard-linked for a
+    copy; and a file changed at the new path is decoded again, leaving the copy's cache as it was."""
+    decoded = count_decodings(monkeypatch)
+    first = small_folder(tmp_path / "imgs")
+    src = imagefolder_pool(str(first), image_size=8)
+    old_cache = imagefolder_cache(first.resolve())
+    (index,) = old_cache.glob("*.json")  # written before indexes recorded "contents": found by its whole key
+    index.write_text(json.dumps({k: v for k, v in json.loads(index.read_text()).items() if k != "contents"}))
+
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    os.rename(first, moved)
+    at_moved = imagefolder_pool(str(moved), image_size=8)
+    shutil.move(moved, tmp_path / "imgs2")  # the same disk: a rename as well
+    moved = tmp_path / "imgs2"
+    again = imagefolder_pool(str(moved), image_size=8)
+    copy = Path(shutil.copytree(moved, tmp_path / "copy"))  # new ctimes, the same mtimes (copy2)
+    at_copy = imagefolder_pool(str(copy), image_size=8)
+    left = imagefolder_cache(moved.resolve())
+    moved = Path(shutil.move(moved, tmp_path / "imgs3"))  # the copy's cache matches too: the moved one is taken
+    again_after_copy = imagefolder_pool(str(moved), image_size=8)
+    assert decoded == [first.resolve()]  # decoded once, for the first path only
+    for other in (at_moved, again, at_copy, again_after_copy):
+        assert torch.equal(other.images, src.images) and torch.equal(other.labels, src.labels)
+        assert other.ids == src.ids and other.classes == src.classes
+    for was in (old_cache, imagefolder_cache((tmp_path / "elsewhere" / "renamed").resolve()), left):
+        assert not was.exists()  # the moved folder's cache went along: none left where it was
+    (moved_npy,) = imagefolder_cache(moved.resolve()).glob("*.npy")
+    (copy_npy,) = imagefolder_cache(copy.resolve()).glob("*.npy")
+    assert os.path.samefile(moved_npy, copy_npy)  # one copy on disk for the two folders
+    assert json.loads(moved_npy.with_suffix(".json").read_text())["root"] == str(moved.resolve())
+
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(moved / "a" / "0.bmp")  # the same size, a new mtime
+    changed = imagefolder_pool(str(moved), image_size=8)
+    assert decoded == [first.resolve(), moved.resolve()]
+    assert changed.images[0, 2].min() == 255 and torch.equal(changed.images[1:], src.images[1:])
+    assert not moved_npy.exists()  # its stale cache dropped, as for any changed folder; the copy's kept
+    assert torch.equal(imagefolder_pool(str(copy), image_size=8).images, src.images)
+    (moved / "b" / "2.bmp").unlink()
+    assert imagefolder_pool(str(moved), image_size=8).labels.tolist() == [0, 0, 0, 1, 1]
+    assert len(decoded) == 3
+
+
+def test_folders_with_the_same_names_and_sizes_never_share_a_cache(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a copy that kept the mtimes takes another folder's cache: the same names and sizes are not enough (BMP
+    files of one size are all the same size), and a folder whose own cache no longer matches its files (a file
+    replaced with its old size and mtime: a new ctime) is decoded again even when a copy of its old files has a
+    cache."""
+    decoded = count_decodings(monkeypatch)
+    one = imagefolder_pool(str(small_folder(tmp_path / "one")), image_size=8)
+    two = imagefolder_pool(str(small_folder(tmp_path / "two", shade=7)), image_size=8)  # other pixels and mtimes
+    cp_r = shutil.copytree(tmp_path / "one", tmp_path / "cp-r", copy_function=shutil.copy)  # new mtimes, as cp -r
+    assert torch.equal(imagefolder_pool(str(cp_r), image_size=8).images, one.images)
+    assert len(decoded) == 3 and not torch.equal(one.images, two.images)
+    same_times = small_folder(tmp_path / "three", shade=9)  # as a reproducible archive or a 1-second disk leaves them
+    for path in sorted(same_times.rglob("*.bmp")):
+        st = (tmp_path / "one" / path.relative_to(same_times)).stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    three = imagefolder_pool(str(same_times), image_size=8)
+    assert len(decoded) == 4 and three.images[:, 0, 0, 0].tolist() == [9, 49, 89] * 2
+
+    shutil.copytree(tmp_path / "one", tmp_path / "copy")
+    assert torch.equal(imagefolder_pool(str(tmp_path / "copy"), image_size=8).images, one.images)
+    assert len(decoded) == 4  # a copy that kept the mtimes: its cache taken along
+    path = tmp_path / "one" / "a" / "0.bmp"
+    st = path.stat()
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p, rsync -t and tar leave it
+    assert imagefolder_pool(str(tmp_path / "one"), image_size=8).images[0, 2].min() == 200
+    assert len(decoded) == 5
