@@ -695,9 +695,7 @@ def _md5_checked_files(cls: type, base: Path, split: str) -> list[Path]:
 def _verified_record(base: Path) -> Path:
     """Where the files of the data folder ``base`` that passed torchvision's md5 check are recorded: in sslkit's
     cache (``$SSLKIT_CACHE/verified/``), not in the data folder, which may be shared or read-only."""
-    resolved = base.resolve()
-    tag = hashlib.sha256(str(resolved).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return _cache_root() / "verified" / f"{resolved.name}-{tag}.json"
+    return _cache_root() / "verified" / f"{_folder_key(base.resolve())}.json"
 
 
 def _file_state(path: Path) -> list[int]:
@@ -1200,8 +1198,12 @@ def imagefolder_cache(base: Path) -> Path:
     folder stays as the user made it (torchvision's ``ImageFolder`` would take a cache folder in it for a class),
     in ``$SSLKIT_CACHE/imagefolder/<folder name>-<hash of its path>``; ``SSLKIT_CACHE`` defaults to
     ``~/.cache/sslkit``. A folder moved or copied to another path takes its cache along (:func:`_adopt_cache`)."""
-    tag = hashlib.sha256(str(base).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return _cache_root() / "imagefolder" / f"{base.name}-{tag}"
+    return _cache_root() / "imagefolder" / _folder_key(base)
+
+
+def _folder_key(folder: Path) -> str:
+    """``<name>-<12 hex digits of a hash of the path>``: what sslkit's cache files a folder of data under."""
+    return f"{folder.name}-{hashlib.sha256(str(folder).encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
 
 
 def _cache_root() -> Path:
