@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sslkit.checkpoint import atomic_write, load_encoder, write_json
+from sslkit.checkpoint import atomic_write, load_encoder, torch_bytes, write_json
 from sslkit.console import PipeSafeConsole
 from sslkit.data import (
     ImageSource,
@@ -143,12 +143,12 @@ def labeled_splits(meta: dict[str, Any], split: str, load: SplitLoader | None = 
         first two are the same but for ``val``.
     """
     load = load or load_splits
+
+    def labeled(source: ImageSource) -> ImageSource:
+        return source.subset(torch.nonzero(source.labels >= 0).flatten())
+
     if split == HELD_OUT:
-        train, evaluation = load(meta, ("train",))[0], None
-    else:  # both in one read: an image folder's are cut from one read of the whole folder (load_splits)
-        train, evaluation = load(meta, ("train", split))
-    train = train.subset(torch.nonzero(train.labels >= 0).flatten())
-    if evaluation is None:
+        train = labeled(load(meta, ("train",))[0])
         if len(train) < 2 / HELD_OUT_SHARE:
             raise UserError(f"--split {HELD_OUT}: the train split of {meta['dataset']} has {len(train)} labeled "
                             f"images, too few to hold out a {HELD_OUT_SHARE:.0%} part — use test")
@@ -156,8 +156,8 @@ def labeled_splits(meta: dict[str, Any], split: str, load: SplitLoader | None = 
         fitted, evaluation = train.subset(rest), train.subset(held)
         described = (f"{HELD_OUT} (a fixed, stratified {HELD_OUT_SHARE:.0%} of the labeled train split, held out of "
                      "the probes)")
-    else:
-        evaluation = evaluation.subset(torch.nonzero(evaluation.labels >= 0).flatten())
+    else:  # both in one read: an image folder's are cut from one read of the whole folder (load_splits)
+        train, evaluation = (labeled(source) for source in load(meta, ("train", split)))
         fitted, described = train, split_description(meta["dataset"], split)
     for part, what in ((fitted, "train"), (evaluation, split)):
         if len(torch.unique(part.labels)) < 2:
@@ -383,7 +383,8 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
         write_json(json_path, report)
     # for a confusion matrix in reports, which use it only for this encoder
     saved = {"labels": test.labels, "predictions": predictions, "sha256": meta["sha256"]}
-    atomic_write(predictions_path, lambda tmp: torch.save(saved, tmp))
+    data = torch_bytes(saved)  # written by Python: a full disk is a WriteError naming it, as for checkpoints
+    atomic_write(predictions_path, lambda tmp: tmp.write_bytes(data))
     from sslkit.viz import plot_label_efficiency
 
     plot_label_efficiency(report, efficiency_path)
