@@ -256,15 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sslkit {args.command}: interrupted; files already written are complete", file=sys.stderr)
         return 130
-    except UserError as e:
+    except (UserError, WriteError) as e:
         print(f"sslkit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except NonFiniteLoss as e:
         print(f"sslkit {args.command}: stopped: {e}", file=sys.stderr)
         return EXIT_NONFINITE
-    except WriteError as e:
-        print(f"sslkit {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
     except Interrupted as e:
         print(f"sslkit {args.command}: {e}", file=sys.stderr)
         return 130

@@ -100,9 +100,7 @@ def main_work(info: DistInfo, device: torch.device) -> Iterator[None]:
         yield
     except Exception as e:  # noqa: BLE001 — re-raised below, once every rank knows
         status, error = _exit_status(e), e
-    agreed = torch.tensor([status], device=device)
-    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-    worst = int(agreed.item())
+    worst = max_across(status, info, device)
     global _failed_together
     _failed_together = worst > 0
     if error is not None:
@@ -125,13 +123,18 @@ def mean_across(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return y / info.world
 
 
+def max_across(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest of every rank's ``value``, on every rank."""
+    if not info.active:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def any_across(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when it is True on any rank (e.g. a signal received by one process)."""
-    if not info.active:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(max_across(int(flag), info, device))
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:

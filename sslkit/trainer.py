@@ -515,9 +515,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     try:
         return _pretrain(recipe, out, resume, console)
     except WriteError as e:  # the one place: every writer raises it, with the file's name and the system's reason
-        if e.advice:  # a file outside the run (the image folder's cache) comes with its own advice
-            raise
-        raise WriteError(e.errno, e.strerror, e.filename, _after_failed_write(Path(out), e.errno)) from e
+        if not e.advice:  # a file outside the run (the image folder's cache) comes with its own advice
+            e.advice = _after_failed_write(Path(out), e.errno)
+        raise
 
 
 def _after_failed_write(run: Path, code: int | None) -> str:
