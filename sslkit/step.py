@@ -58,7 +58,7 @@ def step_memory_bytes(batch: int, channels: int, view_size: int, stem: str, enco
         world: processes the batch is spread over (their views are the loss's negatives).
     """
     views = 2 * batch
-    total = views * channels * view_size * view_size * 4 + LOSS_MATRICES * views * (views * world) * 4
+    total = batch_bytes(views, channels, view_size) + LOSS_MATRICES * views * (views * world) * 4
     return total + activation_bytes(min(views, chunk_size or views), view_size, stem, encoder, precision)
 
 
@@ -72,6 +72,24 @@ def activation_bytes(images: int, size: int, stem: str, encoder: str = MEASURED_
         return 0
     return images * size * size * ACTIVATION_BYTES_PER_PIXEL[(stem, 4 if precision == "fp32" else 2)]
 
+
+
+def batch_bytes(images: int, channels: int, size: int) -> int:
+    """The bytes of a float32 batch of ``images`` images of ``channels``×``size``×``size`` pixels."""
+    return images * channels * size * size * 4
+
+
+def largest_activation_bytes(images: int, size: int, stem: str, encoder: str = MEASURED_ENCODER) -> int:
+    """The float32 bytes of the largest single activation of ResNet18 for ``images`` images of ``size``×``size``
+    pixels: its stem's output, 64 channels at the input's side (``cifar`` stem: 3×3 conv, stride 1) or at half of
+    it, rounded up (``imagenet``: 7×7 conv, stride 2, padding 3). Every later one is smaller: the max-pool and each
+    stage halve the side (a quarter of the pixels) and at most double the channels. 0 for another encoder (not
+    counted, as in :func:`activation_bytes`). What a forward without autograd holds at its peak beside its input
+    (``sslkit finetune``'s evaluation batches)."""
+    if encoder != MEASURED_ENCODER:
+        return 0
+    side = size if stem == "cifar" else (size + 1) // 2
+    return batch_bytes(images, 64, side)
 
 def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     """Both views of each image from one augmentation call (parameters drawn per sample; the colour-jitter order

@@ -61,7 +61,7 @@ from sslkit.evaluation.finetune_config import (
 from sslkit.models import build_encoder, feature_dim
 from sslkit.optim import build_scheduler, scaled_lr
 from sslkit.outputs import check_out_folder
-from sslkit.step import MEASURED_ENCODER, activation_bytes
+from sslkit.step import MEASURED_ENCODER, activation_bytes, batch_bytes, largest_activation_bytes
 from sslkit.trainer import (
     PROGRESS_REFRESH_PER_SECOND,
     STEP_MEMORY_MARGIN,
@@ -136,6 +136,7 @@ def _check_imagefolder_pool(root: str | None, meta: dict[str, Any]) -> None:
                         "pretrain it again, or set labeled.disjoint_from_pool: false")
 
 
+@image_size_of_run()  # the encoder's size: data too large for memory or disk is not fixed by a recipe key
 def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) -> LabeledData:
     """Loads the data, draws the labeled subset (outside the pretraining pool if asked) and its validation part.
 
@@ -150,8 +151,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
     kwargs: dict[str, Any] = dict(root=root, download=d.download, image_size=int(meta["image_size"]))
     if dataset == "imagefolder":
         kwargs["channels"] = int(meta["in_chans"])
-    with image_size_of_run():  # the encoder's size: too large for memory or disk is not fixed by a recipe key
-        train = load_source(dataset, "train", **kwargs)
+    train = load_source(dataset, "train", **kwargs)
     if train.channels != int(meta["in_chans"]):
         raise UserError(f"data.dataset {dataset} has {train.channels}-channel images but the run's encoder takes "
                         f"{meta['in_chans']} — fine-tune on the data set the run was pretrained on")
@@ -179,8 +179,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         changed = imagefolder_changed(run_dir_of(r.run), meta, train)
         candidates = torch.nonzero(labeled_mask).flatten()
 
-    with image_size_of_run():
-        test = load_source(dataset, d.test_split, **kwargs)
+    test = load_source(dataset, d.test_split, **kwargs)
     test = test.subset(torch.nonzero(test.labels >= 0).flatten())
     test_name = split_description(dataset, d.test_split)
     where = "outside the run's pretraining pool" if lab.disjoint_from_pool else "of the train split"
@@ -329,20 +328,8 @@ def supervised_step_bytes(images: int, meta: dict[str, Any], precision: str) -> 
     the constants of the pretraining check; here one view per image, where SimCLR's step has two). The logits and
     cross-entropy (images × classes), weights, optimizer state and the data are left out."""
     size = int(meta["image_size"])
-    return images * int(meta["in_chans"]) * size * size * 4 + activation_bytes(images, size, meta["stem"],
-                                                                               meta["encoder"], precision)
-
-
-def largest_activation_bytes(images: int, size: int, stem: str, encoder: str = MEASURED_ENCODER) -> int:
-    """The float32 bytes of the largest single activation of ResNet18 for ``images`` images of ``size``×``size``
-    pixels: its stem's output, 64 channels at the input's side (``cifar`` stem: 3×3 conv, stride 1) or at half of
-    it, rounded up (``imagenet``: 7×7 conv, stride 2, padding 3). Every later one is smaller: the max-pool and each
-    stage halve the side (a quarter of the pixels) and at most double the channels. 0 for another encoder (not
-    counted, as in :func:`sslkit.step.activation_bytes`)."""
-    if encoder != MEASURED_ENCODER:
-        return 0
-    side = size if stem == "cifar" else (size + 1) // 2
-    return images * 64 * side * side * 4
+    return (batch_bytes(images, int(meta["in_chans"]), size)
+            + activation_bytes(images, size, meta["stem"], meta["encoder"], precision))
 
 
 def evaluation_batch_bytes(images: int, meta: dict[str, Any]) -> int:
@@ -352,8 +339,8 @@ def evaluation_batch_bytes(images: int, meta: dict[str, Any]) -> int:
     (``ACTIVATION_BYTES_PER_PIXEL``, measured on train steps, would overstate it many times): only what the layer
     at work reads and writes. The other activations, the weights and the data are left out."""
     size = int(meta["image_size"])
-    return images * int(meta["in_chans"]) * size * size * 4 + largest_activation_bytes(images, size, meta["stem"],
-                                                                                       meta["encoder"])
+    return (batch_bytes(images, int(meta["in_chans"]), size)
+            + largest_activation_bytes(images, size, meta["stem"], meta["encoder"]))
 
 
 def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, attack: int, precision: str,
@@ -611,7 +598,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     steps_per_epoch = steps_per_finetune_epoch(len(data.train), batch)
     attack = min(r.train.eval_batch_size, len(data.attack)) if data.attack is not None else 0
     evaluation = min(r.train.eval_batch_size, max(len(data.val), len(data.test)))
-    check_finetune_memory(r, meta, -(-len(data.train) // steps_per_epoch), attack, precision,
+    largest_batch = -(-len(data.train) // steps_per_epoch)
+    check_finetune_memory(r, meta, largest_batch, attack, precision,
                           *device_memory(device, DistInfo()), evaluation=evaluation)
     counts = [c for c in info["class_counts"] if c > 0]
     pool = ""
@@ -624,7 +612,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                   f"{info['dataset']} — {info['labeled']:,} labeled images{pool} ({len(data.train):,} train + "
                   f"{len(data.val):,} validation, {min(counts)}–{max(counts)} per class), {info['test']:,} "
                   f"{info['test_split']} images; arms {', '.join(r.arms)} × seeds {r.seed_list}; {epochs} × "
-                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{-(-len(data.train) // steps_per_epoch)} on {device}",
+                  f"{_plural(steps_per_epoch, 'step')} of batch ≤{largest_batch} on {device}",
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     for note in _notes(meta, info):
         console.print(f"[yellow]note[/]: {note}")
