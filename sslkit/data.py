@@ -91,13 +91,17 @@ def scored_split_problem(dataset: str, split: str, option: str, fitted: str) -> 
     if split not in SPLITS[dataset]:
         hint = _did_you_mean(split, SPLITS[dataset], usable=scored_splits(dataset))
         return f"{dataset} has no split {split!r} ({option}){hint} — use {usable}"
+    return f"{option} {split!r} of {dataset} {unscored_reason(dataset, split, fitted)} — use {usable}"
+
+
+def unscored_reason(dataset: str, split: str, fitted: str) -> str:
+    """Why ``split``, one of ``dataset``'s splits but not of :func:`scored_splits`, scores no model fitted on the
+    train split, as a predicate ("has no labels"); ``fitted`` says what was fitted on the train images."""
     if split == "unlabeled":
-        why = "has no labels"
-    elif split == TRAINING_ONLY.get(dataset):
-        why = "is extra training data (easier images, and a run may have pretrained on them), not an evaluation split"
-    else:
-        why = f"holds the train images {fitted}"
-    return f"{option} {split!r} of {dataset} {why} — use {usable}"
+        return "has no labels"
+    if split == TRAINING_ONLY.get(dataset):
+        return "is extra training data (easier images, and a run may have pretrained on them), not an evaluation split"
+    return f"holds the train images {fitted}"
 
 
 # Where data goes when data.root is unset. Absolute, so that `pretrain` and a later `probe` run from another

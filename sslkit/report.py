@@ -263,15 +263,13 @@ def user_grids(run: Path, encoder_sha256: str, split: str = "test", most: int = 
         return []
     since = weights.stat().st_mtime
 
-    def current(grid: Path) -> bool:
-        drawn_by = retrieval.grid_encoder(grid)
-        return grid.stat().st_mtime >= since if drawn_by is None else drawn_by == encoder_sha256
+    def shown(grid: Path) -> bool:
+        record = retrieval.read_grid_record(grid) or {}  # read (and the grid hashed) once
+        drawn_by, searched = record.get("encoder_sha256"), record.get("split")
+        current = grid.stat().st_mtime >= since if drawn_by is None else drawn_by == encoder_sha256
+        return current and (split != HELD_OUT if searched is None else searched == split)
 
-    def of_split(grid: Path) -> bool:
-        searched = retrieval.grid_split(grid)
-        return split != HELD_OUT if searched is None else searched == split
-
-    grids = [p for p in folder.glob("*.png") if p.stat().st_size <= MAX_EMBED_BYTES and current(p) and of_split(p)]
+    grids = [p for p in folder.glob("*.png") if p.stat().st_size <= MAX_EMBED_BYTES and shown(p)]
     return sorted(grids, key=lambda p: p.stat().st_mtime, reverse=True)[:most]
 
 
@@ -646,7 +644,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         UserError: a run without an encoder, an unknown split or map method, missing data, or a broken
             ``probe.json`` / ``finetune.json``.
     """
-    from sslkit.data import scored_splits
+    from sslkit.data import scored_splits, unscored_reason
     from sslkit.evaluation.clustering import kmeans
     from sslkit.evaluation.probe import BASELINES, ROWS, score_rows
     from sslkit.viz import (
@@ -693,9 +691,9 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     source, described = evaluated.source, evaluated.described
     # Why the probe's sections are empty, and what fills them (HTML).
     if probe_cmd is None:
-        no_probe = (f"The probes are not scored on the {_esc(split)} split ("
-                    f"{'they learn from it' if 'train' in split.split('+') else 'it has no labels'}): the probe's "
-                    f"results are on the test split's page, {_cmd(f'sslkit report {run}')}.")
+        why = unscored_reason(meta["dataset"], split, "they learn from")
+        no_probe = (f"The probes are not scored on the {_esc(split)} split (it {_esc(why)}): the probe's results are "
+                    f"on the test split's page, {_cmd(f'sslkit report {run}')}.")
     elif elsewhere is not None:
         no_probe = (f"{_esc(results.name)} holds a probe of the {_esc(elsewhere)} split, not of {_esc(split)} (an "
                     f"older sslkit wrote every split's probe there): run {_cmd(probe_cmd)}.")

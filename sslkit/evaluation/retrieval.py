@@ -22,7 +22,6 @@ checked before any feature is computed; the grid draws the first queries and nei
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -40,7 +39,7 @@ from rich.table import Table
 
 from sslkit.checkpoint import load_encoder, sha256_file, write_json
 from sslkit.console import PipeSafeConsole
-from sslkit.data import SPLITS, ImageSource, load_sources, split_description
+from sslkit.data import SPLITS, ImageSource, _did_you_mean, load_sources, split_description
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
 from sslkit.evaluation.features import (
@@ -184,8 +183,7 @@ def load_evaluation_split(meta: dict[str, Any], split: str, load: SplitLoader | 
 
     usable = (*SPLITS.get(meta["dataset"], ()), HELD_OUT)
     if split not in usable:
-        close = difflib.get_close_matches(split, usable, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = _did_you_mean(split, usable)
         raise UserError(f"--split: {meta['dataset']} has no split {split!r}{hint} — use one of: {', '.join(usable)} "
                         f"({HELD_OUT}: the part of train that `sslkit probe --split {HELD_OUT}` scores on)")
     if split == HELD_OUT:
@@ -443,7 +441,7 @@ def record_grid(grid: Path, encoder_sha256: str, split: str) -> None:
                                    "grid_sha256": sha256_file(grid)})
 
 
-def _read_record(grid: Path) -> dict[str, Any] | None:
+def read_grid_record(grid: Path) -> dict[str, Any] | None:
     """The record of ``grid`` when it is readable and of these exact bytes, else None."""
     try:
         record = json.loads(grid_record(grid).read_text())
@@ -457,14 +455,14 @@ def _read_record(grid: Path) -> dict[str, Any] | None:
 def grid_encoder(grid: Path) -> str | None:
     """The sha256 of the encoder that drew ``grid``, from its record; None where there is no readable record of
     these exact bytes (a grid from before records, or rewritten since)."""
-    record = _read_record(grid)
+    record = read_grid_record(grid)
     return None if record is None or "encoder_sha256" not in record else str(record["encoder_sha256"])
 
 
 def grid_split(grid: Path) -> str | None:
     """The split ``grid`` searched, from its record; None where the record does not say (a grid drawn before records
     named the split, which was then one of the data's own: ``val`` grids came later)."""
-    record = _read_record(grid)
+    record = read_grid_record(grid)
     return None if record is None or "split" not in record else str(record["split"])
 
 
