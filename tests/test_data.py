@@ -1069,11 +1069,7 @@ def test_a_command_that_reads_a_run_is_told_to_make_room_not_to_lower_data_image
     run = random_run(tmp_path / "run", "imagefolder", 100_000_000, tmp_path / "imgs")
     assert main(["probe", str(run)]) == 2
     err = capsys.readouterr().err
-    assert re.fullmatch(r"sslkit probe: error: the run's image size 100000000: 2 images of 3×100000000×100000000 "
-                        r"pixels need [\d,.]+ GiB, more than the [\d,.]+ GiB free on the disk of the image cache "
-                        rf"{re.escape(str(cache))} — free space on that disk, or set SSLKIT_CACHE to a folder on a "
-                        r"disk with room\n", err), err
-    assert not cache.exists() or not any(cache.iterdir())
+    assert_told_to_make_room(err, "probe", 2, cache)
     with data.data_root_option("--data-root"), pytest.raises(UserError) as in_memory:
         load_source("fashion-mnist-mini", "test", image_size=100_000)
     assert str(in_memory.value).startswith("the run's image size 100000: 2,000 images of 1×100000×100000 pixels")
@@ -1280,11 +1276,7 @@ def test_finetune_is_told_to_make_room_not_to_lower_data_image_size_and_keeps_it
     run = random_run(tmp_path / "run", "imagefolder", 100_000_000, tmp_path / "imgs")
     assert main(["finetune", str(run), "--set", "labeled.disjoint_from_pool=false"]) == 2
     err = capsys.readouterr().err
-    assert re.fullmatch(r"sslkit finetune: error: the run's image size 100000000: 6 images of 3×100000000×100000000 "
-                        r"pixels need [\d,.]+ GiB, more than the [\d,.]+ GiB free on the disk of the image cache "
-                        rf"{re.escape(str(cache))} — free space on that disk, or set SSLKIT_CACHE to a folder on a "
-                        r"disk with room\n", err), err
-    assert not cache.exists() or not any(cache.iterdir())
+    assert_told_to_make_room(err, "finetune", 6, cache)
     with data.image_size_of_run(), pytest.raises(UserError) as in_memory:
         load_source("fashion-mnist-mini", "test", image_size=100_000)
     assert str(in_memory.value).startswith("the run's image size 100000: 2,000 images of 1×100000×100000 pixels")
@@ -1295,6 +1287,15 @@ def test_finetune_is_told_to_make_room_not_to_lower_data_image_size_and_keeps_it
         load_source("fashion-mnist-mini", "test", image_size=100_000)  # outside it: pretraining's advice
 
 
+
+def assert_told_to_make_room(err: str, command: str, images: int, cache: Path) -> None:
+    """``sslkit COMMAND`` refused an image folder of the run's image size (100000000) whose cache cannot fit on its
+    disk, in one line telling to make room, and kept nothing of the cache."""
+    assert re.fullmatch(rf"sslkit {command}: error: the run's image size 100000000: {images} images of "
+                        r"3×100000000×100000000 pixels need [\d,.]+ GiB, more than the [\d,.]+ GiB free on the disk of "
+                        rf"the image cache {re.escape(str(cache))} — free space on that disk, or set SSLKIT_CACHE to a "
+                        r"folder on a disk with room\n", err), err
+    assert not cache.exists() or not any(cache.iterdir())
 
 def count_decodings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The folders decoded from now on, one entry per decoding (data._decode_all is what every decoding calls)."""
