@@ -951,6 +951,12 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     if not files:
         raise UserError(f"{base} holds no images in class subfolders ({', '.join(sorted(IMAGE_SUFFIXES))}) — "
                         f"expected {base}/<class>/<image>")
+    # Refused before the cache is looked up, as torchvision's ImageFolder refuses it: the cache's key covers the
+    # listed files, so a folder without one, added after the folder was cached, would not change it. With a file
+    # listed in every class, the class names are the first parts of their paths, which the key does cover.
+    listed = {ci for ci, _ in files}
+    _refuse_empty_classes([c for ci, c in enumerate(classes) if ci not in listed], base,
+                          f"no image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
     stats = [p.stat() for _, p in files]
     # ctime too: tools that restore a replaced file's mtime (cp -p, rsync -t, tar) cannot set it back.
@@ -1010,10 +1016,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         if channels is None and all_gray:
             _suggest_one_channel(base, stacklevel=3)
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
-        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-        if empty:
-            raise UserError(f"class folder(s) {', '.join(empty)} in {base} hold no readable image — add images or "
-                            "remove the folder")
+        _refuse_empty_classes([classes[i] for i in np.flatnonzero(counts == 0)], base, "no readable image")
         if tmp is None:
             return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name,
                                tuple(names))
@@ -1037,6 +1040,13 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             with contextlib.suppress(OSError):
                 p.unlink(missing_ok=True)
     return _load_cached(images_path, meta_path, name)
+
+
+def _refuse_empty_classes(empty: list[str], base: Path, holds: str) -> None:
+    """The one-line error of the class folders ``empty`` of ``base``, which hold ``holds``: a class without an image
+    is a label that no image has: nothing to train on or score."""
+    if empty:
+        raise UserError(f"class folder(s) {', '.join(empty)} in {base} hold {holds} — add images or remove the folder")
 
 
 # The temporary files of an image cache: the images (decoded into it, then renamed), named by the writer's pid and a

@@ -1393,3 +1393,34 @@ def test_folders_with_the_same_names_and_sizes_never_share_a_cache(tmp_path: Pat
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p, rsync -t and tar leave it
     assert imagefolder_pool(str(tmp_path / "one"), image_size=8).images[0, 2].min() == 200
     assert len(decoded) == 5
+
+
+def test_a_class_folder_without_images_is_refused_before_decoding_whether_or_not_the_folder_is_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's key covers the image files, not the class folders: a folder without images (``aa``, made for a
+    class still to come, or ``notes`` of text files) added after the folder was cached changed no key, so the cache
+    was read as it was, with 2 classes, where the same folder uncached was refused (as torchvision's ``ImageFolder``
+    refuses it) — and only after every image was decoded. Now it is refused from the listing, cached or not, and
+    the key, with every class holding a listed file, covers the class names (the first part of each file's path):
+    a class folder renamed so that the classes sort differently is decoded again with its new labels."""
+    decoded = count_decodings(monkeypatch)
+    root = small_folder(tmp_path / "train")
+    src = imagefolder_pool(str(root), image_size=8)
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))  # the same mtimes: it would take the cache along
+    (root / "aa").mkdir()
+    (copy / "notes").mkdir()
+    (copy / "notes" / "readme.txt").write_text("not an image")
+    (copy / "notes" / ".hidden.png").write_bytes(b"")  # hidden files are not read
+    for folder, empty in ((root, "aa"), (copy, "notes")):
+        with pytest.raises(UserError, match=rf"^class folder\(s\) {empty} in {re.escape(str(folder.resolve()))} hold "
+                                            r"no image file \(\.bmp, .*\) — add images or remove the folder$"):
+            imagefolder_pool(str(folder), image_size=8)
+    assert decoded == [root.resolve()]  # refused without decoding
+    (root / "aa").rmdir()
+    assert torch.equal(imagefolder_pool(str(root), image_size=8).labels, src.labels)
+    assert decoded == [root.resolve()]  # the cache read again as it was
+
+    os.rename(root / "b", root / "0")  # its files keep their mtimes; the classes now sort 0, a
+    renamed = imagefolder_pool(str(root), image_size=8)
+    assert renamed.classes == ("0", "a") and renamed.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(renamed.images, src.images[[3, 4, 5, 0, 1, 2]]) and len(decoded) == 2
