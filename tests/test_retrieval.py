@@ -338,6 +338,23 @@ def test_the_same_queries_written_differently_name_the_same_grid(run: Path) -> N
     assert retrieval.default_output(run, "test", tokens, queries, 4).name == "test-random5-17-k4.png"
 
 
+def test_one_reader_of_query_tokens_names_the_grid_as_the_search_reads_it() -> None:
+    """parse_queries and the grid's name (_token_name) read a token with the same read_query_token: an index is
+    named as the index searched, random:N as the N drawn, and a token the search refuses is refused by the name
+    too, with the same message (the name used to read it a second way of its own and make up "three")."""
+    for token in ("3", "03", "+3", " 3 ", 3, "1_999", "0"):
+        assert retrieval._token_name(token) == str(retrieval.parse_queries([token], N_TEST)[0]), token
+    for token in ("random:5", "random:05", " random:5 "):
+        assert retrieval._token_name(token) == f"random{len(retrieval.parse_queries([token], N_TEST))}", token
+    for token in ("three", "random:", "random:-1", "random 5", "3.0", "", "random:5x"):
+        with pytest.raises(UserError) as searched:
+            retrieval.parse_queries([token], N_TEST)
+        assert "is neither an image index nor random:N" in str(searched.value), token
+        with pytest.raises(UserError) as named:
+            retrieval._token_name(token)
+        assert str(named.value) == str(searched.value), token
+
+
 def test_an_approximate_index_shows_exact_cosines_in_exact_order(run: Path, tmp_path: Path) -> None:
     features = cached(run)[0]
     result = retrieval.find_neighbors(run, ["3", "17", "42"], k=6, index="ivf-pq", console=quiet(),

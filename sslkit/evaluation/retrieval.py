@@ -337,6 +337,41 @@ def _exact_order(features: torch.Tensor, q_idx: np.ndarray, idx: torch.Tensor) -
 # --- arguments -----------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RandomQueries:
+    """A ``random:N`` token of ``--query``: N queries drawn with the seed (:func:`parse_queries`)."""
+
+    count: int
+
+
+def read_query_token(token: str | int) -> int | RandomQueries:
+    """One ``--query`` token read: an image index (``3``, ``03``, ``+3``, `` 3 ``) or ``random:N``, unchecked
+    against any split.
+
+    The one reader of tokens: :func:`parse_queries` picks the queries with it and :func:`default_output` names
+    the grid with it, so a token never reads one way in the search and another in the file name.
+
+    Raises:
+        UserError: naming a token that is neither.
+    """
+    text = str(token).strip()
+    m = _RANDOM_RE.match(text)
+    if m:
+        return RandomQueries(int(m.group(1)))
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--query {text!r} is neither an image index nor random:N — give e.g. --query 3 17 or "
+                        "--query random:8") from None
+
+
+def _read_query_tokens(tokens: Sequence[str | int]) -> list[int | RandomQueries]:
+    """Every token read (:func:`read_query_token`); UserError when there is none."""
+    if not tokens:
+        raise UserError("--query needs at least one image index (e.g. --query 3 17) or random:N")
+    return [read_query_token(token) for token in tokens]
+
+
 def parse_queries(tokens: Sequence[str | int], n: int, split: str = "test", seed: int = 0) -> list[int]:
     """Query indices from ``--query`` tokens: indices into the split, or ``random:N`` for N seeded ones.
 
@@ -346,28 +381,19 @@ def parse_queries(tokens: Sequence[str | int], n: int, split: str = "test", seed
     Raises:
         UserError: naming the token that is not an index, lies outside the split, or asks too many.
     """
-    if not tokens:
-        raise UserError("--query needs at least one image index (e.g. --query 3 17) or random:N")
     out: list[int] = []
-    for token in tokens:
-        text = str(token).strip()
-        m = _RANDOM_RE.match(text)
-        if m:
-            count = int(m.group(1))
-            if not 1 <= count <= n:
-                raise UserError(f"--query {text}: the {split} split has {n} images — ask for 1 to {n} random queries")
+    for token, read in zip(tokens, _read_query_tokens(tokens), strict=True):
+        if isinstance(read, RandomQueries):
+            if not 1 <= read.count <= n:
+                raise UserError(f"--query {str(token).strip()}: the {split} split has {n} images — ask for 1 to {n} "
+                                "random queries")
             g = torch.Generator().manual_seed(int(seed))
-            out += torch.randperm(n, generator=g)[:count].sort().values.tolist()
+            out += torch.randperm(n, generator=g)[:read.count].sort().values.tolist()
             continue
-        try:
-            i = int(text)
-        except ValueError:
-            raise UserError(f"--query {text!r} is neither an image index nor random:N — give e.g. --query 3 17 or "
-                            "--query random:8") from None
-        if not 0 <= i < n:
-            raise UserError(f"--query {i} is outside the {split} split, which has {n} images — use an index from 0 "
+        if not 0 <= read < n:
+            raise UserError(f"--query {read} is outside the {split} split, which has {n} images — use an index from 0 "
                             f"to {n - 1}")
-        out.append(i)
+        out.append(read)
     return list(dict.fromkeys(out))
 
 
@@ -402,15 +428,10 @@ def check_request(n_queries: int, k: int, table: bool = True) -> None:
 
 
 def _token_name(token: str | int) -> str:
-    """A ``--query`` token as it reads: ``3`` for ``03`` or ``+3``, ``random5`` for ``random:05``."""
-    text = str(token).strip()
-    m = _RANDOM_RE.match(text)
-    if m:
-        return f"random{int(m.group(1))}"
-    try:
-        return str(int(text))
-    except ValueError:
-        return text.replace(":", "")
+    """A ``--query`` token as :func:`read_query_token` reads it: ``3`` for ``03`` or ``+3``, ``random5`` for
+    ``random:05``."""
+    read = read_query_token(token)
+    return f"random{read.count}" if isinstance(read, RandomQueries) else str(read)
 
 
 def default_output(run: Path, split: str, tokens: Sequence[str | int], queries: Sequence[int], k: int,
@@ -422,7 +443,7 @@ def default_output(run: Path, split: str, tokens: Sequence[str | int], queries: 
     label = "-".join(dict.fromkeys(_token_name(t) for t in tokens))
     if len(label) > 60 or not re.fullmatch(r"[A-Za-z0-9_-]+", label):
         label = f"{len(queries)}q-{hashlib.sha256(repr(list(queries)).encode()).hexdigest()[:8]}"
-    drawn = seed != 0 and any(_RANDOM_RE.match(str(t).strip()) for t in tokens)
+    drawn = seed != 0 and any(isinstance(read_query_token(t), RandomQueries) for t in tokens)
     return run / "neighbors" / (f"{split}-{label}-k{k}{f'-seed{seed}' if drawn else ''}"
                                 f"{f'-{index}' if index != DEFAULT_INDEX else ''}.png")
 
