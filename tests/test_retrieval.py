@@ -353,6 +353,65 @@ def test_one_reader_of_query_tokens_names_the_grid_as_the_search_reads_it() -> N
         with pytest.raises(UserError) as named:
             retrieval._token_name(token)
         assert str(named.value) == str(searched.value), token
+        with pytest.raises(UserError) as before:
+            retrieval.check_queries([token], 4)
+        assert str(before.value) == str(searched.value), token
+
+
+def _limit_message(n_queries: int, k: int, at_least: bool = False) -> str:
+    """What check_request says of n_queries × k neighbours (the same words before and after the split is loaded)."""
+    with pytest.raises(UserError) as refused:
+        retrieval.check_request(n_queries, k, at_least=at_least)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--query", "random:2000", "-k", "1999"], lambda: _limit_message(2000, 1999), id="whole-split"),
+    pytest.param(["-k", "20000", "--query", "random:5"], lambda: _limit_message(5, 20000), id="k-over-limit"),
+    pytest.param(["--query", "random:9", "random:101", "-k", "100"], lambda: _limit_message(101, 100),
+                 id="largest-draw"),
+    pytest.param(["--query", "3", "17", "03", "+17", "-k", "5001"], lambda: _limit_message(2, 5001),
+                 id="distinct-indices"),
+    pytest.param(["--query", "random:101", "3", "-k", "100"], lambda: _limit_message(101, 100, at_least=True),
+                 id="draw-and-index"),
+    pytest.param(["--query", "foo"], lambda: "--query 'foo' is neither an image index nor random:N", id="not-a-token"),
+    pytest.param(["--query", "3", "-3"], lambda: "--query -3 is outside the test split: indices count up from 0",
+                 id="negative-index"),
+    pytest.param(["--query", "random:0"], lambda: "--query random:0: ask for at least 1 random query", id="random-0"),
+    pytest.param(["--query", "3", "-k", "0"], lambda: "-k 0: ask for at least 1 neighbour", id="k-0"),
+])
+def test_what_the_tokens_alone_refuse_is_refused_before_the_split_is_loaded(
+        run: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, args: list[str],
+        message: object) -> None:
+    """Loading the split takes seconds (Fashion-MNIST) to minutes (a large image folder): a request refused
+    whatever its size was refused only after it. The limit's message is check_request's own."""
+    def no_load(*a: object, **k: object) -> None:
+        raise AssertionError("the split was loaded")
+
+    monkeypatch.setattr(retrieval, "load_evaluation_split", no_load)
+    assert main(["neighbors", str(run), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = message()  # type: ignore[operator]
+    assert len(err) == 1 and err[0].startswith(f"sslkit neighbors: error: {expected}"), (err, expected)
+
+
+def test_the_limit_before_loading_refuses_nothing_that_fits_and_says_at_least_where_it_cannot_count(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval, "TABLE_MAX_ROWS", 20)
+    # Repeated indices, however written, are one query; smaller draws are part of the largest.
+    retrieval.check_queries(["3", "03", "+3", 3], 20)
+    retrieval.check_queries(["random:5", "random:3", "random:05"], 4)
+    assert "at least 24 neighbours (6 queries or more × 4)" in _limit_message(6, 4, at_least=True)
+    assert "-k 3 or less" not in _limit_message(6, 4, at_least=True), "no k is promised to fit an unknown count"
+    # A draw and an index: as many queries as the draw when it holds the index, one more when not, told after
+    # the split is loaded, with the exact count.
+    drawn = retrieval.parse_queries(["random:5"], N_TEST)
+    retrieval.check_queries(["random:5", "3"], 4)
+    found = retrieval.find_neighbors(run, ["random:5", str(drawn[0])], k=4, console=quiet(), out=tmp_path / "a.png")
+    assert found.idx.shape == (5, 4)
+    outside = next(i for i in range(N_TEST) if i not in drawn)
+    with pytest.raises(UserError, match=r"ask for 24 neighbours \(6 queries × 4\), more than the 20 allowed"):
+        retrieval.find_neighbors(run, ["random:5", str(outside)], k=4, console=quiet(), out=tmp_path / "b.png")
 
 
 def test_an_approximate_index_shows_exact_cosines_in_exact_order(run: Path, tmp_path: Path) -> None:
@@ -387,7 +446,7 @@ def _files(folder: Path) -> set[Path]:
     (["--query", "3", "-k", "2000"], "-k 2000 is larger than the test split allows"),
     (["--query", "3", "-k", "0"], "-k 0: ask for at least 1 neighbour"),
     (["--query", "three"], "--query 'three' is neither an image index nor random:N"),
-    (["--query", "random:2001"], "--query random:2001: the test split has 2000 images"),
+    (["--query", "random:2001", "-k", "4"], "--query random:2001: the test split has 2000 images"),
     (["--query", "3", "--index", "annoy"], "--index 'annoy' is not an index kind"),
     (["--query", "3", "--split", "validation"], "no split 'validation'"),
 ])

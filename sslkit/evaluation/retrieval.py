@@ -16,7 +16,8 @@ A query is an image of the split itself, so its own row is always among its best
 the answer, which holds the k most similar *other* images.
 
 The table lists every neighbour found, one line each, so queries × k is bounded (:data:`TABLE_MAX_ROWS`) and
-checked before any feature is computed; the grid draws the first queries and neighbours of a larger request
+checked before any feature is computed (before the split is even loaded where the tokens alone tell,
+:func:`check_queries`); the grid draws the first queries and neighbours of a larger request
 (:func:`sslkit.viz.neighbor_grid_layout`).
 """
 
@@ -348,8 +349,9 @@ def read_query_token(token: str | int) -> int | RandomQueries:
     """One ``--query`` token read: an image index (``3``, ``03``, ``+3``, `` 3 ``) or ``random:N``, unchecked
     against any split.
 
-    The one reader of tokens: :func:`parse_queries` picks the queries with it and :func:`default_output` names
-    the grid with it, so a token never reads one way in the search and another in the file name.
+    The one reader of tokens: :func:`parse_queries` picks the queries with it, :func:`check_queries` refuses a
+    request before the split is loaded with it, and :func:`default_output` names the grid with it, so a token
+    never reads one way in the search and another in the file name.
 
     Raises:
         UserError: naming a token that is neither.
@@ -397,6 +399,35 @@ def parse_queries(tokens: Sequence[str | int], n: int, split: str = "test", seed
     return list(dict.fromkeys(out))
 
 
+def check_queries(tokens: Sequence[str | int], k: int, split: str = "test", table: bool = True) -> None:
+    """The refusals ``--query`` and ``-k`` earn whatever the split's size, made before the split is loaded (seconds
+    for Fashion-MNIST, longer for a large image folder) rather than after: a token that is not one
+    (:func:`read_query_token`), a negative index, ``random:0``, k < 1, and more neighbours than the limit
+    (:func:`check_request`) for as few queries as the tokens can pick.
+
+    The queries are at least as many as the largest ``random:N`` draws (any two draw from the same permutation of
+    the split, so the smaller is part of the larger) and at least the distinct indices given; which of those
+    indices a draw picks too depends on the split's size. So the count is exact for indices alone or draws alone,
+    and a lower bound (``at least``) for both. What needs the size (an index outside the split, a draw larger
+    than it, k ≥ N, the exact count) :func:`parse_queries`, :func:`check_k` and :func:`check_request` check once
+    it is loaded.
+
+    Raises:
+        UserError: as :func:`parse_queries`, :func:`check_k` and :func:`check_request` would for any split.
+    """
+    read = _read_query_tokens(tokens)
+    for token, q in zip(tokens, read, strict=True):
+        if isinstance(q, RandomQueries) and q.count < 1:
+            raise UserError(f"--query {str(token).strip()}: ask for at least 1 random query (random:1 or more)")
+        if isinstance(q, int) and q < 0:
+            raise UserError(f"--query {q} is outside the {split} split: indices count up from 0 — use 0 or more")
+    if k < 1:
+        check_k(k, 2, split)
+    drawn = max((q.count for q in read if isinstance(q, RandomQueries)), default=0)
+    given = len({q for q in read if isinstance(q, int)})
+    check_request(max(drawn, given), k, table=table, at_least=drawn > 0 and given > 0)
+
+
 def check_k(k: int, n: int, split: str = "test") -> None:
     """Raises UserError unless 1 ≤ k ≤ n − 1 (the query itself never counts as a neighbour)."""
     if k < 1:
@@ -406,9 +437,12 @@ def check_k(k: int, n: int, split: str = "test") -> None:
                         f"neighbours besides the query — use -k {max(n - 1, 1)} or less")
 
 
-def check_request(n_queries: int, k: int, table: bool = True) -> None:
+def check_request(n_queries: int, k: int, table: bool = True, at_least: bool = False) -> None:
     """Raises UserError when ``n_queries`` × ``k`` neighbours are more than :data:`TABLE_MAX_ROWS` (with the table,
-    which lists each on a line of its own) or :data:`RESULT_MAX_ROWS` (without it), naming what fits instead."""
+    which lists each on a line of its own) or :data:`RESULT_MAX_ROWS` (without it), naming what fits instead.
+
+    ``at_least``: ``n_queries`` is a lower bound (:func:`check_queries` before the split is loaded), so the message
+    says so and suggests no k for that many queries, which would not fit the true count."""
     limit = TABLE_MAX_ROWS if table else RESULT_MAX_ROWS
     total = n_queries * k
     if total <= limit:
@@ -421,10 +455,12 @@ def check_request(n_queries: int, k: int, table: bool = True) -> None:
     fits = []
     if k <= limit:
         fits.append(f"at most {queries(limit // k)} at -k {k} (e.g. --query random:{limit // k})")
-    if n_queries <= limit:
+    if n_queries <= limit and not at_least:
         fits.append(f"-k {limit // n_queries} or less for {queries(n_queries)}")
-    raise UserError(f"--query and -k ask for {total:,} neighbours ({queries(n_queries)} × {k:,}), more than the "
-                    f"{limit:,} allowed: {why} — ask for {' or '.join(fits) or f'{limit:,} or fewer in all'}")
+    at_least_total, or_more = ("at least ", " or more") if at_least else ("", "")
+    raise UserError(f"--query and -k ask for {at_least_total}{total:,} neighbours ({queries(n_queries)}{or_more} × "
+                    f"{k:,}), more than the {limit:,} allowed: {why} — ask for "
+                    f"{' or '.join(fits) or f'{limit:,} or fewer in all'}")
 
 
 def _token_name(token: str | int) -> str:
@@ -534,7 +570,8 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
 
     Every argument is checked (the run's encoder record, the index kind, the queries and k against the split's
     size, queries × k against :data:`TABLE_MAX_ROWS` — :data:`RESULT_MAX_ROWS` without the table) before any
-    feature is computed or any file written.
+    feature is computed or any file written; what the split's size does not decide (:func:`check_queries`), before
+    the split is loaded.
 
     Args:
         run: the run directory (it needs ``encoder.safetensors`` and ``encoder.json``).
@@ -566,8 +603,7 @@ def find_neighbors(run: str | Path, queries: Sequence[str | int], k: int = 8, sp
         out = check_output(out, "--out", FIGURE_SUFFIXES, run)
     check_run_writable(run, ("features",) if out else ("features", "neighbors"),
                        "its features cache and index" if out else "its features cache, index and grid")
-    if k < 1:
-        check_k(k, 2, split)
+    check_queries(queries, k, split, table=show_table)  # all that the split's size does not decide, before loading it
     searched = load_evaluation_split(meta, split)
     n = len(searched.source)
     picked = parse_queries(queries, n, split, seed)
