@@ -343,6 +343,31 @@ def evaluation_batch_bytes(images: int, meta: dict[str, Any]) -> int:
             + largest_activation_bytes(images, size, meta["stem"], meta["encoder"]))
 
 
+@dataclass(frozen=True)
+class MemoryCheck:
+    """One of the batches :func:`check_finetune_memory` weighs against the memory, and how its refusal reads.
+
+    Attributes:
+        key: the recipe key that sets its size, named in the refusal with its ``value``.
+        value: the key's value in the recipe (the images may be fewer: capped by the images there are).
+        images: the most images it takes; 0 when it is not run.
+        what: what it is, in the message ("a training step").
+        estimate: its bytes for a number of images.
+        counted: what the estimate counts besides the images, in the message.
+        least: the fewest images it can take; a key that fits fewer is not advised, a device with more memory is.
+        other: another way out, after the advice to lower ``key``.
+    """
+
+    key: str
+    value: int
+    images: int
+    what: str
+    estimate: Callable[[int], int]
+    counted: str
+    least: int = 1
+    other: str = ""
+
+
 def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, attack: int, precision: str,
                           room: int | None, where: str, evaluation: int = 0) -> None:
     """Refuses a fine-tune whose training step, FGSM gradient or evaluation batch cannot fit in the memory it has,
@@ -372,26 +397,27 @@ def check_finetune_memory(r: FinetuneRecipe, meta: dict[str, Any], batch: int, a
     resnet = meta["encoder"] == MEASURED_ENCODER
     acts = f" and {MEASURED_ENCODER} activations for them" if resnet else ""
     largest = f" and {MEASURED_ENCODER}'s largest activation for them" if resnet else ""
-    checks: list[tuple[str, int, int, str, Callable[[int], int], str, int, str]] = [
-        ("train.batch_size", r.train.batch_size, batch, "a training step",
-         lambda n: supervised_step_bytes(n, meta, precision), acts, 2, ""),
-        ("train.eval_batch_size", r.train.eval_batch_size, attack, "an FGSM gradient",
-         lambda n: supervised_step_bytes(n, meta, "fp32"), acts, 1,
-         " (or set robustness.epsilons: [] to measure no FGSM)"),
-        ("train.eval_batch_size", r.train.eval_batch_size, evaluation, "an evaluation batch",
-         lambda n: evaluation_batch_bytes(n, meta), largest, 1, "")]
+    checks = [
+        MemoryCheck("train.batch_size", r.train.batch_size, batch, "a training step",
+                    lambda n: supervised_step_bytes(n, meta, precision), acts,
+                    least=2),  # batch norm cannot train on one image (steps_per_finetune_epoch)
+        MemoryCheck("train.eval_batch_size", r.train.eval_batch_size, attack, "an FGSM gradient",
+                    lambda n: supervised_step_bytes(n, meta, "fp32"), acts,
+                    other=" (or set robustness.epsilons: [] to measure no FGSM)"),
+        MemoryCheck("train.eval_batch_size", r.train.eval_batch_size, evaluation, "an evaluation batch",
+                    lambda n: evaluation_batch_bytes(n, meta), largest)]
     said, fixes, refused = [], [], set()
-    for key, value, images, what, estimate, counted, least, other in checks:
-        need = estimate(images)
-        if not images or need <= limit or key in refused:
+    for c in checks:
+        need = c.estimate(c.images)
+        if not c.images or need <= limit or c.key in refused:
             continue
-        refused.add(key)
-        said.append(f"{key} {value:,}: {what} needs about {need / 2**30:,.1f} GiB ({images:,} images of "
-                    f"{channels}×{size}×{size} pixels{counted})")
-        fits = room // estimate(1)  # within the memory itself, not the margin's
-        fixes.append(f"lower {key} to at most {fits:,}{other}" if fits >= least else
-                     f"fine-tune on a device with more memory (not even {least} of the run's {size}×{size} images "
-                     f"fit {what})")
+        refused.add(c.key)
+        said.append(f"{c.key} {c.value:,}: {c.what} needs about {need / 2**30:,.1f} GiB ({c.images:,} images of "
+                    f"{channels}×{size}×{size} pixels{c.counted})")
+        fits = room // c.estimate(1)  # within the memory itself, not the margin's
+        fixes.append(f"lower {c.key} to at most {fits:,}{c.other}" if fits >= c.least else
+                     f"fine-tune on a device with more memory (not even {c.least} of the run's {size}×{size} "
+                     f"images fit {c.what})")
     if said:
         raise UserError(f"{'; '.join(said)} — more than the {room / 2**30:,.1f} GiB {where}: {' and '.join(fixes)}")
 
