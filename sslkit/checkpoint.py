@@ -13,6 +13,7 @@ file and the system's reason, removes its temporary file, and leaves every file 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -219,7 +220,7 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
                     "start a fresh run with another --out (this folder's checkpoints keep it from a new run)")
 
 
-def _newest_first(folder: Path) -> list[Path]:
+def _newest_first(folder: Path, saved_step: Callable[[Path], int | None] | None = None) -> list[Path]:
     """A folder's checkpoints in the order ``--resume`` tries them: newest step first, ``last.pt`` before the
     ``step-N.pt`` of its own step.
 
@@ -228,6 +229,9 @@ def _newest_first(folder: Path) -> list[Path]:
     ``last.pt`` first repeated the steps between. Its step is that of the ``step-N.pt`` it is a hard link to; a
     copy (a file system without hard links) is read for it, and one that does not load is tried first, so that
     loading it says what is wrong with it.
+
+    ``saved_step`` reads that copy's step (:func:`_saved_step` when None): a caller that reads the candidates'
+    steps too passes a memoised one, so that the copy is read once.
     """
     steps = list(reversed(step_checkpoints(folder)))  # newest first
     last = folder / "last.pt"
@@ -235,7 +239,7 @@ def _newest_first(folder: Path) -> list[Path]:
         return [p for _, p in steps]
     at = next((n for n, p in steps if _same_file(last, p)), None)
     if at is None:
-        at = _saved_step(last)
+        at = (saved_step or _saved_step)(last)
     if at is None:
         return [last, *(p for _, p in steps)]
     return [p for n, p in steps if n > at] + [last] + [p for n, p in steps if n <= at]
@@ -260,10 +264,12 @@ def resume_point(folder: Path) -> tuple[int, Path] | None:
     """The step and file of the checkpoint that ``--resume`` (:func:`load_latest`) would continue from, or None.
 
     Only reads: no temporary file is removed and nothing is warned, for a message about a run whose folder may
-    be full or read-only. Tensors are memory-mapped, not read.
+    be full or read-only. Tensors are memory-mapped, not read, and each file is read once: a copied ``last.pt``,
+    read by :func:`_newest_first` for its place in the order, is not read again for its step.
     """
-    for path in _newest_first(Path(folder)):
-        step = _saved_step(path)
+    saved_step = functools.cache(_saved_step)
+    for path in _newest_first(Path(folder), saved_step):
+        step = saved_step(path)
         if step is not None:
             return step, path
     return None

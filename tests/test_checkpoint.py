@@ -66,6 +66,25 @@ def test_a_step_file_newer_than_last_is_resumed_from(tmp_path: Path, last: str) 
     assert resume_point(tmp_path) == (2, tmp_path / "last.pt")
 
 
+@pytest.mark.parametrize("loads", [True, False])
+def test_resume_point_reads_a_copied_last_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loads: bool) -> None:
+    """On a file system without hard links last.pt is a copy, read for its step to place it among the step files;
+    resume_point then read it again for the step it returns, or, when it does not load, to fail a second time."""
+    for s in (1, 2):
+        save_checkpoint(_state(s), tmp_path, s, keep=3)
+    (tmp_path / "last.pt").unlink()
+    (tmp_path / "last.pt").write_bytes((tmp_path / "step-2.pt").read_bytes() if loads else b"\x80\x02garbage")
+    real, read = torch.load, []
+
+    def counted(f: Path, *args: object, **kwargs: object) -> object:
+        read.append(Path(f).name)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    assert resume_point(tmp_path) == (2, tmp_path / ("last.pt" if loads else "step-2.pt"))
+    assert read.count("last.pt") == 1, read
+
+
 def test_all_corrupt_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning), pytest.raises(UserError, match="no checkpoint .* could be loaded"):
