@@ -73,7 +73,6 @@ def activation_bytes(images: int, size: int, stem: str, encoder: str = MEASURED_
     return images * size * size * ACTIVATION_BYTES_PER_PIXEL[(stem, 4 if precision == "fp32" else 2)]
 
 
-
 def batch_bytes(images: int, channels: int, size: int) -> int:
     """The bytes of a float32 batch of ``images`` images of ``channels``×``size``×``size`` pixels."""
     return images * channels * size * size * 4
@@ -90,6 +89,7 @@ def largest_activation_bytes(images: int, size: int, stem: str, encoder: str = M
         return 0
     side = size if stem == "cifar" else (size + 1) // 2
     return batch_bytes(images, 64, side)
+
 
 def make_views(augment: SimCLRAugment, x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     """Both views of each image from one augmentation call (parameters drawn per sample; the colour-jitter order

@@ -1287,7 +1287,6 @@ def test_finetune_is_told_to_make_room_not_to_lower_data_image_size_and_keeps_it
         load_source("fashion-mnist-mini", "test", image_size=100_000)  # outside it: pretraining's advice
 
 
-
 def assert_told_to_make_room(err: str, command: str, images: int, cache: Path) -> None:
     """``sslkit COMMAND`` refused an image folder of the run's image size (100000000) whose cache cannot fit on its
     disk, in one line telling to make room, and kept nothing of the cache."""
@@ -1296,6 +1295,7 @@ def assert_told_to_make_room(err: str, command: str, images: int, cache: Path) -
                         rf"the image cache {re.escape(str(cache))} — free space on that disk, or set SSLKIT_CACHE to a "
                         r"folder on a disk with room\n", err), err
     assert not cache.exists() or not any(cache.iterdir())
+
 
 def count_decodings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The folders decoded from now on, one entry per decoding (data._decode_all is what every decoding calls)."""

@@ -471,6 +471,7 @@ def test_resume_into_a_read_only_folder_with_a_leftover_temp_file_exits_74(
                    f"make {run} writable, then continue with: sslkit pretrain {run} --resume\n"), err
     assert snapshot(run) == before and left.exists()
 
+
 def test_full_disk_at_the_export_keeps_the_earlier_export_whole(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A run extended with --resume exports again. encoder.safetensors was renamed into place before encoder.json
@@ -506,7 +507,6 @@ def test_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path: Pat
     monkeypatch.undo()
     assert main(argv) == 0  # as the line says
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
-
 
 
 def test_full_disk_at_the_image_cache_keeps_its_own_advice(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -449,6 +449,7 @@ def check_request(n_queries: int, k: int, table: bool = True, at_least: bool = F
         return
     why = ("the table lists each on a line of its own, about 1 ms a line to print, and a longer list is not read"
            if table else "the result holds 12 bytes per neighbour, and a larger one may not fit in memory")
+
     def queries(n: int) -> str:
         return f"{n:,} {'query' if n == 1 else 'queries'}"
 
