@@ -748,6 +748,29 @@ def test_a_val_probe_slices_the_train_features_a_test_probe_cached(tmp_path: Pat
     assert torch.equal(train_y, fitted.labels) and torch.equal(eval_y, held.labels)
 
 
+def test_the_probe_and_the_reading_commands_share_the_encoders_feature_cache(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sslkit probe` and `sslkit neighbors` / `map` / `report` (split_features) name the encoder's cache files by one
+    rule, encoder_cache_path: the features a probe cached, of the train and the test split, are read back by
+    split_features without running the encoder or adding a file, under the names caches had before that rule had
+    one home (so caches made then still hit)."""
+    from sslkit.evaluation import retrieval
+    from sslkit.evaluation.features import data_fingerprint, preprocessing_tag, read_run_meta
+
+    run = tiny_run(tmp_path)
+    run_probe(run, fractions=(1.0,), console=Console(quiet=True))
+    cache = sorted(p.name for p in (run / "features").iterdir())
+    monkeypatch.setattr(retrieval, "extract_features", lambda *a, **k: pytest.fail("split_features ran the encoder"))
+    meta = read_run_meta(run)
+    prep = preprocessing_tag(meta["mean"], meta["std"])
+    for split, part in (("train", "train"), ("test", "eval")):
+        source = retrieval.load_split(meta, split)
+        feats, path = retrieval.split_features(run, meta, source, split, device="cpu")
+        assert path.name == f"encoder-{meta['sha256'][:16]}-{part}-16px-{prep}-{data_fingerprint(source)}.npy"
+        assert path.name in cache and torch.equal(feats, torch.from_numpy(np.load(path)))
+    assert sorted(p.name for p in (run / "features").iterdir()) == cache
+
+
 def test_a_val_probe_keeps_the_test_probes_files_and_writes_its_own(tmp_path: Path, capsys) -> None:
     """`sslkit probe RUN --split val` wrote RUN/probe.json, the predictions and the label-efficiency figure over the
     test probe's: checking a choice on val destroyed the published test numbers. A val probe now writes

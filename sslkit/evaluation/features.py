@@ -280,6 +280,20 @@ def cache_path(run_dir: str | Path, model_key: str, split: str, source: ImageSou
     return Path(run_dir) / "features" / f"{name}.npy"
 
 
+def encoder_cache_path(run_dir: str | Path, meta: dict[str, Any], part: str, source: ImageSource) -> Path:
+    """Where the features of ``source`` by the run's exported encoder are cached: the one name ``sslkit probe``
+    and the reading commands (``neighbors``, ``map``, ``report``) both use, so that each reuses the other's.
+
+    Args:
+        run_dir: the run directory.
+        meta: its :func:`read_run_meta` (the weights' ``sha256``, ``mean`` and ``std``).
+        part: the probe's name for the split: ``train`` for the (labeled) train split, ``eval`` for the split
+            scored; a reading command's ``--split test`` is the probe's ``eval``.
+        source: the split's images.
+    """
+    return cache_path(run_dir, f"encoder-{meta['sha256'][:16]}", part, source, meta["mean"], meta["std"])
+
+
 def _labels_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".npy")] + ".labels.npy")
 

@@ -54,6 +54,7 @@ from sslkit.evaluation.features import (
     cached_features,
     data_fingerprint,
     default_device,
+    encoder_cache_path,
     extract_features,
     pretraining_overlap_note,
     progress_bar,
@@ -428,8 +429,7 @@ def _encoder_features(name: str, run: Path, meta: dict[str, Any], labeled_train:
             return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
                                     description=f"{name}: {part} features")
 
-        path = cache_path(run, f"encoder-{meta['sha256'][:16]}", part, source, meta["mean"], meta["std"])
-        return cached_features(path, source.labels, compute)
+        return cached_features(encoder_cache_path(run, meta, part, source), source.labels, compute)
 
     return probe_features(features_of, labeled_train, evaluation, split)
 

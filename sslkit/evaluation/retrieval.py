@@ -44,9 +44,9 @@ from sslkit.data import SPLITS, ImageSource, _did_you_mean, load_sources, split_
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
 from sslkit.evaluation.features import (
-    cache_path,
     cached_features,
     default_device,
+    encoder_cache_path,
     extract_features,
     progress_bar,
 )
@@ -137,8 +137,8 @@ def split_features(run: str | Path, meta: dict[str, Any], source: ImageSource, s
         (N, C, H, W) uint8 -> (N, D) float32
     """
     run = Path(run)
-    tag = "train" if split == "train" else "eval"  # the probe's names for its two feature sets
-    path = cache_path(run, f"encoder-{meta['sha256'][:16]}", tag, source, meta["mean"], meta["std"])
+    part = "train" if split == "train" else "eval"  # the probe's names for its two feature sets
+    path = encoder_cache_path(run, meta, part, source)
     device = torch.device(device) if device is not None else default_device()
 
     def compute() -> torch.Tensor:
