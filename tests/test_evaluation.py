@@ -771,6 +771,33 @@ def test_the_probe_and_the_reading_commands_share_the_encoders_feature_cache(tmp
     assert sorted(p.name for p in (run / "features").iterdir()) == cache
 
 
+def test_a_probe_fingerprints_each_split_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model's cache files (and the random encoder's key) are named after the data fingerprint of the same
+    splits, a strided read of up to 64 MiB of their images each: a probe read the labeled train split for it three
+    times and the test split twice, once more each per --compare run. One memo of the probe's now reads each once,
+    and names the same files as before."""
+    from sslkit.evaluation import probe
+
+    run, other = tiny_run(tmp_path), tiny_run(tmp_path, "other")
+    counted: dict[int, int] = {}
+    real = features_mod.data_fingerprint
+
+    def fingerprint(source: object, *args: object, **kwargs: object) -> str:
+        counted[id(source)] = counted.get(id(source), 0) + 1
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(features_mod, "data_fingerprint", fingerprint)
+    monkeypatch.setattr(probe, "data_fingerprint", fingerprint)
+    run_probe(run, compare=[other], fractions=(1.0,), console=Console(quiet=True))
+    assert sorted(counted.values()) == [1, 1], counted  # the labeled train split and the test split, once each
+    cache = sorted(p.name for p in (run / "features").iterdir())
+    monkeypatch.setattr(probe, "extract_features", lambda *a, **k: pytest.fail("a cache file was named otherwise"))
+    counted.clear()
+    run_probe(run, split="val", fractions=(1.0,), console=Console(quiet=True))
+    assert sorted(counted.values()) == [1], counted  # val's parts are sliced from the train split's features
+    assert sorted(p.name for p in (run / "features").iterdir()) == cache
+
+
 def test_a_val_probe_keeps_the_test_probes_files_and_writes_its_own(tmp_path: Path, capsys) -> None:
     """`sslkit probe RUN --split val` wrote RUN/probe.json, the predictions and the label-efficiency figure over the
     test probe's: checking a choice on val destroyed the published test numbers. A val probe now writes

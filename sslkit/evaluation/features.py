@@ -274,13 +274,20 @@ def preprocessing_tag(mean: Sequence[float], std: Sequence[float]) -> str:
 
 
 def cache_path(run_dir: str | Path, model_key: str, split: str, source: ImageSource, mean: Sequence[float],
-               std: Sequence[float]) -> Path:
-    """Where the features of ``source`` under ``model_key`` are cached in the run directory."""
-    name = f"{model_key}-{split}-{source.image_size}px-{preprocessing_tag(mean, std)}-{data_fingerprint(source)}"
+               std: Sequence[float], fingerprint: Callable[[ImageSource], str] | None = None) -> Path:
+    """Where the features of ``source`` under ``model_key`` are cached in the run directory.
+
+    ``fingerprint`` gives the images' :func:`data_fingerprint` (computed here when None): a command that names
+    several caches after the same split passes one memo of it (``functools.cache(data_fingerprint)``, made by the
+    command and dropped when it ends), so that its images are read for it once, not once a name.
+    """
+    fingerprint = fingerprint or data_fingerprint
+    name = f"{model_key}-{split}-{source.image_size}px-{preprocessing_tag(mean, std)}-{fingerprint(source)}"
     return Path(run_dir) / "features" / f"{name}.npy"
 
 
-def encoder_cache_path(run_dir: str | Path, meta: dict[str, Any], part: str, source: ImageSource) -> Path:
+def encoder_cache_path(run_dir: str | Path, meta: dict[str, Any], part: str, source: ImageSource,
+                       fingerprint: Callable[[ImageSource], str] | None = None) -> Path:
     """Where the features of ``source`` by the run's exported encoder are cached: the one name ``sslkit probe``
     and the reading commands (``neighbors``, ``map``, ``report``) both use, so that each reuses the other's.
 
@@ -290,8 +297,10 @@ def encoder_cache_path(run_dir: str | Path, meta: dict[str, Any], part: str, sou
         part: the probe's name for the split: ``train`` for the (labeled) train split, ``eval`` for the split
             scored; a reading command's ``--split test`` is the probe's ``eval``.
         source: the split's images.
+        fingerprint: as for :func:`cache_path`.
     """
-    return cache_path(run_dir, f"encoder-{meta['sha256'][:16]}", part, source, meta["mean"], meta["std"])
+    return cache_path(run_dir, f"encoder-{meta['sha256'][:16]}", part, source, meta["mean"], meta["std"],
+                      fingerprint)
 
 
 def _labels_path(path: Path) -> Path:

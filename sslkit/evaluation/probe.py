@@ -26,6 +26,7 @@ split's numbers as they were.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -347,13 +348,18 @@ def run_probe(run_dir: str | Path, split: str = "test", compare: Sequence[str | 
     # train split, with --split val too (its pixels, never its labels), so that a val probe and a test probe
     # share the random encoder's features.
     mean, std = channel_stats(labeled_train.images)
+    # Every model's cache files, and the random encoder's key, are named after the same two splits: one memo of
+    # their data fingerprints (each a strided read of up to 64 MiB of the images) reads each once. It is keyed by
+    # the ImageSource objects, which hash by identity and are held by it, and it ends with the probe.
+    fingerprint = functools.cache(data_fingerprint)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with progress_bar(console) as progress:
         for name, folder, m in [("encoder", run, meta), *zip(names, others, other_meta, strict=True)]:
-            features[name] = _encoder_features(name, folder, m, labeled_train, test, split, device, progress)
+            features[name] = _encoder_features(name, folder, m, labeled_train, test, split, device, progress,
+                                               fingerprint)
         features["raw_pixels"] = (raw_pixels(train, mean, std), raw_pixels(test, mean, std))
         features["random_init"] = _random_init_features(run, dict(meta, mean=mean, std=std), labeled_train, test,
-                                                         split, seed, device, progress)
+                                                         split, seed, device, progress, fingerprint)
 
         results: dict[str, dict[str, Any]] = {}
         predictions = None
@@ -411,15 +417,16 @@ def run_features(run_dir: str | Path, split: str = "test", console: Console | No
     labeled_train, train, evaluation, _ = labeled_splits(meta, split)
     with progress_bar(console or PipeSafeConsole()) as progress:
         train_x, eval_x = _encoder_features("encoder", run, meta, labeled_train, evaluation, split, default_device(),
-                                            progress)
+                                            progress, data_fingerprint)  # each split's cache is named once here
     return train_x, train.labels, eval_x, evaluation.labels
 
 
 def _encoder_features(name: str, run: Path, meta: dict[str, Any], labeled_train: ImageSource,
-                      evaluation: ImageSource, split: str, device: torch.device,
-                      progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+                      evaluation: ImageSource, split: str, device: torch.device, progress: Progress,
+                      fingerprint: Callable[[ImageSource], str]) -> tuple[torch.Tensor, torch.Tensor]:
     """A run's features of the probes' train part and evaluation split (:func:`probe_features`), from its cache
-    or computed (the encoder loads only if needed)."""
+    or computed (the encoder loads only if needed); ``fingerprint`` gives the splits' data fingerprints
+    (:func:`~sslkit.evaluation.features.cache_path`)."""
     encoder: torch.nn.Module | None = None
 
     def features_of(part: str, source: ImageSource) -> torch.Tensor:
@@ -429,23 +436,24 @@ def _encoder_features(name: str, run: Path, meta: dict[str, Any], labeled_train:
             return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
                                     description=f"{name}: {part} features")
 
-        return cached_features(encoder_cache_path(run, meta, part, source), source.labels, compute)
+        return cached_features(encoder_cache_path(run, meta, part, source, fingerprint), source.labels, compute)
 
     return probe_features(features_of, labeled_train, evaluation, split)
 
 
 def _random_init_features(run: Path, meta: dict[str, Any], labeled_train: ImageSource, evaluation: ImageSource,
-                          split: str, seed: int, device: torch.device,
-                          progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+                          split: str, seed: int, device: torch.device, progress: Progress,
+                          fingerprint: Callable[[ImageSource], str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of a seeded random encoder of the run's architecture, batch-norm statistics from the labeled
     train split, for the probes' train part and evaluation split (:func:`probe_features`).
 
-    ``meta`` carries the normalisation the baseline uses (``mean``, ``std``).
+    ``meta`` carries the normalisation the baseline uses (``mean``, ``std``); ``fingerprint`` gives the splits'
+    data fingerprints, as for :func:`_encoder_features`.
     """
     encoder: torch.nn.Module | None = None
     # The batch-norm statistics come from the train images, so they are part of what these features are.
     key = (f"random-init-{meta['encoder']}-{meta['stem']}-c{meta['in_chans']}-seed{seed}-"
-           f"bn{data_fingerprint(labeled_train)[:6]}")
+           f"bn{fingerprint(labeled_train)[:6]}")
 
     def features_of(part: str, source: ImageSource) -> torch.Tensor:
         def compute() -> torch.Tensor:
@@ -454,7 +462,8 @@ def _random_init_features(run: Path, meta: dict[str, Any], labeled_train: ImageS
             return extract_features(encoder, source, meta["mean"], meta["std"], device=device, progress=progress,
                                     description=f"random_init: {part} features")
 
-        return cached_features(cache_path(run, key, part, source, meta["mean"], meta["std"]), source.labels, compute)
+        path = cache_path(run, key, part, source, meta["mean"], meta["std"], fingerprint)
+        return cached_features(path, source.labels, compute)
 
     return probe_features(features_of, labeled_train, evaluation, split)
 
