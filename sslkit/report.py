@@ -92,6 +92,60 @@ def map_coordinates(features: torch.Tensor, features_path: Path, rows: torch.Ten
     return xy
 
 
+def check_map_options(method: str, max_points: int) -> None:
+    """The map options ``sslkit map`` and ``sslkit report`` share, checked before any work.
+
+    Raises:
+        UserError: an unknown method, or a map of fewer than 5 points.
+    """
+    from sslkit.viz import MAP_METHODS
+
+    if method not in MAP_METHODS:
+        raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
+    if max_points < 5:
+        raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
+
+
+@dataclass(frozen=True)
+class MapFigure:
+    """A map :func:`draw_map` drew: its PNG, the method's name, the images mapped and the thumbnails drawn."""
+
+    path: Path
+    name: str  # UMAP, t-SNE
+    points: int
+    thumbnails: int  # fewer than asked where the map has no room for more (spread_points)
+
+
+def draw_map(split: retrieval.EvaluationSplit, features: torch.Tensor, features_path: Path, method: str, path: Path,
+             seed: int, max_points: int, thumbnails: int, title: Callable[[str], str]) -> MapFigure:
+    """Maps a seeded subset of at most ``max_points`` of the split's images (:func:`map_coordinates`) and draws it,
+    coloured by class, unlabeled images as rings, up to ``thumbnails`` images spread over it: what ``sslkit map``
+    and the report's map both do once the split's features are read, so that the two cannot draw it apart.
+
+    Args:
+        split: the images mapped (:func:`~sslkit.evaluation.retrieval.load_evaluation_split`).
+        features, features_path: their features and the file the coordinates are cached beside
+            (:func:`~sslkit.evaluation.retrieval.evaluation_features`).
+        method: ``umap`` or ``tsne``. path: the figure to write.
+        seed: seeds the subset, the map and the thumbnails.
+        thumbnails: how many images to draw at their points, at most.
+        title: the figure's title, given the images mapped (``"300 of 2,000 test images"``).
+
+    Shape:
+        features: (N, D)
+    """
+    from sslkit.viz import MAP_NAMES, plot_map, spread_points
+
+    source = split.source
+    rows = _subsample(len(source), max_points, seed)
+    xy = map_coordinates(features, features_path, rows, method, seed)
+    shown = f"{len(rows):,} of {len(source):,}" if len(rows) < len(source) else f"{len(rows):,}"
+    picks = spread_points(xy, thumbnails, seed)  # fewer than asked where the map has no room for more
+    plot_map(xy, source.labels[rows], source.classes, path, title(f"{shown} {split.name} images"), method,
+             images=source.images[rows], thumbnails=picks)
+    return MapFigure(path, MAP_NAMES[method], len(rows), len(picks))
+
+
 def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str | Path | None = None,
             thumbnails: int = 0, max_points: int = MAX_MAP_POINTS, seed: int = 0,
             console: Console | None = None, data_root: str | Path | None = None) -> Path:
@@ -112,36 +166,27 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     Raises:
         UserError: a run without an encoder, an unknown method or split, bad counts, missing data.
     """
-    from sslkit.viz import MAP_METHODS, plot_map, spread_points
+    from sslkit.viz import MAP_NAMES
 
     console = console or PipeSafeConsole()
     run = Path(run)
     meta = retrieval.read_meta(run, data_root)
-    if method not in MAP_METHODS:
-        raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
-    if max_points < 5:
-        raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
+    check_map_options(method, max_points)
     if thumbnails < 0:
         raise UserError(f"--thumbnails {thumbnails}: give a number of thumbnails ≥ 0")
     path = check_output(out, "--out", FIGURE_SUFFIXES, run) if out else run / "figures" / f"{method}-{split}.png"
     check_run_writable(run, ("features",) if out else ("features", "figures"),
                        "its features cache and map coordinates" if out else "its features cache, coordinates and map")
     mapped = retrieval.load_evaluation_split(meta, split)
-    source = mapped.source
     feats, feats_path = retrieval.evaluation_features(run, meta, mapped, console=console)
-    rows = _subsample(len(source), max_points, seed)
     t0 = time.perf_counter()
-    xy = map_coordinates(feats, feats_path, rows, method, seed)
-    name = "UMAP" if method == "umap" else "t-SNE"
-    shown = f"{len(rows):,} of {len(source):,}" if len(rows) < len(source) else f"{len(rows):,}"
-    title = f"{name} of {run.name}'s {meta['encoder']} features: {shown} {split} images (seed {seed})"
-    picks = spread_points(xy, thumbnails, seed)  # fewer than asked where the map has no room for more
-    plot_map(xy, source.labels[rows], source.classes, path, title, method, images=source.images[rows],
-             thumbnails=picks)
+    drawn = draw_map(mapped, feats, feats_path, method, path, seed, max_points, thumbnails,
+                     lambda images: f"{MAP_NAMES[method]} of {run.name}'s {meta['encoder']} features: {images} "
+                                    f"(seed {seed})")
     seconds = time.perf_counter() - t0
-    short = (f"; {len(picks)} of the {thumbnails} thumbnails asked for, the most that fit without covering each "
-             "other" if len(picks) < thumbnails else "")
-    console.print(f"wrote {path} ({name} of {len(rows):,} images, {seconds:.1f} s){short}")
+    short = (f"; {drawn.thumbnails} of the {thumbnails} thumbnails asked for, the most that fit without covering "
+             "each other" if drawn.thumbnails < thumbnails else "")
+    console.print(f"wrote {path} ({drawn.name} of {drawn.points:,} images, {seconds:.1f} s){short}")
     return path
 
 
@@ -648,24 +693,19 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     from sslkit.evaluation.clustering import kmeans
     from sslkit.evaluation.probe import BASELINES, ROWS, score_rows
     from sslkit.viz import (
-        MAP_METHODS,
+        MAP_NAMES,
         plot_clusters,
         plot_confusion,
         plot_label_efficiency,
-        plot_map,
         plot_misclassified,
         plot_training_curves,
-        spread_points,
     )
 
     t0 = time.perf_counter()
     console = console or PipeSafeConsole()
     run = Path(run)
     meta = retrieval.read_meta(run, data_root)  # a run without an exported encoder stops here, before any work
-    if method not in MAP_METHODS:
-        raise UserError(f"--method {method!r} is not a map method — use one of: {', '.join(MAP_METHODS)}")
-    if max_points < 5:
-        raise UserError(f"--max-points {max_points}: a map needs at least 5 points")
+    check_map_options(method, max_points)
     own = split_file("report.html", split)
     out_path = check_output(out, "--out", (".html", ".htm"), run, own=own) if out else run / own
     check_run_writable(run, ("features", "figures"), "its features cache and figures")
@@ -883,15 +923,12 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         sections.append(clusters)
         done("k-means")
 
-        name = "UMAP" if method == "umap" else "t-SNE"
+        name = MAP_NAMES[method]
         map_sec = Section("map", f"{name} map")
-        rows_idx = _subsample(len(source), max_points, seed)
-        xy = map_coordinates(feats, feats_path, rows_idx, method, seed)
-        shown = f"{len(rows_idx):,} of {len(source):,}" if len(rows_idx) < len(source) else f"{len(rows_idx):,}"
-        path = plot_map(xy, source.labels[rows_idx], source.classes, figures / f"report-{method}-{split}.png",
-                        f"{name} of {shown} {split} images (cosine, seed {seed})", method,
-                        images=source.images[rows_idx],
-                        thumbnails=spread_points(xy, min(MAP_THUMBNAILS, len(rows_idx) // 20), seed))
+        mapped = min(len(source), max_points)  # the images draw_map maps: a thumbnail per 20, MAP_THUMBNAILS at most
+        path = draw_map(evaluated, feats, feats_path, method, figures / f"report-{method}-{split}.png", seed,
+                        max_points, min(MAP_THUMBNAILS, mapped // 20),
+                        lambda images: f"{name} of {images} (cosine, seed {seed})").path
         map_sec.body.append(img(path, f"{name} map"))
         sections.append(map_sec)
         done(f"{name} map")

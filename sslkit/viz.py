@@ -36,7 +36,8 @@ UNLABELED = "#000000"
 # wider pad). Black alone vanished around a dark image (Fashion-MNIST's black backgrounds); black and white show
 # against dark and light images and the white page alike, and match no class's solid frame.
 UNLABELED_INNER, UNLABELED_PAD = "#ffffff", 0.3
-MAP_METHODS: tuple[str, ...] = ("umap", "tsne")
+MAP_NAMES = {"umap": "UMAP", "tsne": "t-SNE"}  # a map method's name in titles, axes and the report's headings
+MAP_METHODS: tuple[str, ...] = tuple(MAP_NAMES)
 DPI = 120
 
 
@@ -530,7 +531,7 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: Sequence[str], path:
             else:  # the fill is the white line: a wider pad leaves it showing between the black line and the image
                 pad, frame = UNLABELED_PAD, {"edgecolor": UNLABELED, "facecolor": UNLABELED_INNER, "linewidth": 2.5}
             ax.add_artist(AnnotationBbox(box, xy[i], frameon=True, pad=pad, bboxprops=frame))
-    label = "UMAP" if method == "umap" else "t-SNE"
+    label = MAP_NAMES.get(method, method)
     ax.set_xlabel(f"{label} 1")
     ax.set_ylabel(f"{label} 2")
     ax.set_xticks([])

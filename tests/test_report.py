@@ -345,6 +345,42 @@ def test_the_map_of_the_val_split_is_of_the_probes_held_out_images_and_named_apa
     assert len(list((run / "features").glob("*-train-*.val.umap-seed0-*.npy"))) == 1, "val's beside it"
 
 
+def test_the_map_command_and_the_page_draw_their_maps_through_one_function(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sslkit map` and the report's map section drew their maps by two copies of the same steps (subset, cached
+    coordinates, shown count, thumbnails, plot), free to drift apart. Both now go through report.draw_map: the same
+    split, method, seed and --max-points give the same points, classes and images, and the two differ only where
+    they mean to: the file, the title (the page's names no run: the page does) and the thumbnails (the command's
+    --thumbnails; the page's one per 20 mapped images, at most 24)."""
+    from sslkit import report
+
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_neighbors", "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.random.default_rng(seed).normal(
+        size=(len(x), 2)).astype(np.float32))
+    drawn, through = [], []
+
+    def plot_map(xy, labels, classes, path, title, method, images, thumbnails):
+        drawn.append((xy, labels, tuple(classes), path, title, images, list(thumbnails)))
+        return _stub_figure(path)
+
+    monkeypatch.setattr(viz, "plot_map", plot_map)
+    draw_map = report.draw_map
+    monkeypatch.setattr(report, "draw_map", lambda *a, **k: through.append(a[4]) or draw_map(*a, **k))
+    run = make_run(tmp_path / "run", seed=9)
+    run_map(run, method="tsne", max_points=100, thumbnails=3, console=quiet())
+    build_report(run, method="tsne", max_points=100, console=quiet())
+    figures = run / "figures"
+    assert through == [figures / "tsne-test.png", figures / "report-tsne-test.png"], "both through draw_map"
+    (xy, labels, classes, path, title, images, thumbnails), page = drawn
+    np.testing.assert_array_equal(xy, page[0])
+    assert torch.equal(labels, page[1]) and classes == page[2] and torch.equal(images, page[5])
+    assert (path, page[3]) == (figures / "tsne-test.png", figures / "report-tsne-test.png")
+    assert title == "t-SNE of run's resnet18 features: 100 of 2,000 test images (seed 0)"
+    assert page[4] == "t-SNE of 100 of 2,000 test images (cosine, seed 0)"
+    assert len(thumbnails) == 3 and len(page[6]) == 100 // 20
+
+
 def test_a_page_draws_its_grid_as_sslkit_neighbors_does_and_shows_the_user_grids_of_its_split(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The report's own neighbour grid went through a copy of `sslkit neighbors`' query picking, search and
