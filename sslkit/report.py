@@ -261,17 +261,22 @@ class Predictions:
 
 
 def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], console: Console | None = None,
-                      load: retrieval.SplitLoader | None = None) -> Predictions:
+                      load: retrieval.SplitLoader | None = None,
+                      evaluated: retrieval.EvaluationSplit | None = None) -> Predictions:
     """The full linear probe's evaluation-split predictions: the probe's saved file of that split
     (:func:`~sslkit.evaluation.probe.probe_files`) when it was made for this encoder (its sha256, or for a file from
     before the hash was saved, probe.json's) and these labels, else recomputed with
     :func:`sslkit.evaluation.linear.linear_probe` on the (cached) features. ``load`` reads the probe's splits
-    (:func:`~sslkit.evaluation.probe.labeled_splits`)."""
+    (:func:`~sslkit.evaluation.probe.labeled_splits`); ``evaluated``, the page's split, gives them instead where it
+    holds them (``val``'s parts, cut by :func:`~sslkit.evaluation.retrieval.load_evaluation_split`)."""
     from sslkit.evaluation.probe import VAL_FRACTION, labeled_splits, probe_features
 
     split = probe.get("split", "test")
     seed = int(probe.get("seed", 0))
-    whole, train, labeled, _ = labeled_splits(meta, split, load)  # the probe's own (its val split is part of train)
+    if evaluated is not None and evaluated.name == split and evaluated.fitted is not None:
+        whole, train, labeled = evaluated.labeled_train, evaluated.fitted, evaluated.source
+    else:  # the probe's own (its val split is part of train)
+        whole, train, labeled, _ = labeled_splits(meta, split, load)
     saved = probe_files(run, split)[1]
     if saved.is_file():
         try:
@@ -956,7 +961,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         conf = Section("confusion", "Confusion matrix (linear probe)")
         mis = Section("misclassified", "Misclassified examples")
         if probe:
-            pred = probe_predictions(run, meta, probe, console, load)
+            pred = probe_predictions(run, meta, probe, console, load, evaluated)
             how = " (recomputed here for the run's encoder)" if pred.computed else ""
             path = plot_confusion(pred.labels, pred.predictions, pred.source.classes,
                                   figures / split_file("confusion_matrix.png", split),

@@ -323,6 +323,38 @@ def test_a_val_page_shows_the_val_probe_and_no_test_number(tmp_path: Path, monke
     assert len(err.splitlines()) == 1 and "use one of: train, test, val" in err, err
 
 
+def test_a_val_page_cuts_the_probes_parts_of_train_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A val page cut the labeled train split into the probe's parts twice: for its figures
+    (load_evaluation_split) and again for the probe's predictions (probe_predictions), each a copy of the train
+    images (the data itself read once). The predictions now take the parts the page's split holds."""
+    from sslkit.evaluation import probe as probe_mod
+    from sslkit.evaluation import retrieval
+    from sslkit.report import probe_predictions
+
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels", "plot_confusion", "plot_misclassified"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    run = make_run(tmp_path / "run", seed=6)
+    meta = json.loads((run / "encoder.json").read_text())
+    whole, _, held, _ = probe_mod.labeled_splits(meta, "val")
+    write_features(run, clustered_features(whole.labels, 6), "train")
+    write_probe(run, held.labels, "val", score=0.6)
+    cuts = []
+    real = probe_mod.labeled_splits
+    monkeypatch.setattr(probe_mod, "labeled_splits", lambda meta, split, load=None: cuts.append(split) or real(
+        meta, split, load))
+    page = build_report(run, split="val", method="tsne", max_points=80, console=quiet())
+    assert cuts == ["val"], cuts
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page.read_text(encoding="utf-8"), re.S))
+    assert "<img " in sections["confusion"] and "<img " in sections["misclassified"]
+    probe = json.loads((run / "probe-val.json").read_text())
+    given = probe_predictions(run, retrieval.read_meta(run), probe,
+                              evaluated=retrieval.load_evaluation_split(retrieval.read_meta(run), "val"))
+    cut = probe_predictions(run, retrieval.read_meta(run), probe)
+    assert given.source.ids == cut.source.ids == held.ids and torch.equal(given.predictions, cut.predictions)
+
+
 def test_the_map_of_the_val_split_is_of_the_probes_held_out_images_and_named_apart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`sslkit map RUN --split val` was refused ("fashion-mnist-mini has no split 'val'"). It now maps the images the

@@ -160,12 +160,15 @@ class EvaluationSplit:
         described: how a page names it (:func:`~sslkit.data.split_description`).
         labeled_train: for ``val``, the labeled train split it is a part of, whose cached features it is sliced from
             (:func:`evaluation_features`); None for a split of the run's data.
+        fitted: for ``val``, the rest of ``labeled_train``, which the probes learn from: with it the report's
+            probe predictions use the parts cut here instead of cutting them again; None for a split of the run's data.
     """
 
     name: str
     source: ImageSource
     described: str
     labeled_train: ImageSource | None = None
+    fitted: ImageSource | None = None
 
 
 def load_evaluation_split(meta: dict[str, Any], split: str, load: SplitLoader | None = None) -> EvaluationSplit:
@@ -188,8 +191,8 @@ def load_evaluation_split(meta: dict[str, Any], split: str, load: SplitLoader | 
         raise UserError(f"--split: {meta['dataset']} has no split {split!r}{hint} — use one of: {', '.join(usable)} "
                         f"({HELD_OUT}: the part of train that `sslkit probe --split {HELD_OUT}` scores on)")
     if split == HELD_OUT:
-        whole, _, held, described = labeled_splits(meta, split, load)
-        return EvaluationSplit(split, held, described, whole)
+        whole, fitted, held, described = labeled_splits(meta, split, load)
+        return EvaluationSplit(split, held, described, whole, fitted)
     source = (load or load_splits)(meta, (split,))[0]
     return EvaluationSplit(split, source, split_description(meta["dataset"], split))
 
