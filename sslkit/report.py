@@ -182,7 +182,7 @@ def run_map(run: str | Path, method: str = "umap", split: str = "test", out: str
     t0 = time.perf_counter()
     drawn = draw_map(mapped, feats, feats_path, method, path, seed, max_points, thumbnails,
                      lambda images: f"{MAP_NAMES[method]} of {run.name}'s {meta['encoder']} features: {images} "
-                                    f"(seed {seed})")
+                                    f"(cosine, seed {seed})")  # as the report's map says
     seconds = time.perf_counter() - t0
     short = (f"; {drawn.thumbnails} of the {thumbnails} thumbnails asked for, the most that fit without covering "
              "each other" if drawn.thumbnails < thumbnails else "")

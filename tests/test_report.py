@@ -408,7 +408,7 @@ def test_the_map_command_and_the_page_draw_their_maps_through_one_function(
     np.testing.assert_array_equal(xy, page[0])
     assert torch.equal(labels, page[1]) and classes == page[2] and torch.equal(images, page[5])
     assert (path, page[3]) == (figures / "tsne-test.png", figures / "report-tsne-test.png")
-    assert title == "t-SNE of run's resnet18 features: 100 of 2,000 test images (seed 0)"
+    assert title == "t-SNE of run's resnet18 features: 100 of 2,000 test images (cosine, seed 0)"
     assert page[4] == "t-SNE of 100 of 2,000 test images (cosine, seed 0)"
     assert len(thumbnails) == 3 and len(page[6]) == 100 // 20
 
