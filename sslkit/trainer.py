@@ -37,7 +37,7 @@ from sslkit.checkpoint import (
     writing,
 )
 from sslkit.compiled import compiles
-from sslkit.config import SEED_STRIDE, Recipe, load_recipe, load_run_recipe, save_recipe
+from sslkit.config import SEED_STRIDE, Recipe, load_recipe, load_run_recipe, recipe_from_dict, save_recipe
 from sslkit.console import PipeSafeConsole
 from sslkit.data import (
     IMAGEFOLDER_TEST_FRACTION,
@@ -496,7 +496,8 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     evaluates and writes files.
 
     Args:
-        recipe: the checked recipe.
+        recipe: the recipe, from :func:`~sslkit.config.load_recipe` or built in code (``Recipe(...)``,
+            ``dataclasses.replace``): either way it is checked again here, as a file's would be.
         out: the run directory (created; must not hold another run unless ``resume``).
         resume: continue from the newest loadable checkpoint in ``out``.
         console: where progress goes (a default rich console when None).
@@ -505,7 +506,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         A summary: steps, seconds, images per second, k-NN before and after.
 
     Raises:
-        UserError: bad input, found before any training step.
+        UserError: bad input (a recipe value out of range, of the wrong type), found before any training step.
         Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
         NonFiniteLoss: when the loss or a gradient is not finite and ``train.nonfinite`` says stop.
         WriteError: a file of the run could not be written (a full disk, a folder made read-only): its message
@@ -542,7 +543,9 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     if not isinstance(recipe, Recipe):
         raise TypeError(f"pretrain takes a Recipe, e.g. sslkit.load_recipe('recipes/quickstart.yaml'), not a "
                         f"{type(recipe).__name__}")
-    r = recipe
+    # A Recipe built or edited in code (Recipe(train=TrainConfig(epochs=0)), dataclasses.replace) never passed
+    # load_recipe's checks: epochs=0 exported an untrained encoder, a str seed failed deep in the loop.
+    r = recipe_from_dict(recipe.to_dict(), "recipe")
     info, dist_device = init_distributed(r.train.device)
     console = console or PipeSafeConsole()
     if not info.is_main:

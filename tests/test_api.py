@@ -182,3 +182,20 @@ def test_transient_progress_leaves_nothing_in_a_log() -> None:
     with progress_bar(Console(file=shown, force_terminal=True)) as bar:
         bar.advance(bar.add_task("features", total=2), 2)
     assert "features" in shown.getvalue(), "a terminal still gets the bar"
+
+
+def test_a_recipe_built_or_edited_in_code_is_checked_by_pretrain(tmp_path: Path) -> None:
+    import dataclasses
+
+    from sslkit.config import Recipe, TrainConfig
+
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    for bad, pattern in [  # load_recipe and Recipe.replace check these; a dataclass built in code skipped it
+        (Recipe(train=TrainConfig(epochs=0)), r"^recipe: train\.epochs must be ≥ 1, got 0$"),  # exported untrained
+        (dataclasses.replace(recipe, seed="x"), r"^recipe: seed must be an integer, got 'x' \(str\)$"),  # a TypeError
+        (dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim, lr=-1.0)),
+         r"^recipe: optim\.lr must be > 0, got -1$"),  # torch's "Invalid learning rate: -0.125"
+    ]:
+        with pytest.raises(UserError, match=pattern):
+            pretrain(bad, tmp_path / "run")
+        assert not (tmp_path / "run").exists(), "refused before the run directory is made"
