@@ -224,9 +224,13 @@ class Recipe:
         return _plain(dataclasses.asdict(self))
 
     def replace(self, **overrides: Any) -> Recipe:
-        """A copy with dotted-key overrides applied and checked, e.g. ``replace(**{"train.epochs": 2})``."""
+        """A copy with dotted-key overrides applied and checked, e.g. ``replace(**{"train.epochs": 2})``; a section
+        may be given as a mapping (``replace(train={"epochs": 2})``: its other keys are kept) or as a whole
+        config (``replace(train=TrainConfig(epochs=2))``)."""
         raw = self.to_dict()
         for key, value in overrides.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = _plain(dataclasses.asdict(value))
             _set_dotted(raw, key, value, "override")
         return recipe_from_dict(raw, "override")
 
@@ -240,7 +244,17 @@ def _plain(x: Any) -> Any:
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> list[str]:
-    """Sets ``raw[a][b]… = value`` for ``key`` ``a.b…``; returns the dotted sections it had to create."""
+    """Sets ``raw[a][b]… = value`` for ``key`` ``a.b…``; returns the dotted sections it had to create.
+
+    A mapping given for a section sets the keys it names and keeps the section's others: replaced whole, the
+    section's other keys fell back to their defaults, not the recipe's (``train={epochs: 1}`` reset batch_size).
+    """
+    if isinstance(value, dict):
+        section = raw
+        for part in key.split("."):
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            return [made for k, v in value.items() for made in _set_dotted(raw, f"{key}.{k}", v, where)]
     node = raw
     parts = key.split(".")
     created = []

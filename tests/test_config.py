@@ -172,6 +172,22 @@ def test_replace_checks_too() -> None:
         Recipe().replace(**{"train.epochs": 0})
 
 
+def test_a_section_given_as_a_mapping_keeps_its_other_keys() -> None:
+    from sslkit.config import TrainConfig
+
+    quickstart = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    recipe = load_recipe(quickstart)  # train.log_every: 5, the default 10
+    for changed in (recipe.replace(train={"epochs": 3}),
+                    load_recipe(quickstart, ["train={epochs: 3}"])):
+        assert changed.train.epochs == 3 and changed.train.log_every == 5, "the recipe's, not the default"
+        assert changed.replace(train={}) == changed
+    assert recipe.replace(train=TrainConfig(epochs=3)).train == TrainConfig(epochs=3), "a whole config replaces"
+    with pytest.raises(UserError, match=r"^override: unknown key 'train\.epochz' — did you mean 'train\.epochs'\?$"):
+        recipe.replace(train={"epochz": 3})
+    with pytest.raises(UserError, match=r"^--set train=\{epochz: 3\}: unknown key 'train\.epochz'"):
+        load_recipe(quickstart, ["train={epochz: 3}"])
+
+
 def test_yaml_merge_keys_work_and_explicit_keys_override_them(tmp_path: Path) -> None:
     text = "defaults: &opt\n  lr: 0.1\n  momentum: 0.8\noptim:\n  <<: *opt\n  lr: 0.2\n"
     with pytest.raises(UserError, match=r"unknown key 'defaults'"):  # merges parse; the anchor's home is checked
