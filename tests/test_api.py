@@ -113,6 +113,21 @@ def test_export_needs_the_keys_load_encoder_reads_and_writes_readable_files(tmp_
     with pytest.raises(ValueError, match=r"meta lacks stem, image_size — load_encoder needs encoder, stem"):
         export_encoder(encoder, tmp_path / "a", {k: v for k, v in META.items() if k not in ("stem", "image_size")})
     assert not (tmp_path / "a").exists()
+    import timm
+
+    for module, meta, first in [  # each exported, then refused by load_encoder: found at export time instead
+        (encoder, dict(META, in_chans=3, mean=[0.3] * 3, std=[0.35] * 3), r"0 missing, 0 unexpected and 1 "
+                                                                          r"differently shaped tensors \(first: conv1"),
+        (timm.create_model("resnet18", num_classes=10, in_chans=1), META,  # a classifier left on
+         r"0 missing, 2 unexpected and 0 differently shaped tensors \(first: fc\.bias\)"),
+    ]:
+        with pytest.raises(ValueError, match=r"^export_encoder: the module is not the resnet18 \(imagenet stem, \d "
+                                             r"channel\(s\)\) that meta describes, so load_encoder could not rebuild "
+                                             f"it: {first}"):
+            export_encoder(module, tmp_path / "c", meta)
+        assert not (tmp_path / "c").exists()
+    export_encoder(timm.create_model("resnet18", num_classes=0, in_chans=1), tmp_path / "d", META)  # timm's own
+    assert load_encoder(tmp_path / "d").num_features == 512
     old = os.umask(0o022)
     try:
         export_encoder(encoder, tmp_path / "b", META)
