@@ -14,9 +14,10 @@ a sub-pixel shift); only a ``view_size`` below the image size would shrink a cro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import kornia.augmentation as K
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -170,6 +171,15 @@ class SimCLRAugment(nn.Module):
         return normalize(x, inplace=True)  # x is the pipeline's own tensor: the crop always makes a new one
 
 
+def image_tensor(x: Any) -> torch.Tensor:
+    """``x`` as a tensor, a numpy array's memory shared where torch can view it. An array read backwards
+    (``x[:, ::-1]``, the usual BGR→RGB flip of OpenCV images) is copied: torch takes no negative strides, and
+    refused it with a ValueError from inside sslkit."""
+    if isinstance(x, np.ndarray) and any(s < 0 for s in x.strides):
+        x = np.ascontiguousarray(x)
+    return torch.as_tensor(x)
+
+
 def preprocess(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Deterministic evaluation preprocessing: uint8 → float in [0, 1] → normalised.
 
@@ -183,7 +193,7 @@ def preprocess(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     Shape:
         (B, C, H, W) uint8 -> (B, C, H, W) float32
     """
-    x = torch.as_tensor(x)  # a numpy array's dtype never equals torch.uint8: it was refused as "got uint8"
+    x = image_tensor(x)  # a numpy array's dtype never equals torch.uint8: it was refused as "got uint8"
     if x.dtype != torch.uint8:
         raise ValueError(f"preprocess takes uint8 images in 0..255, got {x.dtype} — convert floats in [0, 1] with "
                          "(x * 255).round().to(torch.uint8)")

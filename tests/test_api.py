@@ -160,6 +160,16 @@ def test_misused_entry_points_say_what_they_take(tmp_path: Path, capsys: pytest.
         assert f"{weights} is not a text file — give a" in capsys.readouterr().err
 
 
+def test_numpy_images_read_backwards_are_taken() -> None:
+    bgr = images(4, 3).numpy()
+    rgb = bgr[:, ::-1]  # OpenCV's BGR to RGB: negative strides, which torch refused with a ValueError
+    encoder = build_encoder("resnet18", "imagenet", 3).eval()
+    mean, std = [0.5] * 3, [0.25] * 3
+    expected = extract_features(encoder, np.ascontiguousarray(rgb), mean, std, device="cpu")
+    torch.testing.assert_close(extract_features(encoder, rgb, mean, std, device="cpu"), expected, rtol=0, atol=0)
+    torch.testing.assert_close(preprocess(rgb, mean, std), preprocess(np.ascontiguousarray(rgb), mean, std))
+
+
 def test_numpy_images_of_the_wrong_layout_are_refused(run: Path) -> None:
     hwc = np.zeros((4, 28, 28, 1), np.uint8)  # as PIL or matplotlib hold them: channels last
     with pytest.raises(UserError, match=r"the images, of shape \(4, 28, 28, 1\) read as \(N, C, H, W\), have 28 "

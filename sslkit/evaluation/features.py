@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from sslkit.augment import preprocess
+from sslkit.augment import image_tensor, preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta, sha256_file
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
@@ -120,7 +120,7 @@ def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std:
     """``images`` as a uint8 (N, C, H, W) tensor that fits ``encoder``, ``mean`` and ``std``, or one clear error."""
     x = images.images if isinstance(images, ImageSource) else images
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = image_tensor(x)
     if not isinstance(x, torch.Tensor):
         raise UserError(f"extract_features takes images as a uint8 tensor or array (N, C, H, W), or an ImageSource, "
                         f"not a {type(images).__name__}")
