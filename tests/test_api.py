@@ -55,6 +55,13 @@ def test_extract_features_takes_uint8_tensors_and_arrays_and_refuses_the_rest(ru
             extract_features(encoder, bad, device="cpu")
     with pytest.raises(UserError, match=r"^the images have 1 channel\(s\) but mean and std have 3 and 3 values$"):
         extract_features(encoder, x, mean=[0.5] * 3, std=[0.2] * 3, device="cpu")
+    for bad_std in ([0.0], [-0.35], [float("nan")]):  # a 0 gave NaN features, blamed on the encoder and optim.lr
+        with pytest.raises(UserError, match=r"^mean and std must be finite and std > 0, got mean \(0\.3,\) and std"):
+            extract_features(encoder, x, mean=[0.3], std=bad_std, device="cpu")
+    with pytest.raises(UserError, match=r"^the images have 1 channel\(s\) but the encoder's pretrained_cfg gives 3 "
+                                        r"mean and 3 std values \(timm's defaults: load_encoder sets a run's own\) — "
+                                        r"pass mean= and std=, one value per channel$"):
+        extract_features(build_encoder("resnet18", "imagenet", 1), x, device="cpu")
     with pytest.raises(ValueError, match="batch_size must be ≥ 1, got 0"):
         extract_features(encoder, x, batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="preprocess takes uint8 images in 0..255, got torch.float32"):

@@ -13,6 +13,7 @@ and renamed (:func:`~sslkit.checkpoint.atomic_write`), so an interrupted probe l
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,10 @@ def progress_bar(console: Console | None = None, transient: bool = True) -> Prog
                     TimeRemainingColumn(), console=console, transient=transient, disable=off)
 
 
-def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``images`` as a uint8 (N, C, H, W) tensor that fits ``encoder``, ``mean`` and ``std``, or one clear error."""
+def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std: Sequence[float],
+                    from_cfg: bool = False) -> torch.Tensor:
+    """``images`` as a uint8 (N, C, H, W) tensor that fits ``encoder``, ``mean`` and ``std``, or one clear error;
+    ``from_cfg`` says that mean and std are the encoder's ``pretrained_cfg``'s, not the caller's."""
     x = images.images if isinstance(images, ImageSource) else images
     if isinstance(x, np.ndarray):
         x = image_tensor(x)
@@ -139,7 +142,14 @@ def _checked_images(encoder: nn.Module, images: Any, mean: Sequence[float], std:
         raise UserError(f"the images, of shape {tuple(x.shape)} read as (N, C, H, W), have {c} channel(s) but the "
                         f"encoder takes {conv.in_channels}{hint}")
     if len(mean) != c or len(std) != c:
+        if from_cfg:  # build_encoder's or timm's own module: timm's ImageNet statistics, 3 values whatever in_chans
+            raise UserError(f"the images have {c} channel(s) but the encoder's pretrained_cfg gives {len(mean)} mean "
+                            f"and {len(std)} std values (timm's defaults: load_encoder sets a run's own) — pass "
+                            "mean= and std=, one value per channel")
         raise UserError(f"the images have {c} channel(s) but mean and std have {len(mean)} and {len(std)} values")
+    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+        # a std of 0 made every feature NaN, reported as "the encoder diverged" and blamed on optim.lr
+        raise UserError(f"mean and std must be finite and std > 0, got mean {tuple(mean)} and std {tuple(std)}")
     return x
 
 
@@ -169,12 +179,13 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
     Shape:
         (N, C, H, W) uint8 -> (N, D) float32
     """
-    if mean is None or std is None:
+    from_cfg = mean is None or std is None
+    if from_cfg:
         cfg = getattr(encoder, "pretrained_cfg", None) or {}
         if "mean" not in cfg or "std" not in cfg:
             raise ValueError("pass mean and std: the encoder's pretrained_cfg does not give them")
         mean, std = cfg["mean"], cfg["std"]
-    x_all = _checked_images(encoder, images, mean, std)
+    x_all = _checked_images(encoder, images, mean, std, from_cfg)
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     device = torch.device(device) if device is not None else default_device()
