@@ -167,6 +167,25 @@ def test_misused_entry_points_say_what_they_take(tmp_path: Path, capsys: pytest.
         assert f"{weights} is not a text file — give a" in capsys.readouterr().err
 
 
+def test_images_of_another_size_than_the_runs_are_warned_about(run: Path) -> None:
+    import warnings
+
+    from sslkit.data import resize
+    from sslkit.errors import SslkitWarning
+
+    encoder = load_encoder(run)
+    with pytest.warns(SslkitWarning, match=r"^the images are 56×56 but the encoder was pretrained and evaluated on "
+                                           r"28×28 images — resize them first, e\.g\. sslkit\.data\.resize\(images, "
+                                           r"28\)$") as caught:
+        extract_features(encoder, images(size=56), device="cpu")  # a CNN takes it: nothing else would say so
+    assert caught[0].filename == __file__, "names the caller's line"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extract_features(encoder, resize(images(size=56), 28), device="cpu")
+        # a module of the user's own has no run size to compare with
+        extract_features(build_encoder("resnet18", "imagenet", 1), images(size=56), [0.3], [0.35], device="cpu")
+
+
 def test_numpy_images_read_backwards_are_taken() -> None:
     bgr = images(4, 3).numpy()
     rgb = bgr[:, ::-1]  # OpenCV's BGR to RGB: negative strides, which torch refused with a ValueError

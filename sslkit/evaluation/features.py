@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from sslkit.augment import image_tensor, preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta, sha256_file
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
-from sslkit.errors import UserError
+from sslkit.errors import SslkitWarning, UserError
 from sslkit.models import build_encoder, feature_dim, recalibrate_on_images
 
 RUN_META_KEYS = ("encoder", "stem", "in_chans", "image_size", "mean", "std", "dataset")
@@ -186,6 +187,13 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
             raise ValueError("pass mean and std: the encoder's pretrained_cfg does not give them")
         mean, std = cfg["mean"], cfg["std"]
     x_all = _checked_images(encoder, images, mean, std, from_cfg)
+    size = (getattr(encoder, "sslkit_meta", None) or {}).get("image_size")  # a run's encoder (load_encoder)
+    if size and tuple(x_all.shape[2:]) != (size, size):
+        # A CNN takes any size, so nothing fails: the features are those of objects at another scale than the
+        # encoder learned and the probes measured, and scored well below the run's numbers.
+        warnings.warn(f"the images are {x_all.shape[2]}×{x_all.shape[3]} but the encoder was pretrained and evaluated "
+                      f"on {size}×{size} images — resize them first, e.g. sslkit.data.resize(images, {size})",
+                      SslkitWarning, stacklevel=3)  # the caller's line: torch.no_grad's wrapper is one frame
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     device = torch.device(device) if device is not None else default_device()
