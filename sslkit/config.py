@@ -474,10 +474,14 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
 
     Raises:
         UserError: a missing file, YAML that is not plain data, or any bad key or value (one line each).
-        TypeError: ``overrides`` is one string instead of a list of them.
+        TypeError: ``overrides`` is one string or a dict instead of a list of strings.
     """
     if isinstance(overrides, str):
         raise TypeError(f"overrides must be a list of KEY=VALUE strings, e.g. [{overrides!r}], not one string")
+    if isinstance(overrides, dict):  # iterated, its keys were refused as "--set 'train.epochs': expected KEY=VALUE"
+        as_list = [f"{k}={v}" for k, v in overrides.items()]
+        raise TypeError(f"overrides must be a list of KEY=VALUE strings, e.g. {as_list!r}, not a dict — or load the "
+                        f"recipe, then .replace(**{overrides!r})")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file {str(path)!r} not found — check the path (recipes live in recipes/)")

@@ -150,6 +150,10 @@ def test_misused_entry_points_say_what_they_take(tmp_path: Path, capsys: pytest.
         pretrain(str(recipe), tmp_path / "run")
     with pytest.raises(TypeError, match=r"overrides must be a list of KEY=VALUE strings, e\.g\. \['train\.epochs=1'\]"):
         load_recipe(recipe, "train.epochs=1")
+    with pytest.raises(TypeError, match=r"^overrides must be a list of KEY=VALUE strings, e\.g\. "
+                                        r"\['train\.epochs=1'\], not a dict — or load the recipe, then "
+                                        r"\.replace\(\*\*\{'train\.epochs': 1\}\)$"):
+        load_recipe(recipe, {"train.epochs": 1})
     z = torch.randn(4, 8)
     for t in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="needs a temperature τ > 0"):
