@@ -544,8 +544,10 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         raise TypeError(f"pretrain takes a Recipe, e.g. sslkit.load_recipe('recipes/quickstart.yaml'), not a "
                         f"{type(recipe).__name__}")
     # A Recipe built or edited in code (Recipe(train=TrainConfig(epochs=0)), dataclasses.replace) never passed
-    # load_recipe's checks: epochs=0 exported an untrained encoder, a str seed failed deep in the loop.
-    r = recipe_from_dict(recipe.to_dict(), "recipe")
+    # load_recipe's checks: epochs=0 exported an untrained encoder, a str seed failed deep in the loop. data.root is
+    # not looked at again: load_recipe did, a resumed run's recipe (load_run_recipe) is read without that check,
+    # and loading the data names a missing folder.
+    r = recipe_from_dict(recipe.to_dict(), "recipe", check_root=False)
     info, dist_device = init_distributed(r.train.device)
     console = console or PipeSafeConsole()
     if not info.is_main:
