@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import random
 import signal
 import time
@@ -22,7 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from sslkit.augment import SimCLRAugment, preprocess
 from sslkit.checkpoint import (
@@ -392,15 +403,27 @@ PROGRESS_REFRESH_PER_SECOND = 1.0
 once a second, nothing measurable. The bar's counts move with every step whatever the rate."""
 
 
+class _StepStatsColumn(ProgressColumn):
+    """The bar's loss, learning rate and img/s, as dashes until the first logged step gives them.
+
+    Before it (``train.log_every`` steps, a minute or more on a CPU) the task holds no values, and formatting its
+    placeholders showed ``loss nan  lr 0  0 img/s``: a NaN loss, the very sign of a diverged run."""
+
+    def render(self, task: Task) -> Text:
+        f = task.fields
+        if not math.isfinite(f["loss"]):
+            return Text("loss –  lr –  – img/s")
+        return Text(f"loss {f['loss']:.4f}  lr {f['lr']:.3g}  {f['ips']:,.0f} img/s")
+
+
 def progress_bar(console: Console, refresh_per_second: float = PROGRESS_REFRESH_PER_SECOND,
                  disable: bool = False) -> Progress:
     """The pretraining loop's live bar: epoch, steps, loss, learning rate, img/s, elapsed and remaining time.
 
-    Its task takes the fields ``epoch``, ``loss``, ``lr`` and ``ips``; ``disable`` draws nothing (a resumed run
-    with no step left).
+    Its task takes the fields ``epoch``, ``loss`` (NaN until a step is logged), ``lr`` and ``ips``; ``disable``
+    draws nothing (a resumed run with no step left).
     """
-    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.3g}  {task.fields[ips]:,.0f} img/s"),
+    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), _StepStatsColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
     return Progress(*columns, console=console, transient=False, refresh_per_second=refresh_per_second,
                     disable=disable)
@@ -732,7 +755,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     if step >= stop_at:
         console.print(f"all {stop_at:,} steps were done before: the final evaluation and the export only")
     with _SignalCatcher() as signals, progress_bar(console, disable=step >= stop_at) as progress:
-        task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1),
+        # epoch: the one the next step is in, counted from 1 as the updates below count it
+        task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1) + 1,
                                  loss=float("nan"), lr=0.0, ips=0.0)
         order_epoch, order = -1, None
         while step < stop_at:

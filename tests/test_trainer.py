@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -537,3 +538,35 @@ def test_resume_with_max_steps_below_the_checkpoint_is_refused(tmp_path: Path) -
         pretrain(tiny_recipe("train.max_steps=2"), out, resume=True, console=quiet())
     assert (out / "recipe.yaml").read_bytes() == recipe and (out / "encoder.safetensors").read_bytes() == encoder
     assert pretrain(tiny_recipe("train.max_steps=4"), out, resume=True, console=quiet())["steps"] == 4
+
+
+def test_the_live_bar_shows_dashes_not_nan_before_the_first_logged_step(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until train.log_every steps are done the bar has no loss to show: dashes, not ``loss nan`` (a diverged run's
+    sign), and the epoch being trained (1), not 0."""
+    import io
+
+    import sslkit.trainer as trainer
+
+    drawn: list[str] = []
+    real = trainer.progress_bar
+
+    def drawing(*args, **kwargs):  # the loop's own bar, drawn after each of its updates
+        bar = real(*args, **kwargs)
+        update = bar.update
+
+        def update_and_draw(*a, **k):
+            update(*a, **k)
+            out = Console(file=io.StringIO(), width=200, record=True)
+            out.print(bar.get_renderable())
+            drawn.append(out.export_text())
+
+        bar.update = update_and_draw
+        return bar
+
+    monkeypatch.setattr(trainer, "progress_bar", drawing)
+    pretrain(tiny_recipe("train.log_every=3", "train.max_steps=3"), tmp_path / "run", console=quiet())
+    assert len(drawn) == 3
+    for text in drawn[:2]:  # steps 1 and 2: nothing logged yet
+        assert "nan" not in text and "loss –  lr –  – img/s" in text and "epoch 1 " in text, text
+    assert re.search(r"loss \d+\.\d{4}  lr ", drawn[2]), drawn[2]  # step 3 logs the loss
