@@ -579,14 +579,23 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     ckpt_dir = run / "checkpoints"
     check_out_folder(run, "choose another --out for the run directory")
     state = None
+    # A finished run whose checkpoints were deleted (they are most of its size) has an encoder and nothing to resume
+    # from: each branch below would otherwise send the user to the other ("drop --resume" / "add --resume").
+    exported_only = (run / "encoder.safetensors").exists() and not _holds_checkpoints(ckpt_dir)
     if resume:
         found = load_latest(ckpt_dir) if ckpt_dir.is_dir() else None
+        if found is None and exported_only:
+            raise UserError(f"--resume: {str(run)!r} holds a finished run's encoder but no checkpoint to continue "
+                            "from (checkpoints/ was emptied or removed) — start a new run with another --out")
         if found is None:
             raise UserError(f"--resume: {str(run)!r} holds no checkpoint — drop --resume to start a new run there")
         state, ckpt_path = found
         _check_resume_recipe(state["recipe"], r)
         console.print(f"resuming from {ckpt_path} (step {state['step']})")
-    elif _holds_checkpoints(ckpt_dir) or (run / "encoder.safetensors").exists():
+    elif exported_only:
+        raise UserError(f"{str(run)!r} already holds a finished run (its encoder.safetensors; no checkpoint, so it "
+                        "cannot be continued) — choose another --out")
+    elif _holds_checkpoints(ckpt_dir):
         raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it (resume=True from "
                         "Python), or choose another --out")
     elif (run / "recipe.yaml").is_file() and not is_run(run):  # a recipe of the user's, perhaps the one given

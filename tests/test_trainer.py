@@ -570,3 +570,19 @@ def test_the_live_bar_shows_dashes_not_nan_before_the_first_logged_step(tmp_path
     for text in drawn[:2]:  # steps 1 and 2: nothing logged yet
         assert "nan" not in text and "loss –  lr –  – img/s" in text and "epoch 1 " in text, text
     assert re.search(r"loss \d+\.\d{4}  lr ", drawn[2]), drawn[2]  # step 3 logs the loss
+
+
+def test_a_finished_run_without_its_checkpoints_is_not_sent_back_and_forth(tmp_path: Path) -> None:
+    """A run whose checkpoints/ was deleted to save space keeps its encoder: --resume said 'drop --resume to start a
+    new run there', and without it 'already holds a run — add --resume'. Both now say it cannot be continued."""
+    out = tmp_path / "run"
+    pretrain(tiny_recipe("train.max_steps=1"), out, console=quiet())
+    for ckpt in (out / "checkpoints").iterdir():
+        ckpt.unlink()
+    for resume in (True, False):
+        with pytest.raises(UserError) as refused:
+            pretrain(tiny_recipe("train.max_steps=2"), out, resume=resume, console=quiet())
+        message = str(refused.value)
+        assert "no checkpoint" in message and "another --out" in message, message
+        assert "drop --resume" not in message and "add --resume" not in message, message
+    assert (out / "encoder.safetensors").is_file()
