@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import random
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -844,8 +845,22 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     if knn_start is not None and knn_last is not None:
         console.print(f"k-NN top-1: {knn_start:.4f} → {knn_last:.4f} ({r.monitor.val_size} held-out images, "
                       f"k={r.monitor.k})")
-    console.print(f"run saved in {run}/ (encoder.safetensors, encoder.json, checkpoints/, metrics.jsonl)")
+    trained = f": {step - start_step:,} steps trained in {duration(seconds)}" if step > start_step else ""
+    console.print(f"run saved in {run}/ (encoder.safetensors, encoder.json, checkpoints/, metrics.jsonl){trained}")
+    quoted = shlex.quote(str(run))
+    console.print(f"next: sslkit probe {quoted}  (linear probe, k-NN and k-means against raw pixels and a random "
+                  f"encoder), then sslkit report {quoted}", highlight=False, soft_wrap=not console.is_terminal)
     return summary
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 03 min``: a run's length as a person reads it (not ``3,785 s``)."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def pretrain_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),

@@ -586,3 +586,26 @@ def test_a_finished_run_without_its_checkpoints_is_not_sent_back_and_forth(tmp_p
         assert "no checkpoint" in message and "another --out" in message, message
         assert "drop --resume" not in message and "add --resume" not in message, message
     assert (out / "encoder.safetensors").is_file()
+
+
+def test_the_summary_says_how_long_it_trained_and_what_to_run_next(tmp_path: Path) -> None:
+    """The last lines name the run, the steps this command trained and their time, and the commands that evaluate
+    the encoder, with the run's path quoted to paste."""
+    out = tmp_path / "my run"
+    console = Console(record=True, width=400)
+    pretrain(tiny_recipe("train.max_steps=2"), out, console=console)
+    text = console.export_text()
+    assert re.search(r"run saved in .*: 2 steps trained in \d+ s\n", text), text
+    assert f"next: sslkit probe '{out}'" in text and f"then sslkit report '{out}'" in text, text
+    console = Console(record=True, width=400)
+    pretrain(tiny_recipe("train.max_steps=2"), out, resume=True, console=console)  # nothing left to train
+    text = console.export_text()
+    assert "steps trained" not in text and "next: sslkit probe" in text, text
+
+
+@pytest.mark.parametrize(("seconds", "said"), [(0.4, "0 s"), (59.4, "59 s"), (65, "1 min 05 s"),
+                                               (3599.6, "1 h 00 min"), (3785, "1 h 03 min")])
+def test_durations_read_as_a_person_reads_them(seconds: float, said: str) -> None:
+    from sslkit.trainer import duration
+
+    assert duration(seconds) == said
