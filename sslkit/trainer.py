@@ -91,9 +91,12 @@ EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` 
 class Interrupted(Exception):
     """Raised after a checkpoint was saved in answer to SIGINT/SIGTERM."""
 
-    def __init__(self, signum: int, step: int) -> None:
+    def __init__(self, signum: int, step: int, run: Path | None = None) -> None:
+        # The command to continue, in full: the one the user typed may have been a recipe with --set overrides,
+        # which RUN/recipe.yaml already holds.
+        command = f": sslkit pretrain {shlex.quote(str(run))} --resume" if run is not None else " --resume"
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved — "
-                         "continue with --resume")
+                         f"continue with{command}")
         self.signum, self.step = signum, step
 
 
@@ -827,7 +830,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
             if any_across(signals.signum is not None, info, device):  # every rank stops at the same step
                 if not due:  # (this step's checkpoint is already written)
                     checkpoint()
-                raise Interrupted(signals.signum or signal.SIGTERM, step)
+                raise Interrupted(signals.signum or signal.SIGTERM, step, run)
 
     # --- the end: final evaluation, encoder export (the last step's checkpoint is written) -------------------
     seconds = time.perf_counter() - t_start

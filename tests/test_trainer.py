@@ -609,3 +609,34 @@ def test_durations_read_as_a_person_reads_them(seconds: float, said: str) -> Non
     from sslkit.trainer import duration
 
     assert duration(seconds) == said
+
+
+def test_an_interrupted_run_names_the_command_that_continues_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C ends with one line giving `sslkit pretrain RUN --resume` in full (it said "continue with --resume":
+    added to a recipe's command line it works only with the same --out and --set), and that command continues."""
+    import os
+    import signal
+
+    import sslkit.trainer as trainer
+
+    real = trainer.step_if_finite
+    calls = {"n": 0}
+
+    def ctrl_c_at_step_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step_if_finite", ctrl_c_at_step_2)
+    run = tmp_path / "my run"
+    argv = ["pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(run),
+            *(f"--set={s}" for s in [*TINY, "train.max_steps=3"])]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: "
+                   f"sslkit pretrain '{run}' --resume"), err
+    monkeypatch.setattr(trainer, "step_if_finite", real)
+    assert main(["pretrain", str(run), "--resume"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
