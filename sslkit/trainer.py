@@ -766,7 +766,11 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     t_start = time.perf_counter()
     window_t, window_imgs, img_per_s = time.perf_counter(), 0, float("nan")
     if step >= stop_at:
-        console.print(f"all {stop_at:,} steps were done before: the final evaluation and the export only")
+        # A run cut short by train.max_steps is resumed most often to train on: say how.
+        more = (f" (train.max_steps={r.train.max_steps} of the recipe's {total_steps:,}: add --set train.max_steps=N, "
+                "or null for all, to train further)") if stop_at < total_steps else ""
+        console.print(f"all {stop_at:,} steps were done before: the final evaluation and the export only{more}",
+                      soft_wrap=not console.is_terminal)
     with _SignalCatcher() as signals, progress_bar(console, disable=step >= stop_at) as progress:
         # epoch: the one the next step is in, counted from 1 as the updates below count it
         task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1) + 1,

@@ -640,3 +640,19 @@ def test_an_interrupted_run_names_the_command_that_continues_it(tmp_path: Path, 
     monkeypatch.setattr(trainer, "step_if_finite", real)
     assert main(["pretrain", str(run), "--resume"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_resuming_a_run_that_max_steps_ended_says_how_to_train_further(tmp_path: Path) -> None:
+    """`sslkit pretrain RUN --resume` on a run cut short by train.max_steps only exported again, saying nothing of
+    the override that trains on; a run at the end of its schedule has nothing to add."""
+    out = tmp_path / "run"
+    pretrain(tiny_recipe("train.max_steps=1"), out, console=quiet())
+    console = Console(record=True, width=400)
+    pretrain(tiny_recipe("train.max_steps=1"), out, resume=True, console=console)
+    assert ("all 1 steps were done before: the final evaluation and the export only (train.max_steps=1 of the "
+            "recipe's 8: add --set train.max_steps=N, or null for all, to train further)") in console.export_text()
+    assert pretrain(tiny_recipe("train.max_steps=null"), out, resume=True, console=quiet())["steps"] == 8
+    console = Console(record=True, width=400)
+    pretrain(tiny_recipe(), out, resume=True, console=console)
+    text = console.export_text()
+    assert "all 8 steps were done before: the final evaluation and the export only\n" in text, text
