@@ -817,7 +817,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
                     elapsed = now - t_start
                     eta = elapsed / max(step - start_step, 1) * (stop_at - step)
                     console.print(f"step {step}/{stop_at}  epoch {step / steps_per_epoch:.2f}  loss {loss_value:.4f}  "
-                                  f"lr {lr:.3g}  {img_per_s:,.0f} img/s  eta {eta:,.0f} s", highlight=False)
+                                  f"lr {lr:.3g}  {img_per_s:,.0f} img/s  eta {duration(eta)}", highlight=False)
             else:
                 progress.update(task, completed=step)
             if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:

@@ -656,3 +656,23 @@ def test_resuming_a_run_that_max_steps_ended_says_how_to_train_further(tmp_path:
     pretrain(tiny_recipe(), out, resume=True, console=console)
     text = console.export_text()
     assert "all 8 steps were done before: the final evaluation and the export only\n" in text, text
+
+
+def test_a_logs_eta_reads_in_minutes_and_hours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain progress lines of a log (no terminal) gave the time left in seconds: 'eta 2,640 s' for the
+    Fashion-MNIST recipe's 44 minutes. Each step here seems to take 100 s (a clock that moves 100 s a reading)."""
+    import sslkit.trainer as trainer
+
+    class SlowClock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 100.0
+            return self.now
+
+    monkeypatch.setattr(trainer, "time", SlowClock())
+    console = Console(record=True, width=300)  # not a terminal: plain lines
+    pretrain(tiny_recipe("train.max_steps=4"), tmp_path / "run", console=console)
+    etas = re.findall(r"  eta (.*)\n", console.export_text())
+    assert len(etas) == 4 and etas[-1] == "0 s", etas
+    assert all(re.fullmatch(r"\d+ min \d\d s", e) for e in etas[:-1]), etas
