@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -194,8 +195,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if "unsupported global" in str(e).lower():
             raise UserError(f"checkpoint {str(path)!r} holds objects other than tensors and plain data; refused "
                             "to unpickle it (only load checkpoints you trust, re-saved as plain state dicts)") from None
-        raise UserError(f"checkpoint {str(path)!r} is unreadable ({first[:120]}) — it is truncated or "
-                        "corrupt") from None
+        reason = textwrap.shorten(first, 120, placeholder=" …")  # at a word: torch's messages run long
+        raise UserError(f"checkpoint {str(path)!r} is unreadable ({reason}) — it is truncated or corrupt") from None
 
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
@@ -411,7 +412,8 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
-        raise UserError(f"{weights} is not a readable safetensors file ({str(e).strip()[:120]}) — export the "
+        reason = textwrap.shorten(str(e).strip(), 120, placeholder=" …")
+        raise UserError(f"{weights} is not a readable safetensors file ({reason}) — export the "
                         "encoder again") from None
     mismatch = state_mismatch(encoder.state_dict(), state)
     if mismatch:

@@ -769,7 +769,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         # A run cut short by train.max_steps is resumed most often to train on: say how.
         more = (f" (train.max_steps={r.train.max_steps} of the recipe's {total_steps:,}: add --set train.max_steps=N, "
                 "or null for all, to train further)") if stop_at < total_steps else ""
-        console.print(f"all {stop_at:,} steps were done before: the final evaluation and the export only{more}",
+        done = "the 1 step was" if stop_at == 1 else f"all {stop_at:,} steps were"
+        console.print(f"{done} done before: the final evaluation and the export only{more}",
                       soft_wrap=not console.is_terminal)
     with _SignalCatcher() as signals, progress_bar(console, disable=step >= stop_at) as progress:
         # epoch: the one the next step is in, counted from 1 as the updates below count it

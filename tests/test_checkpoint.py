@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,22 @@ def test_load_encoder_refuses_changed_damaged_or_incomplete_exports_in_one_line(
     (tmp_path / "junk.pt").write_bytes(bytes(range(256)) + bytes(44))
     with pytest.raises(UserError, match=r"junk\.pt' is unreadable .* truncated or corrupt"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_an_unreadable_checkpoint_is_named_with_torchs_reason_cut_at_a_word(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's reasons run to hundreds of characters; the one line keeps the first 120 or so, cut between words
+    (it was cut mid-word: '… If yo) — it is truncated or corrupt')."""
+    reason = "Weights only load failed. " + " ".join(["This file can still be loaded if you trust its source"] * 5)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(reason)
+
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(UserError) as caught:
+        load_checkpoint(tmp_path / "bad.pt")
+    shown = re.fullmatch(r"checkpoint '.*bad\.pt' is unreadable \((.*) …\) — it is truncated or corrupt",
+                         str(caught.value))
+    assert shown, str(caught.value)
+    assert len(shown.group(1)) <= 120 and reason.startswith(shown.group(1) + " "), shown.group(1)
