@@ -691,3 +691,16 @@ def test_every_documented_fine_tune_fits_the_memory_check(run_dir: Path) -> None
         need = max(ft.supervised_step_bytes(batch, meta, "fp32"), ft.supervised_step_bytes(attack, meta, "fp32"),
                    ft.evaluation_batch_bytes(evaluation, meta))
         assert need <= room, (path.stem, sets, need / 2**30)  # fits without STEP_MEMORY_MARGIN too
+
+
+def test_a_rerun_without_fgsm_leaves_no_earlier_fgsm_chart(run_dir: Path, tmp_path: Path) -> None:
+    """A rerun into the same folder with robustness.epsilons: [] replaces finetune.json; the FGSM chart of the run
+    before must go with it (sslkit report shows whatever finetune_fgsm.png it finds beside finetune.json)."""
+    out = tmp_path / "out"
+    ft.run_finetune(_recipe(run_dir, tmp_path, "train.epochs=1", "seeds=1"), out=out, console=QUIET)
+    assert (out / "figures" / "finetune_fgsm.png").is_file()
+    report = ft.run_finetune(_recipe(run_dir, tmp_path, "train.epochs=1", "seeds=1", "robustness.epsilons=[]"),
+                             out=out, console=QUIET)
+    assert report["robustness"]["summary"] == {}
+    assert (out / "figures" / "finetune.png").is_file()
+    assert not (out / "figures" / "finetune_fgsm.png").exists()

@@ -687,6 +687,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
         written.append(robustness.plot_robustness(fgsm_summary, figures / "finetune_fgsm.png", ARM_COLOURS,
                                                   f"{info['dataset']}: FGSM, {info['labeled']:,} labels",
                                                   n_images=info["attack"], seeds=r.seeds))
+    else:  # an earlier fine-tune's chart would sit beside this finetune.json, and sslkit report would show it
+        (figures / "finetune_fgsm.png").unlink(missing_ok=True)
     console.print(f"wrote {', '.join(str(p) for p in written)} ({report['seconds']:.0f} s)")
     return report
 
