@@ -253,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with log_width(), one_line_warnings(args.command), data_root_option(option):
             return args.func(args)
-    except KeyboardInterrupt:
-        print(f"sslkit {args.command}: interrupted; files already written are complete", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what its interruption kept (finetune: nothing, mid-arms)
+        print(f"sslkit {args.command}: {str(e) or 'interrupted; files already written are complete'}", file=sys.stderr)
         return 130
     except (UserError, WriteError) as e:
         print(f"sslkit {args.command}: error: {e}", file=sys.stderr)

@@ -704,3 +704,44 @@ def test_a_rerun_without_fgsm_leaves_no_earlier_fgsm_chart(run_dir: Path, tmp_pa
     assert report["robustness"]["summary"] == {}
     assert (out / "figures" / "finetune.png").is_file()
     assert not (out / "figures" / "finetune_fgsm.png").exists()
+
+
+def test_an_interrupted_fine_tune_says_that_the_ended_trainings_were_not_written(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the second training: exit 130 and one line saying that nothing was written (finetune.json comes
+    only at the end) and that the folder's earlier finetune.json is unchanged, not the generic "files already
+    written are complete", which left the user to guess whether the first training was kept."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "finetune.json").write_text('{"earlier": true}\n')
+    train_arm = ft.train_arm
+
+    def interrupted_in_the_second(arm: str, seed: int, *args: object, **kwargs: object) -> ft.ArmResult:
+        if arm == "supervised":
+            raise KeyboardInterrupt
+        return train_arm(arm, seed, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "train_arm", interrupted_in_the_second)
+    path = tmp_path / "ft.yaml"
+    path.write_text(f"run: {run_dir}\n")
+    sets = [*TINY, "labeled.size=40", "labeled.val_size=8", "train.epochs=1", "seeds=2"]
+    assert main(["finetune", str(path), *sum((["--set", s] for s in sets), []), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("sslkit finetune: interrupted after 1 of 4 arm × seed trainings (ssl seed 0: scores above)")
+    assert "nothing was written" in err and f"{out / 'finetune.json'} is the earlier fine-tune's, unchanged" in err
+    assert (out / "finetune.json").read_text() == '{"earlier": true}\n'
+    assert not (out / "figures").exists()
+
+
+def test_an_interruption_before_any_arm_trains_reads_as_every_command_s(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while the data loads, the command gives the generic line: a bare KeyboardInterrupt has no message of
+    its own to print in its place."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "prepare_data", interrupted)
+    assert main(["finetune", str(run_dir), "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err == "sslkit finetune: interrupted; files already written are complete\n"

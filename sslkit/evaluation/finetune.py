@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -648,8 +648,9 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.3f}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
     total = len(r.seed_list) * len(r.arms) * r.train.epochs * steps_per_epoch
-    with Progress(*columns, console=console, transient=False,
-                  refresh_per_second=PROGRESS_REFRESH_PER_SECOND) as progress:
+    with _interruption_names_what_is_lost(runs, len(r.seed_list) * len(r.arms), out_dir), \
+            Progress(*columns, console=console, transient=False,
+                     refresh_per_second=PROGRESS_REFRESH_PER_SECOND) as progress:
         task = progress.add_task("finetune", total=total, loss=float("nan"), val=float("nan"))
         for seed in r.seed_list:
             for arm in r.arms:
@@ -691,6 +692,24 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
         (figures / "finetune_fgsm.png").unlink(missing_ok=True)
     console.print(f"wrote {', '.join(str(p) for p in written)} ({report['seconds']:.0f} s)")
     return report
+
+
+@contextlib.contextmanager
+def _interruption_names_what_is_lost(runs: list[dict[str, Any]], trainings: int, out_dir: Path) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) while arms train says what it cost: ``finetune.json`` and its figures are written only
+    once every arm and seed has ended, so the trainings that ended are lost (their scores stay on the screen) and the
+    folder holds what it held. The command's generic line, "files already written are complete", left a user to
+    guess whether the ended seeds had been saved."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ended = ", ".join(f"{x['arm']} seed {x['seed']}" for x in runs)
+        done = f" ({ended}: scores above)" if runs else ""
+        old = out_dir / "finetune.json"
+        kept = f"; {old} is the earlier fine-tune's, unchanged" if old.is_file() else ""
+        raise KeyboardInterrupt(f"interrupted after {len(runs)} of {trainings} arm × seed trainings{done}; nothing "
+                                f"was written (finetune.json and its figures are written once all have ended){kept} "
+                                "— run the command again, with fewer seeds if time is short") from None
 
 
 def _notes(meta: dict[str, Any], info: dict[str, Any]) -> list[str]:
