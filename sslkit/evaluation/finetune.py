@@ -17,8 +17,9 @@ from the run's recipe), of which a stratified part is held out for per-epoch val
 per arm and seed, by the final (or best-validation) model, after training; nothing is chosen with it. FGSM
 robustness (:mod:`sslkit.evaluation.robustness`) is measured then too, on a seeded subset of the test split.
 
-Writes ``OUT/finetune.json``, ``OUT/figures/finetune.png`` (test accuracy bars with std error bars, and
-validation accuracy per epoch) and ``OUT/figures/finetune_fgsm.png``; OUT is the run directory by default.
+Writes ``OUT/finetune.json``, ``OUT/figures/finetune.png`` (each arm's test accuracy as a point with std error
+bars, each seed a dot, and validation accuracy per epoch) and, with FGSM, ``OUT/figures/finetune_fgsm.png``; OUT is
+the run directory by default. Nothing is written until every arm and seed has ended.
 """
 
 from __future__ import annotations
