@@ -546,6 +546,25 @@ def _yaml_value(v: Any) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
+def _without_one_seed_std(d: Any) -> Any:
+    """``d`` without its ``….std`` keys where it is of one seed: finetune.json stores 0.0 there (its spread is
+    unknown, not 0), which the page would show as "± 0.00%"; ``sslkit finetune``'s own table shows the mean alone."""
+    if not isinstance(d, dict) or not isinstance(d.get("seeds"), int) or d["seeds"] > 1:
+        return d
+    return {k: v for k, v in d.items() if not k.endswith(".std")}
+
+
+def _finetune_headline(finetune: dict[str, Any]) -> dict[str, Any]:
+    """The summary per arm and the difference ssl − supervised (a signed gap, in points) of finetune.json, without
+    the spread of one seed."""
+    headline = {k: finetune[k] for k in ("summary", "difference") if k in finetune}
+    if isinstance(headline.get("summary"), dict):
+        headline["summary"] = {arm: _without_one_seed_std(m) for arm, m in headline["summary"].items()}
+    if isinstance(headline.get("difference"), dict):
+        headline["difference"] = {k: _points(k, v) for k, v in _without_one_seed_std(headline["difference"]).items()}
+    return headline
+
+
 def _finetune_card(finetune: dict[str, Any]) -> str:
     """The overview's fine-tuning card: the SSL arm's test top-1 against the supervised one, from finetune.json."""
     try:
@@ -994,10 +1013,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             # (per-seed runs with their epoch curves, FGSM, the recipe) stays one click away.
             ft.body += [f'<div class="note">{_esc(note)}</div>' for note in finetune.get("notes", [])]
             ft.body += [img(figures / name, name) for name in FINETUNE_FIGURES if (figures / name).is_file()]
-            headline = {k: finetune[k] for k in ("summary", "difference") if k in finetune}
-            if isinstance(headline.get("difference"), dict):  # ssl − supervised: a signed gap, in points
-                headline["difference"] = {k: _points(k, v) for k, v in headline["difference"].items()}
-            ft.body += generic_tables(headline)
+            ft.body += generic_tables(_finetune_headline(finetune))
             rest = {k: v for k, v in finetune.items() if k not in ("summary", "difference", "notes")}
             ft.body.append("<details><summary>the rest of finetune.json (per-seed runs, sizes, protocol, recipe)"
                            "</summary>" + "".join(generic_tables(rest)) + "</details>")

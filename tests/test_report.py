@@ -273,6 +273,32 @@ def test_finetune_section_shows_its_charts_and_headline_before_the_full_document
             in sections["finetune"])
 
 
+def test_a_one_seed_finetune_shows_no_spread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """finetune.json stores a std of 0.0 for one seed; the page showed it as "± 0.00%" (a spread of 0 where it is
+    unknown). Now one seed's rows give the mean alone, as sslkit finetune's table does; several seeds keep theirs."""
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    run = make_run(tmp_path / "run", seed=5)
+
+    def headline(seeds: int, std: float) -> str:
+        arm = {"test_top1.mean": 0.8431, "test_top1.std": std, "val_top1.mean": 0.8012, "val_top1.std": std,
+               "seeds": seeds, "fgsm.eps0.01.mean": 0.5123, "fgsm.eps0.01.std": std}
+        (run / "finetune.json").write_text(json.dumps({
+            "split": "test", "sizes": {"labeled": 5000}, "summary": {"ssl": arm, "supervised": arm},
+            "difference": {"test_top1.mean": 0.022, "test_top1.std": std, "ssl_wins": 1, "seeds": seeds}}))
+        text = build_report(run, method="tsne", max_points=80, console=quiet()).read_text(encoding="utf-8")
+        return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))["finetune"].split("<details>")[0]
+
+    one = headline(1, 0.0)
+    assert "84.3%" in one and "80.1%" in one and "51.2%" in one and ">+2.2 points<" in one, "the means stay"
+    assert ".std" not in one and "0.00%" not in one and "0.00 points" not in one, "no spread of one seed"
+    three = headline(3, 0.004)
+    assert "test_top1.std" in three and "fgsm.eps0.01.std" in three and ">0.40%<" in three
+    assert ">0.40 points<" in three, "several seeds keep their spread"
+
+
 def test_a_val_page_shows_the_val_probe_and_no_test_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture) -> None:
     """`sslkit report RUN --split val` was refused ("no split 'val'") though `sslkit probe --split val` exists. Its
