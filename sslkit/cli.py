@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with log_width(), one_line_warnings(args.command), data_root_option(option):
             return args.func(args)
-    except KeyboardInterrupt as e:  # a command may say what its interruption kept (finetune: nothing, mid-arms)
+    except KeyboardInterrupt as e:  # a command may say what its interruption kept (finetune: its ended trainings)
         print(f"sslkit {args.command}: {str(e) or 'interrupted; files already written are complete'}", file=sys.stderr)
         return 130
     except (UserError, WriteError) as e:

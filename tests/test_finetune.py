@@ -706,32 +706,90 @@ def test_a_rerun_without_fgsm_leaves_no_earlier_fgsm_chart(run_dir: Path, tmp_pa
     assert not (out / "figures" / "finetune_fgsm.png").exists()
 
 
-def test_an_interrupted_fine_tune_says_that_the_ended_trainings_were_not_written(
+_TRAIN_ARM = ft.train_arm
+
+
+def _counting_train_arm(monkeypatch: pytest.MonkeyPatch, stop_after: int | None = None) -> list[tuple[str, int]]:
+    """Counts the trainings that start (arm, seed); with ``stop_after``, the next one raises KeyboardInterrupt (a
+    Ctrl-C once that many have ended)."""
+    train_arm, started = _TRAIN_ARM, []
+
+    def counted(arm: str, seed: int, *args: object, **kwargs: object) -> ft.ArmResult:
+        if stop_after is not None and len(started) == stop_after:
+            raise KeyboardInterrupt
+        started.append((arm, seed))
+        return train_arm(arm, seed, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "train_arm", counted)
+    return started
+
+
+def _finetune_cli(run_dir: Path, tmp_path: Path, out: Path, *extra: str) -> int:
+    path = tmp_path / "ft.yaml"
+    path.write_text(f"run: {run_dir}\n")
+    sets = [*TINY, "labeled.size=40", "labeled.val_size=8", "train.epochs=1", "seeds=2", *extra]
+    return main(["finetune", str(path), *sum((["--set", s] for s in sets), []), "--out", str(out)])
+
+
+def _untimed(report: dict) -> dict:
+    """finetune.json without its timings (seconds), which no two runs share."""
+    report = dict(report, seconds=None, runs=[dict(x, seconds=None) for x in report["runs"]])
+    report["summary"] = {arm: dict(m, **{"seconds.mean": None}) for arm, m in report["summary"].items()}
+    return report
+
+
+def test_an_interrupted_fine_tune_keeps_its_ended_trainings_and_the_same_command_continues(
         run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C in the second training: exit 130 and one line saying that nothing was written (finetune.json comes
-    only at the end) and that the folder's earlier finetune.json is unchanged, not the generic "files already
-    written are complete", which left the user to guess whether the first training was kept."""
+    """Ctrl-C after 2 of 4 trainings: exit 130 and one line saying which ended and where they are kept (not the
+    generic "files already written are complete"); the earlier finetune.json is unchanged. The same command then
+    trains only the other 2 and writes what an uninterrupted run writes, and the kept records go. Before, the ended
+    trainings were lost: a 3-seed GPU fine-tune stopped near its end started again from nothing."""
+    whole = tmp_path / "whole"
+    assert _finetune_cli(run_dir, tmp_path, whole) == 0
+    uninterrupted = json.loads((whole / "finetune.json").read_text())
+    capsys.readouterr()
+
     out = tmp_path / "o"
     out.mkdir()
     (out / "finetune.json").write_text('{"earlier": true}\n')
-    train_arm = ft.train_arm
-
-    def interrupted_in_the_second(arm: str, seed: int, *args: object, **kwargs: object) -> ft.ArmResult:
-        if arm == "supervised":
-            raise KeyboardInterrupt
-        return train_arm(arm, seed, *args, **kwargs)
-
-    monkeypatch.setattr(ft, "train_arm", interrupted_in_the_second)
-    path = tmp_path / "ft.yaml"
-    path.write_text(f"run: {run_dir}\n")
-    sets = [*TINY, "labeled.size=40", "labeled.val_size=8", "train.epochs=1", "seeds=2"]
-    assert main(["finetune", str(path), *sum((["--set", s] for s in sets), []), "--out", str(out)]) == 130
+    started = _counting_train_arm(monkeypatch, stop_after=2)
+    assert _finetune_cli(run_dir, tmp_path, out) == 130
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("sslkit finetune: interrupted after 1 of 4 arm × seed trainings (ssl seed 0: scores above)")
-    assert "nothing was written" in err and f"{out / 'finetune.json'} is the earlier fine-tune's, unchanged" in err
-    assert (out / "finetune.json").read_text() == '{"earlier": true}\n'
-    assert not (out / "figures").exists()
+    parts = next((out / ft.PARTS).iterdir())
+    assert err.startswith(f"sslkit finetune: interrupted after 2 of 4 arm × seed trainings (ssl seed 0, supervised "
+                          f"seed 0); they are kept in {parts}, and the same command"), err
+    assert f"{out / 'finetune.json'} is the earlier fine-tune's, unchanged" in err
+    assert (out / "finetune.json").read_text() == '{"earlier": true}\n' and not (out / "figures").exists()
+    assert sorted(p.name for p in parts.iterdir()) == ["ssl-seed0.json", "supervised-seed0.json"]
+
+    started = _counting_train_arm(monkeypatch)
+    assert _finetune_cli(run_dir, tmp_path, out) == 0
+    assert started == [("ssl", 1), ("supervised", 1)], "only the trainings that had not ended"
+    assert "reusing 2 of 4 arm × seed trainings" in capsys.readouterr().out
+    assert _untimed(json.loads((out / "finetune.json").read_text())) == _untimed(uninterrupted)
+    assert (out / "figures" / "finetune.png").is_file() and not (out / ft.PARTS).exists()
+
+
+def test_a_changed_recipe_reuses_no_ended_training_and_fewer_seeds_reuse_theirs(
+        run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept training is reused only by a fine-tune that would train it alike: a changed value (here the learning
+    rate) trains everything again, and the parts of the other recipe go once its finetune.json is written. Which
+    seeds run is not part of it: the same fine-tune with fewer seeds reuses those that ended."""
+    out = tmp_path / "o"
+    _counting_train_arm(monkeypatch, stop_after=2)
+    assert _finetune_cli(run_dir, tmp_path, out) == 130
+    started = _counting_train_arm(monkeypatch)
+    assert _finetune_cli(run_dir, tmp_path, out, "optim.lr=0.02") == 0
+    assert len(started) == 4, "nothing reused"
+    assert not (out / ft.PARTS).exists(), "the other recipe's parts went with the final file"
+
+    _counting_train_arm(monkeypatch, stop_after=2)
+    assert _finetune_cli(run_dir, tmp_path, out) == 130
+    started = _counting_train_arm(monkeypatch)
+    assert _finetune_cli(run_dir, tmp_path, out, "seeds=1") == 0
+    assert started == [], "seed 0's two trainings had ended"
+    assert json.loads((out / "finetune.json").read_text())["summary"]["ssl"]["seeds"] == 1
 
 
 def test_an_interruption_before_any_arm_trains_reads_as_every_command_s(

@@ -19,13 +19,20 @@ robustness (:mod:`sslkit.evaluation.robustness`) is measured then too, on a seed
 
 Writes ``OUT/finetune.json``, ``OUT/figures/finetune.png`` (each arm's test accuracy as a point with std error
 bars, each seed a dot, and validation accuracy per epoch) and, with FGSM, ``OUT/figures/finetune_fgsm.png``; OUT is
-the run directory by default. Nothing is written until every arm and seed has ended.
+the run directory by default. These are written once every arm and seed has ended; each training that ends is kept
+before then in ``OUT/finetune-parts/`` (:func:`parts_folder`), so that the same command, stopped or crashed,
+continues where it stopped and ends with what an uninterrupted run writes (on the CPU, bit for bit; a GPU's kernels
+are not bitwise reproducible, so there as alike as two uninterrupted runs). The folder goes once ``finetune.json``
+is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,8 +49,9 @@ from rich.table import Table
 from safetensors.torch import load_file
 from torch import nn
 
+from sslkit import __version__
 from sslkit.augment import preprocess
-from sslkit.checkpoint import read_encoder_meta, write_json
+from sslkit.checkpoint import atomic_write, clean_temp_files, read_encoder_meta, write_json
 from sslkit.config import load_run_recipe
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource, image_size_of_run, load_source, scored_splits, split_description, stratified_split
@@ -80,6 +88,7 @@ ARM_COLOURS = {"ssl": "#1f77b4", "supervised": "#7f7f7f", "linear": "#2ca02c"}
 ARM_INIT = {"ssl": "SSL encoder, fine-tuned", "supervised": "random init", "linear": "SSL encoder, frozen"}
 _HEAD_SEED = 7_919  # the head is drawn from its own seed, so it is the same whichever encoder an arm starts from
 _AUG_SEED = 104_729
+PARTS = "finetune-parts"  # OUT/PARTS/<key>/<arm>-seed<S>.json: the trainings that ended, until finetune.json is written
 
 Observer = Callable[..., None]
 
@@ -578,12 +587,56 @@ def _check_out_dir(out_dir: Path, run: Path) -> None:
     if (out_dir / "encoder.json").is_file() and out_dir.resolve() != run.resolve():
         raise UserError(f"--out {str(out_dir)!r} is another run's directory: this fine-tune of {str(run)!r} would "
                         "replace that run's finetune.json and figures — give a folder of its own")
-    for inside, want_dir in (("finetune.json", False), ("figures", True)):
+    for inside, want_dir, what in (("finetune.json", False, "results file"), ("figures", True, "figures folder"),
+                                   (PARTS, True, "folder of the trainings that ended")):
         p = out_dir / inside
         if p.exists() and p.is_dir() != want_dir:
             raise UserError(f"--out {str(out_dir)!r} holds {str(p)!r}, a {'file' if want_dir else 'folder'} where "
-                            f"finetune writes its {'figures folder' if want_dir else 'results file'} — move it, or "
-                            "choose another --out")
+                            f"finetune writes its {what} — move it, or choose another --out")
+
+
+def parts_folder(out_dir: Path, r: FinetuneRecipe, meta: dict[str, Any], data: LabeledData, device: torch.device,
+                 precision: str) -> Path:
+    """Where this fine-tune keeps the record of each arm × seed training that ended: ``OUT/finetune-parts/<key>``.
+
+    A training is a pure function of its arm, its seed and what the key hashes (its network, head, batches and
+    augmentations are drawn from the seed alone, under forked RNGs: :func:`train_arm`), so a record of the same key
+    is the one the training would give again. The key hashes the checked recipe but its name and which arms and
+    seeds it runs (a record of arm a, seed s is the same whichever others run beside it: a rerun with fewer seeds
+    keeps those that ended), the run's ``encoder.json`` with the weights' sha256, every image and label trained,
+    validated, scored and attacked, the device, precision and threads, and the versions of sslkit and torch. Anything
+    else changed, nothing is reused."""
+    recipe = {k: v for k, v in r.to_dict().items() if k not in ("name", "seed", "seeds", "linear_arm")}
+    h = hashlib.sha256(json.dumps({"recipe": recipe, "meta": meta, "device": str(device), "precision": precision,
+                                   "threads": torch.get_num_threads(), "sslkit": __version__,
+                                   "torch": torch.__version__}, sort_keys=True, default=str).encode())
+    for source in (data.train, data.val, data.test, data.attack):
+        for t in (source.images, source.labels) if source is not None else ():
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+    return out_dir / PARTS / h.hexdigest()[:16]
+
+
+def _part_path(parts: Path, arm: str, seed: int) -> Path:
+    return parts / f"{arm}-seed{seed}.json"
+
+
+def _write_part(parts: Path, record: dict[str, Any]) -> None:
+    """One training's record, atomically. Plain ``json`` (NaN as ``NaN``), not :func:`write_json` (NaN as null):
+    only :func:`_read_part` reads it, and it must give back the very numbers the training gave."""
+    parts.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record)
+    atomic_write(_part_path(parts, record["arm"], record["seed"]), lambda tmp: tmp.write_text(text))
+
+
+def _read_part(parts: Path, arm: str, seed: int) -> dict[str, Any] | None:
+    """The record of ``arm``, ``seed`` that an earlier run of this fine-tune kept; None where there is none (or it
+    cannot be read: the training runs again)."""
+    try:
+        record = json.loads(_part_path(parts, arm, seed).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("arm") == arm and record.get("seed") == seed else None
 
 
 def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console: Console | None = None,
@@ -644,17 +697,29 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     for note in _notes(meta, info):
         console.print(f"[yellow]note[/]: {note}")
 
+    parts = parts_folder(out_dir, r, meta, data, device, precision)
+    clean_temp_files(parts)  # a part whose writing was killed
+    kept = {(arm, seed): x for seed in r.seed_list for arm in r.arms
+            if (x := _read_part(parts, arm, seed)) is not None}
+    trainings = len(r.seed_list) * len(r.arms)
+    if kept:
+        console.print(f"reusing {len(kept)} of {trainings} arm × seed trainings that ended in an earlier run of this "
+                      f"fine-tune ({parts}); training the other {trainings - len(kept)}", highlight=False,
+                      soft_wrap=not console.is_terminal)  # a log keeps it on one line
     runs: list[dict[str, Any]] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.3f}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
-    total = len(r.seed_list) * len(r.arms) * r.train.epochs * steps_per_epoch
-    with _interruption_names_what_is_lost(runs, len(r.seed_list) * len(r.arms), out_dir), \
+    total = (trainings - len(kept)) * r.train.epochs * steps_per_epoch
+    with _interruption_says_what_is_kept(runs, trainings, out_dir, parts), \
             Progress(*columns, console=console, transient=False,
                      refresh_per_second=PROGRESS_REFRESH_PER_SECOND) as progress:
         task = progress.add_task("finetune", total=total, loss=float("nan"), val=float("nan"))
         for seed in r.seed_list:
             for arm in r.arms:
+                if (arm, seed) in kept:
+                    runs.append(kept[arm, seed])
+                    continue
                 progress.update(task, description=f"{arm} · seed {seed}")
                 res = train_arm(arm, seed, r, meta, weights, data, device, precision, progress, task, console,
                                 observer)
@@ -666,12 +731,14 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                     fgsm = robustness.fgsm_accuracy(res.model, data.attack.images, data.attack.labels, data.mean,
                                                     data.std, r.robustness.epsilons, r.train.eval_batch_size, device)
                 sel = res.selected_epoch - 1
-                runs.append(dict(arm=arm, seed=seed, test_top1=test_top1, test_loss=test_loss,
-                                 test_balanced_top1=balanced_accuracy(pred, data.test.labels),
-                                 val_top1=res.curves["val_top1"][sel], selected_epoch=res.selected_epoch,
-                                 steps=res.steps, seconds=round(res.seconds, 1), fgsm=robustness.to_json(fgsm),
-                                 curves=res.curves))
-                progress.console.print(f"{arm} seed {seed}: test top-1 {test_top1:.4f} (val {runs[-1]['val_top1']:.4f}"
+                record = dict(arm=arm, seed=seed, test_top1=test_top1, test_loss=test_loss,
+                              test_balanced_top1=balanced_accuracy(pred, data.test.labels),
+                              val_top1=res.curves["val_top1"][sel], selected_epoch=res.selected_epoch,
+                              steps=res.steps, seconds=round(res.seconds, 1), fgsm=robustness.to_json(fgsm),
+                              curves=res.curves)
+                _write_part(parts, record)  # first: an interruption names as kept only what is
+                runs.append(record)
+                progress.console.print(f"{arm} seed {seed}: test top-1 {test_top1:.4f} (val {record['val_top1']:.4f}"
                                        f", epoch {res.selected_epoch}, {res.seconds:.0f} s)", highlight=False)
                 del res
 
@@ -691,26 +758,31 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                                                   n_images=info["attack"], seeds=r.seeds))
     else:  # an earlier fine-tune's chart would sit beside this finetune.json, and sslkit report would show it
         (figures / "finetune_fgsm.png").unlink(missing_ok=True)
+    # Every key's parts: those of this fine-tune are in finetune.json now, those of another (an interrupted run of a
+    # recipe since changed) can never be reused. One left behind would only be reused by this very fine-tune.
+    shutil.rmtree(out_dir / PARTS, ignore_errors=True)
     console.print(f"wrote {', '.join(str(p) for p in written)} ({report['seconds']:.0f} s)")
     return report
 
 
 @contextlib.contextmanager
-def _interruption_names_what_is_lost(runs: list[dict[str, Any]], trainings: int, out_dir: Path) -> Iterator[None]:
-    """Ctrl-C (or SIGTERM) while arms train says what it cost: ``finetune.json`` and its figures are written only
-    once every arm and seed has ended, so the trainings that ended are lost (their scores stay on the screen) and the
-    folder holds what it held. The command's generic line, "files already written are complete", left a user to
-    guess whether the ended seeds had been saved."""
+def _interruption_says_what_is_kept(runs: list[dict[str, Any]], trainings: int, out_dir: Path,
+                                    parts: Path) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) while arms train says what it kept: ``finetune.json`` and its figures are written only
+    once every arm and seed has ended, but each training that ended is in ``parts``, and the same command continues
+    from them. The command's generic line, "files already written are complete", left a user to guess whether the
+    ended seeds had been saved."""
     try:
         yield
     except KeyboardInterrupt:
         ended = ", ".join(f"{x['arm']} seed {x['seed']}" for x in runs)
-        done = f" ({ended}: scores above)" if runs else ""
+        done = (f" ({ended}); they are kept in {parts}, and the same command (same recipe, encoder and data) "
+                "continues from them" if runs else "; none had ended, so the same command starts again")
         old = out_dir / "finetune.json"
-        kept = f"; {old} is the earlier fine-tune's, unchanged" if old.is_file() else ""
-        raise KeyboardInterrupt(f"interrupted after {len(runs)} of {trainings} arm × seed trainings{done}; nothing "
-                                f"was written (finetune.json and its figures are written once all have ended){kept} "
-                                "— run the command again, with fewer seeds if time is short") from None
+        unchanged = f"; {old} is the earlier fine-tune's, unchanged" if old.is_file() else ""
+        raise KeyboardInterrupt(f"interrupted after {len(runs)} of {trainings} arm × seed trainings{done} "
+                                f"(finetune.json and its figures are written once all have ended){unchanged}") \
+            from None
 
 
 def _notes(meta: dict[str, Any], info: dict[str, Any]) -> list[str]:
