@@ -293,6 +293,11 @@ def test_an_out_that_is_a_file_stops_before_training(run_dir: Path, tmp_path: Pa
     (tmp_path / "o" / "finetune.json").mkdir(parents=True)
     assert main(["finetune", str(run_dir), "--out", str(tmp_path / "o")]) == 2
     assert "finetune.json', a folder where finetune writes its results file" in capsys.readouterr().err
+    (tmp_path / "p" / ft.PARTS).parent.mkdir()
+    (tmp_path / "p" / ft.PARTS).write_text("the user's file")
+    assert main(["finetune", str(run_dir), "--out", str(tmp_path / "p")]) == 2
+    assert "finetune-parts', a file where finetune writes its folder of the trainings that ended" in \
+        capsys.readouterr().err
     other = tmp_path / "other-run"  # another run's directory: its own finetune.json would be replaced
     other.mkdir()
     (other / "encoder.json").write_text("{}")
