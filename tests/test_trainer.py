@@ -649,7 +649,7 @@ def test_resuming_a_run_that_max_steps_ended_says_how_to_train_further(tmp_path:
     pretrain(tiny_recipe("train.max_steps=1"), out, console=quiet())
     console = Console(record=True, width=400)
     pretrain(tiny_recipe("train.max_steps=1"), out, resume=True, console=console)
-    assert ("all 1 steps were done before: the final evaluation and the export only (train.max_steps=1 of the "
+    assert ("the 1 step was done before: the final evaluation and the export only (train.max_steps=1 of the "
             "recipe's 8: add --set train.max_steps=N, or null for all, to train further)") in console.export_text()
     assert pretrain(tiny_recipe("train.max_steps=null"), out, resume=True, console=quiet())["steps"] == 8
     console = Console(record=True, width=400)
