@@ -34,17 +34,26 @@ class DistInfo:
         return self.world > 1
 
 
+def launched() -> DistInfo:
+    """The rank facts that ``torchrun`` puts in the environment (one process without it), read without joining
+    the process group: for what a process says before it joins, or after it left."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
     """Joins the process group that ``torchrun`` describes in the environment (NCCL on GPUs, gloo on CPUs).
 
     Returns:
         The rank facts, and the device this rank must use (None: let the caller choose, single process).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), None
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    info = launched()
+    if not info.active:
+        return info, None
+    local_rank = info.local_rank
     if device_name.startswith("cuda") and not torch.cuda.is_available():  # as one process refuses it
         raise UserError(f"train.device is {device_name!r} but no CUDA device is available — use train.device: "
                         "auto or cpu")
@@ -53,8 +62,8 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-        return DistInfo(rank, world, local_rank, local_world), torch.device("cuda", local_rank)
-    return DistInfo(rank, world, local_rank, local_world), torch.device("cpu")
+        return info, torch.device("cuda", local_rank)
+    return info, torch.device("cpu")
 
 
 _failed_together = False  # main_work ended in a failure that every rank knows of: shutdown() waits for all

@@ -66,6 +66,7 @@ from sslkit.distributed import (
     barrier,
     gather_objects,
     init_distributed,
+    launched,
     main_work,
     mean_across,
     shutdown,
@@ -88,13 +89,27 @@ from sslkit.step import MEASURED_ENCODER, make_views, simclr_backward, step_if_f
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
 
 
+def resume_command(run: Path) -> str:
+    """The command that continues the run in ``run``, in full: the one the user typed may have been a recipe with
+    --set overrides, which RUN/recipe.yaml already holds.
+
+    Under ``torchrun`` it is a ``torchrun`` command with as many processes: ``sslkit pretrain RUN --resume`` alone
+    continues the run in one process, on one of the devices, with the whole batch in that device's memory.
+    """
+    command = f"sslkit pretrain {shlex.quote(str(run))} --resume"
+    info = launched()
+    if not info.active:
+        return command
+    if info.world == info.local_world:  # one machine
+        return f"torchrun --standalone --nproc_per_node {info.world} -m {command}"
+    return f"torchrun -m {command} on each machine, with the torchrun options as before"
+
+
 class Interrupted(Exception):
     """Raised after a checkpoint was saved in answer to SIGINT/SIGTERM."""
 
     def __init__(self, signum: int, step: int, run: Path | None = None) -> None:
-        # The command to continue, in full: the one the user typed may have been a recipe with --set overrides,
-        # which RUN/recipe.yaml already holds.
-        command = f": sslkit pretrain {shlex.quote(str(run))} --resume" if run is not None else " --resume"
+        command = f": {resume_command(run)}" if run is not None else " --resume"
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved — "
                          f"continue with{command}")
         self.signum, self.step = signum, step
@@ -562,7 +577,7 @@ def _after_failed_write(run: Path, code: int | None) -> str:
         return f"no checkpoint was written yet; {fix}, then start the run again with the same command"
     step, path = saved
     return (f"the run is safe up to step {step:,} ({path} is complete, and no file written before was changed); "
-            f"{fix}, then continue with: sslkit pretrain {run} --resume")
+            f"{fix}, then continue with: {resume_command(run)}")
 
 
 def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | None) -> dict[str, Any]:

@@ -161,7 +161,8 @@ def test_a_write_failed_on_rank_0_ends_every_rank_with_its_status_and_one_line(t
     assert lines == [f"sslkit pretrain: error: could not write {run}/{'checkpoints/' * (nth == 1)}{name}: No space "
                      f"left on device — the run is safe up to step {1 if nth == 1 else 2} ({run}/checkpoints/"
                      f"last.pt is complete, and no file written before was changed); free space on the disk of "
-                     f"{run}, then continue with: sslkit pretrain {run} --resume"], failed.stderr[-3000:]
+                     f"{run}, then continue with: torchrun --standalone --nproc_per_node 2 -m sslkit pretrain {run} "
+                     "--resume"], failed.stderr[-3000:]
     assert "[rank" not in failed.stderr and "Connection closed" not in failed.stderr, failed.stderr[-3000:]
 
 
@@ -175,3 +176,25 @@ def test_torchrun_asking_for_cuda_without_it_is_refused_not_run_on_the_cpu(monke
     with pytest.raises(UserError, match=r"train\.device is 'cuda' but no CUDA device is available"):
         init_distributed("cuda")
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(("world", "local_world", "command"), [
+    (2, 2, "torchrun --standalone --nproc_per_node 2 -m sslkit pretrain 'my run' --resume"),
+    (16, 8, "torchrun -m sslkit pretrain 'my run' --resume on each machine, with the torchrun options as before")])
+def test_under_torchrun_the_command_that_continues_a_run_is_a_torchrun_one(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path, world: int,
+                                                                          local_world: int, command: str) -> None:
+    """After Ctrl-C or a failed write under torchrun, the line said `sslkit pretrain RUN --resume`: followed, it
+    continued the run in one process, on one device, with the whole global batch in its memory."""
+    import signal
+
+    from sslkit.checkpoint import save_checkpoint
+    from sslkit.trainer import Interrupted, _after_failed_write
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"WORLD_SIZE": world, "RANK": 0, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": local_world}.items():
+        monkeypatch.setenv(name, str(value))
+    assert str(Interrupted(signal.SIGINT, 3, Path("my run"))) == ("stopped by SIGINT after step 3; checkpoint saved "
+                                                                  f"— continue with: {command}")
+    save_checkpoint({"step": 3}, Path("my run") / "checkpoints", 3)
+    assert _after_failed_write(Path("my run"), None).endswith(f"fix that, then continue with: {command}")
