@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -116,6 +116,19 @@ def main_work(info: DistInfo, device: torch.device) -> Iterator[None]:
         raise error
     if worst:
         raise OtherRankFailed(worst)
+
+
+def stop_together(error: Exception, info: DistInfo) -> NoReturn:
+    """Ends every rank on ``error``, which each of them reached at the same point: a signal that
+    :func:`any_across` made known to all. Rank 0 raises ``error`` and says it; every other rank raises
+    :class:`OtherRankFailed` with its exit status and says nothing: one message for the run, not one per process.
+    The ranks then leave the process group together (:func:`shutdown`), as after a failed :func:`main_work`."""
+    global _failed_together
+    if info.active:
+        _failed_together = True
+        if not info.is_main:
+            raise OtherRankFailed(_exit_status(error))
+    raise error
 
 
 def barrier(info: DistInfo) -> None:

@@ -70,6 +70,7 @@ from sslkit.distributed import (
     main_work,
     mean_across,
     shutdown,
+    stop_together,
 )
 from sslkit.errors import UserError, WriteError
 from sslkit.host_memory import keep_freed_memory, physical_memory_bytes
@@ -107,6 +108,8 @@ def resume_command(run: Path) -> str:
 
 class Interrupted(Exception):
     """Raised after a checkpoint was saved in answer to SIGINT/SIGTERM."""
+
+    exit_code = EXIT_INTERRUPTED  # the status of the other ranks, which stop with rank 0 (stop_together)
 
     def __init__(self, signum: int, step: int, run: Path | None = None) -> None:
         command = f": {resume_command(run)}" if run is not None else " --resume"
@@ -850,7 +853,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
             if any_across(signals.signum is not None, info, device):  # every rank stops at the same step
                 if not due:  # (this step's checkpoint is already written)
                     checkpoint()
-                raise Interrupted(signals.signum or signal.SIGTERM, step, run)
+                stop_together(Interrupted(signals.signum or signal.SIGTERM, step, run), info)  # one line, rank 0's
 
     # --- the end: final evaluation, encoder export (the last step's checkpoint is written) -------------------
     seconds = time.perf_counter() - t_start

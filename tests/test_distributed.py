@@ -198,3 +198,57 @@ def test_under_torchrun_the_command_that_continues_a_run_is_a_torchrun_one(monke
                                                                   f"— continue with: {command}")
     save_checkpoint({"step": 3}, Path("my run") / "checkpoints", 3)
     assert _after_failed_write(Path("my run"), None).endswith(f"fix that, then continue with: {command}")
+
+
+# `sslkit` whose torchrun gets Ctrl-C at step 2 (rank 1 sends it, then waits until torchrun has passed it on): each
+# process leaves its exit status in RANK.status beside the run, as _FULL_DISK_ON_RANK_0's do.
+_CTRL_C_TO_TORCHRUN = """
+import os, signal, sys, time
+from pathlib import Path
+
+import sslkit.trainer as trainer
+from sslkit.cli import main
+
+run, rank = Path({run!r}), os.environ["RANK"]
+if rank == "1":
+    real, calls = trainer.step_if_finite, []
+
+    def ctrl_c_at_step_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getppid(), signal.SIGINT)  # torchrun, which sends SIGINT on to every process
+            deadline = time.monotonic() + 60
+            while signal.getsignal(signal.SIGINT).__self__.signum is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real(*args, **kwargs)
+
+    trainer.step_if_finite = ctrl_c_at_step_2
+status = "none"
+try:
+    status = main(sys.argv[1:])
+except SystemExit as e:
+    status = e.code
+    raise
+except BaseException as e:
+    status = type(e).__name__
+    raise
+finally:
+    (run.parent / f"{{rank}}.status").write_text(str(status))
+sys.exit(status)
+"""
+
+
+def test_ctrl_c_to_torchrun_saves_a_checkpoint_and_says_one_line_then_the_run_continues(tmp_path: Path) -> None:
+    """Every process stopped after the same step and said it: the line, and the command, twice (once per rank)."""
+    run = tmp_path / "run"
+    launcher = tmp_path / "ctrl_c_to_torchrun.py"
+    launcher.write_text(_CTRL_C_TO_TORCHRUN.format(run=str(run)))
+    stopped = _torchrun(run, program=(str(launcher),), timeout=120)
+    assert (tmp_path / "0.status").read_text() == (tmp_path / "1.status").read_text() == "130", stopped.stderr[-3000:]
+    lines = [x for x in stopped.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+    assert lines == ["sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: torchrun "
+                     f"--standalone --nproc_per_node 2 -m sslkit pretrain {run} --resume"], stopped.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    resumed = _torchrun(run, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
