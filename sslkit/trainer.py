@@ -762,7 +762,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
                       "silence this")
     console.print(f"[bold]sslkit pretrain[/] {r.name}: {r.data.dataset}{split} — {len(data.pool):,} images for "
                   f"pretraining, {r.model.encoder} ({r.model.stem} stem) on {device}"
-                  f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch} × 2 views, "
+                  f"{f' × {info.world} processes' if info.active else ''}, {precision}, batch {batch}"
+                  f"{f' ({local_batch} per process)' if info.active else ''} × 2 views, "
                   f"{steps}{f', resumed at step {step:,}' if state is not None else ''}",
                   soft_wrap=not console.is_terminal)  # a log keeps the header on one line
     if data.monitor_bank is None:

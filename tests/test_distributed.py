@@ -249,6 +249,8 @@ def test_ctrl_c_to_torchrun_saves_a_checkpoint_and_says_one_line_then_the_run_co
     assert lines == ["sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: torchrun "
                      f"--standalone --nproc_per_node 2 -m sslkit pretrain {run} --resume"], stopped.stderr[-3000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    # train.batch_size is the global batch: the header says so ("batch 16 × 2 views" read as each process's)
+    assert "cpu × 2 processes, fp32, batch 16 (8 per process) × 2 views, 8 steps" in stopped.stdout, stopped.stdout
     resumed = _torchrun(run, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
