@@ -1047,7 +1047,10 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
 
 
 def _print_summary(sections: Sequence[Section], path: Path, seconds: float, console: Console) -> None:
-    table = Table(title=f"sslkit report → {path}", title_justify="left")
+    """Each section's status under a line naming the page. The line is printed on its own: as the table's title rich
+    wrapped it to the table's width, which cut the page's path in two in a log."""
+    console.print(f"sslkit report → {path}", highlight=False, soft_wrap=not console.is_terminal)
+    table = Table()
     table.add_column("section")
     table.add_column("status")
     for s in sections:

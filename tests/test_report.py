@@ -833,3 +833,17 @@ def test_a_report_reads_the_image_folder_once(tmp_path: Path, monkeypatch: pytes
         for key in ("augmentations", "clusters", "map", "neighbors", "confusion", "misclassified"):
             assert "<img " in sections[key], (split, key)
         assert len(reads) == 1, f"the {split} page read the image folder {len(reads)} times"
+
+
+def test_the_summary_names_the_page_on_one_line_in_a_log(tmp_path: Path) -> None:
+    """The summary's heading is a line of its own: as the status table's title, rich wrapped it to the table's
+    width and a log got the page's path in two pieces."""
+    from sslkit.report import Section, _print_summary
+
+    page = tmp_path / ("a-long-folder-name-of-runs-" * 3) / "report.html"
+    page.parent.mkdir()
+    page.write_text("<html></html>")
+    out = io.StringIO()
+    _print_summary([Section("overview", "Overview"), Section("probe", "Linear probe", missing="run <code>x</code>")],
+                   page, 1.0, Console(file=out, width=LOG_COLUMNS))
+    assert any(f"sslkit report → {page}" in line for line in out.getvalue().splitlines()), out.getvalue()
