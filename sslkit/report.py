@@ -684,6 +684,17 @@ def probe_protocol(probe: dict[str, Any]) -> str:
     return text + (f" (here {'; '.join(used)})." if used else ".")
 
 
+def knn_protocol(probe: dict[str, Any]) -> str:
+    """How the k-NN rows vote, as a sentence (plain text), from ``probe.json``'s protocol; empty for a probe.json that
+    does not record its temperature. The table's "weighted" and "majority" mean nothing without it."""
+    temperature = (probe.get("protocol") or {}).get("knn_temperature")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        return ""
+    return ("k-NN: the k labeled train images nearest to each scored image by cosine similarity of the features vote "
+            f"for their class, each with weight exp(similarity / {temperature:g}) (weighted) or one vote "
+            "(majority).")
+
+
 def build_report(run: str | Path, split: str = "test", method: str = "umap", out: str | Path | None = None,
                  seed: int = 0, max_points: int = MAX_MAP_POINTS, console: Console | None = None,
                  data_root: str | Path | None = None) -> Path:
@@ -894,7 +905,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 "Baselines: <b>raw_pixels</b> (the images, normalised and flattened) and <b>random_init</b> (the "
                 "same architecture with random weights), both on images normalised with the labeled train "
                 "split's own mean and std. Best score of each row in bold (not silhouette's, which does not "
-                f"compare across feature spaces). {_esc(probe_protocol(probe))}</p>")
+                f"compare across feature spaces). {_esc(probe_protocol(probe))} {_esc(knn_protocol(probe))}</p>")
             probe_sec.body.append(metrics_table(models, rows, BASELINES))
             probe_sec.body += [f'<div class="note">{_esc(note)}</div>' for note in probe.get("notes", [])]
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:

@@ -70,7 +70,8 @@ def write_probe(run: Path, labels: torch.Tensor, split: str = "test", score: flo
               "classes": [f"class {c}" for c in range(10)], "sizes": {"train": 10_000, split: len(labels)},
               "checkpoint_sha256": json.loads((run / "encoder.json").read_text())["sha256"], "encoder": "resnet18",
               "seed": 0, "fractions": fractions, "compare": {}, "seconds": 3.0, "models": models,
-              "protocol": {"linear_val_fraction": 0.1, "linear_cv_below": 2000, "linear_cv_folds": 5}}
+              "protocol": {"linear_val_fraction": 0.1, "linear_cv_below": 2000, "linear_cv_folds": 5,
+                           "knn_temperature": 0.07}}
     results, saved, _ = probe_files(run, split)
     results.write_text(json.dumps(report))
     predictions = labels.clone()
@@ -180,6 +181,8 @@ def test_report_is_one_self_contained_page(run: Path, page: Path) -> None:
     assert ("or, where that part would hold fewer than 2,000 images, by 5-fold stratified cross-validation scored on "
             "every held-out prediction (here 1% of labels: 5 folds; 10% of labels: 5 folds; all labels: 5 folds)."
             ) in bodies["probe"], "how the L2 strength was chosen is stated beside the probe's table"
+    assert "vote for their class, each with weight exp(similarity / 0.07) (weighted) or one vote (majority)." in (
+        bodies["probe"]), "what the k-NN rows' weighted and majority mean is stated beside the table"
     assert "temperature" in text and "quickstart" in text, "the recipe is in the page"
     for name in ("training_curves", "augmentations", "kmeans_clusters", "report-umap-test", "neighbors-test",
                  "confusion_matrix", "misclassified", "kernels", "label_efficiency"):
@@ -207,6 +210,13 @@ def test_probe_protocol_states_the_rule_and_each_fractions_folds() -> None:
         "The linear probes' L2 strength is chosen on the labeled train images alone: on a stratified 10% validation "
         "part.")
     assert probe_protocol(dict(probe, protocol={})) == probe_protocol({}) == ""
+
+
+def test_knn_protocol_states_the_vote_from_the_recorded_temperature() -> None:
+    from sslkit.report import knn_protocol
+
+    assert "exp(similarity / 0.07)" in knn_protocol({"protocol": {"knn_temperature": 0.07}})
+    assert knn_protocol({"protocol": {}}) == knn_protocol({}) == "", "a probe.json without it: nothing is claimed"
 
 
 def _stub_figure(*args: object, **kwargs: object) -> Path:
