@@ -159,7 +159,12 @@ def plot_label_efficiency(report: dict[str, Any], path: Path) -> Path:
     if high / max(low, 1e-12) > 8:
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     else:
-        ticks = [v for v in MaxNLocator(nbins=6).tick_values(low, high) if low <= v <= high and v > 0]
+        values = MaxNLocator(nbins=6).tick_values(low, high)
+        # The axis reaches down to the round value below the lowest point, so that the lowest curve (the encoder's,
+        # as a rule) has a label under it too: 11.4 % sat under the lowest label, 15 %, with none below.
+        low = max([v for v in values if 0 < v <= low], default=low)
+        ax.set_ylim(low, high)
+        ticks = [v for v in values if low <= v <= high and v > 0]
         ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     ax.yaxis.set_minor_formatter(NullFormatter())

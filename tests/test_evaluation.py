@@ -581,6 +581,25 @@ def test_a_label_fraction_too_small_for_every_class_is_explained(tmp_path: Path)
     plot_label_efficiency(saved, tmp_path / "efficiency.png")
 
 
+def test_label_efficiency_has_a_round_tick_below_its_lowest_point(tmp_path: Path, monkeypatch) -> None:
+    """The errors of the published Fashion-MNIST run (11.4 % to 32.8 %): the encoder's last point was under the
+    axis's lowest label (15 %), with no label below it."""
+    from sslkit import viz
+
+    drawn = []
+    monkeypatch.setattr(viz, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    top1 = {"encoder": (0.8183, 0.8589, 0.8855), "raw_pixels": (0.7739, 0.8294, 0.8473),
+            "random_init": (0.6716, 0.7268, 0.7597)}
+    models = {name: {f"label_fraction.{f:g}.{key}": value for f, t in zip((0.01, 0.1, 1.0), scores, strict=True)
+                     for key, value in (("top1", t), ("n", round(60_000 * f)))} for name, scores in top1.items()}
+    plot_label_efficiency({"models": models, "fractions": [0.01, 0.1, 1.0], "split": "test", "dataset": "fashion-mnist",
+                           "sizes": {"test": 10_000}}, tmp_path / "efficiency.png")
+    ax = drawn[0].axes[0]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert min(ticks) <= 1 - 0.8855 < max(ticks), ticks
+
+
 def test_baselines_do_not_depend_on_the_runs_normalisation(tmp_path: Path) -> None:
     # Two runs of the same data whose pretraining pools gave different mean/std: their baseline rows must agree
     # (they are normalised by the labeled train split), while their encoders see differently normalised inputs.
