@@ -1045,7 +1045,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         done("fine-tuning")
 
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    named = f"{split} split{described.removeprefix(split)}"  # val split (a fixed, stratified 17% of …)
+    named = f"{split} split{described.removeprefix(split)}"  # val split (a fixed, stratified sixth of …)
     subtitle = (f"{_esc(meta['dataset'])} · {_esc(meta['encoder'])} ({_esc(meta['stem'])} stem) · scores and figures "
                 f"of the {_esc(named)} · made {stamp}")
     title = f"sslkit report — {run.name}" + ("" if split == "test" else f" ({split} split)")

@@ -720,6 +720,7 @@ def test_probe_on_val_holds_a_fixed_part_of_train_out_of_the_probes(tmp_path: Pa
     meta = read_run_meta(run)
     labeled, fitted, held, described = labeled_splits(meta, "val")
     assert (len(labeled), len(fitted), len(held)) == (48, 40, 8) and "held out of the probes" in described
+    assert "a fixed, stratified sixth of the labeled train split" in described  # it read "17%", a rounded share
     assert set(held.ids).isdisjoint(fitted.ids) and set(held.ids) | set(fitted.ids) == set(labeled.ids)
     counts = torch.bincount(held.labels, minlength=3)
     assert int(counts.max() - counts.min()) <= 1  # stratified: 16 train images a class

@@ -87,6 +87,7 @@ BASELINES = ("raw_pixels", "random_init")
 
 HELD_OUT = "val"  # --split val: a part of the labeled train split, held out of the probes, for comparing runs
 HELD_OUT_SHARE = 1 / 6  # Fashion-MNIST: 10,000 of 60,000, the size of its test split
+HELD_OUT_SHARE_WORD = "sixth"  # as messages and pages say it ("17%" read as a rounded share)
 HELD_OUT_SEED = 0  # the same part for every run and every --seed, so that runs are compared on the same images
 
 
@@ -153,10 +154,10 @@ def labeled_splits(meta: dict[str, Any], split: str, load: SplitLoader | None = 
         train = labeled(load(meta, ("train",))[0])
         if len(train) < 2 / HELD_OUT_SHARE:
             raise UserError(f"--split {HELD_OUT}: the train split of {meta['dataset']} has {len(train)} labeled "
-                            f"images, too few to hold out a {HELD_OUT_SHARE:.0%} part — use test")
+                            f"images, too few to hold out a {HELD_OUT_SHARE_WORD} — use test")
         held, rest = held_out_parts(train.labels)
         fitted, evaluation = train.subset(rest), train.subset(held)
-        described = (f"{HELD_OUT} (a fixed, stratified {HELD_OUT_SHARE:.0%} of the labeled train split, held out of "
+        described = (f"{HELD_OUT} (a fixed, stratified {HELD_OUT_SHARE_WORD} of the labeled train split, held out of "
                      "the probes)")
     else:  # both in one read: an image folder's are cut from one read of the whole folder (load_splits)
         train, evaluation = (labeled(source) for source in load(meta, ("train", split)))
