@@ -876,3 +876,12 @@ def test_the_probes_caches_and_predictions_are_fsynced_before_they_are_renamed_i
     with pytest.raises(ZeroDivisionError):
         features_mod.atomic_save_npy(target, np.arange(5))
     assert np.array_equal(np.load(target), np.arange(3)) and not list(target.parent.glob(".tmp-*"))
+
+
+def test_a_run_compared_with_itself_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    """`sslkit probe RUN --compare RUN` probed the run twice and showed the same column again under its path."""
+    run = tiny_run(tmp_path)
+    assert main(["probe", str(run), "--compare", str(run / ".")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sslkit probe: error: --compare {run} is the run being probed — compare it with other runs\n", err
+    assert not (run / "probe.json").exists() and not (run / "features").exists()

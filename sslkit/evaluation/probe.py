@@ -267,6 +267,8 @@ def _model_names(run: Path, others: Sequence[Path]) -> list[str]:
     """Table names of the compared runs: their folder names, or their paths where those collide."""
     names = []
     for other in others:
+        if other.resolve() == run.resolve():  # it was probed twice, its column beside itself under its path
+            raise UserError(f"--compare {other} is the run being probed — compare it with other runs")
         name = other.name
         if name in ("encoder", *BASELINES) or name == run.name or [o.name for o in others].count(name) > 1:
             name = str(other)
