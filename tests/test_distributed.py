@@ -113,21 +113,9 @@ def test_torchrun_calibrated_export_and_sync_bn_refused_on_cpu(tmp_path: Path) -
     assert not (tmp_path / "sync" / "checkpoints").exists()
 
 
-# `sslkit` with rank 0's disk full: test_reliability's fault, from the nth write of one file of the run on. Each
-# process leaves the status it ended with (or the exception it ended in) in RANK.status beside the run.
-_FULL_DISK_ON_RANK_0 = """
-import errno, os, sys
-from pathlib import Path
-
-sys.path.insert(0, {tests!r})
-run, rank = Path({run!r}), os.environ["RANK"]
-if rank == "0":
-    import pytest
-    from test_reliability import fail_writes
-
-    fail_writes(pytest.MonkeyPatch(), {name!r}, {nth}, errno.ENOSPC, run)
-from sslkit.cli import main
-
+# The end of the launcher scripts below: runs `sslkit` and leaves the status the process ended with (or the exception
+# it ended in) in RANK.status beside the run. (Doubled braces: the scripts go through str.format.)
+_RUN_AND_RECORD_STATUS = """
 status = "none"
 try:
     status = main(sys.argv[1:])
@@ -141,6 +129,23 @@ finally:
     (run.parent / f"{{rank}}.status").write_text(str(status))
 sys.exit(status)
 """
+
+
+# `sslkit` with rank 0's disk full: test_reliability's fault, from the nth write of one file of the run on.
+_FULL_DISK_ON_RANK_0 = """
+import errno, os, sys
+from pathlib import Path
+
+sys.path.insert(0, {tests!r})
+run, rank = Path({run!r}), os.environ["RANK"]
+if rank == "0":
+    import pytest
+    from test_reliability import fail_writes
+
+    fail_writes(pytest.MonkeyPatch(), {name!r}, {nth}, errno.ENOSPC, run)
+from sslkit.cli import main
+
+""" + _RUN_AND_RECORD_STATUS
 
 
 @pytest.mark.parametrize(("name", "nth"), [("step-2.pt", 1), ("metrics.jsonl", 5)],
@@ -200,8 +205,7 @@ def test_under_torchrun_the_command_that_continues_a_run_is_a_torchrun_one(monke
     assert _after_failed_write(Path("my run"), None).endswith(f"fix that, then continue with: {command}")
 
 
-# `sslkit` whose torchrun gets Ctrl-C at step 2 (rank 1 sends it, then waits until torchrun has passed it on): each
-# process leaves its exit status in RANK.status beside the run, as _FULL_DISK_ON_RANK_0's do.
+# `sslkit` whose torchrun gets Ctrl-C at step 2 (rank 1 sends it, then waits until torchrun has passed it on).
 _CTRL_C_TO_TORCHRUN = """
 import os, signal, sys, time
 from pathlib import Path
@@ -223,19 +227,7 @@ if rank == "1":
         return real(*args, **kwargs)
 
     trainer.step_if_finite = ctrl_c_at_step_2
-status = "none"
-try:
-    status = main(sys.argv[1:])
-except SystemExit as e:
-    status = e.code
-    raise
-except BaseException as e:
-    status = type(e).__name__
-    raise
-finally:
-    (run.parent / f"{{rank}}.status").write_text(str(status))
-sys.exit(status)
-"""
+""" + _RUN_AND_RECORD_STATUS
 
 
 def test_ctrl_c_to_torchrun_saves_a_checkpoint_and_says_one_line_then_the_run_continues(tmp_path: Path) -> None:
