@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 
 from sslkit.errors import SslkitWarning, UserError, WriteError
 
-EXIT_NONFINITE = 3
 LOG_COLUMNS = 160  # rich's width when no standard stream is a terminal (its default, 80, wraps sslkit's tables)
 
 
@@ -261,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except NonFiniteLoss as e:
         print(f"sslkit {args.command}: stopped: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return e.exit_code  # 3
     except Interrupted as e:
         print(f"sslkit {args.command}: {e}", file=sys.stderr)
         return 130

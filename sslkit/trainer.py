@@ -121,6 +121,8 @@ class Interrupted(Exception):
 class NonFiniteLoss(Exception):
     """Raised when the loss is NaN/Inf and the recipe says stop (or the skip cap is reached)."""
 
+    exit_code = 3  # the CLI's status for it, and the other ranks' (stop_together)
+
 
 @dataclass
 class Data:
@@ -812,10 +814,11 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
                 skipped += 1
                 if r.train.nonfinite == "stop" or skipped > r.train.max_skips:
                     saved = " and the last checkpoint is intact" if _holds_checkpoints(ckpt_dir) else ""
-                    raise NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} (epoch "
-                                        f"{epoch + 1}); no update was applied{saved} — "
-                                        "lower optim.lr or raise loss.temperature"
-                                        f"{', or use train.precision: fp32' if precision != 'fp32' else ''}")
+                    # Every rank skipped this step (the gradients are all-reduced): one line for the run, rank 0's.
+                    fp32 = ", or use train.precision: fp32" if precision != "fp32" else ""
+                    stop_together(NonFiniteLoss(f"non-finite loss ({loss.item()}) or gradients at step {step + 1} "
+                                                f"(epoch {epoch + 1}); no update was applied{saved} — lower optim.lr "
+                                                f"or raise loss.temperature{fp32}"), info)
                 console.print(f"[yellow]step {step + 1}: non-finite loss or gradients, step skipped "
                               f"({skipped}/{r.train.max_skips})")
             step += 1

@@ -246,3 +246,37 @@ def test_ctrl_c_to_torchrun_saves_a_checkpoint_and_says_one_line_then_the_run_co
     resumed = _torchrun(run, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+
+
+# `sslkit` whose every rank finds step 2's gradients non-finite (as all do when one does: they are all-reduced).
+_NONFINITE_AT_STEP_2 = """
+import os, sys
+from pathlib import Path
+
+import sslkit.trainer as trainer
+from sslkit.cli import main
+
+run, rank = Path({run!r}), os.environ["RANK"]
+real, calls = trainer.step_if_finite, []
+
+
+def nonfinite_at_step_2(*args, **kwargs):
+    calls.append(1)
+    return False if len(calls) == 2 else real(*args, **kwargs)
+
+
+trainer.step_if_finite = nonfinite_at_step_2
+""" + _RUN_AND_RECORD_STATUS
+
+
+def test_a_nonfinite_stop_under_torchrun_is_one_line_and_status_3_on_every_rank(tmp_path: Path) -> None:
+    """Every rank stopped at the same step, and each said so: the same 'stopped: non-finite loss' line once per
+    process."""
+    run = tmp_path / "run"
+    launcher = tmp_path / "nonfinite_at_step_2.py"
+    launcher.write_text(_NONFINITE_AT_STEP_2.format(run=str(run)))
+    stopped = _torchrun(run, program=(str(launcher),), timeout=120)
+    assert (tmp_path / "0.status").read_text() == (tmp_path / "1.status").read_text() == "3", stopped.stderr[-3000:]
+    lines = [x for x in stopped.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+    assert len(lines) == 1 and lines[0].startswith("sslkit pretrain: stopped: non-finite loss ("), lines
+    assert "or gradients at step 2 (epoch 1); no update was applied" in lines[0], lines
