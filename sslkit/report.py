@@ -518,6 +518,13 @@ footer { color:var(--muted); font-size:12px; padding:10px 0 30px; }
   .wrap { padding:0 10px; } section { padding:4px 12px 12px; }
   figure a { text-decoration:none; }
   figure a::after { content:"tap to open at full size"; display:block; font-size:12px; color:var(--muted); }
+  /* A table wider than the screen scrolls sideways under its names, which stay; the hint says there is more (the
+     baselines' columns were cut off at a column's edge, with nothing to tell they were there). */
+  .scroll tr > :first-child { position:sticky; left:0; z-index:1; background:white; box-shadow:2px 0 3px -2px #0003; }
+  .scroll thead tr > :first-child { background:#f0f3f8; }
+  .scroll tbody tr:nth-child(even) > :first-child { background:#fafbfd; }
+  .scroll::before { content:"wider than the screen? swipe the table sideways for every column"; display:block;
+                   font-size:12px; color:var(--muted); position:sticky; left:0; }
 }
 """
 

@@ -600,6 +600,10 @@ MEASURE_FIGURES = """<script>addEventListener("load", () => {
     wrapped: names.filter(c => lines(c) > 1).map(c => c.textContent), cells: names.length,
     outside: boxes.filter(b => right(b) > right(b.closest("section"))).length,
     scrolling: boxes.filter(b => b.scrollWidth > b.clientWidth).length,
+    boxes: boxes.length, hinted: boxes.filter(b => getComputedStyle(b, "::before").content.includes("swipe")).length,
+    kept: boxes.filter(b => b.scrollWidth > b.clientWidth).map(b => { b.scrollLeft = b.scrollWidth;
+      return Math.round(b.querySelector("tr > :first-child").getBoundingClientRect().left
+                        - b.getBoundingClientRect().left); }),
     page: Math.max(...[...document.querySelectorAll("section")].map(right))});
   document.body.append(out, tables);
 });</script>"""
@@ -636,6 +640,10 @@ def test_on_a_phone_every_figure_is_shown_whole_and_never_enlarged(page: Path, t
     tables = json.loads(html.unescape(re.search(r'<pre id="tables">([^<]*)</pre>', proc.stdout).group(1)))
     assert tables["cells"] > 20 and tables["wrapped"] == [], tables["wrapped"]
     assert tables["scrolling"] > 0 and tables["outside"] == 0 and tables["page"] <= 390, tables
+    # Scrolled to its right end, a wide table keeps its names in view (they scrolled away with the rest, and the
+    # baselines' columns, cut at a column's edge, gave no sign of being there), and each table says it may scroll.
+    assert tables["kept"] and all(abs(x) <= 1 for x in tables["kept"]), tables["kept"]
+    assert tables["hinted"] == tables["boxes"] > 0, tables
 
 
 def test_centered_mean_follows_a_falling_loss_without_lag_and_equals_the_naive_window():
