@@ -733,7 +733,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     """
     from sslkit.data import scored_splits, unscored_reason
     from sslkit.evaluation.clustering import kmeans
-    from sslkit.evaluation.probe import BASELINES, ROWS, score_rows
+    from sslkit.evaluation.probe import BASELINES, KMEANS_RESTARTS, ROWS, score_rows
     from sslkit.viz import (
         MAP_NAMES,
         plot_clusters,
@@ -956,11 +956,15 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                                  f'<div class="note">{no_probe}</div>')
         k = max(2, len(torch.unique(source.labels[source.labels >= 0]))) if bool((source.labels >= 0).any()) else 10
         k = min(k, len(source))
-        assign = kmeans(feats, k, seed=seed)
+        # The probe's seed and restarts: the clusters drawn are the ones its table beside them scored (with the
+        # page's --seed they were another clustering whenever that seed differed). --seed picks the members shown.
+        km_seed = int(probe.get("seed", seed)) if probe else seed
+        assign = kmeans(feats, k, seed=km_seed, restarts=KMEANS_RESTARTS)
         path = plot_clusters(source.images, assign, source.labels, source.classes,
                              figures / split_file("kmeans_clusters.png", split),
-                             seed=seed, title=f"k-means (k={k}) on {len(source):,} {split} images: random members, "
-                                              "green = the cluster's majority class, red = another (named)")
+                             seed=seed, title=f"k-means (k={k}, seed {km_seed}) on {len(source):,} {split} images: "
+                                              "random members, green = the cluster's majority class, red = another "
+                                              "(named)")
         clusters.body.append(img(path, "k-means cluster samples"))
         sections.append(clusters)
         done("k-means")

@@ -865,3 +865,22 @@ def test_the_summary_names_the_page_on_one_line_in_a_log(tmp_path: Path) -> None
     _print_summary([Section("overview", "Overview"), Section("probe", "Linear probe", missing="run <code>x</code>")],
                    page, 1.0, Console(file=out, width=LOG_COLUMNS))
     assert any(f"sslkit report → {page}" in line for line in out.getvalue().splitlines()), out.getvalue()
+
+
+def test_the_kmeans_figure_draws_the_clustering_the_probe_scored_whatever_the_pages_seed(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sslkit report --seed 3` clustered with seed 3 while the table beside the figure held the probe's seed-0
+    clustering's scores: two clusterings in one section. The clusters now come from the probe's seed and restarts;
+    the page's seed still picks the members shown."""
+    from sslkit.evaluation import clustering
+    from sslkit.evaluation.probe import KMEANS_RESTARTS
+
+    real, calls = clustering.kmeans, []
+
+    def recorded(x: torch.Tensor, k: int, seed: int = 0, restarts: int = 5, **kwargs: object) -> torch.Tensor:
+        calls.append((seed, restarts))
+        return real(x, k, seed=seed, restarts=restarts, **kwargs)
+
+    monkeypatch.setattr(clustering, "kmeans", recorded)
+    build_report(run, seed=3, max_points=MAX_POINTS, out=tmp_path / "seed3.html", console=quiet())
+    assert calls == [(0, KMEANS_RESTARTS)], calls  # probe.json's seed is 0
