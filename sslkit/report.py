@@ -16,6 +16,7 @@ images, into ``report-val.html``, and shows no number of another split.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -406,9 +407,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequen
 
 
 def metrics_table(models: dict[str, dict[str, Any]], rows: Sequence[tuple[str, str]],
-                  baselines: Sequence[str] = ()) -> str:
-    """Metrics as rows, models as columns, each score row's best value in bold by ``sslkit probe``'s rule
-    (:func:`~sslkit.evaluation.probe.best_score`: rows of settings, sizes, times and spreads are not bolded)."""
+                  baselines: Sequence[str] = (), heading: Callable[[str], str] = str) -> str:
+    """Metrics as rows, models as columns headed ``heading(name)``, each score row's best value in bold by ``sslkit
+    probe``'s rule (:func:`~sslkit.evaluation.probe.best_score`: rows of settings, sizes, times and spreads are not
+    bolded)."""
     names = list(models)
     out = []
     for key, label in rows:
@@ -416,7 +418,7 @@ def metrics_table(models: dict[str, dict[str, Any]], rows: Sequence[tuple[str, s
         best = best_score(key, values)
         cells = [f"<b>{_fmt(key, v)}</b>" if best is not None and v == best else _fmt(key, v) for v in values]
         out.append([_esc(label), *cells])
-    header = ["metric", *[_esc(n) for n in names]]
+    header = ["metric", *[_esc(heading(n)) for n in names]]
     classes = ["", *["num baseline" if n in baselines else "num" for n in names]]
     return _table(header, out, classes)
 
@@ -733,7 +735,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     """
     from sslkit.data import scored_splits, unscored_reason
     from sslkit.evaluation.clustering import kmeans
-    from sslkit.evaluation.probe import BASELINES, KMEANS_RESTARTS, ROWS, score_rows
+    from sslkit.evaluation.probe import BASELINES, KMEANS_RESTARTS, ROWS, column_name, score_rows
     from sslkit.viz import (
         MAP_NAMES,
         plot_clusters,
@@ -895,6 +897,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         done("augmentations")
 
         # probe
+        heading = functools.partial(column_name, probe) if probe else str  # the run named beside --compare runs
         probe_sec = Section("probe", "Linear probe, k-NN and baselines")
         eff = Section("label-efficiency", "Label efficiency")
         if probe:
@@ -913,7 +916,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 "same architecture with random weights), both on images normalised with the labeled train "
                 "split's own mean and std. Best score of each row in bold (not silhouette's, which does not "
                 f"compare across feature spaces). {_esc(probe_protocol(probe))} {_esc(knn_protocol(probe))}</p>")
-            probe_sec.body.append(metrics_table(models, rows, BASELINES))
+            probe_sec.body.append(metrics_table(models, rows, BASELINES, heading))
             probe_sec.body += [f'<div class="note">{_esc(note)}</div>' for note in probe.get("notes", [])]
             if probe.get("checkpoint_sha256") and probe["checkpoint_sha256"] != meta["sha256"]:
                 probe_sec.body.append(f'<div class="note">{_esc(results.name)} was measured on another encoder '
@@ -927,7 +930,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 for f in probe["fractions"]:
                     key = f"label_fraction.{f:g}"
                     eff_rows.append((f"{key}.top1", f"{100 * f:g}% of labels (n={_count(first.get(f'{key}.n'))})"))
-                eff.body.append(metrics_table(models, eff_rows, BASELINES))
+                eff.body.append(metrics_table(models, eff_rows, BASELINES, heading))
             else:
                 eff.missing = f"{_esc(results.name)} holds no label fractions."
         elif no_probe is not None:
@@ -949,7 +952,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
             km_rows = [(k, label) for k, label in ROWS if k.startswith("kmeans.")]
             clusters.body.append('<p class="muted">Spherical k-means with k = number of classes on the '
                                  f"{_esc(probe['split'])} features; scored against the labels.</p>")
-            clusters.body.append(metrics_table(probe["models"], km_rows, BASELINES))
+            clusters.body.append(metrics_table(probe["models"], km_rows, BASELINES, heading))
         else:
             clusters.body.append(f'<div class="note">Metrics (silhouette, NMI, ARI, purity) come from '
                                  f"{_cmd(probe_cmd)}, which has not been run.</div>" if no_probe is None else

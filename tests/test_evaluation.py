@@ -885,3 +885,22 @@ def test_a_run_compared_with_itself_is_refused_before_any_work(tmp_path: Path, c
     err = capsys.readouterr().err
     assert err == f"sslkit probe: error: --compare {run} is the run being probed — compare it with other runs\n", err
     assert not (run / "probe.json").exists() and not (run / "features").exists()
+
+
+def test_beside_compared_runs_the_probed_runs_column_is_named_after_it(tmp_path: Path) -> None:
+    """With --compare, the other runs' columns carry their folder names and the probed run's said only "encoder":
+    which run that was went unsaid, in the terminal table and on the page."""
+    from sslkit.report import build_report
+
+    run, other = tiny_run(tmp_path), tiny_run(tmp_path, "other")
+    console = Console(record=True, width=200)
+    run_probe(run, compare=[other], fractions=(1.0,), console=console)
+    header = next(line for line in console.export_text().splitlines() if "metric" in line)
+    assert re.findall(r"encoder \(run\)|other|raw_pixels|random_init", header) == [
+        "encoder (run)", "other", "raw_pixels", "random_init"], header
+    page = build_report(run, max_points=20, console=Console(quiet=True)).read_text()
+    assert ">encoder (run)</th>" in page and ">encoder</th>" not in page
+    run_probe(run, fractions=(1.0,), console=(alone := Console(record=True, width=200)))  # without --compare
+    header = next(line for line in alone.export_text().splitlines() if "metric" in line)
+    assert re.findall(r"\S+", header.replace("│", " ").replace("┃", " ")) == ["metric", "encoder", "raw_pixels",
+                                                                             "random_init"], header

@@ -516,6 +516,14 @@ def best_score(key: str, values: Sequence[Any]) -> float | None:
     return max(finite) if len(finite) > 1 and ranked(key) else None
 
 
+def column_name(report: dict[str, Any], name: str) -> str:
+    """A model's column heading in the probe's tables: the probed run's is ``encoder``, named after its folder as
+    well where ``--compare`` runs stand beside it under theirs (which of them "encoder" was went unsaid)."""
+    if name == "encoder" and report.get("compare"):
+        return f"encoder ({Path(str(report.get('run', ''))).name or 'this run'})"
+    return name
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
     """Metrics as rows, models as columns (encoder first, baselines after); each score row's best value in bold."""
     models = report["models"]
@@ -526,7 +534,7 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     table = Table()
     table.add_column("metric")
     for name in models:
-        table.add_column(name, justify="right", style="dim" if name in BASELINES else None)
+        table.add_column(column_name(report, name), justify="right", style="dim" if name in BASELINES else None)
     first = next(iter(models.values()))
     rows = score_rows(models)
     rows += [(f"label_fraction.{f:g}.top1",
