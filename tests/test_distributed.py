@@ -131,6 +131,19 @@ sys.exit(status)
 """
 
 
+def _launch(tmp_path: Path, script: str, *extra: str, **fields: object
+            ) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
+    """Runs the launcher ``script`` (one ending in _RUN_AND_RECORD_STATUS, formatted with ``run`` and ``fields``) under
+    torchrun on the run ``tmp_path/run``; returns what torchrun gave, each rank's status and sslkit's stderr lines."""
+    run = tmp_path / "run"
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(script.format(run=str(run), **fields))
+    done = _torchrun(run, *extra, program=(str(launcher),), timeout=120)
+    statuses = [(tmp_path / f"{rank}.status").read_text() if (tmp_path / f"{rank}.status").is_file() else "none"
+                for rank in (0, 1)]
+    return done, statuses, [x for x in done.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+
+
 # `sslkit` with rank 0's disk full: test_reliability's fault, from the nth write of one file of the run on.
 _FULL_DISK_ON_RANK_0 = """
 import errno, os, sys
@@ -156,13 +169,11 @@ def test_a_write_failed_on_rank_0_ends_every_rank_with_its_status_and_one_line(t
     next collective: on gloo it died there in a traceback ("Connection closed by peer"), and torchrun reported it
     as the first failure or killed it (SIGTERM); on NCCL it waited for the process group's timeout (minutes)."""
     run = tmp_path / "run"
-    launcher = tmp_path / "full_disk_on_rank_0.py"
-    launcher.write_text(_FULL_DISK_ON_RANK_0.format(tests=str(ROOT / "tests"), run=str(run), name=name, nth=nth))
     t0 = time.monotonic()
-    failed = _torchrun(run, "--set", "train.checkpoint_every=1", program=(str(launcher),), timeout=120)
+    failed, statuses, lines = _launch(tmp_path, _FULL_DISK_ON_RANK_0, "--set", "train.checkpoint_every=1",
+                                      tests=str(ROOT / "tests"), name=name, nth=nth)
     assert time.monotonic() - t0 < 100 and failed.returncode != 0, failed.stderr[-2000:]
-    assert (tmp_path / "0.status").read_text() == (tmp_path / "1.status").read_text() == "74", failed.stderr[-3000:]
-    lines = [x for x in failed.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+    assert statuses == ["74", "74"], failed.stderr[-3000:]
     assert lines == [f"sslkit pretrain: error: could not write {run}/{'checkpoints/' * (nth == 1)}{name}: No space "
                      f"left on device — the run is safe up to step {1 if nth == 1 else 2} ({run}/checkpoints/"
                      f"last.pt is complete, and no file written before was changed); free space on the disk of "
@@ -233,11 +244,8 @@ if rank == "1":
 def test_ctrl_c_to_torchrun_saves_a_checkpoint_and_says_one_line_then_the_run_continues(tmp_path: Path) -> None:
     """Every process stopped after the same step and said it: the line, and the command, twice (once per rank)."""
     run = tmp_path / "run"
-    launcher = tmp_path / "ctrl_c_to_torchrun.py"
-    launcher.write_text(_CTRL_C_TO_TORCHRUN.format(run=str(run)))
-    stopped = _torchrun(run, program=(str(launcher),), timeout=120)
-    assert (tmp_path / "0.status").read_text() == (tmp_path / "1.status").read_text() == "130", stopped.stderr[-3000:]
-    lines = [x for x in stopped.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+    stopped, statuses, lines = _launch(tmp_path, _CTRL_C_TO_TORCHRUN)
+    assert statuses == ["130", "130"], stopped.stderr[-3000:]
     assert lines == ["sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: torchrun "
                      f"--standalone --nproc_per_node 2 -m sslkit pretrain {run} --resume"], stopped.stderr[-3000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
@@ -272,11 +280,7 @@ trainer.step_if_finite = nonfinite_at_step_2
 def test_a_nonfinite_stop_under_torchrun_is_one_line_and_status_3_on_every_rank(tmp_path: Path) -> None:
     """Every rank stopped at the same step, and each said so: the same 'stopped: non-finite loss' line once per
     process."""
-    run = tmp_path / "run"
-    launcher = tmp_path / "nonfinite_at_step_2.py"
-    launcher.write_text(_NONFINITE_AT_STEP_2.format(run=str(run)))
-    stopped = _torchrun(run, program=(str(launcher),), timeout=120)
-    assert (tmp_path / "0.status").read_text() == (tmp_path / "1.status").read_text() == "3", stopped.stderr[-3000:]
-    lines = [x for x in stopped.stderr.splitlines() if x.startswith("sslkit pretrain:")]
+    stopped, statuses, lines = _launch(tmp_path, _NONFINITE_AT_STEP_2)
+    assert statuses == ["3", "3"], stopped.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("sslkit pretrain: stopped: non-finite loss ("), lines
     assert "or gradients at step 2 (epoch 1); no update was applied" in lines[0], lines
