@@ -733,7 +733,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
         UserError: a run without an encoder, an unknown split or map method, missing data, or a broken
             ``probe.json`` / ``finetune.json``.
     """
-    from sslkit.data import scored_splits, unscored_reason
+    from sslkit.data import scored_splits, split_description, unscored_reason
     from sslkit.evaluation.clustering import kmeans
     from sslkit.evaluation.probe import BASELINES, KMEANS_RESTARTS, ROWS, column_name, score_rows
     from sslkit.viz import (
@@ -766,7 +766,11 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     foreign = None  # a finetune.json written here by the fine-tune of another run's encoder (its --out)
     if finetune and finetune.get("encoder_sha256") not in (None, meta["sha256"]):
         foreign, finetune = finetune, None
-    finetune_split = finetune.get("split", "test") if finetune else None
+    # finetune.json names its split as split_description does: "test" for most data sets, but for an image folder
+    # "test (20% of the image folder, held out of pretraining)", which is no split's name: the page hid those results
+    # and sent its reader to a --split of that name. The description is read back as the split it describes.
+    described_as = {split_description(meta["dataset"], s): s for s in scored_splits(meta["dataset"])}
+    finetune_split = described_as.get(v := finetune.get("split", "test"), v) if finetune else None
     if finetune_split not in (None, split):  # its numbers are of another split: left to that split's page
         finetune = None
     # Each split of the run's data read once for the whole page (this split, the pretraining one, the probe's).

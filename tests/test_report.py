@@ -884,3 +884,25 @@ def test_the_kmeans_figure_draws_the_clustering_the_probe_scored_whatever_the_pa
     monkeypatch.setattr(clustering, "kmeans", recorded)
     build_report(run, seed=3, max_points=MAX_POINTS, out=tmp_path / "seed3.html", console=quiet())
     assert calls == [(0, KMEANS_RESTARTS)], calls  # probe.json's seed is 0
+
+
+def test_an_image_folder_runs_finetune_results_show_on_its_test_page(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """finetune.json names its split as split_description does, for an image folder "test (20% of the image folder,
+    held out of pretraining)": the test page took that for another split, hid the results and told its reader to
+    run `sslkit report RUN --split test (20% of …)`."""
+    from sslkit.data import split_description
+
+    for name in ("plot_training_curves", "plot_augmentations", "plot_clusters", "plot_map", "plot_neighbors",
+                 "plot_kernels"):
+        monkeypatch.setattr(viz, name, _stub_figure)
+    monkeypatch.setattr(viz, "embed_2d", lambda x, method, seed: np.zeros((len(x), 2), np.float32))
+    run = imagefolder_run(tmp_path)
+    described = split_description("imagefolder", "test")
+    assert described != "test"  # the case at hand
+    summary = {"ssl": {"test_top1.mean": 0.8431}, "supervised": {"test_top1.mean": 0.8211}}
+    (run / "finetune.json").write_text(json.dumps({"name": "ft", "split": described, "sizes": {"labeled": 20},
+                                                   "summary": summary, "runs": []}))
+    text = build_report(run, max_points=20, console=quiet()).read_text(encoding="utf-8")
+    body = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))["finetune"]
+    assert "84.3%" in body and "--split" not in body, body[:600]
