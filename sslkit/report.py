@@ -290,8 +290,8 @@ def probe_predictions(run: Path, meta: dict[str, Any], probe: dict[str, Any], co
     from sslkit.evaluation.linear import linear_probe
 
     train_x, test_x = probe_features(  # the probe's feature cache, sliced for a val probe as the probe does
-        lambda part, source: retrieval.split_features(run, meta, source, "train" if part == "train" else split,
-                                                      console=console)[0], whole, labeled, split)
+        lambda part, source: retrieval.split_features(run, meta, source, part, console=console)[0], whole, labeled,
+        split)
     result = linear_probe(train_x, train.labels, test_x, labeled.labels, len(train.classes),
                           val_fraction=VAL_FRACTION, seed=seed)
     return Predictions(split, labeled, labeled.labels, result.predictions, True)
@@ -301,11 +301,11 @@ def user_grids(run: Path, encoder_sha256: str, split: str = "test", most: int = 
     """The newest ``sslkit neighbors`` grids of the run's ``split`` drawn by its current encoder (``encoder_sha256``;
     others show another encoder's neighbours), newest first, skipping any over :data:`MAX_EMBED_BYTES`.
 
-    A grid's split is the one its record names (:func:`~sslkit.evaluation.retrieval.grid_split`); a grid whose
+    A grid's split is the one its record names (:func:`~sslkit.evaluation.retrieval.read_grid_record`); a grid whose
     record does not name one was drawn before ``--split val`` could be searched, and is shown on every page but
     val's, as it was before.
 
-    A grid's encoder is the one its record names (:func:`~sslkit.evaluation.retrieval.grid_encoder`), whatever the
+    A grid's encoder is the one its record names (:func:`~sslkit.evaluation.retrieval.read_grid_record`), whatever the
     file times: a copy of the run (``cp -r``) gives every file a new time, in the order they were copied. A grid
     without a record (drawn before grids had one) is counted as the current encoder's when it is no older than
     ``encoder.safetensors``, as it was before."""

@@ -510,7 +510,8 @@ def test_neighbour_grids_are_shown_by_the_encoder_that_drew_them_not_by_file_tim
     retrieval.record_grid(stale, "0" * 64, "test")  # as if drawn before the encoder was exported again
     legacy = run / "neighbors" / "old.png"  # from before grids had a record
     _stub_figure(legacy)
-    assert retrieval.grid_encoder(fresh) == sha and retrieval.grid_encoder(legacy) is None
+    assert (retrieval.read_grid_record(fresh) or {}).get("encoder_sha256") == sha
+    assert retrieval.read_grid_record(legacy) is None
     assert sorted(p.name for p in (run / "neighbors").iterdir()) == [
         ".test-3-k4.png.json", ".test-5-k4.png.json", "old.png", "test-3-k4.png", "test-5-k4.png"]
 

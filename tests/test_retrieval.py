@@ -568,7 +568,8 @@ def test_neighbours_of_the_val_split_are_searched_among_the_probes_held_out_imag
     assert torch.equal(result.idx, idx) and torch.equal(result.labels, held.labels)
     torch.testing.assert_close(result.sims, sims, atol=1e-5, rtol=0)
     assert result.path == run / "neighbors" / "val-0-7-k5.png" != train_grid and train_grid.is_file()
-    assert retrieval.grid_split(result.path) == "val" and retrieval.grid_split(train_grid) == "train"
+    assert (retrieval.read_grid_record(result.path) or {}).get("split") == "val"
+    assert (retrieval.read_grid_record(train_grid) or {}).get("split") == "train"
     assert {p: p.read_bytes() for p in (run / "features").glob("*-train-*") if p in train_files} == train_files
     assert len(list((run / "features").glob("*-train-*.val.flat-*.faiss"))) == 1, "val's index beside train's"
     assert len(list((run / "features").glob("*-train-*[0-9a-f].flat-*.faiss"))) == 1, "train's index is kept"

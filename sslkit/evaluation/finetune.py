@@ -604,13 +604,13 @@ def parts_folder(out_dir: Path, r: FinetuneRecipe, meta: dict[str, Any], data: L
     is the one the training would give again. The key hashes the checked recipe but its name and which arms and
     seeds it runs (a record of arm a, seed s is the same whichever others run beside it: a rerun with fewer seeds
     keeps those that ended), the run's ``encoder.json`` with the weights' sha256, every image and label trained,
-    validated, scored and attacked, the device, precision and threads, and the versions of sslkit and torch. Anything
-    else changed, nothing is reused."""
+    validated and scored (the attacked ones are a seeded subset of the scored, drawn by the recipe), the device,
+    precision and threads, and the versions of sslkit and torch. Anything else changed, nothing is reused."""
     recipe = {k: v for k, v in r.to_dict().items() if k not in ("name", "seed", "seeds", "linear_arm")}
     h = hashlib.sha256(json.dumps({"recipe": recipe, "meta": meta, "device": str(device), "precision": precision,
                                    "threads": torch.get_num_threads(), "sslkit": __version__,
                                    "torch": torch.__version__}, sort_keys=True, default=str).encode())
-    for source in (data.train, data.val, data.test, data.attack):
+    for source in (data.train, data.val, data.test):  # data.attack: a function of data.test and the recipe
         for t in (source.images, source.labels) if source is not None else ():
             h.update(str((t.dtype, tuple(t.shape))).encode())
             h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())

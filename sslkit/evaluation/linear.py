@@ -265,8 +265,7 @@ def validation_folds(train_y: torch.Tensor, num_classes: int, n_candidates: int 
 def select_weight_decay(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
                         weight_decays: Sequence[float] = WEIGHT_DECAYS, val_fraction: float = 0.1, seed: int = 0,
                         on_fit: Callable[[], None] | None = None, on_extend: Callable[[], None] | None = None,
-                        extra_decades: int = EXTRA_DECADES, plan: tuple[int, int] | None = None
-                        ) -> tuple[float, dict[str, float], tuple | None]:
+                        extra_decades: int = EXTRA_DECADES) -> tuple[float, dict[str, float], tuple | None]:
     """Chooses the L2 strength on held-out parts of the training data, and nothing else.
 
     What is held out: one stratified validation part (``val_fraction`` of the rows, at least
@@ -290,8 +289,6 @@ def select_weight_decay(train_x: torch.Tensor, train_y: torch.Tensor, num_classe
         on_fit: called after every fit (one per fold and strength).
         on_extend: called before every fit beyond the grid, so that a progress bar can add it to its total.
         extra_decades: decades the grid may grow past either edge.
-        plan: ``(folds, size of the single validation part)`` of these labels and this grid, when the caller has
-            already worked it out (:func:`linear_probe` records the folds); None works it out here.
 
     Returns:
         ``(best, {"<weight decay>": held-out top-1, …} for every strength fitted, strongest first, (W, b,
@@ -301,7 +298,7 @@ def select_weight_decay(train_x: torch.Tensor, train_y: torch.Tensor, num_classe
         train_x: (N, D), train_y: (N,) -> best, scores, fit
     """
     order = sorted(weight_decays, reverse=True)  # strongest first: each fit warm-starts the next
-    folds, n_val = plan if plan is not None else _validation_plan(train_y, num_classes, len(order), val_fraction)
+    folds, n_val = _validation_plan(train_y, num_classes, len(order), val_fraction)
     if folds == 0:
         return order[len(order) // 2], {}, None
     if folds == 1:
@@ -405,10 +402,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     if int(train_y.max()) >= k:
         raise UserError(f"linear probe num_classes is {k} but the training labels hold {int(train_y.max())} — pass at "
                         f"least {int(train_y.max()) + 1}, or leave it unset")
-    # Worked out once: the folds the strength is chosen with are, by construction, the folds recorded.
-    plan = _validation_plan(train_y, k, len(weight_decays), val_fraction)
     best, scores, selected = select_weight_decay(train_x, train_y, k, weight_decays, val_fraction, seed, on_fit,
-                                                on_extend, plan=plan)
+                                                on_extend)
     scale = Standardiser(train_x)
     # The selected fit, carried over to the full data's standardisation, is a close start for the refit.
     init = selected[2].carry(selected[0], selected[1], scale) if selected else None
@@ -419,4 +414,4 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     return LinearProbeResult(top1=topk_accuracy(logits, test_y, 1),
                              top5=topk_accuracy(logits, test_y, 5) if k > 5 else None, weight_decay=best,
                              val_top1=scores, n_train=len(train_y), predictions=logits.argmax(1),
-                             folds=plan[0])
+                             folds=validation_folds(train_y, k, len(weight_decays), val_fraction))

@@ -420,13 +420,13 @@ def run_features(run_dir: str | Path, split: str = "test", console: Console | No
     labeled_train, train, evaluation, _ = labeled_splits(meta, split)
     with progress_bar(console or PipeSafeConsole()) as progress:
         train_x, eval_x = _encoder_features("encoder", run, meta, labeled_train, evaluation, split, default_device(),
-                                            progress, data_fingerprint)  # each split's cache is named once here
+                                            progress)
     return train_x, train.labels, eval_x, evaluation.labels
 
 
 def _encoder_features(name: str, run: Path, meta: dict[str, Any], labeled_train: ImageSource,
                       evaluation: ImageSource, split: str, device: torch.device, progress: Progress,
-                      fingerprint: Callable[[ImageSource], str]) -> tuple[torch.Tensor, torch.Tensor]:
+                      fingerprint: Callable[[ImageSource], str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A run's features of the probes' train part and evaluation split (:func:`probe_features`), from its cache
     or computed (the encoder loads only if needed); ``fingerprint`` gives the splits' data fingerprints
     (:func:`~sslkit.evaluation.features.cache_path`)."""

@@ -221,7 +221,7 @@ def evaluation_features(run: str | Path, meta: dict[str, Any], split: Evaluation
         return feats
 
     _, feats = probe_features(features_of, split.labeled_train, split.source, split.name)
-    return feats, paths[0].with_name(f"{paths[0].name[:-len('.npy')]}.{split.name}.npy")
+    return feats, paths[0].with_name(f"{paths[0].stem}.{split.name}.npy")
 
 
 def features_digest(features: torch.Tensor | np.ndarray) -> str:
@@ -496,7 +496,7 @@ def grid_record(grid: Path) -> Path:
 
 def record_grid(grid: Path, encoder_sha256: str, split: str) -> None:
     """Records which encoder drew ``grid`` (its sha256), of which split, and the grid's own sha256: what the report
-    decides a grid's freshness (:func:`grid_encoder`) and page (:func:`grid_split`) by, where file times would not do
+    decides a grid's freshness and page by (:func:`read_grid_record`), where file times would not do
     (``cp -r`` gives every file a new one)."""
     write_json(grid_record(grid), {"encoder_sha256": encoder_sha256, "split": split,
                                    "grid_sha256": sha256_file(grid)})
@@ -511,20 +511,6 @@ def read_grid_record(grid: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
-
-
-def grid_encoder(grid: Path) -> str | None:
-    """The sha256 of the encoder that drew ``grid``, from its record; None where there is no readable record of
-    these exact bytes (a grid from before records, or rewritten since)."""
-    record = read_grid_record(grid)
-    return None if record is None or "encoder_sha256" not in record else str(record["encoder_sha256"])
-
-
-def grid_split(grid: Path) -> str | None:
-    """The split ``grid`` searched, from its record; None where the record does not say (a grid drawn before records
-    named the split, which was then one of the data's own: ``val`` grids came later)."""
-    record = read_grid_record(grid)
-    return None if record is None or "split" not in record else str(record["split"])
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
