@@ -177,6 +177,11 @@ def save_checkpoint(state: dict[str, Any], folder: Path, step: int, keep: int = 
     return path
 
 
+def _shortened(reason: str) -> str:
+    """A library's reason for an unreadable file, cut to about 120 characters at a word: torch's run long."""
+    return textwrap.shorten(reason, 120, placeholder=" …")
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Loads one checkpoint safely (tensors and plain containers only).
 
@@ -195,7 +200,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         if "unsupported global" in str(e).lower():
             raise UserError(f"checkpoint {str(path)!r} holds objects other than tensors and plain data; refused "
                             "to unpickle it (only load checkpoints you trust, re-saved as plain state dicts)") from None
-        reason = textwrap.shorten(first, 120, placeholder=" …")  # at a word: torch's messages run long
+        reason = _shortened(first)
         raise UserError(f"checkpoint {str(path)!r} is unreadable ({reason}) — it is truncated or corrupt") from None
 
 
@@ -412,7 +417,7 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
-        reason = textwrap.shorten(str(e).strip(), 120, placeholder=" …")
+        reason = _shortened(str(e).strip())
         raise UserError(f"{weights} is not a readable safetensors file ({reason}) — export the "
                         "encoder again") from None
     mismatch = state_mismatch(encoder.state_dict(), state)

@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code  # 3
     except Interrupted as e:
         print(f"sslkit {args.command}: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

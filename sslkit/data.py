@@ -455,6 +455,11 @@ def _fashion_mnist_mini(split: str) -> ImageSource:
 # --- CIFAR, STL-10, SVHN through torchvision --------------------------------------------------------------
 
 
+def _data_base(root: str | None) -> Path:
+    """Where a torchvision data set's files are looked for: ``data.root``, by default sslkit's own folder."""
+    return Path(root).expanduser() if root else DEFAULT_ROOT
+
+
 def split_length(dataset: str, split: str, root: str | None) -> int:
     """How many images a split holds, from its file's size, without reading them. STL-10's unlabeled split only
     (2.7 GB): a run pretrained on ``train+unlabeled`` needs the count to recompute which train images it took.
@@ -464,7 +469,7 @@ def split_length(dataset: str, split: str, root: str | None) -> int:
     """
     if (dataset, split) != ("stl10", "unlabeled"):
         raise ValueError(f"the length of {dataset}/{split} is only known by loading it")
-    base = Path(root).expanduser() if root else DEFAULT_ROOT
+    base = _data_base(root)
     path = base / _torchvision_class("stl10").base_folder / "unlabeled_X.bin"
     try:
         return _stl10_images(path)
@@ -488,7 +493,7 @@ def split_labels(dataset: str, split: str, root: str | None) -> torch.Tensor:
     from scipy.io import loadmat
 
     cls = _torchvision_class(dataset)
-    path = _expected_files(cls, Path(root).expanduser() if root else DEFAULT_ROOT, split)[0]
+    path = _expected_files(cls, _data_base(root), split)[0]
     if not path.is_file():
         url, action = _download_source(cls, split)
         raise UserError(f"{path} is missing — put SVHN's extra digits there (download {url} and {action} "
@@ -770,7 +775,7 @@ def _torchvision_arrays(dataset: str, split: str, root: str | None,
     """One split as torchvision's reader holds it: images (N, C, H, W) uint8, maybe a strided view of the file's
     own layout (SVHN's .mat is (H, W, C, N)), labels (N,) int64, and the class names (:func:`_torchvision`)."""
     cls = _torchvision_class(dataset)
-    base = Path(root).expanduser() if root else DEFAULT_ROOT
+    base = _data_base(root)
     missing = [p for p in _expected_files(cls, base, split) if not p.is_file()]
     if missing:
         _check_layout(dataset, cls, base)  # before a download too, which would fetch a second copy in the wrong place
@@ -978,7 +983,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             pass
 
     # Decode straight into the cache file, so a folder larger than memory never has to fit in it.
-    tmp = cache / f"{TMP_PREFIX}{key}.{os.getpid()}.{_host_tag()}.npy"  # its writer named: _remove_stale_temp_files
+    tmp = _images_temp(cache, key)  # its writer named: _remove_stale_temp_files
     shape = (len(files), len(mode), size, size)
     _remove_stale_temp_files(cache)  # before the free-space check: what they held is free again
     room = next((p for p in (cache, *cache.parents) if p.exists()), None)
@@ -1058,6 +1063,11 @@ _TEMP_NAME = re.compile(rf"{re.escape(TMP_PREFIX)}[0-9a-f]{{20}}\.(?:(?P<pid>\d+
 # the writer may run on another machine that shares the cache folder (a home folder on NFS), where the pid means
 # nothing here. Writing an index takes seconds.
 _UNTAGGED_STALE_AFTER_S = 3600
+
+
+def _images_temp(cache: Path, key: str) -> Path:
+    """The temporary file this process writes the images of cache ``key`` to, named as :data:`_TEMP_NAME` reads it."""
+    return cache / f"{TMP_PREFIX}{key}.{os.getpid()}.{_host_tag()}.npy"
 
 
 def _host_tag() -> str:
@@ -1161,7 +1171,7 @@ def _adopt_cache(cache: Path, key: str, contents: str, base: Path, size: int, mo
     images = meta_path.with_suffix(".npy")
     if not _decodes_as_cached(images, meta.get("files"), base, size, mode):
         return
-    tmp = cache / f"{TMP_PREFIX}{key}.{os.getpid()}.{_host_tag()}.npy"  # _TEMP_NAME's, removed if left
+    tmp = _images_temp(cache, key)  # removed if left
     index = json.dumps(dict(meta, root=str(base), contents=contents))
     try:
         cache.mkdir(parents=True, exist_ok=True)

@@ -76,9 +76,6 @@ class OtherRankFailed(SystemExit):
     does: one message for the run, not one per process. A ``SystemExit``, so that a script run under
     ``torchrun`` ends the same way without handling it."""
 
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-
 
 def _exit_status(e: BaseException) -> int:
     """The exit status that ``sslkit``'s CLI gives ``e``: its ``exit_code`` (a WriteError's 74, a UserError's 2),

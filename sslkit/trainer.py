@@ -605,7 +605,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     state = None
     # A finished run whose checkpoints were deleted (they are most of its size) has an encoder and nothing to resume
     # from: each branch below would otherwise send the user to the other ("drop --resume" / "add --resume").
-    exported_only = (run / "encoder.safetensors").exists() and not _holds_checkpoints(ckpt_dir)
+    has_checkpoints = _holds_checkpoints(ckpt_dir)
+    exported_only = (run / "encoder.safetensors").exists() and not has_checkpoints
     if resume:
         found = load_latest(ckpt_dir) if ckpt_dir.is_dir() else None
         if found is None and exported_only:
@@ -619,7 +620,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     elif exported_only:
         raise UserError(f"{str(run)!r} already holds a finished run (its encoder.safetensors; no checkpoint, so it "
                         "cannot be continued) — choose another --out")
-    elif _holds_checkpoints(ckpt_dir):
+    elif has_checkpoints:
         raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it (resume=True from "
                         "Python), or choose another --out")
     elif (run / "recipe.yaml").is_file() and not is_run(run):  # a recipe of the user's, perhaps the one given
@@ -752,8 +753,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
 
     def monitor(evaluated: Callable[[], torch.nn.Module], **event: Any) -> float | None:
         with main_work(info, device):
-            value = knn_logged(evaluated, **event)
-        return value
+            return knn_logged(evaluated, **event)
 
     steps = f"{stop_at:,} of {total_steps:,} steps (train.max_steps)" if stop_at < total_steps else \
         f"{total_steps:,} steps"
