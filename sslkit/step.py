@@ -140,8 +140,8 @@ def simclr_backward(model: nn.Module, views: torch.Tensor, temperature: float, a
     autocast = amp or contextlib.nullcontext()
     if not chunk_size or chunk_size >= views.shape[0]:
         with autocast:
-            z1, z2 = model(views[:b], views[b:])
-        loss = nt_xent(z1, z2, temperature)
+            z = model(views)  # the views are already one batch: the model's two-view form would copy them into one
+        loss = nt_xent(z[:b], z[b:], temperature)
         scaler.scale(loss).backward()
         return loss.detach()
     # As even as possible, none over chunk_size: a last chunk of one view would fail in training-mode batch norm.
