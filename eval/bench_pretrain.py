@@ -92,14 +92,15 @@ def bench_trainee(channels: int, size: int, batch: int,
 
 
 def pure_forward(forward: Callable, x: torch.Tensor, amp: torch.autocast | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a)'s forward: the two halves of a batch of 2B views through encoder and head in one call, as in (b).
+    """(a)'s forward: a batch of 2B views through encoder and head in one call, as in (b), split into its halves.
 
     Shape:
         x: (2B, C, S, S) -> (B, D), (B, D)
     """
     b = x.shape[0] // 2
     with amp or contextlib.nullcontext():
-        return forward(x[:b], x[b:])
+        z = forward(x)
+    return z[:b], z[b:]
 
 
 def pure_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
