@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from sslkit.devices import checked_device
 from sslkit.errors import SslkitWarning, UserError, WriteError
 
 TMP_PREFIX = ".tmp-"
@@ -383,7 +384,7 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
 
     Args:
         run_or_file: a run directory, or its ``encoder.safetensors`` / ``encoder.json``.
-        device: where to put the module.
+        device: where to put the module: cpu (the default), cuda, cuda:N, mps, or auto (CUDA when available).
 
     Returns:
         An eval-mode timm module mapping a normalised batch to features. ``enc.pretrained_cfg`` gives
@@ -394,6 +395,7 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     """
     from sslkit.models import build_encoder
 
+    device = checked_device(device)  # "gpu", "cuda:7" on a machine with fewer: one line, before any file is read
     meta, weights = read_encoder_meta(run_or_file)
     missing = [k for k in ENCODER_META_KEYS if k not in meta]
     if missing:
@@ -407,8 +409,6 @@ def load_encoder(run_or_file: str | Path, device: str | torch.device = "cpu") ->
     if len(mean) != in_chans or len(std) != in_chans:
         raise UserError(f"encoder.json of {str(run_or_file)!r} gives {len(mean)} mean and {len(std)} std values for "
                         f"{in_chans} channel(s) — export the encoder again")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # a str or a torch.device
-        raise UserError(f"device {str(device)!r} was asked for, but no CUDA device is available — use device='cpu'")
     encoder = build_encoder(str(meta["encoder"]), str(meta["stem"]), in_chans)
     actual = sha256_file(weights)
     if meta.get("sha256") and meta["sha256"] != actual:

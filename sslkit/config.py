@@ -395,9 +395,10 @@ def _key_lines(text: str) -> dict[str, int | str]:
 
 
 def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str], check_root: bool = True) -> None:
-    """Cross-field checks that need no data: names that must exist, paths that must be there (``data.root`` only
-    with ``check_root``)."""
+    """Cross-field checks that need no data: names that must exist, and, with ``check_root``, what running the
+    recipe here needs: ``data.root`` is a folder, this machine has ``train.device``."""
     from sslkit.data import DATASETS, pretraining_splits, split_problem  # the registry's names; nothing is loaded
+    from sslkit.devices import TRAIN_KINDS, checked_device
 
     d = r.data
     if d.dataset not in DATASETS:
@@ -436,9 +437,7 @@ def _check_semantics(r: Recipe, where: str, lines: dict[str, int | str], check_r
     if r.optim.compile and r.optim.name != "lars":
         raise UserError(f"{_loc(where, lines, 'optim.compile')}: optim.compile fuses the LARS update only; "
                         f"set optim.name: lars or remove optim.compile (optim.name is {r.optim.name!r})")
-    if r.train.device not in ("auto", "cpu") and not r.train.device.startswith("cuda"):
-        raise UserError(f"{_loc(where, lines, 'train.device')}: train.device must be auto, cpu, cuda or cuda:N, "
-                        f"got {r.train.device!r}")
+    checked_device(r.train.device, "train.device", _loc(where, lines, "train.device"), TRAIN_KINDS, here=check_root)
 
 
 def recipe_from_dict(raw: Any, where: str = "recipe", lines: dict[str, int | str] | None = None,
@@ -470,7 +469,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     Args:
         path: the YAML file.
         overrides: ``key.path=value`` strings, applied in order after the file.
-        check_root: check that ``data.root`` is a folder; off for :func:`load_run_recipe`.
+        check_root: check what running the recipe here needs: that ``data.root`` is a folder and that this
+            machine has ``train.device`` (a CUDA device of that number); off for :func:`load_run_recipe`.
 
     Raises:
         UserError: a missing file, YAML that is not plain data, or any bad key or value (one line each).
@@ -521,7 +521,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
 
 def load_run_recipe(run: str | Path) -> Recipe:
     """The ``recipe.yaml`` a run was pretrained with, to recompute what it did (its pool, its augmentation): its
-    ``data.root`` need not be there any more (data moved since, or a run made on another machine)."""
+    ``data.root`` and ``train.device`` need not be there any more (data moved since, or a run made on another
+    machine)."""
     return load_recipe(Path(run) / "recipe.yaml", check_root=False)
 
 

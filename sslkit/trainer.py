@@ -60,6 +60,7 @@ from sslkit.data import (
     split_labels,
     stratified_split,
 )
+from sslkit.devices import TRAIN_KINDS, checked_device
 from sslkit.distributed import (
     DistInfo,
     any_across,
@@ -138,11 +139,8 @@ class Data:
 
 
 def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device is {name!r} but no CUDA device is available — use train.device: auto or cpu")
-    return torch.device(name)
+    """``train.device`` as a device this machine has (auto: CUDA where there is one); a ``UserError`` otherwise."""
+    return checked_device(name, "train.device", kinds=TRAIN_KINDS)
 
 
 def device_memory(device: torch.device, info: DistInfo) -> tuple[int | None, str]:

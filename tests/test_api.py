@@ -72,14 +72,69 @@ def test_extract_features_takes_uint8_tensors_and_arrays_and_refuses_the_rest(ru
         preprocess(x.numpy().astype(np.float32) / 255, [0.3], [0.35])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_cuda_without_cuda_is_one_line(run: Path) -> None:
-    with pytest.raises(UserError, match=r"^device 'cuda' was asked for, but no CUDA device is available — use "):
+def gpus(monkeypatch: pytest.MonkeyPatch, count: int, mps: bool = False) -> None:
+    """Makes torch see ``count`` CUDA devices (0: none) and MPS or not, whatever this machine has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+def test_a_device_this_machine_lacks_or_torch_does_not_know_is_one_line(run: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """'gpu' and 'cuda:x' raised torch's RuntimeError ("Expected one of cpu, cuda, … device type at start of device
+    string: gpu"), 'cuda:7' on a machine with fewer GPUs and 'mps' off a Mac failed at the first tensor moved."""
+    from sslkit.evaluation.features import random_encoder
+
+    gpus(monkeypatch, 0)
+    with pytest.raises(UserError, match=r"^device is 'cuda' but no CUDA device is available — use auto or cpu$"):
         load_encoder(run, device="cuda")
-    with pytest.raises(UserError, match=r"^device 'cuda:0' was asked for, but no CUDA device"):  # a torch.device too
+    with pytest.raises(UserError, match=r"^device is 'cuda:0' but no CUDA device"):  # a torch.device too
         load_encoder(run, device=torch.device("cuda", 0))
-    with pytest.raises(UserError, match=r"^device 'cuda' was asked for"):
+    with pytest.raises(UserError, match=r"^device is 'cuda' but no CUDA device"):
         extract_features(load_encoder(run), images(), device="cuda")
+    for bad in ("gpu", "cuda:x", "meta", 1.5):
+        with pytest.raises(UserError, match=rf"^device must be auto, cpu, cuda, cuda:N or mps, got {bad!r}$"):
+            load_encoder(run, device=bad)
+        with pytest.raises(UserError, match=rf"^device must be auto, cpu, cuda, cuda:N or mps, got {bad!r}$"):
+            extract_features(load_encoder(run), images(), device=bad)
+    with pytest.raises(UserError, match=r"^device is 'mps' but MPS \(Apple's GPU\) is not available here — use auto "
+                                        r"or cpu$"):
+        extract_features(load_encoder(run), images(), device="mps")
+    with pytest.raises(UserError, match=r"^device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'$"):
+        random_encoder(META, images(), device="gpu")
+    gpus(monkeypatch, 2)
+    with pytest.raises(UserError, match=r"^device is 'cuda:7' but this machine has 2 CUDA device\(s\), cuda:0 to "
+                                        r"cuda:1 — use one of them, or auto$"):
+        extract_features(load_encoder(run), images(), device="cuda:7")
+    gpus(monkeypatch, 0)
+    assert load_encoder(run, device="auto").conv1.weight.device.type == "cpu", "auto: the CPU without CUDA"
+
+
+def test_a_bad_device_on_the_command_line_exits_2_with_one_line_before_any_data(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """pretrain and finetune take the device as --set train.device=…; cuda:x and cuda:7 (two GPUs) got past the
+    recipe's check and failed in torch once training started."""
+    import sslkit.evaluation.finetune as finetune
+    import sslkit.trainer as trainer
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded")
+
+    monkeypatch.setattr(trainer, "prepare_data", no_data)
+    monkeypatch.setattr(finetune, "prepare_data", no_data)
+    gpus(monkeypatch, 2)
+    quickstart = str(ROOT / "recipes" / "quickstart.yaml")
+    out = tmp_path / "out"
+    for device, says in [("gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+                         ("cuda:x", "train.device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+                         ("cuda:7", "train.device is 'cuda:7' but this machine has 2 CUDA device(s), cuda:0 to cuda:1 "
+                                    "— use one of them, or auto")]:
+        assert main(["pretrain", quickstart, "--out", str(out), "--set", f"train.device={device}"]) == 2
+        assert capsys.readouterr().err == f"sslkit pretrain: error: --set train.device={device}: {says}\n"
+        assert main(["finetune", str(run), "--out", str(out), "--set", "labeled.disjoint_from_pool=false",
+                     "--set", f"train.device={device}"]) == 2
+        assert capsys.readouterr().err == f"sslkit finetune: error: --set train.device={device}: {says}\n"
+        assert not out.exists()
 
 
 def test_load_encoder_describes_sslkits_preprocessing_to_timm(run: Path) -> None:
@@ -254,3 +309,4 @@ def test_a_recipe_built_or_edited_in_code_is_checked_by_pretrain(tmp_path: Path)
         with pytest.raises(UserError, match=pattern):
             pretrain(bad, tmp_path / "run")
         assert not (tmp_path / "run").exists(), "refused before the run directory is made"
+

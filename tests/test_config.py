@@ -207,3 +207,65 @@ def test_train_threads_beyond_what_torch_can_start_is_refused_with_the_key(tmp_p
     assert load_recipe(recipe, ["train.threads=1024"]).train.threads == 1024
     with pytest.raises(UserError, match=r"train\.threads must be ≤ 1024, got 2000"):
         finetune_recipe_from_dict({"run": str(tmp_path), "train": {"threads": 2000}})
+
+
+def gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Makes torch see ``count`` CUDA devices (0: none), whatever this machine has."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_a_device_torch_or_sslkit_does_not_take_names_the_key_and_what_is_accepted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'cuda:x' and 'cudax' passed the recipe's check (it only asked for a "cuda" prefix) and failed at training
+    start with torch's RuntimeError ("Invalid device string"), or said no CUDA device was available."""
+    gpus(monkeypatch, 2)
+    for device in ("gpu", "cuda:x", "cudax", "CUDA", "mps", "meta"):
+        with pytest.raises(UserError, match=rf"^\S*r\.yaml:2: train\.device must be auto, cpu, cuda or cuda:N, got "
+                                            rf"'{device}'$"):
+            load_recipe(write(tmp_path, f"train:\n  device: '{device}'\n"))
+        with pytest.raises(UserError, match=rf"^--set train\.device={device}: train\.device must be auto, cpu, cuda "):
+            load_recipe(write(tmp_path, "train:\n  epochs: 1\n"), [f"train.device={device}"])
+
+
+def test_a_device_this_machine_lacks_is_refused_at_load_with_file_and_line(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:7 on a machine with two GPUs passed the recipe's check and failed at training start inside torch."""
+    gpus(monkeypatch, 2)
+    assert load_recipe(write(tmp_path, "train:\n  device: cuda:1\n")).train.device == "cuda:1"
+    with pytest.raises(UserError, match=r"^\S*r\.yaml:3: train\.device is 'cuda:7' but this machine has 2 CUDA "
+                                        r"device\(s\), cuda:0 to cuda:1 — use one of them, or auto$"):
+        load_recipe(write(tmp_path, "train:\n  epochs: 1\n  device: cuda:7\n"))
+    with pytest.raises(UserError, match=r"^--set train\.device=cuda:2: train\.device is 'cuda:2' but this machine "):
+        load_recipe(write(tmp_path, "name: x\n"), ["train.device=cuda:2"])
+    with pytest.raises(UserError, match=r"^override: train\.device is 'cuda:2' but this machine has 2"):
+        Recipe().replace(train={"device": "cuda:2"})
+    gpus(monkeypatch, 0)
+    with pytest.raises(UserError, match=r"^\S*r\.yaml:2: train\.device is 'cuda' but no CUDA device is available — "
+                                        r"use auto or cpu$"):
+        load_recipe(write(tmp_path, "train:\n  device: cuda\n"))
+    # A run's own recipe is read to recompute what it did, perhaps on another machine than it trained on.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("train:\n  device: cuda:3\n")
+    from sslkit.config import load_run_recipe
+
+    assert load_run_recipe(run).train.device == "cuda:3"
+
+
+def test_a_fine_tune_recipe_checks_its_device_as_a_pretraining_recipe_does(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslkit.evaluation.finetune_config import finetune_recipe_from_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("encoder.safetensors", "encoder.json", "recipe.yaml"):
+        (run / name).write_text("")
+    gpus(monkeypatch, 1)
+    with pytest.raises(UserError, match=r"^recipe: train\.device must be auto, cpu, cuda or cuda:N, got 'cuda:x'$"):
+        finetune_recipe_from_dict({"run": str(run), "train": {"device": "cuda:x"}})
+    with pytest.raises(UserError, match=r"^recipe: train\.device is 'cuda:1' but this machine has 1 CUDA device\(s\), "
+                                        r"cuda:0 — use one of them, or auto$"):
+        finetune_recipe_from_dict({"run": str(run), "train": {"device": "cuda:1"}})

@@ -29,6 +29,7 @@ from sslkit.augment import image_tensor, preprocess
 from sslkit.checkpoint import atomic_write, read_encoder_meta, sha256_file
 from sslkit.console import PipeSafeConsole
 from sslkit.data import ImageSource
+from sslkit.devices import checked_device
 from sslkit.errors import SslkitWarning, UserError
 from sslkit.models import build_encoder, feature_dim, recalibrate_on_images
 
@@ -90,7 +91,8 @@ def pretraining_overlap_note(meta: dict[str, Any], changed: bool = False) -> str
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA where torch sees it, else the CPU: where the evaluation commands run."""
+    return checked_device("auto")
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:
@@ -166,7 +168,8 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
         images: an :class:`~sslkit.data.ImageSource` or a uint8 tensor.
         mean, std: per-channel normalisation; by default ``encoder.pretrained_cfg``'s (set by ``load_encoder``).
         batch_size: images per forward.
-        device: where to run; CUDA when available by default. The encoder is moved there.
+        device: where to run: auto (CUDA when available, the default), cpu, cuda, cuda:N or mps. The encoder is
+            moved there.
         progress: a live progress display to add a bar to; a transient one of its own when None.
         description: the bar's label.
 
@@ -174,12 +177,14 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
         Features on the CPU.
 
     Raises:
-        UserError: images that are not uint8 (N, C, H, W) (a numpy array is taken as it is), whose channels differ
-            from the encoder's or from mean and std; a CUDA device without CUDA; features with NaN or Inf.
+        UserError: a device this machine does not have (or no device: "gpu"), before any work; images that are not
+            uint8 (N, C, H, W) (a numpy array is taken as it is), whose channels differ from the encoder's or from
+            mean and std; features with NaN or Inf.
 
     Shape:
         (N, C, H, W) uint8 -> (N, D) float32
     """
+    device = checked_device(device)  # before any work: "gpu" or "cuda:7" is one line, not torch's error at the end
     from_cfg = mean is None or std is None
     if from_cfg:
         cfg = getattr(encoder, "pretrained_cfg", None) or {}
@@ -196,9 +201,6 @@ def extract_features(encoder: nn.Module, images: ImageSource | torch.Tensor, mea
                       SslkitWarning, stacklevel=3)  # the caller's line: torch.no_grad's wrapper is one frame
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {str(device)!r} was asked for, but no CUDA device is available — use device='cpu'")
     was_training = encoder.training
     encoder = encoder.to(device).eval()
     out = []
@@ -252,14 +254,14 @@ def random_encoder(meta: dict[str, Any], calibration: ImageSource | torch.Tensor
         meta: the run's ``encoder.json`` (``encoder``, ``stem``, ``in_chans``, ``mean``, ``std``).
         calibration: training images for the statistics.
         seed: seeds the weights and the calibration sample; the global RNG is left untouched.
-        device: where to build it.
+        device: where to build it (as :func:`extract_features` takes it).
         n_images: calibration images.
         batch_size: images per calibration forward.
 
     Returns:
         The encoder, in eval mode.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = checked_device(device)
     x_all = calibration.images if isinstance(calibration, ImageSource) else calibration
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -179,8 +179,10 @@ def test_split_problem(dataset: str, split: str) -> str:
 
 
 def _check_semantics(r: FinetuneRecipe, where: str, lines: dict[str, int | str]) -> None:
-    """Checks that need no data: the run exists and is complete, names are known, fractions are fractions."""
+    """Checks that need no data: the run exists and is complete, names are known, fractions are fractions, this
+    machine has train.device."""
     from sslkit.data import DATASETS, scored_splits
+    from sslkit.devices import TRAIN_KINDS, checked_device
 
     def loc(key: str) -> str:
         return _loc(where, lines, key)
@@ -224,9 +226,7 @@ def _check_semantics(r: FinetuneRecipe, where: str, lines: dict[str, int | str])
         if lo > hi:
             raise UserError(f"{loc(f'augment.{key}')}: augment.{key} must be [low, high] with low ≤ high, got "
                             f"[{lo:g}, {hi:g}]")
-    if r.train.device not in ("auto", "cpu") and not r.train.device.startswith("cuda"):
-        raise UserError(f"{loc('train.device')}: train.device must be auto, cpu, cuda or cuda:N, got "
-                        f"{r.train.device!r}")
+    checked_device(r.train.device, "train.device", loc("train.device"), TRAIN_KINDS)
     if len(set(r.robustness.epsilons)) != len(r.robustness.epsilons):
         raise UserError(f"{loc('robustness.epsilons')}: robustness.epsilons lists a value twice — list each ε once")
 

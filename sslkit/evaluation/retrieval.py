@@ -41,11 +41,11 @@ from rich.table import Table
 from sslkit.checkpoint import load_encoder, sha256_file, write_json
 from sslkit.console import PipeSafeConsole
 from sslkit.data import SPLITS, ImageSource, _did_you_mean, load_sources, split_description
+from sslkit.devices import checked_device
 from sslkit.errors import UserError
 from sslkit.evaluation import index as faiss_index
 from sslkit.evaluation.features import (
     cached_features,
-    default_device,
     encoder_cache_path,
     extract_features,
     progress_bar,
@@ -139,7 +139,7 @@ def split_features(run: str | Path, meta: dict[str, Any], source: ImageSource, s
     run = Path(run)
     part = "train" if split == "train" else "eval"  # the probe's names for its two feature sets
     path = encoder_cache_path(run, meta, part, source)
-    device = torch.device(device) if device is not None else default_device()
+    device = checked_device(device)
 
     def compute() -> torch.Tensor:
         encoder = load_encoder(run, device)

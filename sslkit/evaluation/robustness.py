@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from sslkit.devices import checked_device
+
 EPSILONS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -54,7 +56,7 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     Shape:
         images (N, C, H, W), labels (N,) -> one accuracy per ε
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = checked_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(epsilons), dtype=torch.long)
