@@ -224,7 +224,8 @@ def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         except UserError as e:
             warnings.warn(f"skipping checkpoint {path}: {e}", SslkitWarning, stacklevel=2)
     raise UserError(f"no checkpoint in {str(folder)!r} could be loaded (all {len(candidates)} are corrupt) — "
-                    "start a fresh run with another --out (this folder's checkpoints keep it from a new run)")
+                    "start a fresh run with another --out (out= from Python): this folder's checkpoints keep it "
+                    "from a new run")
 
 
 def _newest_first(folder: Path, saved_step: Callable[[Path], int | None] | None = None) -> list[Path]:
@@ -368,7 +369,7 @@ def read_encoder_meta(run_or_file: str | Path) -> tuple[dict[str, Any], Path]:
             raise UserError(f"{str(p)!r} is a file, not a run — give the run directory `sslkit pretrain` wrote "
                             "(its --out), or its encoder.safetensors")
         raise UserError(f"{str(folder)!r} has no exported encoder (encoder.safetensors + encoder.json) — "
-                        "finish `sslkit pretrain` for this run, or resume it with --resume")
+                        "finish `sslkit pretrain` for this run, or resume it with --resume (resume=True from Python)")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:

@@ -174,7 +174,7 @@ def resolve_precision(precision: str, device: torch.device, console: Console) ->
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         console.print("[yellow]train.precision is bf16 but this CPU has no native bf16 (AVX-512 BF16 or AMX): "
-                      "the step will be slower than fp32 — use --set train.precision=fp32")
+                      "the step will be slower than fp32 — set train.precision: fp32")
     return precision
 
 
@@ -529,8 +529,9 @@ def _check_resume_recipe(saved: dict[str, Any], recipe: Recipe) -> None:
              if saved.get(sec, {}).get(k, default[sec][k]) != v and f"{sec}.{k}" != "train.max_steps"]
     diffs += [k for k, v in now.items() if not isinstance(v, dict) and saved.get(k, default[k]) != v]
     if diffs:
-        raise UserError(f"--resume: the recipe differs from the run's in {', '.join(diffs)} — resume with the run's "
-                        "own recipe (sslkit pretrain RUN --resume) or start a new --out")
+        raise UserError(f"resuming: the recipe differs from the run's in {', '.join(diffs)} — resume with the run's "
+                        "own recipe, RUN/recipe.yaml (sslkit pretrain RUN --resume reads it), or start a new run with "
+                        "another --out (out= from Python)")
 
 
 def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -599,7 +600,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         console = Console(quiet=True)
     run = Path(out)
     ckpt_dir = run / "checkpoints"
-    check_out_folder(run, "choose another --out for the run directory")
+    check_out_folder(run, "choose another --out for the run directory (out= from Python)")
     state = None
     # A finished run whose checkpoints were deleted (they are most of its size) has an encoder and nothing to resume
     # from: each branch below would otherwise send the user to the other ("drop --resume" / "add --resume").
@@ -608,22 +609,25 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     if resume:
         found = load_latest(ckpt_dir) if ckpt_dir.is_dir() else None
         if found is None and exported_only:
-            raise UserError(f"--resume: {str(run)!r} holds a finished run's encoder but no checkpoint to continue "
-                            "from (checkpoints/ was emptied or removed) — start a new run with another --out")
+            raise UserError(f"resuming {str(run)!r}: it holds a finished run's encoder but no checkpoint to continue "
+                            "from (checkpoints/ was emptied or removed) — start a new run with another --out (out= "
+                            "from Python)")
         if found is None:
-            raise UserError(f"--resume: {str(run)!r} holds no checkpoint — drop --resume to start a new run there")
+            raise UserError(f"resuming {str(run)!r}: it holds no checkpoint — drop --resume (resume=False from "
+                            "Python) to start a new run there")
         state, ckpt_path = found
         _check_resume_recipe(state["recipe"], r)
         console.print(f"resuming from {ckpt_path} (step {state['step']})")
     elif exported_only:
         raise UserError(f"{str(run)!r} already holds a finished run (its encoder.safetensors; no checkpoint, so it "
-                        "cannot be continued) — choose another --out")
+                        "cannot be continued) — choose another --out (out= from Python)")
     elif has_checkpoints:
-        raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it (resume=True from "
-                        "Python), or choose another --out")
+        raise UserError(f"{str(run)!r} already holds a run — add --resume to continue it, or choose another --out "
+                        "(from Python: resume=True, or another out=)")
     elif (run / "recipe.yaml").is_file() and not is_run(run):  # a recipe of the user's, perhaps the one given
         raise UserError(f"{str(run / 'recipe.yaml')!r} is not a run's (no metrics.jsonl or checkpoints/ beside it): "
-                        "pretraining would replace it with the run's resolved recipe — choose another --out")
+                        "pretraining would replace it with the run's resolved recipe — choose another --out (out= "
+                        "from Python)")
     if r.train.batch_size % info.world:
         raise UserError(f"train.batch_size {r.train.batch_size} does not split evenly over {info.world} processes "
                         f"— use a multiple of {info.world}")
@@ -638,7 +642,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         keep_freed_memory()  # each step's large tensors reuse the last step's memory: no page faults (glibc only)
     if r.train.sync_bn and device.type != "cuda":  # in one process too: the setting would do nothing
         raise UserError(f"train.sync_bn: PyTorch's SyncBatchNorm runs on CUDA devices only, and this run is on "
-                        f"{device.type} — drop --set train.sync_bn=true (each process keeps its own statistics)")
+                        f"{device.type} — set train.sync_bn: false (each process keeps its own statistics)")
     if r.train.sync_bn and not info.active:
         console.print("[yellow]train.sync_bn: one process, so batch norm already sees the whole batch — the setting "
                       "changes nothing without torchrun")
@@ -652,17 +656,17 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     pool_digest = files_digest(data.pool.ids or ()) if r.data.dataset == "imagefolder" else None
     recorded = (state or {}).get("encoder_meta", {}).get("imagefolder_pool_sha256")
     if recorded is not None and pool_digest != recorded:
-        raise UserError(f"--resume: the files of the image folder {r.data.root!r} are not those this run pretrained "
+        raise UserError(f"resuming: the files of the image folder {r.data.root!r} are not those this run pretrained "
                         "on (added, removed or renamed since): the rest of the run would train on another pool, "
                         "and its test split may now hold images it trained on — restore the folder, or start a "
-                        "new run with another --out")
+                        "new run with another --out (out= from Python)")
     batch = min(r.train.batch_size, len(data.pool) // info.world * info.world)
     local_batch = batch // info.world
     steps_per_epoch = len(data.pool) // batch
     total_steps = steps_per_epoch * r.train.epochs
     stop_at = min(total_steps, r.train.max_steps or total_steps)
     if state is not None and int(state["step"]) > stop_at:  # the run would be exported and recorded as shorter
-        raise UserError(f"--resume: the run's checkpoint is at step {int(state['step']):,}, past the {stop_at:,} steps "
+        raise UserError(f"resuming: the run's checkpoint is at step {int(state['step']):,}, past the {stop_at:,} steps "
                         f"this recipe runs (train.max_steps={r.train.max_steps}) — a run cannot be shortened; give no "
                         f"train.max_steps, or one of at least {int(state['step']):,}")
     check_step_memory(r, local_batch, info.world, data.pool.channels, data.pool.image_size, precision,

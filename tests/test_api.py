@@ -310,6 +310,27 @@ def test_a_recipe_built_or_edited_in_code_is_checked_by_pretrain(tmp_path: Path)
             pretrain(bad, tmp_path / "run")
         assert not (tmp_path / "run").exists(), "refused before the run directory is made"
 
+
+def test_pretrain_from_python_names_its_arguments_beside_the_options(tmp_path: Path) -> None:
+    """pretrain(…) refused a folder with "drop --resume" or "choose another --out", options a caller in Python
+    never passed."""
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=rf"^resuming {str(empty)!r}: it holds no checkpoint — drop --resume "
+                                        r"\(resume=False from Python\) to start a new run there$"):
+        pretrain(recipe, empty, resume=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "recipe.yaml").write_text("name: mine\n")
+    with pytest.raises(UserError, match=r"— choose another --out \(out= from Python\)$"):
+        pretrain(recipe, mine)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"is a file, not a folder — choose another --out for the run directory "
+                                        r"\(out= from Python\)$"):
+        pretrain(recipe, tmp_path / "file")
+
+
 def test_the_readme_builds_a_recipe_in_code_with_the_exported_sections(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's example runs as written (pretrain itself stubbed: it would train): the section classes come
     from ``sslkit``, and the recipe that reaches pretrain passes the checks pretrain makes."""
