@@ -38,13 +38,23 @@ def at_least(low: int) -> Callable[[str], int]:
 
 
 def check_device(ap: argparse.ArgumentParser, name: str) -> None:
-    """A ``--device`` naming CUDA where torch sees no CUDA device is an argparse error (one line, exit code 2),
-    before any work; elsewhere torch would fail at the first tensor with a traceback."""
+    """A ``--device`` that is not cpu, cuda or cuda:N, or names a CUDA device this machine does not have, is an
+    argparse error (one line, exit code 2) before any work; elsewhere torch would fail at the first tensor with a
+    traceback."""
     import torch
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # "gpu", "cuda:x"
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # "auto" too: the scripts hand the name to torch
+        ap.error(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and not count:
         ap.error(f"--device {name}: torch sees no CUDA device on this machine — run it where one is "
                  "(eval/gpu_checks.sh runs the GPU checks) or give --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= count:
+        ap.error(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def run_main(main: Callable[[], None], script: str) -> None:

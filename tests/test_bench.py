@@ -133,9 +133,9 @@ def test_the_phased_step_makes_the_trainers_update() -> None:
 
 
 def test_eval_scripts_refuse_bad_input_in_one_line_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
-    """A count below its least value, a CUDA --device without CUDA, a folder that is not a run, a run without
-    probe.json: one line naming the bad argument, exit code 2, and nothing computed (the second of two runs is
-    checked before the first is read)."""
+    """A count below its least value, a CUDA --device without CUDA or one torch does not know, a folder that is
+    not a run, a run without probe.json: one line naming the bad argument, exit code 2, and nothing computed (the
+    second of two runs is checked before the first is read)."""
     import bench_pretrain
     import bn_calibration
     import probe_table
@@ -153,8 +153,10 @@ def test_eval_scripts_refuse_bad_input_in_one_line_before_any_work(tmp_path: Pat
     assert "argument --repeats: must be at least 1, got 0" in exits_2(bench_pretrain.main, "bench_pretrain.py",
                                                                       "--repeats", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert "--device cuda:1: torch sees no CUDA device" in exits_2(bench_pretrain.main, "bench_pretrain.py",
-                                                                   "--device", "cuda:1", "--quick")
+    assert "--device cuda:1: torch sees no CUDA device" in exits_2(
+        bench_pretrain.main, "bench_pretrain.py", "--device", "cuda:1", "--quick")
+    assert "--device must be cpu, cuda or cuda:N, got 'gpu'" in exits_2(
+        bench_pretrain.main, "bench_pretrain.py", "--device", "gpu", "--quick")
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml").read_text())
