@@ -808,3 +808,33 @@ def test_an_interruption_before_any_arm_trains_reads_as_every_command_s(
     monkeypatch.setattr(ft, "prepare_data", interrupted)
     assert main(["finetune", str(run_dir), "--out", str(tmp_path / "o")]) == 130
     assert capsys.readouterr().err == "sslkit finetune: interrupted; files already written are complete\n"
+
+
+# --- progress of the long passes, one seed said as one, the key of the ended trainings ----------------------------
+
+
+def test_each_test_fgsm_and_validation_pass_shows_a_bar_of_its_own_and_leaves_none_behind(
+        run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainings' bar stood still while each arm was scored on the test split and attacked with FGSM (minutes of
+    nothing moving at 224 px). Each pass now counts its images on a bar of its own, gone when it ends; a log, where
+    no bar is drawn, is told what it waits for."""
+    from rich.progress import Progress
+
+    ended: dict[str, tuple[float, float | None]] = {}
+    remove_task = Progress.remove_task
+
+    def remove(self: Progress, task_id: object) -> None:
+        task = next(t for t in self.tasks if t.id == task_id)
+        ended[task.description] = (task.completed, task.total)
+        remove_task(self, task_id)
+
+    monkeypatch.setattr(Progress, "remove_task", remove)
+    log = io.StringIO()
+    ft.run_finetune(_recipe(run_dir, tmp_path, "train.epochs=1", "seeds=1"), out=tmp_path / "o",
+                    console=Console(file=log, width=400))
+    for arm in ("ssl", "supervised"):
+        assert ended[f"{arm} · seed 0 · validation"] == (8, 8)
+        assert ended[f"{arm} · seed 0 · test"] == (200, 200)
+        assert ended[f"{arm} · seed 0 · FGSM"] == (40, 40)
+        assert f"{arm} seed 0: scoring 200 test images, then FGSM on 40\n" in log.getvalue()
+    assert len(ended) == 6, ended

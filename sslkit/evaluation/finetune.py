@@ -44,8 +44,18 @@ import timm.optim
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 from safetensors.torch import load_file
 from torch import nn
 
@@ -453,8 +463,11 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, source: ImageSource, mean: tuple[float, ...], std: tuple[float, ...],
-             batch_size: int, device: torch.device) -> tuple[float, float, torch.Tensor]:
+             batch_size: int, device: torch.device, progress: Progress | None = None,
+             description: str = "evaluation") -> tuple[float, float, torch.Tensor]:
     """Top-1, mean cross-entropy and predictions of the model in eval mode, float32, no augmentation.
+
+    ``progress``: a live display to show the pass on, as a bar of ``description`` removed when it ends.
 
     Shape:
         source (N, C, H, W) -> top1, loss, predictions (N,)
@@ -462,13 +475,20 @@ def evaluate(model: nn.Module, source: ImageSource, mean: tuple[float, ...], std
     was_training = model.training
     model.eval()
     preds, loss_sum = [], 0.0
-    for i in range(0, len(source), batch_size):
-        x = preprocess(source.images[i:i + batch_size].to(device), mean, std)
-        y = source.labels[i:i + batch_size].to(device)
-        logits = model(x).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        preds.append(logits.argmax(1).cpu())
-    model.train(was_training)
+    task = progress.add_task(description, total=len(source)) if progress is not None else None
+    try:
+        for i in range(0, len(source), batch_size):
+            x = preprocess(source.images[i:i + batch_size].to(device), mean, std)
+            y = source.labels[i:i + batch_size].to(device)
+            logits = model(x).float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            preds.append(logits.argmax(1).cpu())
+            if task is not None:
+                progress.advance(task, len(y))
+    finally:
+        model.train(was_training)
+        if task is not None:
+            progress.remove_task(task)
     if not preds:
         return float("nan"), float("nan"), torch.zeros(0, dtype=torch.long)
     p = torch.cat(preds)
@@ -554,7 +574,8 @@ def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weig
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"{arm} arm, seed {seed}: the training loss became non-finite in epoch {epoch + 1} — "
                                 "lower optim.lr (or optim.encoder_lr_mult)")
-        val_top1, val_loss, _ = evaluate(model, data.val, data.mean, data.std, r.train.eval_batch_size, device)
+        val_top1, val_loss, _ = evaluate(model, data.val, data.mean, data.std, r.train.eval_batch_size, device,
+                                         progress, f"{arm} · seed {seed} · validation")
         for k, v in zip(curves, (epoch + 1, train_loss, float(correct) / len(order), val_top1, val_loss,
                                  optimizer.param_groups[-1]["lr"]), strict=True):
             curves[k].append(v)
@@ -577,6 +598,19 @@ def train_arm(arm: str, seed: int, r: FinetuneRecipe, meta: dict[str, Any], weig
 def _mean_std(values: list[float]) -> tuple[float, float]:
     t = torch.tensor(values, dtype=torch.float64)
     return float(t.mean()), (float(t.std()) if len(t) > 1 else 0.0)
+
+
+class _EpochStatsColumn(ProgressColumn):
+    """The trainings' bar's loss and validation top-1 of the last epoch, dashes until the first epoch ends (its
+    NaN placeholders read as a diverged run); nothing on the bars of the evaluation passes, which have neither."""
+
+    def render(self, task: Task) -> Text:
+        loss = task.fields.get("loss")
+        if loss is None:
+            return Text("")
+        if not math.isfinite(loss):
+            return Text("loss –  val –")
+        return Text(f"loss {loss:.3f}  val {task.fields['val']:.3f}")
 
 
 def _check_out_dir(out_dir: Path, run: Path) -> None:
@@ -707,9 +741,8 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                       f"fine-tune ({parts}); training the other {trainings - len(kept)}", highlight=False,
                       soft_wrap=not console.is_terminal)  # a log keeps it on one line
     runs: list[dict[str, Any]] = []
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.3f}"), TimeElapsedColumn(),
-               TimeRemainingColumn()]
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _EpochStatsColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
     total = (trainings - len(kept)) * r.train.epochs * steps_per_epoch
     with _interruption_says_what_is_kept(runs, trainings, out_dir, parts), \
             Progress(*columns, console=console, transient=False,
@@ -723,13 +756,20 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
                 progress.update(task, description=f"{arm} · seed {seed}")
                 res = train_arm(arm, seed, r, meta, weights, data, device, precision, progress, task, console,
                                 observer)
-                # The test split, touched once per arm and seed, by the model training ended with.
+                # The test split, touched once per arm and seed, by the model training ended with; each pass its
+                # own bar below the trainings' (a log is told what it waits for instead).
+                if not console.is_terminal:
+                    console.print(f"{arm} seed {seed}: scoring {len(data.test):,} test images"
+                                  + (f", then FGSM on {len(data.attack):,}" if data.attack is not None else ""),
+                                  highlight=False)
                 test_top1, test_loss, pred = evaluate(res.model, data.test, data.mean, data.std,
-                                                      r.train.eval_batch_size, device)
+                                                      r.train.eval_batch_size, device, progress,
+                                                      f"{arm} · seed {seed} · test")
                 fgsm = {}
                 if data.attack is not None:
                     fgsm = robustness.fgsm_accuracy(res.model, data.attack.images, data.attack.labels, data.mean,
-                                                    data.std, r.robustness.epsilons, r.train.eval_batch_size, device)
+                                                    data.std, r.robustness.epsilons, r.train.eval_batch_size, device,
+                                                    progress, f"{arm} · seed {seed} · FGSM")
                 sel = res.selected_epoch - 1
                 record = dict(arm=arm, seed=seed, test_top1=test_top1, test_loss=test_loss,
                               test_balanced_top1=balanced_accuracy(pred, data.test.labels),

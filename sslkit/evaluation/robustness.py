@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
@@ -38,7 +39,8 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
 
 def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
                   std: Sequence[float], epsilons: Sequence[float] = EPSILONS, batch_size: int = 500,
-                  device: torch.device | str | None = None) -> dict[float, float]:
+                  device: torch.device | str | None = None, progress: Progress | None = None,
+                  description: str = "FGSM") -> dict[float, float]:
     """Top-1 accuracy under an FGSM attack of each strength ε, the model in eval mode.
 
     Args:
@@ -49,6 +51,8 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         epsilons: attack strengths in [0, 1] pixel units (0.1 = 25.5 grey levels).
         batch_size: images per gradient.
         device: where to run; the model's device when None.
+        progress: a live display to show the pass on, as a bar of ``description`` (images attacked) removed when
+            it ends.
 
     Returns:
         ``{ε: accuracy}`` in the order of ``epsilons``; NaN for no images.
@@ -60,6 +64,7 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(epsilons), dtype=torch.long)
+    task = progress.add_task(description, total=len(images)) if progress is not None else None
     try:
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].to(device)
@@ -75,8 +80,12 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                 for j, eps in enumerate(epsilons):
                     x_adv = x if eps == 0 else (x + eps * step).clamp_(0, 1)  # ε = 0: the clean image exactly
                     correct[j] += int((model(normalise(x_adv, mean, std)).argmax(1) == y).sum())
+            if task is not None:
+                progress.advance(task, len(y))
     finally:
         model.train(was_training)
+        if task is not None:
+            progress.remove_task(task)
     n = len(images)
     return {float(e): (int(c) / n if n else float("nan")) for e, c in zip(epsilons, correct, strict=True)}
 
