@@ -560,7 +560,7 @@ def _without_one_seed_std(d: Any) -> Any:
     unknown, not 0), which the page would show as "± 0.00%"; ``sslkit finetune``'s own table shows the mean alone."""
     if not isinstance(d, dict) or not isinstance(d.get("seeds"), int) or d["seeds"] > 1:
         return d
-    return {k: v for k, v in d.items() if not k.endswith(".std")}
+    return {k.removesuffix(".mean"): v for k, v in d.items() if not k.endswith(".std")}  # the one seed's value
 
 
 def _finetune_headline(finetune: dict[str, Any]) -> dict[str, Any]:

@@ -838,3 +838,65 @@ def test_each_test_fgsm_and_validation_pass_shows_a_bar_of_its_own_and_leaves_no
         assert ended[f"{arm} · seed 0 · FGSM"] == (40, 40)
         assert f"{arm} seed 0: scoring 200 test images, then FGSM on 40\n" in log.getvalue()
     assert len(ended) == 6, ended
+
+
+def _figure_of(plot: object, *args: object, **kwargs: object):
+    """The figure ``plot`` draws, as it would be saved."""
+    import sslkit.viz
+
+    drawn = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sslkit.viz, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+        plot(*args, **kwargs)
+    return drawn[0]
+
+
+def _says_its_seeds(fig: object, seeds: list[int]) -> str:
+    """Checks that a figure says which seeds it shows and draws a spread (two arms' error bars) only over several;
+    returns its words (titles, labels, legends, notes)."""
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.text import Text
+
+    words = " ".join(t.get_text() for t in fig.findobj(Text))
+    bars = sum(isinstance(c, ErrorbarContainer) and c.has_yerr for ax in fig.axes for c in ax.containers)
+    if len(seeds) == 1:
+        assert "±" not in words and "over seeds" not in words and "mean" not in words, words
+        assert f"a single training seed: {seeds[0]}" in words and bars == 0, words
+    else:
+        assert f"mean ± std over {len(seeds)} seeds" in words and bars == 2, words
+    return words
+
+
+def _report_of_seeds(seeds: list[int]) -> dict:
+    """A finetune.json of two arms over ``seeds``, as _report writes it."""
+    from sslkit.evaluation.robustness import summarise
+
+    runs = [dict(arm=arm, seed=s, test_top1=0.8 + 0.01 * s - 0.05 * (arm == "supervised"), val_top1=0.8,
+                 curves={"val_top1": [0.5, 0.7 + 0.01 * s]}, fgsm={0.0: 0.8, 0.1: 0.3 + 0.01 * s})
+            for s in seeds for arm in ("ssl", "supervised")]
+    summary = {arm: {"test_top1.mean": float(np.mean([x["test_top1"] for x in runs if x["arm"] == arm])),
+                     "test_top1.std": float(np.std([x["test_top1"] for x in runs if x["arm"] == arm], ddof=1))
+                     if len(seeds) > 1 else 0.0, "seeds": len(seeds)} for arm in ("ssl", "supervised")}
+    return {"split": "test", "sizes": {"labeled": 400, "val": 40}, "summary": summary, "runs": runs,
+            "difference": {"test_top1.mean": 0.05, "test_top1.std": 0.0, "ssl_wins": len(seeds), "seeds": len(seeds)},
+            "fgsm": summarise({arm: [x["fgsm"] for x in runs if x["arm"] == arm] for arm in ("ssl", "supervised")})}
+
+
+def test_a_fine_tune_of_one_seed_is_drawn_and_shown_as_one_seed(tmp_path: Path) -> None:
+    """Of one seed, the figures said "mean ± std over seeds" and drew error bars of 0 (its spread is unknown, not
+    0), and the report page labelled its scores ".mean": they now name the seed and draw its scores alone."""
+    from sslkit.evaluation.robustness import plot_robustness
+    from sslkit.report import _finetune_headline
+
+    for seeds in ([3], [0, 1, 2]):  # several seeds: the checks have teeth
+        report = _report_of_seeds(seeds)
+        words = _says_its_seeds(_figure_of(ft.plot_finetune, report, tmp_path / "f.png"), seeds)
+        assert f"validation top-1 ({'training seed 3' if seeds == [3] else 'mean ± std over 3 seeds'})" in words
+        _says_its_seeds(_figure_of(plot_robustness, report["fgsm"], tmp_path / "g.png", n_images=40, seeds=seeds),
+                        seeds)
+        headline = _finetune_headline(report)
+        keys = {k for m in (*headline["summary"].values(), headline["difference"]) for k in m}
+        if seeds == [3]:
+            assert "test_top1" in keys and not any(k.endswith((".mean", ".std")) for k in keys), keys
+        else:
+            assert {"test_top1.mean", "test_top1.std"} <= keys

@@ -18,12 +18,13 @@ per arm and seed, by the final (or best-validation) model, after training; nothi
 robustness (:mod:`sslkit.evaluation.robustness`) is measured then too, on a seeded subset of the test split.
 
 Writes ``OUT/finetune.json``, ``OUT/figures/finetune.png`` (each arm's test accuracy as a point with std error
-bars, each seed a dot, and validation accuracy per epoch) and, with FGSM, ``OUT/figures/finetune_fgsm.png``; OUT is
-the run directory by default. These are written once every arm and seed has ended; each training that ends is kept
-before then in ``OUT/finetune-parts/`` (:func:`parts_folder`), so that the same command, stopped or crashed,
-continues where it stopped and ends with what an uninterrupted run writes (on the CPU, bit for bit; a GPU's kernels
-are not bitwise reproducible, so there as alike as two uninterrupted runs). The folder goes once ``finetune.json``
-is written.
+bars, each seed a dot, and validation accuracy per epoch; of a single seed, its scores alone and the seed named) and,
+with FGSM, ``OUT/figures/finetune_fgsm.png``; OUT is the run directory by default. These are written once every arm
+and seed has ended; each training that ends is kept before then in ``OUT/finetune-parts/`` (:func:`parts_folder`),
+so that the same command, stopped or crashed, continues where it stopped and ends with what an uninterrupted run
+writes (on the CPU, bit for bit; a GPU's kernels are not bitwise reproducible, so there as alike as two uninterrupted
+runs). The folder goes once ``finetune.json`` is written. While it runs, the trainings share one bar, and each
+validation, test scoring and FGSM pass shows one of its own below it (a log gets a line per epoch and per scoring).
 """
 
 from __future__ import annotations
@@ -795,7 +796,7 @@ def run_finetune(recipe: FinetuneRecipe, out: str | Path | None = None, console:
     if fgsm_summary:
         written.append(robustness.plot_robustness(fgsm_summary, figures / "finetune_fgsm.png", ARM_COLOURS,
                                                   f"{info['dataset']}: FGSM, {info['labeled']:,} labels",
-                                                  n_images=info["attack"], seeds=r.seeds))
+                                                  n_images=info["attack"], seeds=r.seed_list))
     else:  # an earlier fine-tune's chart would sit beside this finetune.json, and sslkit report would show it
         (figures / "finetune_fgsm.png").unlink(missing_ok=True)
     # Every key's parts: those of this fine-tune are in finetune.json now, those of another (an interrupted run of a
@@ -920,8 +921,14 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+def _seeds_run(report: dict[str, Any]) -> list[int]:
+    """The training seeds of a fine-tune's runs, in order."""
+    return sorted({x["seed"] for x in report["runs"]})
+
+
 def plot_finetune(report: dict[str, Any], path: Path) -> Path:
-    """Left: test top-1 per arm (mean ± std, each seed a dot). Right: validation top-1 per epoch.
+    """Left: test top-1 per arm (mean ± std, each seed a dot). Right: validation top-1 per epoch (mean ± std).
+    Of one seed, each arm's score and curve alone, and the seed named: its spread is unknown, not 0.
 
     The left panel marks each arm's mean with a point, not a bar: its y-axis is zoomed to the runs' range, where a
     bar's length (measured from the axis floor, not from 0) would overstate the gap between arms.
@@ -932,17 +939,20 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     arms = list(report["summary"])
+    seeds_run = _seeds_run(report)
+    several = len(seeds_run) > 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     means = [report["summary"][a]["test_top1.mean"] for a in arms]
-    stds = [report["summary"][a]["test_top1.std"] for a in arms]
+    stds = [report["summary"][a]["test_top1.std"] if several else 0.0 for a in arms]
     colours = [ARM_COLOURS.get(a, "#999999") for a in arms]
     for i, a in enumerate(arms):
-        seeds = [x["test_top1"] for x in report["runs"] if x["arm"] == a]
-        ax1.errorbar([i], [means[i]], yerr=[stds[i]], fmt="o", markersize=10, capsize=10, elinewidth=2,
-                     color=colours[i], zorder=2)
-        offsets = torch.linspace(-0.12, 0.12, len(seeds)).tolist() if len(seeds) > 1 else [0.0]
-        ax1.scatter([i + 0.22 + o for o in offsets], seeds, color="black", s=14, zorder=3,
-                    label="one seed" if i == 0 else None)
+        ax1.errorbar([i], [means[i]], yerr=[stds[i]] if several else None, fmt="o", markersize=10, capsize=10,
+                     elinewidth=2, color=colours[i], zorder=2)
+        if several:
+            seeds = [x["test_top1"] for x in report["runs"] if x["arm"] == a]
+            offsets = torch.linspace(-0.12, 0.12, len(seeds)).tolist()
+            ax1.scatter([i + 0.22 + o for o in offsets], seeds, color="black", s=14, zorder=3,
+                        label="one seed" if i == 0 else None)
         ax1.annotate(f"{means[i]:.3f}", (i, means[i]), xytext=(-14, 0), textcoords="offset points", ha="right",
                      va="center", fontsize=9)
     values = [x["test_top1"] for x in report["runs"]] + [v for m, s in zip(means, stds, strict=True)
@@ -951,26 +961,29 @@ def plot_finetune(report: dict[str, Any], path: Path) -> Path:
     ax1.set_ylim(max(0.0, min(values) - pad), min(1.0, max(values) + pad))
     ax1.set_xlim(-0.6, len(arms) - 0.4)
     ax1.set_xticks(range(len(arms)), arms)
-    ax1.legend(loc="lower right", fontsize=8)
+    if several:
+        ax1.legend(loc="lower right", fontsize=8)
     ax1.set_ylabel(f"{report['split']} top-1")
     d = report["difference"]
-    if d["seeds"] > 1:
+    if several:
         ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} ± "
                       f"{d['test_top1.std']:.3f}\n(mean ± std of the per-seed differences, {d['seeds']} seeds)",
                       fontsize=10)
     else:
-        ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f} "
-                      "(one seed)", fontsize=10)
+        ax1.set_title(f"{report['sizes']['labeled']:,} labels: ssl − supervised = {d['test_top1.mean']:+.3f}\n"
+                      f"(a single training seed: {seeds_run[0]})", fontsize=10)
     ax1.grid(axis="y", alpha=0.3)
     for a in arms:
         curves = torch.tensor([x["curves"]["val_top1"] for x in report["runs"] if x["arm"] == a], dtype=torch.float64)
         epochs = list(range(1, curves.shape[1] + 1))
         mean = curves.mean(0)
-        std = curves.std(0) if len(curves) > 1 else torch.zeros_like(mean)
         ax2.plot(epochs, mean, label=a, color=ARM_COLOURS.get(a), marker="." if len(epochs) < 40 else None)
-        ax2.fill_between(epochs, mean - std, mean + std, color=ARM_COLOURS.get(a), alpha=0.2)
+        if several:
+            std = curves.std(0)
+            ax2.fill_between(epochs, mean - std, mean + std, color=ARM_COLOURS.get(a), alpha=0.2)
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation top-1 (mean ± std over seeds)")
+    ax2.set_ylabel(f"validation top-1 (mean ± std over {len(seeds_run)} seeds)" if several else
+                   f"validation top-1 (training seed {seeds_run[0]})")
     ax2.set_title(f"validation: {report['sizes']['val']:,} held-out labeled images")
     ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.grid(alpha=0.3)

@@ -130,11 +130,12 @@ def print_robustness_table(summary: dict[str, dict[str, list[float]]], n_images:
 
 def plot_robustness(summary: dict[str, dict[str, list[float]]], path: str | Path,
                     colours: dict[str, str] | None = None, title: str = "", n_images: int | None = None,
-                    seeds: int | None = None) -> Path:
+                    seeds: Sequence[int] | None = None) -> Path:
     """Accuracy against ε per arm, error bars = std over seeds; writes a PNG and returns its path.
 
-    ``n_images`` (the attacked subset's size) and ``seeds`` are named on the axis and in the title: the accuracy at
-    ε = 0 is that subset's, not the whole test split's.
+    ``n_images`` (the attacked subset's size) and ``seeds`` (the training seeds the curves are of) are named on the
+    axis and in the title: the accuracy at ε = 0 is that subset's, not the whole test split's. The curves of one
+    seed have no error bars (their spread is unknown, not 0).
     """
     import matplotlib
 
@@ -144,13 +145,16 @@ def plot_robustness(summary: dict[str, dict[str, list[float]]], path: str | Path
     colours = colours or {}
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for arm, s in summary.items():
-        ax.errorbar(s["eps"], s["mean"], yerr=s["std"], marker="o", capsize=3, label=arm, color=colours.get(arm))
+        ax.errorbar(s["eps"], s["mean"], yerr=s["std"] if s.get("seeds", 2) > 1 else None, marker="o", capsize=3,
+                    label=arm, color=colours.get(arm))
     ax.set_xlabel("FGSM ε (pixel units in [0, 1])")
     ax.set_ylabel(f"top-1 on the {n_images:,} attacked test images" if n_images else "top-1 on the attacked images")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    spread = f"mean ± std over {seeds} seeds" if seeds and seeds > 1 else ""
+    spread = ""
+    if seeds:
+        spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"a single training seed: {seeds[0]}"
     ax.set_title("\n".join(x for x in (title or "Accuracy under FGSM", spread) if x), fontsize=10)
     from sslkit.viz import save_figure
 
