@@ -180,6 +180,9 @@ class ImageSource:
         classes: class names, indexed by label.
         name: where the images came from, e.g. ``fashion-mnist/train``.
         ids: a stable name per image where the data set has one (an image folder: each file's path in it).
+        files_key: with ``ids``, what names the images without reading them: an image folder's cache key, a hash
+            of each of its files' path in it, size, mtime and ctime, and of the decoding. The same wherever the
+            folder is reached (moved, through a symlink, by a relative path); any file changed changes it.
     """
 
     images: torch.Tensor
@@ -187,6 +190,7 @@ class ImageSource:
     classes: tuple[str, ...]
     name: str
     ids: tuple[str, ...] | None = None
+    files_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
@@ -216,7 +220,7 @@ class ImageSource:
         idx = idx.long()
         ids = tuple(self.ids[i] for i in idx.tolist()) if self.ids is not None else None
         return ImageSource(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)],
-                           self.classes, f"{self.name}[{len(idx)}/{len(self)}]", ids)
+                           self.classes, f"{self.name}[{len(idx)}/{len(self)}]", ids, self.files_key)
 
 
 # --- splits -----------------------------------------------------------------------------------------------
@@ -1024,7 +1028,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
         _refuse_empty_classes([classes[i] for i in np.flatnonzero(counts == 0)], base, "no readable image")
         if tmp is None:
             return ImageSource(torch.from_numpy(out[:n]), torch.tensor(labels, dtype=torch.long), tuple(classes), name,
-                               tuple(names))
+                               tuple(names), key)
         try:
             out.flush()
             del out  # unmapped before the file is cut: a mapping past a file's end faults when touched
@@ -1268,7 +1272,8 @@ def _load_cached(images_path: Path, meta_path: Path, name: str, remind: bool = F
     if remind and suggest_gray and meta.get("all_gray"):
         _suggest_one_channel(meta.get("root", name), stacklevel=3)
     files = meta.get("files")
-    return ImageSource(images, labels, tuple(meta["classes"]), name, tuple(files) if files is not None else None)
+    return ImageSource(images, labels, tuple(meta["classes"]), name, tuple(files) if files is not None else None,
+                       images_path.stem)  # the cache's key
 
 
 # --- loading ----------------------------------------------------------------------------------------------

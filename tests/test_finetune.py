@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -900,3 +901,63 @@ def test_a_fine_tune_of_one_seed_is_drawn_and_shown_as_one_seed(tmp_path: Path) 
             assert "test_top1" in keys and not any(k.endswith((".mean", ".std")) for k in keys), keys
         else:
             assert {"test_top1.mean", "test_top1.std"} <= keys
+
+
+def test_the_same_run_and_data_by_other_paths_reuse_the_ended_trainings(
+        run_dir: Path, fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key of the ended trainings hashed run: and data.root as written, so the same run through a symlink, or
+    its data by a relative path, trained everything again. What they hold is hashed now."""
+    out = tmp_path / "o"
+    _counting_train_arm(monkeypatch, stop_after=2)
+    assert _finetune_cli(run_dir, tmp_path, out, f"data.root={fmnist_root}") == 130
+    (tmp_path / "linked-run").symlink_to(run_dir)
+    monkeypatch.chdir(fmnist_root.parent)
+    started = _counting_train_arm(monkeypatch)
+    assert _finetune_cli(tmp_path / "linked-run", tmp_path, out, f"data.root={fmnist_root.name}") == 0
+    assert started == [("ssl", 1), ("supervised", 1)], "seed 0's two trainings had ended"
+
+
+def _write_bmp_folder(root: Path, per_class: int) -> Path:
+    """An image folder of random 8×8 BMPs (uncompressed: an image rewritten keeps its file's size)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i:02d}.bmp")
+    return root
+
+
+def test_an_image_folder_moved_reuses_the_ended_trainings_and_an_image_rewritten_reuses_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image folder's images are named by their files in the key (as its image cache names them), not hashed
+    pixel by pixel: the folder moved reuses the trainings that ended; one image rewritten, even with its old size
+    and mtime, reuses none."""
+    from PIL import Image
+
+    root = _write_bmp_folder(tmp_path / "imgs", per_class=12)
+    run = tmp_path / "run"
+    export_encoder(build_encoder("resnet18", "cifar", 3), run, dict(
+        encoder="resnet18", stem="cifar", in_chans=3, num_features=512, image_size=8, mean=[0.5] * 3, std=[0.29] * 3,
+        dataset="imagefolder", data_root=str(root), recipe="if", imagefolder_test_held_out=0.2))
+    sets = ["labeled.disjoint_from_pool=false", "labeled.size=8", "labeled.val_size=2", "train.batch_size=4",
+            "robustness.epsilons=[]"]
+    out = tmp_path / "o"
+    _counting_train_arm(monkeypatch, stop_after=2)
+    assert _finetune_cli(run, tmp_path, out, *sets, f"data.root={root}") == 130
+    moved = root.rename(tmp_path / "moved")
+    started = _counting_train_arm(monkeypatch)
+    assert _finetune_cli(run, tmp_path, out, *sets, f"data.root={moved}") == 0
+    assert started == [("ssl", 1), ("supervised", 1)], "seed 0's two trainings had ended"
+
+    _counting_train_arm(monkeypatch, stop_after=2)
+    assert _finetune_cli(run, tmp_path, out, *sets, f"data.root={moved}") == 130
+    image = moved / "a" / "03.bmp"
+    before = image.stat()
+    Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert image.stat().st_size == before.st_size
+    started = _counting_train_arm(monkeypatch)
+    assert _finetune_cli(run, tmp_path, out, *sets, f"data.root={moved}") == 0
+    assert len(started) == 4, "nothing reused"

@@ -30,6 +30,7 @@ validation, test scoring and FGSM pass shows one of its own below it (a log gets
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -228,7 +229,7 @@ def prepare_data(r: FinetuneRecipe, meta: dict[str, Any], device: torch.device) 
         attack = test if n_attack == len(test) else test.subset(stratified_split(test.labels, n_attack, 0)[0])
 
     def to_dev(s: ImageSource) -> ImageSource:
-        return ImageSource(s.images.to(device), s.labels.to(device), s.classes, s.name)
+        return dataclasses.replace(s, images=s.images.to(device), labels=s.labels.to(device))
 
     fit_idx, val_idx = picked[fit_pos], picked[val_pos]
     counts = torch.bincount(labels[picked], minlength=num_classes)
@@ -638,17 +639,29 @@ def parts_folder(out_dir: Path, r: FinetuneRecipe, meta: dict[str, Any], data: L
     augmentations are drawn from the seed alone, under forked RNGs: :func:`train_arm`), so a record of the same key
     is the one the training would give again. The key hashes the checked recipe but its name and which arms and
     seeds it runs (a record of arm a, seed s is the same whichever others run beside it: a rerun with fewer seeds
-    keeps those that ended), the run's ``encoder.json`` with the weights' sha256, every image and label trained,
-    validated and scored (the attacked ones are a seeded subset of the scored, drawn by the recipe), the device,
-    precision and threads, and the versions of sslkit and torch. Anything else changed, nothing is reused."""
-    recipe = {k: v for k, v in r.to_dict().items() if k not in ("name", "seed", "seeds", "linear_arm")}
-    h = hashlib.sha256(json.dumps({"recipe": recipe, "meta": meta, "device": str(device), "precision": precision,
-                                   "threads": torch.get_num_threads(), "sslkit": __version__,
-                                   "torch": torch.__version__}, sort_keys=True, default=str).encode())
+    keeps those that ended); the run's ``encoder.json`` with the weights' sha256; every label and image trained,
+    validated and scored (the attacked ones are a seeded subset of the scored, drawn by the recipe); the device,
+    precision and threads, and the versions of sslkit and torch. Anything else changed, nothing is reused.
+
+    What the paths hold is hashed, not how they are written: not ``run:``, ``data.root`` nor the folder the run
+    pretrained on, so the same run and data moved, or reached through a symlink or a relative path, reuse the
+    trainings that ended. An image folder's images are hashed as the image cache names them, by their files
+    (:attr:`~sslkit.data.ImageSource.files_key` and ``ids``: each file's path in the folder, size, mtime and
+    ctime; a copy of the folder has new ctimes, and trains again), not by their pixels, whose hash grows with the
+    folder and its image size; other data sets' images by their pixels."""
+    recipe = {k: v for k, v in r.to_dict().items() if k not in ("name", "seed", "seeds", "linear_arm", "run")}
+    recipe["data"] = {k: v for k, v in recipe["data"].items() if k != "root"}
+    h = hashlib.sha256(json.dumps({"recipe": recipe, "meta": {k: v for k, v in meta.items() if k != "data_root"},
+                                   "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+                                   "sslkit": __version__, "torch": torch.__version__}, sort_keys=True,
+                                  default=str).encode())
     for source in (data.train, data.val, data.test):  # data.attack: a function of data.test and the recipe
-        for t in (source.images, source.labels) if source is not None else ():
+        named = source.files_key is not None and source.ids is not None
+        for t in (source.labels,) if named else (source.images, source.labels):
             h.update(str((t.dtype, tuple(t.shape))).encode())
             h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy())
+        if named:
+            h.update("\0".join((source.files_key, *source.ids)).encode("utf-8", "surrogateescape") + b"\1")
     return out_dir / PARTS / h.hexdigest()[:16]
 
 
