@@ -777,7 +777,7 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
                       f"few to hold out monitor.val_size={r.monitor.val_size} — lower it")
     knn_start = state["knn_start"] if state is not None else None
     if state is None:
-        knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True), step=0, epoch=0)
+        knn_start = monitor(lambda: evaluated_encoder(encoder, data, r, fresh=True), step=0, epoch=0.0)
         if knn_start is not None:
             console.print(f"k-NN top-1 at step 0 (untrained network): {knn_start:.4f}")
     knn_last = knn_start
@@ -846,7 +846,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
             else:
                 progress.update(task, completed=step)
             if end_of_epoch and r.monitor.every and (epoch + 1) % r.monitor.every == 0 and step != stop_at:
-                knn_last = monitor(lambda: evaluated_encoder(encoder, data, r), step=step, epoch=epoch + 1)
+                knn_last = monitor(lambda: evaluated_encoder(encoder, data, r), step=step,
+                                   epoch=step / steps_per_epoch)
                 if knn_last is not None:
                     progress.console.print(f"epoch {epoch + 1}: k-NN top-1 {knn_last:.4f}")
                 window_t = time.perf_counter()  # evaluation time is not training throughput

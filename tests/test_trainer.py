@@ -67,6 +67,10 @@ def test_run_directory_contract(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     assert summary["steps"] == 8 and 0 <= summary["knn_start"] <= 1 and 0 <= summary["knn_end"] <= 1
     assert [s for s, _ in losses(out)] == list(range(1, 9))
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # epochs done, a float in every event (the k-NN at step 0 and at the end of an epoch wrote an int)
+    assert all(type(e["epoch"]) is float for e in events), events
+    assert [(e["step"], e["epoch"]) for e in events if "knn/top1" in e] == [(0, 0.0), (4, 1.0), (8, 2.0)]
     assert load_recipe(out / "recipe.yaml") == tiny_recipe()
     enc = load_encoder(out)
     assert enc.pretrained_cfg["input_size"] == (1, 28, 28)
