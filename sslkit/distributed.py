@@ -128,6 +128,31 @@ def stop_together(error: Exception, info: DistInfo) -> NoReturn:
     raise error
 
 
+@contextlib.contextmanager
+def checked_alike() -> Iterator[None]:
+    """Checks that every process makes alike before it joins the process group: of the recipe, which each reads
+    from the same command line. A :class:`~sslkit.errors.UserError` raised inside is said by rank 0 alone (each
+    process said it before, once per process); every other rank raises :class:`OtherRankFailed` with its exit
+    status (2) and says nothing.
+
+    The processes meet before they end, in a gloo group joined for that alone: one that ended first would have
+    ``torchrun`` stop the others (SIGTERM), rank 0 perhaps before it said the error. With one process, or
+    inside a process group, the error is raised as it is.
+    """
+    try:
+        yield
+    except UserError as e:
+        info = launched()
+        if not info.active or dist.is_initialized():
+            raise
+        dist.init_process_group("gloo")
+        dist.barrier()
+        dist.destroy_process_group()
+        if not info.is_main:
+            raise OtherRankFailed(_exit_status(e)) from None
+        raise
+
+
 def barrier(info: DistInfo) -> None:
     if info.active:
         dist.barrier()

@@ -65,6 +65,7 @@ from sslkit.distributed import (
     DistInfo,
     any_across,
     barrier,
+    checked_alike,
     gather_objects,
     init_distributed,
     launched,
@@ -593,8 +594,9 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
     # load_recipe's checks: epochs=0 exported an untrained encoder, a str seed failed deep in the loop. data.root is
     # not looked at again: load_recipe did, a resumed run's recipe (load_run_recipe) is read without that check,
     # and loading the data names a missing folder.
-    r = recipe_from_dict(recipe.to_dict(), "recipe", check_root=False)
-    info, dist_device = init_distributed(r.train.device)
+    with checked_alike():  # under torchrun, by every process: one line for the run, rank 0's
+        r = recipe_from_dict(recipe.to_dict(), "recipe", check_root=False)
+        info, dist_device = init_distributed(r.train.device)
     console = console or PipeSafeConsole()
     if not info.is_main:
         console = Console(quiet=True)
@@ -896,10 +898,9 @@ def duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-def pretrain_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),
-                       resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Loads a recipe (or a run directory's own, with ``resume``) and runs :func:`pretrain`."""
-    p = Path(path)
+def _recipe_and_run(p: Path, out: str | Path | None, overrides: tuple[str, ...], resume: bool
+                    ) -> tuple[Recipe, str | Path]:
+    """:func:`pretrain_from_file`'s recipe and run directory."""
     if resume and not p.exists():
         raise UserError(f"{str(p)!r} does not exist — --resume takes the run directory of an earlier `sslkit pretrain` "
                         "(or its recipe with --out RUN)")
@@ -915,6 +916,14 @@ def pretrain_from_file(path: str | Path, out: str | Path | None = None, override
             raise UserError(f"name {recipe.name!r} would put the run outside a folder of its own in runs/ (the default "
                             "--out is runs/<name>) — give a name such as 'cifar10' or 'cifar/bs256', or give --out")
         out = Path("runs") / recipe.name
+    return recipe, out
+
+
+def pretrain_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),
+                       resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Loads a recipe (or a run directory's own, with ``resume``) and runs :func:`pretrain`."""
+    with checked_alike():  # under torchrun, by every process: one line for the run, rank 0's
+        recipe, out = _recipe_and_run(Path(path), out, overrides, resume)
     try:
         return pretrain(recipe, out, resume=resume, console=console)
     finally:

@@ -284,3 +284,24 @@ def test_a_nonfinite_stop_under_torchrun_is_one_line_and_status_3_on_every_rank(
     assert statuses == ["3", "3"], stopped.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("sslkit pretrain: stopped: non-finite loss ("), lines
     assert "or gradients at step 2 (epoch 1); no update was applied" in lines[0], lines
+
+
+# `sslkit` as torchrun starts it, nothing changed.
+_PLAIN = """
+import os, sys
+from pathlib import Path
+
+from sslkit.cli import main
+
+run, rank = Path({run!r}), os.environ["RANK"]
+""" + _RUN_AND_RECORD_STATUS
+
+
+def test_a_bad_recipe_under_torchrun_is_one_line_and_status_2_on_every_rank(tmp_path: Path) -> None:
+    """Each process checks the recipe before the process group exists, and each said what was wrong: the same line
+    once per process."""
+    refused, statuses, lines = _launch(tmp_path, _PLAIN, "--set", "train.epochs=0")
+    assert statuses == ["2", "2"], refused.stderr[-3000:]
+    assert lines == ["sslkit pretrain: error: --set train.epochs=0: train.epochs must be ≥ 1, got 0"], \
+        refused.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
