@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -151,6 +152,33 @@ def checked_alike() -> Iterator[None]:
         if not info.is_main:
             raise OtherRankFailed(_exit_status(e)) from None
         raise
+
+
+@contextlib.contextmanager
+def signals_said_by_rank_0(status: int) -> Iterator[None]:
+    """Under ``torchrun``, SIGINT and SIGTERM end a rank other than 0 at once, wherever it is, with exit status
+    ``status`` (:class:`OtherRankFailed`), saying nothing; rank 0 keeps its handlers and says what the signal
+    stopped. ``torchrun`` passes a signal on to every process, and each one said it before, once per process,
+    when it came outside the training loop (loading the data, the k-NN at step 0), where no collective tells the
+    others. The training loop catches both signals itself, to stop every rank after the same step
+    (:func:`stop_together`). One process, or a thread other than the main one, keeps its handlers."""
+    info = launched()
+    old: dict[int, Any] = {}
+
+    def quiet(signum: int, frame: Any) -> None:
+        raise OtherRankFailed(status)
+
+    if info.active and not info.is_main:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[s] = signal.signal(s, quiet)
+            except ValueError:  # not the main thread
+                pass
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def barrier(info: DistInfo) -> None:

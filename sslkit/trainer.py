@@ -72,6 +72,7 @@ from sslkit.distributed import (
     main_work,
     mean_across,
     shutdown,
+    signals_said_by_rank_0,
     stop_together,
 )
 from sslkit.errors import UserError, WriteError
@@ -89,7 +90,7 @@ from sslkit.optim import build_optimizer, build_scheduler
 from sslkit.outputs import check_out_folder, is_run
 from sslkit.step import MEASURED_ENCODER, make_views, simclr_backward, step_if_finite, step_memory_bytes
 
-EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: a checkpoint was saved; `--resume` continues the run
+EXIT_INTERRUPTED = 130  # stopped by SIGINT or SIGTERM (with a checkpoint, in the loop: `--resume` continues the run)
 
 
 def resume_command(run: Path) -> str:
@@ -555,16 +556,25 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
     Raises:
         UserError: bad input (a recipe value out of range, of the wrong type), found before any training step.
         Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
+        KeyboardInterrupt: SIGINT (or SIGTERM, as the CLI takes it) outside the training loop (loading the data,
+            the k-NN at step 0, the final evaluation): its message says which checkpoint the run is safe up to.
+            Under ``torchrun`` on rank 0; the other ranks exit with status 130 and say nothing
+            (:func:`~sslkit.distributed.signals_said_by_rank_0`).
         NonFiniteLoss: when the loss or a gradient is not finite and ``train.nonfinite`` says stop.
         WriteError: a file of the run could not be written (a full disk, a folder made read-only): its message
             names the file and the reason, the checkpoint ``--resume`` continues from and its step, and what to do.
             Files written before are whole, and no temporary file is left.
     """
     try:
-        return _pretrain(recipe, out, resume, console)
+        with signals_said_by_rank_0(EXIT_INTERRUPTED):
+            return _pretrain(recipe, out, resume, console)
     except WriteError as e:  # the one place: every writer raises it, with the file's name and the system's reason
         if not e.advice:  # a file outside the run (the image folder's cache) comes with its own advice
             e.advice = _after_failed_write(Path(out), e.errno)
+        raise
+    except KeyboardInterrupt as e:
+        if not e.args:
+            e.args = (_after_interruption(Path(out)),)
         raise
 
 
@@ -583,6 +593,15 @@ def _after_failed_write(run: Path, code: int | None) -> str:
     step, path = saved
     return (f"the run is safe up to step {step:,} ({path} is complete, and no file written before was changed); "
             f"{fix}, then continue with: {resume_command(run)}")
+
+
+def _after_interruption(run: Path) -> str:
+    """What a run stopped at once keeps, and how to go on: read from the disk, as ``--resume`` would find it."""
+    saved = resume_point(run / "checkpoints")
+    if saved is None:
+        return "interrupted before the first checkpoint was written — start the run again with the same command"
+    step, path = saved
+    return f"interrupted; the run is safe up to step {step:,} ({path}) — continue with: {resume_command(run)}"
 
 
 def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | None) -> dict[str, Any]:
@@ -922,9 +941,10 @@ def _recipe_and_run(p: Path, out: str | Path | None, overrides: tuple[str, ...],
 def pretrain_from_file(path: str | Path, out: str | Path | None = None, overrides: tuple[str, ...] = (),
                        resume: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Loads a recipe (or a run directory's own, with ``resume``) and runs :func:`pretrain`."""
-    with checked_alike():  # under torchrun, by every process: one line for the run, rank 0's
-        recipe, out = _recipe_and_run(Path(path), out, overrides, resume)
-    try:
-        return pretrain(recipe, out, resume=resume, console=console)
-    finally:
-        shutdown()
+    with signals_said_by_rank_0(EXIT_INTERRUPTED):  # until every process has left the process group
+        with checked_alike():  # under torchrun, by every process: one line for the run, rank 0's
+            recipe, out = _recipe_and_run(Path(path), out, overrides, resume)
+        try:
+            return pretrain(recipe, out, resume=resume, console=console)
+        finally:
+            shutdown()

@@ -305,3 +305,36 @@ def test_a_bad_recipe_under_torchrun_is_one_line_and_status_2_on_every_rank(tmp_
     assert lines == ["sslkit pretrain: error: --set train.epochs=0: train.epochs must be ≥ 1, got 0"], \
         refused.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+# `sslkit` whose torchrun gets Ctrl-C while rank 0 measures the k-NN at step 0 (the other rank waits for it there).
+_CTRL_C_TO_TORCHRUN_IN_THE_STEP_0_KNN = """
+import os, signal, sys, time
+from pathlib import Path
+
+import sslkit.trainer as trainer
+from sslkit.cli import main
+
+run, rank = Path({run!r}), os.environ["RANK"]
+if rank == "0":
+    real = trainer.knn_monitor
+
+    def ctrl_c_in_the_knn(*args, **kwargs):
+        os.kill(os.getppid(), signal.SIGINT)  # torchrun, which sends SIGINT on to every process
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # measuring, until the signal ends it
+            time.sleep(0.01)
+        return real(*args, **kwargs)
+
+    trainer.knn_monitor = ctrl_c_in_the_knn
+""" + _RUN_AND_RECORD_STATUS
+
+
+def test_ctrl_c_to_torchrun_before_the_first_step_is_one_line_and_status_130_on_every_rank(tmp_path: Path) -> None:
+    """Outside the training loop (loading the data, the k-NN at step 0) a signal ends each process where it is,
+    and each said so: 'interrupted' once per process."""
+    stopped, statuses, lines = _launch(tmp_path, _CTRL_C_TO_TORCHRUN_IN_THE_STEP_0_KNN)
+    assert statuses == ["130", "130"], stopped.stderr[-3000:]
+    assert lines == ["sslkit pretrain: interrupted before the first checkpoint was written — start the run again "
+                     "with the same command"], stopped.stderr[-3000:]
+    assert not list((tmp_path / "run").rglob("*.pt"))
