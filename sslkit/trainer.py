@@ -15,6 +15,7 @@ import math
 import random
 import shlex
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,13 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint saved — "
                          f"continue with{command}")
         self.signum, self.step = signum, step
+
+
+def _say_stopping(signum: int) -> None:
+    """What a first SIGINT/SIGTERM in the loop gets at once (:class:`_SignalCatcher`), on stderr with the line that
+    ends the run (:class:`Interrupted`); under a live progress bar rich puts it above the bar."""
+    print(f"sslkit pretrain: {signal.Signals(signum).name} received — stopping after this step, once its checkpoint is "
+          "written (Ctrl-C again stops at once, keeping the last checkpoint written)", file=sys.stderr, flush=True)
 
 
 class NonFiniteLoss(Exception):
@@ -503,10 +511,19 @@ def _holds_checkpoints(folder: Path) -> bool:
 
 
 class _SignalCatcher:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written cleanly."""
+    """Turns a first SIGINT/SIGTERM into a flag checked between steps, so a checkpoint can be written cleanly, and
+    calls ``notice(signum)`` at once: the step, or the k-NN evaluation that ends an epoch, may take many seconds.
 
-    def __init__(self) -> None:
+    A second signal stops at once, wherever the loop is, as outside it (KeyboardInterrupt; under ``torchrun``
+    a rank other than 0 exits quietly). That loses no checkpoint: each is written to a temporary file that is
+    removed, or renamed into place whole (:mod:`sslkit.checkpoint`); a stop between ``step-N.pt`` and
+    ``last.pt`` leaves the first, which ``--resume`` takes. An event of ``metrics.jsonl`` cut short is skipped by
+    its readers and dropped on resume.
+    """
+
+    def __init__(self, notice: Callable[[int], None] | None = None) -> None:
         self.signum: int | None = None
+        self._notice = notice
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _SignalCatcher:
@@ -518,7 +535,14 @@ class _SignalCatcher:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # as outside the loop (a rank other than 0 under torchrun: quietly)
+            old = self._old[signum]
+            if callable(old):
+                old(signum, frame)
+            raise KeyboardInterrupt
         self.signum = signum
+        if self._notice is not None:
+            self._notice(signum)
 
     def __exit__(self, *exc: Any) -> None:
         for s, old in self._old.items():
@@ -557,9 +581,9 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, console: Con
         UserError: bad input (a recipe value out of range, of the wrong type), found before any training step.
         Interrupted: after SIGINT/SIGTERM, once a checkpoint is saved.
         KeyboardInterrupt: SIGINT (or SIGTERM, as the CLI takes it) outside the training loop (loading the data,
-            the k-NN at step 0, the final evaluation): its message says which checkpoint the run is safe up to.
-            Under ``torchrun`` on rank 0; the other ranks exit with status 130 and say nothing
-            (:func:`~sslkit.distributed.signals_said_by_rank_0`).
+            the k-NN at step 0, the final evaluation), or a second one in it: its message says which checkpoint
+            the run is safe up to. Under ``torchrun`` on rank 0; the other ranks exit with status 130 and say
+            nothing (:func:`~sslkit.distributed.signals_said_by_rank_0`).
         NonFiniteLoss: when the loss or a gradient is not finite and ``train.nonfinite`` says stop.
         WriteError: a file of the run could not be written (a full disk, a folder made read-only): its message
             names the file and the reason, the checkpoint ``--resume`` continues from and its step, and what to do.
@@ -816,7 +840,8 @@ def _pretrain(recipe: Recipe, out: str | Path, resume: bool, console: Console | 
         done = "the 1 step was" if stop_at == 1 else f"all {stop_at:,} steps were"
         console.print(f"{done} done before: the final evaluation and the export only{more}",
                       soft_wrap=not console.is_terminal)
-    with _SignalCatcher() as signals, progress_bar(console, disable=step >= stop_at) as progress:
+    with _SignalCatcher(_say_stopping if info.is_main else None) as signals, \
+            progress_bar(console, disable=step >= stop_at) as progress:
         # epoch: the one the next step is in, counted from 1 as the updates below count it
         task = progress.add_task("pretrain", total=stop_at, completed=step, epoch=step // max(steps_per_epoch, 1) + 1,
                                  loss=float("nan"), lr=0.0, ips=0.0)

@@ -242,11 +242,14 @@ if rank == "1":
 
 
 def test_ctrl_c_to_torchrun_saves_a_checkpoint_and_says_one_line_then_the_run_continues(tmp_path: Path) -> None:
-    """Every process stopped after the same step and said it: the line, and the command, twice (once per rank)."""
+    """Every process stopped after the same step and said it: the line, and the command, twice (once per rank). The
+    signal is answered at once, by rank 0 alone."""
     run = tmp_path / "run"
     stopped, statuses, lines = _launch(tmp_path, _CTRL_C_TO_TORCHRUN)
     assert statuses == ["130", "130"], stopped.stderr[-3000:]
-    assert lines == ["sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: torchrun "
+    assert lines == ["sslkit pretrain: SIGINT received — stopping after this step, once its checkpoint is written "
+                     "(Ctrl-C again stops at once, keeping the last checkpoint written)",
+                     "sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: torchrun "
                      f"--standalone --nproc_per_node 2 -m sslkit pretrain {run} --resume"], stopped.stderr[-3000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
     # train.batch_size is the global batch: the header says so ("batch 16 × 2 views" read as each process's)

@@ -34,6 +34,10 @@ TINY = ["data.pool_size=64", "monitor.val_size=40", "monitor.bank_size=80", "mon
         "train.epochs=2", "train.log_every=1", "optim.warmup_epochs=0.5", "train.threads=1", "train.keep_last=1"]
 
 
+STOPPING = ("sslkit pretrain: SIGINT received — stopping after this step, once its checkpoint is written (Ctrl-C "
+            "again stops at once, keeping the last checkpoint written)")  # said at once, before the step ends
+
+
 def quiet() -> Console:
     return Console(quiet=True)
 
@@ -639,9 +643,53 @@ def test_an_interrupted_run_names_the_command_that_continues_it(tmp_path: Path, 
             *(f"--set={s}" for s in [*TINY, "train.max_steps=3"])]
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
-    assert err == ("sslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: "
+    assert err == (f"{STOPPING}\nsslkit pretrain: stopped by SIGINT after step 2; checkpoint saved — continue with: "
                    f"sslkit pretrain '{run}' --resume"), err
     monkeypatch.setattr(trainer, "step_if_finite", real)
+    assert main(["pretrain", str(run), "--resume"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C said nothing until the step (or the epoch's k-NN) ended, and a second one was taken as the first: the
+    run went on to its checkpoint. Now the first is answered at once, and the second, half-way through writing step
+    2's checkpoint, stops there: step 1's is kept whole, no temporary file is left, and the run continues."""
+    import os
+    import signal
+
+    import sslkit.trainer as trainer
+    from sslkit.checkpoint import TMP_PREFIX
+
+    real_step, calls = trainer.step_if_finite, {"n": 0}
+
+    def ctrl_c_at_step_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    real_write = Path.write_bytes
+
+    def ctrl_c_half_way(self: Path, data) -> int:
+        if self.name.startswith(f"{TMP_PREFIX}step-2.pt"):
+            real_write(self, bytes(data[:len(data) // 2]))
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_write(self, data)
+
+    monkeypatch.setattr(trainer, "step_if_finite", ctrl_c_at_step_2)
+    monkeypatch.setattr(Path, "write_bytes", ctrl_c_half_way)
+    run = tmp_path / "run"
+    argv = ["pretrain", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(run),
+            *(f"--set={s}" for s in [*TINY, "train.max_steps=3", "train.checkpoint_every=1"])]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"{STOPPING}\nsslkit pretrain: interrupted; the run is safe up to step 1 ({run}/checkpoints/"
+                   f"last.pt) — continue with: sslkit pretrain {run} --resume"), err
+    assert sorted(p.name for p in run.rglob("*") if p.is_file()) == ["last.pt", "metrics.jsonl", "recipe.yaml",
+                                                                     "step-1.pt"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
+    monkeypatch.undo()
     assert main(["pretrain", str(run), "--resume"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
 
