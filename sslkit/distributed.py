@@ -137,14 +137,16 @@ def checked_alike() -> Iterator[None]:
     status (2) and says nothing.
 
     The processes meet before they end, in a gloo group joined for that alone: one that ended first would have
-    ``torchrun`` stop the others (SIGTERM), rank 0 perhaps before it said the error. With one process, or
-    inside a process group, the error is raised as it is.
+    ``torchrun`` stop the others (SIGTERM), rank 0 perhaps before it said the error. With one process, inside a
+    process group, or with processes on several machines, the error is raised as it is, by each process that
+    meets it: machines may differ in what the checks read (a ``data.root`` that one of them lacks, a CUDA device),
+    and a rank whose checks passed would never come to the meeting.
     """
     try:
         yield
     except UserError as e:
         info = launched()
-        if not info.active or dist.is_initialized():
+        if not info.active or dist.is_initialized() or info.local_world != info.world:
             raise
         dist.init_process_group("gloo")
         dist.barrier()
