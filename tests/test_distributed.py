@@ -194,6 +194,20 @@ def test_torchrun_asking_for_cuda_without_it_is_refused_not_run_on_the_cpu(monke
     assert not dist.is_initialized()
 
 
+def test_across_machines_each_rank_says_its_own_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machines may differ in what the checks read (a data.root one of them lacks): a rank on the second machine
+    that refuses says so itself, as it is, and does not wait in a meeting that ranks whose checks passed never
+    come to."""
+    from sslkit.distributed import checked_alike
+    from sslkit.errors import UserError
+
+    for name, value in {"WORLD_SIZE": 16, "RANK": 9, "LOCAL_RANK": 1, "LOCAL_WORLD_SIZE": 8}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("joined a meeting"))
+    with pytest.raises(UserError, match="data.root"), checked_alike():
+        raise UserError("data.root '/data' is not a folder")
+
+
 @pytest.mark.parametrize(("world", "local_world", "command"), [
     (2, 2, "torchrun --standalone --nproc_per_node 2 -m sslkit pretrain 'my run' --resume"),
     (16, 8, "torchrun -m sslkit pretrain 'my run' --resume on each machine, with the torchrun options as before")])
