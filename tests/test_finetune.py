@@ -337,6 +337,30 @@ def test_one_seed_has_no_spread_to_print() -> None:
     assert ft._pm(0.02, 0.0, 1, sign=True) == "+0.0200" and ft._plural(1, "epoch") == "1 epoch"
 
 
+def test_the_table_of_one_seed_says_one_seed_and_repeats_no_score() -> None:
+    """Of one seed the table said "ssl ahead in 1/1 seeds" and gave a "per seed" column repeating each score."""
+    def report(seeds: list[int]) -> dict:
+        runs = [{"arm": a, "seed": s, "test_top1": t + 0.01 * s}
+                for s in seeds for a, t in (("ssl", 0.8), ("supervised", 0.7))]
+        arm = {"test_top1.mean": 0.8, "test_top1.std": 0.01, "val_top1.mean": 0.8, "val_top1.std": 0.01,
+               "seconds.mean": 9}
+        return {"sizes": {"labeled": 40, "train": 32, "val": 8, "test": 100}, "dataset": "d", "encoder": "e",
+                "split": "test", "protocol": {"epochs": 2, "select": "last", "encoder_lr_mult": 0.1},
+                "labeled": {"disjoint_from_pool": True, "class_counts_min": 4, "class_counts_max": 4,
+                            "imbalance_ratio": 1, "balance": "none"},
+                "runs": runs, "summary": {"ssl": arm, "supervised": arm},
+                "difference": {"ssl_wins": len(seeds), "seeds": len(seeds), "test_top1.mean": 0.1, "test_top1.std": 0},
+                "difference_per_seed": [{"ssl - supervised": 0.1} for _ in seeds]}
+
+    for seeds in ([3], [0, 1]):
+        console = Console(record=True, width=300)
+        ft.print_table(report(seeds), console)
+        text = console.export_text()
+        several = len(seeds) > 1
+        assert ("per seed" in text) == several and ("ahead in 2/2 seeds" in text) == several, text
+        assert ("one seed, 3" in text) != several and "1/1" not in text, text
+
+
 def test_disjoint_from_pool_needs_the_run_s_own_image_folder_and_its_hold_out(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image

@@ -916,21 +916,25 @@ def print_table(report: dict[str, Any], console: Console) -> None:
                           f"imbalance ratio {lab['imbalance_ratio']:g}, class balance: {lab['balance']}; "
                           f"{_plural(report['protocol']['epochs'], 'epoch')}, select {report['protocol']['select']}",
                   caption_justify="left")
-    for col, just in (("arm", "left"), ("start", "left"), ("test top-1", "right"), ("per seed", "right"),
-                      ("val top-1", "right"), ("encoder lr ×", "right"), ("balance", "left"), ("s / seed", "right")):
+    several = len(_seeds_run(report)) > 1  # one seed: its score alone, no column repeating it
+    columns = [("arm", "left"), ("start", "left"), ("test top-1", "right"), ("per seed", "right"),
+               ("val top-1", "right"), ("encoder lr ×", "right"), ("balance", "left"), ("s / seed", "right")]
+    for col, just in columns if several else [c for c in columns if c[0] != "per seed"]:
         table.add_column(col, justify=just)
     for arm, m in report["summary"].items():
         mine = [x for x in runs if x["arm"] == arm]
         mult = report["protocol"]["encoder_lr_mult"] if arm == "ssl" else (1.0 if arm == "supervised" else 0.0)
-        table.add_row(arm, ARM_INIT[arm], _pm(m["test_top1.mean"], m["test_top1.std"], len(mine)),
-                      " ".join(f"{x['test_top1']:.4f}" for x in mine),
+        per_seed = [" ".join(f"{x['test_top1']:.4f}" for x in mine)] if several else []
+        table.add_row(arm, ARM_INIT[arm], _pm(m["test_top1.mean"], m["test_top1.std"], len(mine)), *per_seed,
                       _pm(m["val_top1.mean"], m["val_top1.std"], len(mine)), f"{mult:g}", lab["balance"],
                       f"{m['seconds.mean']:.0f}")
     d = report["difference"]
     table.add_section()
-    table.add_row("[bold]ssl − supervised", f"paired; ssl ahead in {d['ssl_wins']}/{d['seeds']} seeds",
-                  f"[bold]{_pm(d['test_top1.mean'], d['test_top1.std'], d['seeds'], sign=True)}",
-                  " ".join(f"{x['ssl - supervised']:+.4f}" for x in report["difference_per_seed"]), "", "", "", "")
+    how = f"paired; ssl ahead in {d['ssl_wins']}/{d['seeds']} seeds" if several else f"one seed, {runs[0]['seed']}"
+    per_seed = [" ".join(f"{x['ssl - supervised']:+.4f}" for x in report["difference_per_seed"])] if several else []
+    table.add_row("[bold]ssl − supervised", how,
+                  f"[bold]{_pm(d['test_top1.mean'], d['test_top1.std'], d['seeds'], sign=True)}", *per_seed,
+                  "", "", "", "")
     console.print(table)
 
 
