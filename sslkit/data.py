@@ -990,8 +990,7 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
     shape = (len(files), len(mode), size, size)
     _remove_stale_temp_files(cache)  # before the free-space check: what they held is free again
     room = next((p for p in (cache, *cache.parents) if p.exists()), None)
-    _check_room(*shape[:3], shutil.disk_usage(room).free if room is not None else None,
-                f"free on the disk of the image cache {cache}", cache)
+    _check_room(*shape[:3], shutil.disk_usage(room).free if room is not None else None, cache)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         out: np.ndarray = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -1374,15 +1373,15 @@ def _load_split(dataset: str, split: str, root: str | None, download: bool, imag
         raise UserError(f"data.channels is {channels} but {dataset} images have {source.channels} channel(s) — "
                         "remove data.channels (it only converts image folders)")
     if image_size is not None and image_size != source.image_size:
-        _check_room(len(source), source.channels, image_size, physical_memory_bytes(), "of memory this machine has")
+        _check_room(len(source), source.channels, image_size, physical_memory_bytes())
         source = ImageSource(resize(source.images, image_size), source.labels, source.classes, source.name)
     return source
 
 
-def _check_room(n: int, channels: int, size: int, room: int | None, where: str, cache: Path | None = None) -> None:
+def _check_room(n: int, channels: int, size: int, room: int | None, cache: Path | None = None) -> None:
     """A ``UserError`` when ``n`` images resized to ``size`` would not fit in ``room`` bytes (before any allocation:
-    otherwise an allocator error, or the OOM killer, later): ``where`` says what ``room`` is, memory or the free
-    space on the disk of the image cache ``cache``. The way out fits the command: pretraining can lower
+    otherwise an allocator error, or the OOM killer, later): the memory of this machine, or with ``cache`` the free
+    space on the disk of that image cache. The way out fits the command: pretraining can lower
     data.image_size; a command that reads a finished run (:func:`data_root_option`) or fine-tunes one
     (:func:`image_size_of_run`) cannot, its encoder fixes the size, so it is told to make room instead."""
     need = n * channels * size * size
@@ -1390,8 +1389,10 @@ def _check_room(n: int, channels: int, size: int, room: int | None, where: str, 
         return
     run = _DATA_ROOT_OPTION.get() is not None or _IMAGE_SIZE_OF_RUN.get()
     if cache is None:
+        where = "of memory this machine has"
         fix = "run it on a machine with more memory" if run else "lower data.image_size"
     else:
+        where = f"free on the disk of the image cache {cache}"
         fix = (f"{'' if run else 'lower data.image_size, '}free space on that disk, or set SSLKIT_CACHE to a folder on "
                "a disk with room")
     named = f"the run's image size {size}" if run else f"data.image_size {size}"
