@@ -1010,7 +1010,10 @@ def imagefolder_pool(root: str | None, image_size: int | None = None, channels: 
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):  # else: cannot reserve, go on
                     raise _cache_write_error(e, images_path, cache) from e
-        labels, bad = _decode_all(files, size, mode, out, base)
+        if _copy_renamed(cache, classes, files, listing, out, size, mode):
+            labels, bad = [ci for ci, _ in files], []
+        else:
+            labels, bad = _decode_all(files, size, mode, out, base)
         n = len(labels)
         skipped = {p for p, _ in bad}
         names = [p.relative_to(base).as_posix() for _, p in files if p not in skipped]  # the decoded ones, in order
@@ -1201,6 +1204,65 @@ def _adopt_cache(cache: Path, key: str, listing: list[tuple[Any, ...]], base: Pa
                 old.with_suffix(".npy").unlink(missing_ok=True)
                 old.unlink(missing_ok=True)
                 old.parent.rmdir()  # only if it held nothing else
+
+
+def _copy_renamed(cache: Path, classes: list[str], files: list[tuple[int, Path]], listing: list[tuple[Any, ...]],
+                  out: np.ndarray, size: int, mode: str) -> bool:
+    """Fills ``out`` with the rows of the folder's cache in ``cache`` (of ``size`` and ``mode``) when all that changed
+    since is the names of class folders: their images are those cached, put in the order of the new names, and only
+    their labels change. False, and ``out`` to be filled by decoding, when anything else changed, or when it cannot
+    be told which folder was renamed to which (:func:`_old_class_names`).
+
+    Checked as a cache is found: the listing under the old names (paths, sizes, mtimes and ctimes, which renaming a
+    folder leaves as they were) gives the cache's key. A cache that skipped unreadable files is not reused."""
+    for meta_path in cache.glob("*.json"):
+        meta = _index_of(meta_path, size, mode)
+        was = _old_class_names(meta, classes, listing) if meta is not None and not meta.get("skipped") else None
+        if was is None:
+            continue
+        old_names = [f"{was[folder]}/{rest}" for folder, rest in (entry[0].split("/", 1) for entry in listing)]
+        old_index = {c: i for i, c in enumerate(meta["classes"])}
+        old_rank = [old_index[was[classes[ci]]] for ci, _ in files]
+        old_order = sorted(range(len(listing)), key=old_rank.__getitem__)  # stable: each class's files in order
+        if _listing_key([(old_names[i], *listing[i][1:]) for i in old_order], size, mode)[:20] != meta_path.stem:
+            continue
+        try:
+            row = {name: i for i, name in enumerate(meta["files"])}
+            rows = [row[name] for name in old_names]
+            cached = np.load(meta_path.with_suffix(".npy"), mmap_mode="r")
+            if cached.shape != (len(rows), *out.shape[1:]):
+                continue
+            for i in range(0, len(rows), 4096):
+                out[i:i + 4096] = cached[rows[i:i + 4096]]
+        except (OSError, ValueError, KeyError):  # removed since by another process, or damaged: decoded instead
+            continue
+        return True
+    return False
+
+
+def _old_class_names(meta: dict[str, Any], classes: list[str], listing: list[tuple[Any, ...]]) -> dict[str, str] | None:
+    """Each class's name in the cache index ``meta`` when only class folders were renamed since: a renamed folder
+    is the one gone whose files have the same paths in it. None when classes were added or removed, or a renamed
+    folder matches none or several of those gone (folders of files of the same names, all renamed at once)."""
+    old, names = meta.get("classes"), meta.get("files")
+    if not isinstance(old, list) or not isinstance(names, list):
+        return None
+    gone = [c for c in old if c not in classes]
+    added = [c for c in classes if c not in old]
+    if not added or len(added) != len(gone):
+        return None
+    members: dict[tuple[bool, str], set[str]] = {}  # (old?, class folder): the paths of its files in it
+    for is_old, paths in ((True, names), (False, [entry[0] for entry in listing])):
+        for path in paths:
+            folder, rest = path.split("/", 1)
+            members.setdefault((is_old, folder), set()).add(rest)
+    was = {c: c for c in classes if c in old}
+    for c in added:
+        match = [g for g in gone if members.get((True, g)) == members[False, c]]
+        if len(match) != 1:
+            return None
+        was[c] = match[0]
+    return was if len(set(was.values())) == len(was) else None
 
 
 def _decodes_as_cached(images: Path, files: list[str] | None, base: Path, size: int, mode: str,

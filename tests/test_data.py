@@ -1425,7 +1425,7 @@ def test_a_class_folder_without_images_is_refused_before_decoding_whether_or_not
     was read as it was, with 2 classes, where the same folder uncached was refused (as torchvision's ``ImageFolder``
     refuses it) — and only after every image was decoded. Now it is refused from the listing, cached or not, and
     the key, with every class holding a listed file, covers the class names (the first part of each file's path):
-    a class folder renamed so that the classes sort differently is decoded again with its new labels."""
+    a class folder renamed so that the classes sort differently is read with its new labels."""
     decoded = count_decodings(monkeypatch)
     root = small_folder(tmp_path / "train")
     src = imagefolder_pool(str(root), image_size=8)
@@ -1446,4 +1446,47 @@ def test_a_class_folder_without_images_is_refused_before_decoding_whether_or_not
     os.rename(root / "b", root / "0")  # its files keep their mtimes; the classes now sort 0, a
     renamed = imagefolder_pool(str(root), image_size=8)
     assert renamed.classes == ("0", "a") and renamed.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert torch.equal(renamed.images, src.images[[3, 4, 5, 0, 1, 2]]) and len(decoded) == 2
+    assert torch.equal(renamed.images, src.images[[3, 4, 5, 0, 1, 2]]) and len(decoded) == 1  # its images reused
+
+
+def test_a_renamed_class_folder_keeps_its_cached_images_under_its_new_label(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renaming a class folder changes the paths of all its files, so the whole folder was decoded again. Now, when
+    only class folders were renamed (every file's size and times as cached), the cached images are reused, in the
+    order of the new names and with their labels: what decoding the renamed folder gives. Renamed folders that
+    cannot be told apart (files of the same names, all renamed at once), or a file changed too, are decoded."""
+    decoded = count_decodings(monkeypatch)
+    root = small_folder(tmp_path / "imgs")  # a/0-2.bmp, b/0-2.bmp
+    (root / "c").mkdir()
+    Image.new("RGB", (8, 8), (0, 0, 250)).save(root / "c" / "x.bmp")
+    src = imagefolder_pool(str(root), image_size=8)
+
+    def decoded_afresh() -> ImageSource:  # the folder as it is now, decoded into a cache of its own
+        with monkeypatch.context() as patch:
+            patch.setenv("SSLKIT_CACHE", str(tmp_path / f"fresh-{len(decoded)}"))
+            return imagefolder_pool(str(root), image_size=8)
+
+    os.rename(root / "b", root / "0")  # sorts first now: 0, a, c
+    renamed = imagefolder_pool(str(root), image_size=8)
+    assert len(decoded) == 1
+    assert torch.equal(renamed.images, src.images[[3, 4, 5, 0, 1, 2, 6]])
+    assert renamed.labels.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    fresh = decoded_afresh()
+    assert renamed.classes == fresh.classes == ("0", "a", "c") and renamed.ids == fresh.ids
+    assert torch.equal(renamed.labels, fresh.labels) and torch.equal(renamed.images, fresh.images)
+    assert len(list(imagefolder_cache(root.resolve()).glob("*.npy"))) == 1  # the cache of the old names dropped
+    decoded.clear()
+    os.rename(root / "0", root / "b")  # two at once, told apart by their files: 0 was b (0-2.bmp), c is z (x.bmp)
+    os.rename(root / "c", root / "z")
+    again = imagefolder_pool(str(root), image_size=8)
+    assert decoded == [] and torch.equal(again.images, src.images) and again.classes == ("a", "b", "z")
+
+    os.rename(root / "a", root / "p")  # p and q: which was a, which b? The same file names in both: decoded
+    os.rename(root / "b", root / "q")
+    both = imagefolder_pool(str(root), image_size=8)
+    assert decoded == [root.resolve()] and torch.equal(both.images, src.images)
+    decoded.clear()
+    os.rename(root / "p", root / "a")
+    Image.new("RGB", (8, 8), (0, 250, 0)).save(root / "a" / "0.bmp")  # a file changed as well: decoded
+    changed = imagefolder_pool(str(root), image_size=8)
+    assert decoded == [root.resolve()] and changed.images[0, 1].unique().tolist() == [250]
