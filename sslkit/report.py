@@ -753,7 +753,7 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
     own = split_file("report.html", split)
     out_path = check_output(out, "--out", (".html", ".htm"), run, own=own) if out else run / own
     check_run_writable(run, ("features", "figures"), "its features cache and figures")
-    results = probe_files(run, split)[0]
+    results, _, efficiency_png = probe_files(run, split)  # the predictions' file: probe_predictions
     # The command that writes this split's probe; None for a split the probes learn from or that has no labels.
     probed = split == HELD_OUT or split in scored_splits(meta["dataset"])
     probe_cmd = f"sslkit probe {run}{_split_arg(split)}" if probed else None
@@ -926,7 +926,6 @@ def build_report(run: str | Path, split: str = "test", method: str = "umap", out
                 probe_sec.body.append(f'<div class="note">{_esc(results.name)} was measured on another encoder '
                                       f"(sha256 {_esc(probe['checkpoint_sha256'][:12])}) than the run's "
                                       f"current one — re-run {_cmd(probe_cmd)}.</div>")
-            efficiency_png = probe_files(run, split)[2]
             if probe.get("fractions"):
                 plot_label_efficiency(probe, efficiency_png)
                 eff.body.append(img(efficiency_png, "label efficiency"))
