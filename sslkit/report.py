@@ -580,9 +580,11 @@ def _finetune_card(finetune: dict[str, Any]) -> str:
         arms, diff = finetune["summary"], finetune["difference"]
         ssl, sup = arms["ssl"]["test_top1.mean"], arms["supervised"]["test_top1.mean"]
         labels = finetune["sizes"]["labeled"]
+        seeds = (f"ssl ahead in {diff['ssl_wins']}/{diff['seeds']} seeds" if diff["seeds"] > 1 else
+                 "one seed")
         return _card(f"fine-tuning ({finetune.get('split', 'test')})", f"{ssl:.1%}",
-                     f"{labels:,} labels; from scratch {sup:.1%} ({diff['test_top1.mean'] * 100:+.1f} points, ssl "
-                     f"ahead in {diff['ssl_wins']}/{diff['seeds']} seeds)")
+                     f"{labels:,} labels; from scratch {sup:.1%} ({diff['test_top1.mean'] * 100:+.1f} points, "
+                     f"{seeds})")
     except (KeyError, TypeError):  # another command's file: its layout may change
         return _card("fine-tuning", "done", "see the last section")
 

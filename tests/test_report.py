@@ -700,6 +700,17 @@ def test_metrics_table_bolds_the_best_score_but_not_settings_sizes_times_or_spre
         assert "<b>" not in rows[key], rows[key]
 
 
+def test_finetune_card_of_one_seed_says_one_seed() -> None:
+    """It said "ssl ahead in 1/1 seeds"."""
+    def card(seeds: int) -> str:
+        return _finetune_card({"summary": {"ssl": {"test_top1.mean": 0.8}, "supervised": {"test_top1.mean": 0.7}},
+                               "difference": {"test_top1.mean": 0.1, "ssl_wins": seeds, "seeds": seeds},
+                               "sizes": {"labeled": 500}})
+
+    assert "one seed)" in card(1) and "1/1" not in card(1)
+    assert "ssl ahead in 3/3 seeds)" in card(3)
+
+
 def test_finetune_card_of_an_unknown_layout_says_done() -> None:
     assert "done" in _finetune_card({"summary": {"a": {}}}) and "see the last section" in _finetune_card({})
 
