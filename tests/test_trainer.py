@@ -446,7 +446,7 @@ def test_precision_auto_and_bf16_warning_on_cpus_without_native_bf16(monkeypatch
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
     assert trainer.resolve_precision("bf16", torch.device("cpu"), console) == "bf16"
     text = console.export_text()
-    assert "no native bf16" in text and "train.precision=fp32" in text
+    assert "no native bf16" in text and "train.precision: fp32" in text
 
 
 def test_view_size_trains_on_smaller_views_but_exports_the_data_size(tmp_path: Path, monkeypatch) -> None:
