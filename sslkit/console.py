@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.progress import Progress
 
 
 class PipeSafeConsole(Console):
@@ -34,3 +36,18 @@ class PipeSafeConsole(Console):
                 os.dup2(devnull, fd)
             finally:
                 os.close(devnull)
+
+
+@contextlib.contextmanager
+def pass_bar(progress: Progress | None, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar of ``description`` on the live display ``progress`` for one pass over ``total`` items, removed when the
+    pass ends, however it ends; yields what advances it by a number of items (which does nothing without a
+    display)."""
+    if progress is None:
+        yield lambda n: None
+        return
+    task = progress.add_task(description, total=total)
+    try:
+        yield lambda n: progress.advance(task, n)
+    finally:
+        progress.remove_task(task)

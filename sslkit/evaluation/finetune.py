@@ -65,7 +65,7 @@ from sslkit import __version__
 from sslkit.augment import preprocess
 from sslkit.checkpoint import atomic_write, clean_temp_files, read_encoder_meta, write_json
 from sslkit.config import load_run_recipe
-from sslkit.console import PipeSafeConsole
+from sslkit.console import PipeSafeConsole, pass_bar
 from sslkit.data import ImageSource, image_size_of_run, load_source, scored_splits, split_description, stratified_split
 from sslkit.distributed import DistInfo
 from sslkit.errors import UserError
@@ -477,20 +477,17 @@ def evaluate(model: nn.Module, source: ImageSource, mean: tuple[float, ...], std
     was_training = model.training
     model.eval()
     preds, loss_sum = [], 0.0
-    task = progress.add_task(description, total=len(source)) if progress is not None else None
     try:
-        for i in range(0, len(source), batch_size):
-            x = preprocess(source.images[i:i + batch_size].to(device), mean, std)
-            y = source.labels[i:i + batch_size].to(device)
-            logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            preds.append(logits.argmax(1).cpu())
-            if task is not None:
-                progress.advance(task, len(y))
+        with pass_bar(progress, description, len(source)) as advance:
+            for i in range(0, len(source), batch_size):
+                x = preprocess(source.images[i:i + batch_size].to(device), mean, std)
+                y = source.labels[i:i + batch_size].to(device)
+                logits = model(x).float()
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                preds.append(logits.argmax(1).cpu())
+                advance(len(y))
     finally:
         model.train(was_training)
-        if task is not None:
-            progress.remove_task(task)
     if not preds:
         return float("nan"), float("nan"), torch.zeros(0, dtype=torch.long)
     p = torch.cat(preds)

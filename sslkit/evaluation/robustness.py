@@ -21,6 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+from sslkit.console import pass_bar
 from sslkit.devices import checked_device
 
 EPSILONS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1)
@@ -64,28 +65,25 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(epsilons), dtype=torch.long)
-    task = progress.add_task(description, total=len(images)) if progress is not None else None
     try:
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(device)
-            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-            y = labels[i:i + batch_size].to(device)
-            x.requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(normalise(x, mean, std)), y, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x)
-            step = grad.sign()
-            x = x.detach()
-            with torch.no_grad():
-                for j, eps in enumerate(epsilons):
-                    x_adv = x if eps == 0 else (x + eps * step).clamp_(0, 1)  # ε = 0: the clean image exactly
-                    correct[j] += int((model(normalise(x_adv, mean, std)).argmax(1) == y).sum())
-            if task is not None:
-                progress.advance(task, len(y))
+        with pass_bar(progress, description, len(images)) as advance:
+            for i in range(0, len(images), batch_size):
+                x = images[i:i + batch_size].to(device)
+                x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+                y = labels[i:i + batch_size].to(device)
+                x.requires_grad_(True)
+                with torch.enable_grad():
+                    loss = F.cross_entropy(model(normalise(x, mean, std)), y, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, x)
+                step = grad.sign()
+                x = x.detach()
+                with torch.no_grad():
+                    for j, eps in enumerate(epsilons):
+                        x_adv = x if eps == 0 else (x + eps * step).clamp_(0, 1)  # ε = 0: the clean image exactly
+                        correct[j] += int((model(normalise(x_adv, mean, std)).argmax(1) == y).sum())
+                advance(len(y))
     finally:
         model.train(was_training)
-        if task is not None:
-            progress.remove_task(task)
     n = len(images)
     return {float(e): (int(c) / n if n else float("nan")) for e, c in zip(epsilons, correct, strict=True)}
 
