@@ -24,7 +24,7 @@ from machine import at_least, run_main  # eval/machine.py, beside this script
 from rich.console import Console
 
 from sslkit.checkpoint import load_checkpoint, read_encoder_meta
-from sslkit.config import Recipe, load_recipe
+from sslkit.config import Recipe, load_run_recipe
 from sslkit.errors import UserError
 from sslkit.evaluation.features import extract_features, progress_bar
 from sslkit.evaluation.probe import evaluate_features, labeled_splits
@@ -41,7 +41,8 @@ def checked_run(run: Path, images: int | None) -> tuple[Recipe, dict]:
     is wrong."""
     if not (run / "recipe.yaml").is_file():
         raise UserError(f"{run / 'recipe.yaml'} not found — give run folders made by `sslkit pretrain`")
-    recipe = load_recipe(run / "recipe.yaml")
+    # Read as recorded, then set to the CPU the comparison runs on: a run trained on a GPU is compared here too.
+    recipe = load_run_recipe(run).replace(**{"train.device": "cpu"})
     if images is not None:
         recipe = recipe.replace(**{"train.bn_calibration": images})
     if not recipe.train.bn_calibration:
