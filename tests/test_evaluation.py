@@ -801,6 +801,26 @@ def test_the_probe_and_the_reading_commands_share_the_encoders_feature_cache(tmp
     assert sorted(p.name for p in (run / "features").iterdir()) == cache
 
 
+def test_an_image_edited_in_place_changes_the_folders_fingerprint(tmp_path: Path) -> None:
+    """Beyond max_bytes the images were hashed at a stride: one image of an image folder edited in place, between
+    the stride's, left the fingerprint, and so the name of the cached features, as it was (stale features)."""
+    from sslkit.data import imagefolder_pool
+    from sslkit.evaluation.features import data_fingerprint
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    before = imagefolder_pool(str(tmp_path / "imgs"))  # decoded
+    assert data_fingerprint(imagefolder_pool(str(tmp_path / "imgs"))) == data_fingerprint(before)  # from the cache
+    edited = np.asarray(Image.open(tmp_path / "imgs" / "b" / "1.png")) // 2
+    Image.fromarray(edited).save(tmp_path / "imgs" / "b" / "1.png")  # the 5th of 6 images: off a stride of 6
+    after = imagefolder_pool(str(tmp_path / "imgs"))
+    assert not torch.equal(before.images, after.images)
+    assert data_fingerprint(before, max_bytes=1) != data_fingerprint(after, max_bytes=1)
+
+
 def test_a_probe_fingerprints_each_split_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every model's cache files (and the random encoder's key) are named after the data fingerprint of the same
     splits, a strided read of up to 64 MiB of their images each: a probe read the labeled train split for it three

@@ -273,14 +273,20 @@ def random_encoder(meta: dict[str, Any], calibration: ImageSource | torch.Tensor
 
 
 def data_fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
-    """A short hash of the labels and the images (a fixed stride of them beyond ``max_bytes``), and the shape.
+    """A short hash of the labels and the images, and the shape. An image folder's images are named by their files
+    (``files_key``: each file's path, size, mtime and ctime and the decoding, with the file of each image); other
+    images are hashed, a fixed stride of them beyond ``max_bytes``.
 
-    Strided sampling keeps this fast for a memory-mapped folder of millions of images while still telling
-    apart any two real data sets.
+    Strided sampling keeps this fast for a memory-mapped data set of millions of images while still telling
+    apart any two real data sets; the data sets sslkit downloads do not change. An image folder's can: one image
+    edited in place, between the stride's, would have kept the cached features of the image it replaced.
     """
     h = hashlib.blake2b(digest_size=8)
     h.update(repr((tuple(source.images.shape), str(source.images.dtype))).encode())
     h.update(np.ascontiguousarray(source.labels.cpu().numpy()).tobytes())
+    if source.files_key is not None and source.ids is not None:
+        h.update(repr((source.files_key, source.ids)).encode())
+        return h.hexdigest()
     n = len(source)
     per_image = int(np.prod(source.images.shape[1:])) if n else 0
     stride = max(1, (n * per_image) // max_bytes + 1) if n else 1
