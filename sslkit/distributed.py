@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from sslkit.devices import TRAIN_KINDS, checked_device
 from sslkit.errors import UserError
 
 
@@ -55,10 +56,8 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device | None]:
     if not info.active:
         return info, None
     local_rank = info.local_rank
-    if device_name.startswith("cuda") and not torch.cuda.is_available():  # as one process refuses it
-        raise UserError(f"train.device is {device_name!r} but no CUDA device is available — use train.device: "
-                        "auto or cpu")
-    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    # As one process refuses it (the device number is this rank's own: local_rank, below)
+    use_cuda = checked_device(device_name, "train.device", kinds=TRAIN_KINDS).type == "cuda"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
